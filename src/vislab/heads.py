@@ -1,0 +1,82 @@
+"""Finding a model's classifier and swapping it for a new one with N outputs.
+
+timm models know their classifier (`pretrained_cfg["classifier"]`, `reset_classifier`); for torchvision
+models the classifier is the last `nn.Linear` in definition order (`fc`, `classifier.1`, `heads.head`, ...).
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+HEAD_KINDS = ("linear", "mlp")
+
+
+def mlp_head(in_features: int, num_classes: int, dropout: float = 0.5) -> nn.Sequential:
+    """The course's richer head: BatchNorm1d, Linear, ReLU, BatchNorm1d, Dropout, Linear."""
+    hidden = in_features * 2
+    return nn.Sequential(
+        nn.BatchNorm1d(in_features),
+        nn.Linear(in_features, hidden),
+        nn.ReLU(),
+        nn.BatchNorm1d(hidden),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+def head_name(model: nn.Module) -> str:
+    """Dotted name of the module that produces the logits."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("classifier"):
+        name = cfg["classifier"]
+        if isinstance(name, (list, tuple)):  # some timm models list several (distillation heads)
+            name = name[0]
+        return name
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = name
+    if last is None:
+        raise ValueError(f"{type(model).__name__} has no linear classifier to replace")
+    return last
+
+
+def get_module(model: nn.Module, name: str) -> nn.Module:
+    return model.get_submodule(name)
+
+
+def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def in_features(head: nn.Module) -> int:
+    """Width of the features a head receives (works for a Linear and for our MLP head)."""
+    for module in head.modules():
+        if isinstance(module, nn.Linear):
+            return module.in_features
+    raise ValueError(f"cannot tell the input width of {type(head).__name__}")
+
+
+def num_outputs(model: nn.Module) -> int:
+    head = get_module(model, head_name(model))
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features
+
+
+def swap_head(model: nn.Module, num_classes: int, kind: str = "linear") -> str:
+    """Replace the classifier in place with a fresh `kind` head of `num_classes` outputs; returns its name."""
+    if kind not in HEAD_KINDS:
+        raise ValueError(f"head must be one of {', '.join(HEAD_KINDS)}, not '{kind}'")
+    if num_classes < 1:
+        raise ValueError("a head needs at least one output")
+    name = head_name(model)
+    width = in_features(get_module(model, name))
+    if hasattr(model, "reset_classifier") and hasattr(model, "pretrained_cfg"):
+        model.reset_classifier(num_classes)  # timm's own way: keeps its pooling choice
+        name = head_name(model)
+    if kind == "mlp" or not hasattr(model, "reset_classifier"):
+        new = nn.Linear(width, num_classes) if kind == "linear" else mlp_head(width, num_classes)
+        set_module(model, name, new)
+    return name

@@ -1,0 +1,184 @@
+"""Creating a model: architecture, real weights, a new head, and the model's own data config."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from vislab import catalog, heads, weights
+from vislab.weights import WeightsError, WeightsStatus
+
+WEIGHT_CHOICES = ("auto", "pretrained", "random")
+
+
+@dataclass
+class DataConfig:
+    """How images must be prepared for a model (what timm calls the data config)."""
+
+    input_size: tuple[int, int, int] = (3, 224, 224)  # (C, H, W) the model sees
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+    crop_pct: float = 0.875  # resize the short side to size / crop_pct, then center-crop to size
+
+    @property
+    def size(self) -> int:
+        return self.input_size[-1]
+
+    def with_size(self, size: int | None) -> DataConfig:
+        if not size:
+            return self
+        return DataConfig((self.input_size[0], size, size), self.mean, self.std, self.interpolation, self.crop_pct)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DataConfig:
+        d = dict(d)
+        d["input_size"] = tuple(d["input_size"])
+        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        return cls(**d)
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    source: str  # "torchvision" | "timm"
+    head: str  # dotted module name of the classifier
+    head_kind: str  # "linear" | "mlp" | "original"
+    num_classes: int
+    data_config: DataConfig
+    weights: WeightsStatus  # where the weights came from; source None means random init
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights.available
+
+
+def build_architecture(name: str, num_classes: int | None = None) -> nn.Module:
+    """The bare architecture with random weights (`num_classes` None keeps the library's default head)."""
+    source = catalog.source_of(name)
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    if source == "timm":
+        import timm
+
+        return timm.create_model(name, pretrained=False, **kwargs)
+    from torchvision.models import get_model
+
+    return get_model(name, weights=None, **kwargs)
+
+
+def data_config(model: nn.Module, name: str, source: str, weights_file: Path | None = None) -> DataConfig:
+    """Input size, mean/std, interpolation and crop from the model's own config, never hard-coded."""
+    if source == "timm":
+        from timm.data import resolve_model_data_config
+
+        cfg = resolve_model_data_config(model)
+        return DataConfig(tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"]),
+                          cfg["interpolation"], float(cfg["crop_pct"]))
+    enum = weights._torchvision_weights(name)
+    used = [w for w in enum if weights_file is not None and w.url.rsplit("/", 1)[-1] == weights_file.name]
+    preset = (used or enum)[0].transforms()  # ImageClassification of the weights in use, else DEFAULT
+    crop, resize = preset.crop_size[0], preset.resize_size[0]
+    return DataConfig((3, crop, crop), tuple(preset.mean), tuple(preset.std), preset.interpolation.value,
+                      crop / resize)
+
+
+def _load_timm(name: str, file: Path, file_classes: int | None) -> nn.Module:
+    import timm
+
+    overlay = {"file": str(file)}
+    kwargs = {}
+    if file_classes:  # a fine-tuned file: keep its own head instead of letting timm drop it
+        overlay["num_classes"] = kwargs["num_classes"] = file_classes
+    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+
+
+def _load_torchvision(name: str, status: WeightsStatus, file_classes: int | None) -> nn.Module:
+    if status.source in ("hub", "seeded") and status.path.suffix != ".safetensors":
+        # torchvision's own loading path, pointed at the folder that holds the file
+        for w in weights._torchvision_weights(name):
+            if w.url.rsplit("/", 1)[-1] == status.path.name:
+                state = torch.hub.load_state_dict_from_url(w.url, model_dir=str(status.path.parent),
+                                                           map_location="cpu", weights_only=True)
+                break
+        else:
+            state = weights.read_state_dict(status.path)
+    else:
+        state = weights.read_state_dict(status.path)
+    model = build_architecture(name, num_classes=file_classes)
+    weights.check_fits(model, state)
+    model.load_state_dict(state, strict=False)  # num_batches_tracked may be absent in old files
+    return model
+
+
+def _file_classes(name: str, status: WeightsStatus) -> int | None:
+    record = weights.read_manifest().get(name) or {}
+    if record.get("file") and Path(record["file"]) == status.path:
+        return record.get("num_classes")
+    return None
+
+
+def load_pretrained(name: str, status: WeightsStatus) -> nn.Module:
+    source = catalog.source_of(name)
+    classes = _file_classes(name, status)
+    try:
+        if source == "timm":
+            return _load_timm(name, status.path, classes)
+        return _load_torchvision(name, status, classes)
+    except WeightsError as exc:
+        raise WeightsError(f"{status.path.name}: {exc}") from None
+    except RuntimeError as exc:  # load_state_dict size mismatch and the like
+        raise WeightsError(f"{status.path.name} does not fit {name}: {str(exc).splitlines()[0]}") from None
+
+
+def create_model(
+    name: str = catalog.DEFAULT_MODEL,
+    num_classes: int | None = None,
+    head: str = "linear",
+    weights_choice: str = "auto",
+) -> tuple[nn.Module, ModelInfo]:
+    """Build `name` with real weights when there are any, and a fresh head of `num_classes` outputs.
+
+    weights_choice: "pretrained" (fail with a clear WeightsError when none are on this machine),
+    "random" (random init, for training from scratch), "auto" (pretrained if available, else random,
+    and the returned info says so). `num_classes` None keeps the original head (e.g. ImageNet's 1000).
+    """
+    if weights_choice not in WEIGHT_CHOICES:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHT_CHOICES)}")
+    source = catalog.source_of(name)
+    status = weights.status(name, source) if weights_choice != "random" else WeightsStatus(name, None, None)
+    notes = []
+    if weights_choice == "pretrained" and not status.available:
+        raise WeightsError(
+            f"no pretrained weights for {name} on this machine. Import a file (`vislab weights import FILE "
+            f"--model {name}`), download them when online (`vislab weights pull {name}`), or use random init."
+        )
+    if status.available:
+        model = load_pretrained(name, status)
+    else:
+        model = build_architecture(name)
+        if weights_choice == "auto":
+            notes.append(f"{name}: no pretrained weights here, using random init")
+    cfg = data_config(model, name, source, status.path)
+    head_kind = "original"
+    if num_classes is not None:
+        heads.swap_head(model, num_classes, head)
+        head_kind = head
+    info = ModelInfo(name, source, heads.head_name(model), head_kind, heads.num_outputs(model), cfg, status, notes)
+    return model, info
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def resize_for(cfg: DataConfig) -> int:
+    """Short-side resize before the center crop, as timm computes it."""
+    return int(math.floor(cfg.size / cfg.crop_pct))

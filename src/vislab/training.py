@@ -1,0 +1,257 @@
+"""One plain training loop: phases of (freeze plan, epochs, learning rate), progress events, a stop flag.
+
+The loop is split so that a frozen prefix can later run once and be cached: `forward_train` is the only
+place that calls the model on a batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from vislab import freezing
+from vislab.freezing import FreezePlan
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3  # total epochs over all phases
+    lr: float = 1e-3  # learning rate of the first phase
+    phase2_lr_factor: float = 0.1  # two-phase: the second phase runs at lr * this (2-10x smaller)
+    batch_size: int = 32
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | mps
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler)
+    num_workers: int = 0  # DataLoader workers; 0 decodes in the main process
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Phase:
+    plan: FreezePlan
+    epochs: int
+    lr: float
+    name: str = "train"
+
+
+@dataclass
+class Event:
+    """What the progress callback receives: kind is 'batch', 'epoch', 'phase' or 'end'."""
+
+    kind: str
+    epoch: int = 0  # 1-based over the whole run
+    epochs: int = 0
+    batch: int = 0
+    batches: int = 0
+    loss: float = 0.0
+    metrics: dict | None = None
+    phase: str = ""
+    message: str = ""
+
+
+@dataclass
+class History:
+    epochs: list[dict] = field(default_factory=list)  # per epoch: train/val loss and acc, seconds, phase, lr
+    best_epoch: int = 0
+    best_val_acc: float = -1.0
+    stopped: bool = False
+    best_state: dict | None = None  # CPU copy of the best state_dict
+
+
+def pick_device(choice: str = "auto") -> torch.device:
+    """auto: CUDA, then Apple MPS, then CPU. An explicit choice that is not there raises ValueError."""
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if choice == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if choice.startswith("cuda") and not cuda:
+        raise ValueError("device cuda asked for, but no CUDA GPU is available here")
+    if choice == "mps" and not mps:
+        raise ValueError("device mps asked for, but Apple MPS is not available here")
+    if choice not in ("cpu", "mps") and not choice.startswith("cuda"):
+        raise ValueError(f"unknown device '{choice}': use auto, cpu, cuda or mps")
+    return torch.device(choice)
+
+
+def devices_found() -> list[str]:
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def make_loaders(train_ds, val_ds, cfg: TrainConfig, device: torch.device):
+    gen = torch.Generator().manual_seed(cfg.seed)
+    pin = device.type == "cuda"
+    # a last batch of one sample breaks BatchNorm in training mode: drop it only then
+    drop_last = len(train_ds) % cfg.batch_size == 1 and len(train_ds) > cfg.batch_size
+    train = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=drop_last,
+                       num_workers=cfg.num_workers, pin_memory=pin, persistent_workers=cfg.num_workers > 0)
+    val = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
+                     pin_memory=pin)
+    return train, val
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if device.type != "cuda" or not enabled:
+        return torch.autocast(device_type=device.type, enabled=False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters only; no weight decay on norms and biases (1-D tensors)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    if not decay and not no_decay:
+        raise ValueError("nothing to train: every parameter is frozen")
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+
+
+def forward_train(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x)  # (B, num_classes)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = True):
+    """Mean loss and accuracy over a loader, the model in eval mode."""
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with _autocast(device, amp):
+            logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        n += len(y)
+    return loss_sum / max(n, 1), correct / max(n, 1)
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    phases: list[Phase],
+    cfg: TrainConfig,
+    on_event: Callable[[Event], None] | None = None,
+    stop: threading.Event | None = None,
+) -> History:
+    """Train through the phases; returns per-epoch metrics and the best state (by val acc, then loss)."""
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    model.to(device)
+    emit = on_event or (lambda e: None)
+    stop = stop or threading.Event()
+    use_scaler = device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    total_epochs = sum(p.epochs for p in phases)
+    history = History()
+    epoch = 0
+    for phase in phases:
+        freezing.apply(model, phase.plan)
+        optimizer = make_optimizer(model, phase.lr, cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(phase.epochs, 1))
+        emit(Event("phase", epoch, total_epochs, phase=phase.name, message=f"{phase.name}: lr {phase.lr:g}"))
+        for _ in range(phase.epochs):
+            epoch += 1
+            start = time.perf_counter()
+            model.train()
+            loss_sum, correct, seen = 0.0, 0, 0
+            for b, (x, y) in enumerate(train_loader, 1):
+                if stop.is_set():
+                    break
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with _autocast(device, cfg.amp):
+                    logits = forward_train(model, x)
+                    loss = criterion(logits.float(), y)
+                if not torch.isfinite(loss):
+                    history.stopped = True
+                    emit(Event("end", epoch, total_epochs, message=(
+                        f"loss became {loss.item()} at epoch {epoch}, batch {b}: training stopped, the best "
+                        "checkpoint is kept. Try a lower learning rate.")))
+                    return _finish(model, history)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                loss_sum += loss.item() * len(y)
+                correct += (logits.argmax(1) == y).sum().item()
+                seen += len(y)
+                emit(Event("batch", epoch, total_epochs, b, len(train_loader), loss.item(), phase=phase.name))
+            if stop.is_set() and seen == 0:
+                history.stopped = True
+                break
+            scheduler.step()
+            val_loss, val_acc = evaluate(model, val_loader, device, cfg.amp)
+            metrics = {
+                "epoch": epoch, "phase": phase.name, "lr": phase.lr,
+                "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+                "val_loss": val_loss, "val_acc": val_acc, "seconds": time.perf_counter() - start,
+                "partial": stop.is_set(),  # the epoch was cut short by Stop
+            }
+            history.epochs.append(metrics)
+            better = val_acc > history.best_val_acc or (
+                val_acc == history.best_val_acc and val_loss < history.epochs[history.best_epoch - 1]["val_loss"])
+            if better and math.isfinite(val_loss):
+                history.best_val_acc, history.best_epoch = val_acc, epoch
+                history.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            emit(Event("epoch", epoch, total_epochs, metrics=metrics, phase=phase.name))
+            if stop.is_set():
+                history.stopped = True
+                break
+        if history.stopped:
+            break
+    return _finish(model, history, emit, total_epochs)
+
+
+def _finish(model: nn.Module, history: History, emit=None, total: int = 0) -> History:
+    """Put the best weights back into the model (on its device)."""
+    if history.best_state is not None:
+        model.load_state_dict(history.best_state)
+    model.eval()
+    if emit:
+        emit(Event("end", len(history.epochs), total, message="stopped" if history.stopped else "done"))
+    return history
+
+
+def phases_for(strategy: str, plans: list[FreezePlan], epochs: int, lr: float, factor: float) -> list[Phase]:
+    """Split epochs over a strategy's plans: two-phase gives the head phase ceil(epochs / 3), at least 1."""
+    if len(plans) == 1:
+        return [Phase(plans[0], epochs, lr, strategy)]
+    if epochs < 2:
+        raise ValueError("two-phase training needs at least 2 epochs (one per phase)")
+    first = max(1, math.ceil(epochs / 3))
+    return [Phase(plans[0], first, lr, "head"), Phase(plans[1], epochs - first, lr * factor, "full")]
+
+
+def clone_model(model: nn.Module) -> nn.Module:
+    """A private copy to fine-tune, leaving a cached pretrained model untouched."""
+    return copy.deepcopy(model)

@@ -1,0 +1,238 @@
+"""Pretrained weights, offline first.
+
+Sources, in the order they are tried:
+  imported  a file the user gave with `vislab weights import` (kept in `paths.weights_dir()`),
+  hub       the real download caches: torch hub `checkpoints/` (torchvision, timm URL weights) and the
+            Hugging Face cache (timm `hf_hub_id` weights), exactly where torchvision and timm put them,
+  seeded    files that set-up took from registry packages (see `seeding.py`),
+  download  only when asked (`vislab weights pull`): torchvision's and timm's own download code.
+Files are read with `weights_only=True` or as safetensors; a pickle that carries code is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from vislab import paths
+
+SOURCES = ("imported", "hub", "seeded")
+
+
+class WeightsError(ValueError):
+    """Weights are missing, unreadable or do not fit the architecture. The message says what to do."""
+
+
+@dataclass
+class WeightsStatus:
+    model: str
+    source: str | None  # "imported" | "hub" | "seeded" | None (no real weights here)
+    path: Path | None
+    note: str = ""  # e.g. what the head was trained on
+
+    @property
+    def available(self) -> bool:
+        return self.path is not None
+
+    def describe(self) -> str:
+        if not self.available:
+            return "no pretrained weights on this machine (random init only; `vislab weights pull` when online)"
+        text = f"{self.source}: {self.path}"
+        return f"{text} ({self.note})" if self.note else text
+
+
+# -- the manifest of seeded and imported files ------------------------------------------------------------
+
+def _manifest_path() -> Path:
+    return paths.weights_dir() / "manifest.json"
+
+
+def read_manifest() -> dict:
+    try:
+        return json.loads(_manifest_path().read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _write_manifest(manifest: dict) -> None:
+    _manifest_path().parent.mkdir(parents=True, exist_ok=True)
+    tmp = _manifest_path().with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    tmp.replace(_manifest_path())
+
+
+# -- where the real loaders look ---------------------------------------------------------------------------
+
+def _torchvision_weights(name: str) -> list:
+    """The model's weight enums, DEFAULT first."""
+    from torchvision.models import get_model_weights
+
+    enum = get_model_weights(name)
+    return [enum.DEFAULT] + [w for w in enum if w != enum.DEFAULT]
+
+
+def _find_checkpoint(url: str) -> Path | None:
+    filename = url.rsplit("/", 1)[-1]
+    for folder in paths.checkpoint_dirs():
+        if (folder / filename).is_file():
+            return folder / filename
+    return None
+
+
+def _timm_cached(name: str) -> Path | None:
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return None
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+            hit = try_to_load_from_cache(cfg.hf_hub_id, filename)
+            if isinstance(hit, str):
+                return Path(hit)
+    if cfg.url:
+        return _find_checkpoint(cfg.url)
+    return None
+
+
+def hub_file(name: str, source: str) -> Path | None:
+    """A weight file of `name` in the real download caches, or None."""
+    if source == "torchvision":
+        for w in _torchvision_weights(name):
+            hit = _find_checkpoint(w.url)
+            if hit:
+                return hit
+        return None
+    return _timm_cached(name)
+
+
+def status(name: str, source: str) -> WeightsStatus:
+    """Which real weights `create_model` would use for `name` right now."""
+    record = read_manifest().get(name)
+    if record and record.get("source") == "imported" and Path(record["file"]).is_file():
+        return WeightsStatus(name, "imported", Path(record["file"]), record.get("head", ""))
+    hit = hub_file(name, source)
+    if hit is not None:
+        seeded = record and Path(record.get("file", "")).resolve() == hit.resolve()
+        return WeightsStatus(name, "seeded" if seeded else "hub", hit, "ImageNet-1k")
+    if record and record.get("ok", True) and Path(record.get("file", "")).is_file():
+        return WeightsStatus(name, "seeded", Path(record["file"]), record.get("head", ""))
+    return WeightsStatus(name, None, None)
+
+
+# -- reading files -----------------------------------------------------------------------------------------
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a `.safetensors` or `.pth`/`.pt`/`.bin` file, safely (no code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise WeightsError(f"{path.name} is not a readable safetensors file ({exc})") from None
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            text = str(exc)
+            if "weights_only" in text or "Unsupported global" in text:
+                raise WeightsError(
+                    f"{path.name} refused: it is a pickle that needs code to load, not only tensors. "
+                    "Save a plain state_dict (torch.save(model.state_dict(), f)) or a .safetensors file."
+                ) from None
+            raise WeightsError(f"{path.name} is not a readable PyTorch weights file ({text.splitlines()[0]})") from None
+    for key in ("state_dict", "model", "model_state_dict", "module"):  # training checkpoints wrap the weights
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path.name} holds no state_dict of tensors")
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def check_fits(model: nn.Module, state: dict[str, torch.Tensor], skip_prefix: str | None = None) -> None:
+    """Raise WeightsError naming the first missing, unexpected or mis-shaped tensor."""
+    own = model.state_dict()
+    keep = (lambda k: not (skip_prefix and (k == skip_prefix or k.startswith(skip_prefix + "."))))
+    missing = [k for k in own if keep(k) and k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if keep(k) and k not in own]
+    arch = type(model).__name__
+    if missing:
+        raise WeightsError(f"does not fit {arch}: {len(missing)} tensors missing, first '{missing[0]}'")
+    if unexpected:
+        raise WeightsError(f"does not fit {arch}: {len(unexpected)} unexpected tensors, first '{unexpected[0]}'")
+    for k, v in state.items():
+        if keep(k) and tuple(own[k].shape) != tuple(v.shape):
+            raise WeightsError(
+                f"does not fit {arch}: '{k}' has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}"
+            )
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def import_file(file: str | Path, name: str) -> WeightsStatus:
+    """Check a user's weight file against `name`'s architecture and keep a safetensors copy of it."""
+    from safetensors.torch import save_file
+
+    from vislab.heads import head_name
+    from vislab.models import build_architecture
+
+    state = read_state_dict(file)
+    model = build_architecture(name, num_classes=None)
+    head = head_name(model)
+    check_fits(model, state, skip_prefix=head)  # the head may have any number of classes
+    head_w = state.get(f"{head}.weight")
+    classes = int(head_w.shape[0]) if head_w is not None else None
+    if classes is None:
+        raise WeightsError(f"the file has no classifier weights '{head}.weight' for {name}")
+    target = paths.weights_dir() / f"{name}.safetensors"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(target))
+    manifest = read_manifest()
+    manifest[name] = {
+        "model": name, "source": "imported", "file": str(target), "origin": str(Path(file).resolve()),
+        "sha256": sha256(target), "head": f"{classes}-class head", "num_classes": classes,
+    }
+    _write_manifest(manifest)
+    return status(name, "timm" if hasattr(model, "pretrained_cfg") else "torchvision")
+
+
+def remove_imported(name: str) -> None:
+    manifest = read_manifest()
+    record = manifest.get(name)
+    if record and record.get("source") == "imported":
+        Path(record["file"]).unlink(missing_ok=True)
+        del manifest[name]
+        _write_manifest(manifest)
+
+
+def pull(name: str, source: str) -> WeightsStatus:
+    """Online: download the default pretrained weights with torchvision's / timm's own code."""
+    try:
+        if source == "torchvision":
+            _torchvision_weights(name)[0].get_state_dict(progress=True)
+        else:
+            import timm
+
+            timm.create_model(name, pretrained=True)
+    except Exception as exc:
+        raise WeightsError(f"could not download weights for {name}: {str(exc).splitlines()[0]}") from None
+    return status(name, source)

@@ -1,0 +1,146 @@
+import zipfile
+
+import pytest
+from PIL import Image
+
+from vislab import cli, data
+
+
+def _image(path, size=(32, 32), color=(200, 30, 30), mode="RGB"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, color if mode == "RGB" else 128).save(path)
+    return path
+
+
+def _dataset(root, classes=("a", "b"), n=4):
+    for c in classes:
+        for i in range(n):
+            _image(root / c / f"{i}.png", color=(40 * i, 100, 200))
+    return root
+
+
+def test_corrupt_image_is_skipped_and_listed(tmp_path, capsys):
+    root = _dataset(tmp_path / "ds")
+    (root / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    (root / "b" / "empty.png").write_bytes(b"")
+    (root / "b" / "notes.txt").write_text("hello")
+    report = data.scan_folder(root)
+    skipped = dict(report.skipped)
+    assert "unreadable" in skipped["a/broken.jpg"] or "not an image" in skipped["a/broken.jpg"]
+    assert "0 bytes" in skipped["b/empty.png"]
+    assert "extension" in skipped["b/notes.txt"]
+    assert report.counts == {"a": 4, "b": 4} and report.usable
+    assert cli.main(["data", "check", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "a/broken.jpg" in out and "skipped 3 files" in out
+
+
+def test_truncated_image_is_skipped(tmp_path):
+    root = _dataset(tmp_path / "ds")
+    good = tmp_path / "big.jpg"
+    Image.effect_noise((256, 256), 50).convert("RGB").save(good, quality=90)
+    blob = good.read_bytes()
+    (root / "a" / "cut.jpg").write_bytes(blob[: len(blob) // 2])
+    report = data.scan_folder(root)
+    assert "a/cut.jpg" in dict(report.skipped)
+
+
+def test_single_class_folder_is_refused(tmp_path, capsys):
+    root = _dataset(tmp_path / "one", classes=("only",))
+    report = data.scan_folder(root)
+    assert not report.usable and "only one class" in report.errors[0]
+    assert cli.main(["data", "check", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "only one class" in err and "Traceback" not in err
+
+
+def test_too_few_images_and_empty_class(tmp_path):
+    root = _dataset(tmp_path / "few", classes=("a",), n=5)
+    _image(root / "b" / "0.png")
+    (root / "c").mkdir()
+    report = data.scan_folder(root)
+    text = " ".join(report.errors)
+    assert "class 'b' has 1 image" in text and "class 'c' has no usable images" in text
+
+
+def test_images_outside_class_folders_and_hidden_junk(tmp_path):
+    root = _dataset(tmp_path / "ds")
+    _image(root / "stray.png")
+    _image(root / "__MACOSX" / "a" / "._0.png")
+    (root / "a" / ".DS_Store").write_bytes(b"junk")
+    report = data.scan_folder(root)
+    assert report.classes == ["a", "b"]
+    assert dict(report.skipped) == {"stray.png": "image outside any class folder"}
+
+
+def test_stratified_split_is_seeded_and_keeps_every_class():
+    items = [(f"a{i}", 0) for i in range(10)] + [(f"b{i}", 1) for i in range(3)]
+    train, val = data.split(items, 0.2, seed=1)
+    assert data.split(items, 0.2, seed=1) == (train, val)
+    assert {label for _, label in val} == {0, 1} and {label for _, label in train} == {0, 1}
+    assert len(train) + len(val) == 13 and not set(train) & set(val)
+
+
+def test_zip_with_top_folder_is_read(tmp_path):
+    src = _dataset(tmp_path / "ds")
+    archive = tmp_path / "ds.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in src.rglob("*.png"):
+            zf.write(p, f"mydata/{p.relative_to(src)}")
+    report = data.load_dataset(archive, tmp_path / "work")
+    assert report.counts == {"a": 4, "b": 4}
+    assert str(tmp_path / "work") in report.root
+
+
+def test_zip_path_traversal_is_refused(tmp_path):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("a/ok.png", b"x")
+        zf.writestr("../../escaped.png", b"x")
+    with pytest.raises(data.DataError, match="unsafe path"):
+        data.load_dataset(archive, tmp_path / "work")
+    assert not (tmp_path / "escaped.png").exists()
+
+
+def test_not_a_zip(tmp_path):
+    fake = tmp_path / "fake.zip"
+    fake.write_text("plain text")
+    with pytest.raises(data.DataError, match="not a zip"):
+        data.load_dataset(fake, tmp_path / "work")
+
+
+def test_uploads_per_class(tmp_path):
+    blob = (_image(tmp_path / "x.png")).read_bytes()
+    report = data.from_uploads({"cats": [("a.png", blob), ("b.png", blob)], "dogs": [("c.png", blob)] * 3},
+                               tmp_path / "up")
+    assert report.counts == {"cats": 2, "dogs": 3}
+
+
+def test_odd_images_are_read_upright_rgb(tmp_path):
+    from vislab.transforms import load_image
+
+    gray = _image(tmp_path / "g.png", mode="L")
+    pal = tmp_path / "p.png"
+    Image.new("RGB", (20, 10), (0, 255, 0)).convert("P").save(pal)
+    rgba = tmp_path / "t.png"
+    Image.new("RGBA", (10, 10), (0, 0, 0, 0)).save(rgba)
+    deep = tmp_path / "d.png"
+    Image.new("I;16", (10, 10), 4000).save(deep)
+    rotated = tmp_path / "r.jpg"
+    img = Image.new("RGB", (40, 20), (10, 10, 10))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 on display
+    img.save(rotated, exif=exif)
+    for p in (gray, pal, rgba, deep):
+        assert load_image(p).mode == "RGB"
+    assert load_image(rgba).getpixel((0, 0)) == (255, 255, 255)  # transparent -> white
+    assert load_image(rotated).size == (20, 40)
+
+
+def test_sample_dataset_is_installed():
+    report = data.scan_folder(data.sample_root(), check=False)
+    assert report.classes == ["global", "local", "nominal"]
+    assert report.counts == {"global": 500, "local": 500, "nominal": 1000}
+    small = data.subset(report, 5, seed=0)
+    assert small.counts == {"global": 5, "local": 5, "nominal": 5}
+    assert data.subset(report, 5, seed=0).items == small.items

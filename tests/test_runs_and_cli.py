@@ -1,0 +1,90 @@
+import json
+
+import pytest
+import torch
+
+from vislab import cli, experiment, runs
+from vislab.training import TrainConfig
+
+
+def test_vislab_train_writes_the_four_files(synthetic, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = cli.main(["train", "--data", str(synthetic), "--model", "test_resnet", "--weights", "auto",
+                   "--strategy", "partial", "--epochs", "2", "--img-size", "64", "--batch-size", "8",
+                   "--out", str(out)])
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(runs.FILES)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics) == 2
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "seconds"):
+        assert all(key in m for m in metrics)
+    assert json.loads((out / "classes.json").read_text()) == ["class_0", "class_1", "class_2"]
+    text = capsys.readouterr().out
+    assert "random init" in text and "best val acc" in text
+
+
+def test_saved_run_reloads_to_identical_outputs(synthetic, tmp_path):
+    spec = experiment.Spec(model="test_efficientnet", strategy="full", head="mlp", weights="auto", img_size=64,
+                           train=TrainConfig(epochs=1, batch_size=8, device="cpu"))
+    report = __import__("vislab.data", fromlist=["scan_folder"]).scan_folder(synthetic)
+    result = experiment.train(spec, report, tmp_path / "run")
+    model, run = runs.load(result.run_dir)
+    x = torch.randn(3, 3, 64, 64)
+    result.model.eval()
+    with torch.no_grad():
+        assert torch.equal(result.model(x), model(x))
+    assert run.classes == report.classes and run.config["head_kind"] == "mlp"
+    assert runs.list_runs(tmp_path)[0].path == result.run_dir
+
+
+def test_two_phase_records_both_phases(synthetic, tmp_path):
+    spec = experiment.Spec(model="test_resnet", strategy="two-phase", weights="auto", img_size=64,
+                           train=TrainConfig(epochs=3, lr=1e-2, batch_size=8, device="cpu"))
+    report = __import__("vislab.data", fromlist=["scan_folder"]).scan_folder(synthetic)
+    result = experiment.train(spec, report, tmp_path / "run")
+    phases = [m["phase"] for m in result.history.epochs]
+    assert phases == ["head", "full", "full"]
+    assert result.history.epochs[1]["lr"] == pytest.approx(1e-3)
+
+
+def test_stop_flag_ends_training_early(synthetic, tmp_path):
+    import threading
+
+    stop = threading.Event()
+    seen = []
+
+    def on_event(e):
+        seen.append(e.kind)
+        if e.kind == "batch" and e.batch == 1:
+            stop.set()  # Stop pressed during the first batch
+
+    spec = experiment.Spec(model="test_resnet", strategy="head", weights="auto", img_size=64,
+                           train=TrainConfig(epochs=5, batch_size=4, device="cpu"))
+    report = __import__("vislab.data", fromlist=["scan_folder"]).scan_folder(synthetic)
+    result = experiment.train(spec, report, tmp_path / "run", on_event, stop)
+    assert result.history.stopped and len(result.history.epochs) == 1 and result.history.epochs[0]["partial"]
+    assert seen.count("batch") == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--data", "/no/such/place", "--epochs", "1", "--out", "x"], "no such file"),
+    (["train", "--data", "sample", "--epochs", "0", "--out", "x"], "must be positive"),
+    (["train", "--data", "sample", "--epochs", "1", "--strategy", "sideways", "--out", "x"], "invalid choice"),
+    (["train", "--data", "sample", "--model", "no_such_net", "--epochs", "1", "--out", "x"], "unknown model"),
+    (["data", "check", "/no/such/place"], "no such file"),
+])
+def test_bad_arguments_give_one_line_and_exit_2(argv, message, capsys):
+    try:
+        rc = cli.main(argv)
+    except SystemExit as exc:  # argparse errors
+        rc = exc.code
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_models_command_lists_catalog(capsys):
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("alexnet", "vgg16_bn", "resnet50", "mobilenet_v2", "vit_tiny_patch16_224", "convnext_atto"):
+        assert name in out
