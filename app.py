@@ -1,8 +1,20 @@
-"""vislab's entry point: it only routes. Run with `streamlit run app.py`."""
+"""vislab's entry point: it only routes (and fills the sidebar). Run with `streamlit run app.py`."""
 
 import streamlit as st
 
-st.set_page_config(page_title="vislab", page_icon="🔬", layout="wide")
-st.navigation([
-    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
-]).run()
+from pages import _lab
+
+st.set_page_config(page_title="vislab", page_icon=":material/biotech:", layout="wide")
+pages = st.navigation([
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/model.py", title="Model", icon=":material/neurology:"),
+    st.Page("pages/data.py", title="Data", icon=":material/photo_library:"),
+    st.Page("pages/freeze.py", title="Freeze & BatchNorm", icon=":material/ac_unit:"),
+    st.Page("pages/train.py", title="Train", icon=":material/monitoring:"),
+])
+_lab.init_state()
+sidebar = st.sidebar.container()
+try:
+    pages.run()
+finally:  # after the page, so the sidebar shows what the page just changed (also after st.stop)
+    _lab.sidebar(sidebar)

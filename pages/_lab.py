@@ -1,10 +1,94 @@
-"""The one place that knows Streamlit: cached resources and session-state keys for the pages."""
+"""The one place that knows Streamlit: cached resources, session state, the training job, the sidebar.
+
+Pages import from here and from `vislab`; no torch math happens in a page. The pretrained model is cached
+once per process (`st.cache_resource`) and never trained in place: each browser session works on its own
+copy, kept in `st.session_state`.
+"""
 
 from __future__ import annotations
 
-import streamlit as st
+import io
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from vislab import catalog, models, weights
+import streamlit as st
+import torch
+
+from vislab import catalog, data, experiment, freezing, heads, models, paths, training, weights
+from vislab.freezing import FreezePlan
+
+# ---- session state keys -------------------------------------------------------------------------------
+MODEL = "model_name"  # catalog or any timm / torchvision name
+HEAD = "head_kind"  # "linear" | "mlp"
+DATASET = "dataset"  # Dataset below, or absent
+PLAN = "plan"  # FreezePlan of the working model
+STRATEGY = "strategy"  # the preset the plan came from, or "custom"
+THAW_LAST = "thaw_last"
+BN = "bn_thawed"
+JOB = "job"  # TrainJob
+WORKING = "working"  # (key, model, info): the session's own copy with a head for its classes
+SESSION_ID = "session_id"
+
+
+@dataclass
+class Dataset:
+    """What the Data page produced: the validated report and its split."""
+
+    report: data.DataReport
+    label: str  # where it came from, for the sidebar
+    per_class: int | None = None
+    val_frac: float = 0.2
+    seed: int = 0
+
+    @property
+    def used(self) -> data.DataReport:
+        return data.subset(self.report, self.per_class, self.seed)
+
+    def split(self):
+        return data.split(self.used.items, self.val_frac, self.seed)
+
+
+def init_state() -> None:
+    ss = st.session_state
+    ss.setdefault(MODEL, catalog.DEFAULT_MODEL)
+    ss.setdefault(HEAD, "linear")
+    ss.setdefault(STRATEGY, "head")
+    ss.setdefault(THAW_LAST, 1)
+    ss.setdefault(BN, "eval")
+    ss.setdefault(SESSION_ID, uuid.uuid4().hex[:12])
+
+
+def session_dir() -> Path:
+    """This browser session's own scratch folder (uploads, extracted zips)."""
+    folder = paths.work_dir() / st.session_state[SESSION_ID]
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+# ---- cached, shared resources -------------------------------------------------------------------------
+def _weights_key(name: str) -> str:
+    """Changes when the weights on disk for `name` change (an import), so the cache reloads."""
+    try:
+        st_ = weights.status(name, catalog.source_of(name))
+    except ValueError:
+        return "unknown"
+    if st_.path is None:
+        return "random"
+    return f"{st_.path}:{st_.path.stat().st_mtime_ns}"
+
+
+@st.cache_resource(show_spinner="Loading the pretrained model…", max_entries=4)
+def _pretrained(name: str, weights_key: str):
+    return models.create_model(name, num_classes=None, weights_choice="auto")
+
+
+def pretrained(name: str | None = None):
+    """(model, info) with the original head, shared by all sessions: never train it in place."""
+    name = name or st.session_state[MODEL]
+    return _pretrained(name, _weights_key(name))
 
 
 @st.cache_data(show_spinner=False, ttl=30)
@@ -15,15 +99,198 @@ def catalog_rows() -> list[dict]:
         rows.append({
             "model": e.name, "family": e.family, "year": e.year, "source": e.source,
             "params (M)": round(e.params / 1e6, 1), "SE blocks": e.has_se, "self-attention": e.has_attention,
-            "CAM layer": e.cam_layer,
-            "weights": (f"{status.source}" + (f" ({status.note})" if status.note else "")) if status.available
-            else "none: random init",
-            "idea": e.idea,
+            "CAM layer": e.cam_layer, "weights": weights_badge(status), "idea": e.idea,
         })
     return rows
 
 
-@st.cache_resource(show_spinner="Loading the pretrained model…", max_entries=4)
-def pretrained(name: str):
-    """One shared pretrained model per name (never trained in place: pages fine-tune a copy)."""
-    return models.create_model(name, num_classes=None, weights_choice="auto")
+def weights_badge(status: weights.WeightsStatus) -> str:
+    if not status.available:
+        return "none: random init"
+    return f"{status.source}" + (f" ({status.note})" if status.note else "")
+
+
+@st.cache_data(show_spinner="Checking the dataset…", max_entries=8)
+def scan(path: str, mtime: float) -> data.DataReport:
+    return data.scan_folder(path)
+
+
+@st.cache_data(show_spinner="Tracing output shapes…", max_entries=16)
+def output_shapes(key: tuple, _model) -> dict:
+    """Output shape of every module, computed once per (model, head, classes, input size) key."""
+    from vislab import architecture
+
+    return architecture.output_shapes(_model, key[-1])
+
+
+def shapes_for(model, info) -> dict:
+    ss = st.session_state
+    return output_shapes((ss[MODEL], ss[HEAD], info.num_classes, tuple(info.data_config.input_size)), model)
+
+
+# ---- the session's working model ---------------------------------------------------------------------
+def num_classes() -> int:
+    ds = st.session_state.get(DATASET)
+    return len(ds.report.classes) if ds else 2
+
+
+def working():
+    """(model, info): this session's copy of the pretrained model, with a head for its dataset's classes."""
+    ss = st.session_state
+    key = (ss[MODEL], ss[HEAD], num_classes(), _weights_key(ss[MODEL]), ss[STRATEGY] == "scratch")
+    cached = ss.get(WORKING)
+    if cached is None or cached[0] != key:
+        if ss[STRATEGY] == "scratch":
+            model, info = models.create_model(ss[MODEL], num_classes(), ss[HEAD], "random")
+        else:
+            base, base_info = pretrained()
+            model = training.clone_model(base)
+            heads.swap_head(model, num_classes(), ss[HEAD])
+            info = models.ModelInfo(base_info.name, base_info.source, heads.head_name(model), ss[HEAD],
+                                    num_classes(), base_info.data_config, base_info.weights, list(base_info.notes))
+        ss[WORKING] = (key, model, info)
+    _, model, info = ss[WORKING]
+    plan = ss.get(PLAN)
+    names = {s.name for s in freezing.stages(model)}
+    if plan is None or set(plan.trainable) != names:  # no plan yet, or one for another model
+        strategy = ss[STRATEGY] if ss[STRATEGY] in freezing.STRATEGIES else "head"
+        bn = None if strategy == "scratch" else ss[BN]
+        ss[PLAN] = freezing.preset(model, strategy, max(1, min(ss[THAW_LAST], len(names) - 1)), bn)[-1]
+    freezing.apply(model, ss[PLAN])
+    return model, info
+
+
+def apply_preset(strategy: str, thaw_last: int | None = None, bn: str | None = None) -> None:
+    """Set the session's plan from a course strategy (Home's advisor and the Freeze page both call this)."""
+    ss = st.session_state
+    ss[STRATEGY] = strategy
+    if thaw_last is not None:
+        ss[THAW_LAST] = thaw_last
+    if bn is not None:
+        ss[BN] = bn
+    ss.pop(PLAN, None)
+    working()  # rebuilds the plan from the preset (and the model, when switching to or from scratch)
+
+
+def set_model(name: str, head: str | None = None) -> None:
+    ss = st.session_state
+    if name != ss[MODEL] or (head and head != ss[HEAD]):
+        ss[MODEL] = name
+        if head:
+            ss[HEAD] = head
+        ss.pop(PLAN, None)
+        ss.pop(WORKING, None)
+
+
+# ---- the training job: a thread per session, polled by the Train page --------------------------------
+@dataclass
+class TrainJob:
+    spec: experiment.Spec
+    total_epochs: int
+    stop: threading.Event = field(default_factory=threading.Event)
+    status: str = "running"  # running | done | stopped | error
+    message: str = ""
+    epoch: int = 0
+    batch: int = 0
+    batches: int = 0
+    loss: float = 0.0
+    phase: str = ""
+    metrics: list[dict] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    finished: float | None = None
+    result: experiment.Result | None = None
+    predictions: object = None  # evaluation.Predictions on the validation split
+    thread: threading.Thread | None = None
+
+    def on_event(self, e: training.Event) -> None:
+        if e.kind == "batch":
+            self.epoch, self.batch, self.batches, self.loss, self.phase = e.epoch, e.batch, e.batches, e.loss, e.phase
+        elif e.kind == "epoch":
+            self.metrics.append(e.metrics)
+        elif e.kind == "end" and e.message not in ("done", "stopped"):
+            self.message = e.message
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+
+def start_training(spec: experiment.Spec, ds: Dataset) -> TrainJob:
+    """Train a copy of the working model (its plan as the last phase) in a background thread."""
+    from vislab import evaluation
+
+    model, info = working()
+    plan = st.session_state[PLAN]
+    model = training.clone_model(model)
+    info = models.ModelInfo(info.name, info.source, info.head, info.head_kind, info.num_classes,
+                            info.data_config.with_size(spec.img_size), info.weights, list(info.notes))
+    if spec.strategy == "two-phase":
+        head_only = freezing.plan_for(model, set(), "eval")
+        phases = training.phases_for("two-phase", [head_only, plan], spec.train.epochs, spec.train.lr,
+                                     spec.train.phase2_lr_factor)
+    else:
+        phases = [training.Phase(plan, spec.train.epochs, spec.train.lr, spec.strategy)]
+    job = TrainJob(spec, sum(p.epochs for p in phases))
+    run_dir = paths.runs_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}_{spec.model}_{spec.strategy}"
+    report = ds.used
+
+    def work():
+        try:
+            result = experiment.train(spec, report, run_dir, job.on_event, job.stop, prepared=(model, info, phases))
+            job.result = result
+            if result.history.epochs:
+                job.predictions = evaluation.predict(result.model.cpu(), result.val_items, info.data_config)
+            job.status = "stopped" if result.history.stopped else "done"
+        except torch.OutOfMemoryError:
+            job.status, job.message = "error", "out of memory: use a smaller batch size or image size"
+        except Exception as exc:  # shown on the page; the app and the session survive
+            job.status, job.message = "error", f"{type(exc).__name__}: {exc}"
+        finally:
+            job.finished = time.perf_counter()
+
+    job.thread = threading.Thread(target=work, name=f"vislab-train-{st.session_state[SESSION_ID]}", daemon=True)
+    job.thread.start()
+    st.session_state[JOB] = job
+    return job
+
+
+# ---- small rendering helpers -------------------------------------------------------------------------
+def png_bytes(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def download_png(img, name: str, label: str = "Download PNG") -> None:
+    st.download_button(label, png_bytes(img), file_name=name, mime="image/png", key=f"dl-{name}")
+
+
+PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+
+
+def chart(fig, key: str | None = None) -> None:
+    """A plotly chart; its toolbar's camera button downloads it as PNG (for slides)."""
+    st.plotly_chart(fig, width="stretch", config=PLOTLY_CONFIG, key=key)
+
+
+def sidebar(where) -> None:
+    """The current model, dataset, strategy and run, in the given sidebar container."""
+    ss = st.session_state
+    ds = ss.get(DATASET)
+    where.markdown("### Current lab")
+    where.markdown(
+        f"**Model** `{ss[MODEL]}` ({ss[HEAD]} head)  \n"
+        f"**Data** {ds.label + f' · {len(ds.used.items)} images' if ds else '— (pick on Data)'}  \n"
+        f"**Strategy** {ss[STRATEGY]}  \n"
+        f"**Run** {job_label(ss.get(JOB))}"
+    )
+
+
+def job_label(job: TrainJob | None) -> str:
+    if job is None:
+        return "—"
+    if job.running:
+        return f"training, epoch {job.epoch}/{job.total_epochs}"
+    if job.result and job.result.run_dir:
+        return f"{job.status}: `{job.result.run_dir.name}`"
+    return job.status

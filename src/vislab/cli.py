@@ -91,9 +91,10 @@ class _Progress:
 
     def __init__(self):
         self.start = time.perf_counter()
+        self.bar = sys.stderr.isatty()  # no carriage-return bar in logs and pipes
 
     def __call__(self, e):
-        if e.kind == "batch":
+        if e.kind == "batch" and self.bar:
             width = 24
             done = int(width * e.batch / max(e.batches, 1))
             sys.stderr.write(f"\r  epoch {e.epoch}/{e.epochs} [{'#' * done}{'.' * (width - done)}] "
@@ -101,7 +102,8 @@ class _Progress:
             sys.stderr.flush()
         elif e.kind == "epoch":
             m = e.metrics
-            sys.stderr.write("\r" + " " * 72 + "\r")
+            if self.bar:
+                sys.stderr.write("\r" + " " * 72 + "\r")
             print(f"epoch {m['epoch']:>2} [{m['phase']}] train loss {m['train_loss']:.4f} acc {m['train_acc']:.3f}"
                   f" | val loss {m['val_loss']:.4f} acc {m['val_acc']:.3f} | {m['seconds']:.1f} s", flush=True)
         elif e.kind == "phase":

@@ -71,13 +71,15 @@ def train(
     stop: threading.Event | None = None,
     base: nn.Module | None = None,
     base_info: models.ModelInfo | None = None,
+    prepared: tuple | None = None,
 ) -> Result:
+    """Train per `spec`; `prepared` = (model, info, phases) trains that model as is (the UI's own plan)."""
     if not report.usable:
         raise data.DataError("; ".join(report.errors))
     report = data.subset(report, spec.per_class, spec.train.seed)
     if not report.usable:
         raise data.DataError("; ".join(report.errors))
-    model, info, phases = prepare(spec, len(report.classes), base, base_info)
+    model, info, phases = prepared or prepare(spec, len(report.classes), base, base_info)
     train_items, val_items = data.split(report.items, spec.val_frac, spec.train.seed)
     cfg = info.data_config
     train_ds = data.ImageDataset(train_items, train_transform(cfg, spec.augment))
@@ -99,6 +101,7 @@ def train(
             "val_size": len(val_items), "best_epoch": history.best_epoch, "stopped": history.stopped,
         }
         run_dir = runs.save(out, model.cpu(), config, history.epochs, report.classes)
+        runs.save_split(run_dir, train_items, val_items)
     return Result(model, info, history, run_dir, report.classes, val_items)
 
 

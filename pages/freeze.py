@@ -1,0 +1,105 @@
+import streamlit as st
+
+from pages import _lab
+from vislab import architecture, freezing, plots
+
+_lab.init_state()
+ss = st.session_state
+st.title("Freeze & BatchNorm")
+st.markdown(
+    "A **frozen** stage keeps its pretrained weights (no gradients). BatchNorm has two more things that can "
+    "change: its affine weights (γ, β) and its **running statistics**, which move on every training batch "
+    "even when the weights are frozen — unless the layer is in `eval` or `frozen` mode."
+)
+
+c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
+strategy = c1.selectbox("Strategy preset", freezing.STRATEGIES, key="preset_choice",
+                        index=freezing.STRATEGIES.index(ss[_lab.STRATEGY]) if ss[_lab.STRATEGY] in freezing.STRATEGIES else 0,
+                        help="head: only the new head · partial: head + last N stages · full: everything · "
+                             "two-phase: head, then everything at a smaller LR · scratch: random init, everything")
+thaw = c2.number_input("Last N stages", 1, 50, ss[_lab.THAW_LAST], key="preset_thaw")
+bn = c3.selectbox("BN of thawed stages", freezing.BN_MODES, index=freezing.BN_MODES.index(ss[_lab.BN]),
+                  key="preset_bn")
+head_kind = c4.radio("Head", ["linear", "mlp"], index=["linear", "mlp"].index(ss[_lab.HEAD]), key="head_choice",
+                     help="mlp: BatchNorm1d, Linear, ReLU, BatchNorm1d, Dropout, Linear")
+if head_kind != ss[_lab.HEAD]:
+    _lab.set_model(ss[_lab.MODEL], head_kind)
+if st.button("Apply preset", type="primary"):
+    _lab.apply_preset(strategy, int(thaw), bn)
+    ss["plan_version"] = ss.get("plan_version", 0) + 1
+
+model, info = _lab.working()
+plan: freezing.FreezePlan = ss[_lab.PLAN]
+if not info.pretrained and ss[_lab.STRATEGY] != "scratch":
+    st.warning(f"`{info.name}` has random weights here: freezing random layers teaches nothing. "
+               "Pick a model with real weights or the `scratch` strategy.")
+version = ss.get("plan_version", 0)
+
+st.subheader("Stages")
+rows = architecture.stage_rows(model, _lab.shapes_for(model, info))
+new_trainable, new_bn = dict(plan.trainable), dict(plan.bn)
+per_row = 4
+for start in range(0, len(rows), per_row):
+    cols = st.columns(per_row)
+    for col, r in zip(cols, rows[start:start + per_row]):
+        with col.container(border=True):
+            name = r["stage"]
+            label = "new head" if name == freezing.HEAD else name
+            new_trainable[name] = st.toggle(f"**{label}**", plan.trainable[name], key=f"train_{name}_{version}",
+                                            help="on: thawed (trains) · off: frozen")
+            st.caption(f"{r['params']:,} params · out {r['output']}")
+            if r["bn_layers"]:
+                mode = st.segmented_control(f"BatchNorm ({r['bn_layers']})", freezing.BN_MODES,
+                                            default=plan.bn[name], key=f"bn_{name}_{version}")
+                new_bn[name] = mode or plan.bn[name]
+if new_trainable != plan.trainable or new_bn != plan.bn:
+    plan = freezing.FreezePlan(new_trainable, new_bn, dict(plan.modules))
+    ss[_lab.PLAN] = plan
+    if ss[_lab.STRATEGY] != "two-phase":
+        ss[_lab.STRATEGY] = "custom"
+    freezing.apply(model, plan)
+
+with st.expander("Single modules (override a stage's choice for one module)"):
+    mods = architecture.module_rows(model, _lab.shapes_for(model, info), depth=None)
+    mod_table = [{"module": m["module"], "type": m["type"], "stage": m["stage"], "params": m["params"],
+                  "train": m["state"] != "frozen"} for m in mods]
+    mod_edit = st.data_editor(mod_table, key=f"modules_{version}", hide_index=True, width="stretch",
+                              disabled=["module", "type", "stage", "params"], height=300)
+    overrides = dict(plan.modules)
+    for before, after in zip(mod_table, mod_edit):
+        if before["train"] != after["train"]:
+            overrides[after["module"]] = bool(after["train"])
+    if overrides != plan.modules:
+        plan.modules = overrides
+        ss[_lab.STRATEGY] = "custom"
+        freezing.apply(model, plan)
+        st.rerun()
+    if plan.modules and st.button("Clear module overrides"):
+        plan.modules = {}
+        freezing.apply(model, plan)
+        ss["plan_version"] = version + 1
+        st.rerun()
+
+rep = freezing.report(model)
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("Trainable parameters", f"{rep.trainable_params:,}")
+m2.metric("Frozen parameters", f"{rep.frozen_params:,}")
+m3.metric("Trainable share", f"{rep.trainable_params / max(rep.total, 1):.1%}")
+m4.metric("BN layers updating stats", len(rep.moving_bn_buffers))
+
+rows = architecture.stage_rows(model, _lab.shapes_for(model, info))  # again: states may have changed
+_lab.chart(plots.stage_diagram(rows, f"{info.name}: strategy {ss[_lab.STRATEGY]}"), key="diagram")
+if ss[_lab.STRATEGY] == "two-phase":
+    st.info("Two-phase: training first runs the new head alone, then this plan at a smaller learning rate.")
+
+st.subheader("When training starts")
+st.markdown(f"- The optimizer updates **{len(rep.trainable_tensors)} tensors** "
+            f"({rep.trainable_params:,} numbers); everything else stays bit-identical.\n"
+            f"- **{len(rep.moving_bn_buffers)} BatchNorm layers** update their running mean/var on every batch"
+            + (" — including some in frozen stages (the classic trap)." if any(
+                plots.stage_state(r) == "frozen" and "train" in r["bn_modes"] for r in rows) else "."))
+with st.expander("Exactly which tensors and buffers"):
+    st.markdown("**Trained parameters**")
+    st.code("\n".join(rep.trainable_tensors) or "(none)", language=None)
+    st.markdown("**Moving BatchNorm buffers**")
+    st.code("\n".join(rep.moving_bn_buffers) or "(none)", language=None)

@@ -1,0 +1,74 @@
+import streamlit as st
+
+from pages import _lab
+from vislab import architecture, catalog, plots, weights
+
+_lab.init_state()
+ss = st.session_state
+st.title("Model")
+
+names = catalog.names()
+OTHER = "other timm / torchvision name…"
+current = ss[_lab.MODEL]
+choice = st.selectbox("Pretrained model", names + [OTHER], index=names.index(current) if current in names
+                      else len(names), format_func=lambda n: n if n == OTHER else
+                      f"{n}  ·  {catalog.lookup(n).family} {catalog.lookup(n).year}")
+name = choice
+if choice == OTHER:
+    name = st.text_input("Model name", value=current if current not in names else "resnet34",
+                         help="Any torchvision.models name (resnet34, regnet_y_400mf, …) or timm name "
+                              "(seresnext26d_32x4d, deit_tiny_patch16_224, …)").strip()
+try:
+    source = catalog.source_of(name)
+except ValueError as exc:
+    st.error(str(exc))
+    st.stop()
+_lab.set_model(name)
+
+entry = catalog.lookup(name)
+status = weights.status(name, source)
+if status.available:
+    st.success(f"**Real weights available** — {_lab.weights_badge(status)}  \n`{status.path}`")
+else:
+    st.warning(f"**No pretrained weights for `{name}` on this machine.** It starts from random init, so it "
+               "has learned nothing yet: training only the head would be meaningless. Import a weights file "
+               "below, or use `vislab weights pull` when online.")
+if entry:
+    st.caption(f"{entry.family} ({entry.year}): {entry.idea}. Source: {entry.source}. "
+               f"SE blocks: {'yes' if entry.has_se else 'no'}. Self-attention: {'yes' if entry.has_attention else 'no'}.")
+
+with st.expander("Import a weights file (.pth, .pt, .bin, .safetensors)"):
+    up = st.file_uploader("Weights file", type=["pth", "pt", "bin", "safetensors"], key="weights_upload")
+    if up is not None and st.button("Check and import", key="do_import"):
+        target = _lab.session_dir() / f"upload_{up.name}"
+        target.write_bytes(up.getvalue())
+        try:
+            new = weights.import_file(target, name)
+        except weights.WeightsError as exc:
+            st.error(f"Not imported: {exc}")
+        else:
+            st.cache_data.clear()
+            ss.pop(_lab.WORKING, None)
+            st.success(f"Imported: {_lab.weights_badge(new)}")
+        finally:
+            target.unlink(missing_ok=True)
+
+model, info = _lab.working()
+shapes = _lab.shapes_for(model, info)
+c, h, w = info.data_config.input_size
+st.markdown(f"Input **{h}×{w}**, mean {tuple(round(m, 3) for m in info.data_config.mean)}, std "
+            f"{tuple(round(s, 3) for s in info.data_config.std)}, {info.data_config.interpolation} resize, "
+            f"crop {info.data_config.crop_pct:.3f} — from the model's own data config. Head `{info.head}` sized "
+            f"for {info.num_classes} classes.")
+
+stage_rows = architecture.stage_rows(model, shapes)
+_lab.chart(plots.params_by_stage(stage_rows), key="params_chart")
+st.subheader("Stages (the names freezing uses)")
+st.dataframe(
+    [{"stage": r["stage"], "modules": ", ".join(r["modules"]), "output": r["output"], "params": r["params"],
+      "trainable": r["trainable"], "state": plots.stage_state(r), "BatchNorm": ", ".join(r["bn_modes"]) or "-"}
+     for r in stage_rows],
+    hide_index=True, width="stretch",
+)
+with st.expander("Every module with parameters"):
+    st.dataframe(architecture.module_rows(model, shapes), hide_index=True, width="stretch")

@@ -1,0 +1,85 @@
+"""After training: predictions on the validation set, confusion matrix, per-class accuracy, top losses,
+and classifying a new image with top-k probabilities."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from vislab.data import ImageDataset
+from vislab.models import DataConfig
+from vislab.transforms import eval_transform
+
+
+@dataclass
+class Predictions:
+    paths: list[str]
+    labels: np.ndarray  # (N,) true class index
+    probs: np.ndarray  # (N, K) softmax probabilities
+    losses: np.ndarray  # (N,) cross-entropy per image
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probs.argmax(1)
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.predicted == self.labels).mean()) if len(self.labels) else 0.0
+
+
+@torch.no_grad()
+def predict(model: nn.Module, items: list[tuple[str, int]], cfg: DataConfig, batch_size: int = 32,
+            device: str | torch.device = "cpu") -> Predictions:
+    model.eval().to(device)
+    loader = DataLoader(ImageDataset(items, eval_transform(cfg)), batch_size=batch_size, shuffle=False)
+    probs, losses, labels = [], [], []
+    for x, y in loader:
+        logits = model(x.to(device)).float().cpu()  # (B, K)
+        probs.append(logits.softmax(1))
+        losses.append(nn.functional.cross_entropy(logits, y, reduction="none"))
+        labels.append(y)
+    k = getattr(model, "num_classes", None)
+    empty = np.zeros((0, k or 0))
+    return Predictions([p for p, _ in items], torch.cat(labels).numpy() if labels else np.zeros(0, int),
+                       torch.cat(probs).numpy() if probs else empty,
+                       torch.cat(losses).numpy() if losses else np.zeros(0))
+
+
+def confusion(pred: Predictions, num_classes: int) -> np.ndarray:
+    """(true, predicted) counts, shape (K, K)."""
+    cm = np.zeros((num_classes, num_classes), dtype=int)
+    np.add.at(cm, (pred.labels, pred.predicted), 1)
+    return cm
+
+
+def per_class_accuracy(cm: np.ndarray) -> np.ndarray:
+    totals = cm.sum(1)
+    return np.divide(np.diag(cm), totals, out=np.zeros(len(cm)), where=totals > 0)
+
+
+def top_losses(pred: Predictions, k: int = 12) -> list[int]:
+    """Indices of the k validation images the model got most wrong (highest loss first)."""
+    return [int(i) for i in np.argsort(-pred.losses)[:k]]
+
+
+@torch.no_grad()
+def classify(model: nn.Module, img: Image.Image, cfg: DataConfig, classes: list[str], k: int = 5,
+             device: str | torch.device = "cpu") -> list[tuple[str, float]]:
+    """Top-k (class name, probability) for one image."""
+    model.eval().to(device)
+    x = eval_transform(cfg)(img.convert("RGB")).unsqueeze(0).to(device)  # (1, 3, H, W)
+    probs = model(x).float().softmax(1)[0].cpu()
+    top = probs.topk(min(k, len(probs)))
+    return [(classes[i] if i < len(classes) else str(i), float(p)) for p, i in zip(top.values, top.indices)]
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet class names, as torchvision ships them."""
+    from torchvision.models import MobileNet_V2_Weights
+
+    return list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])

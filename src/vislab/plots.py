@@ -1,0 +1,198 @@
+"""Plot builders: numbers in, plotly figures (or PIL image grids) out. No Streamlit here."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+from PIL import Image, ImageDraw, ImageFont
+
+# Okabe-Ito colours: readable by colour-blind viewers and on a projector
+FROZEN, THAWED, HEAD, PARTLY = "#56B4E9", "#E69F00", "#009E73", "#CC79A7"
+STATE_COLOURS = {"frozen": FROZEN, "trainable": THAWED, "new head": HEAD, "partly": PARTLY}
+PHASE_COLOURS = ["rgba(86,180,233,0.12)", "rgba(230,159,0,0.12)"]
+FONT = dict(size=15)
+
+
+def _layout(fig: go.Figure, title: str, height: int = 380) -> go.Figure:
+    fig.update_layout(title=title, height=height, font=FONT, margin=dict(l=50, r=20, t=60, b=50),
+                      template="plotly_white", legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def stage_state(row: dict) -> str:
+    if row["stage"] == "head":
+        return "new head"
+    if row["trainable"] == 0:
+        return "frozen"
+    return "trainable" if row["trainable"] == row["params"] else "partly"
+
+
+def params_by_stage(rows: list[dict]) -> go.Figure:
+    """Parameters per stage, coloured by frozen / trainable / new head."""
+    fig = go.Figure()
+    for state, colour in STATE_COLOURS.items():
+        sel = [r for r in rows if stage_state(r) == state]
+        if sel:
+            fig.add_bar(x=[r["stage"] for r in sel], y=[r["params"] for r in sel], name=state,
+                        marker_color=colour, hovertemplate="%{x}: %{y:,} parameters<extra></extra>")
+    fig.update_xaxes(categoryorder="array", categoryarray=[r["stage"] for r in rows], tickangle=-45)
+    fig.update_yaxes(title="parameters", type="log" if max(r["params"] for r in rows) > 50 * max(
+        1, min(r["params"] for r in rows)) else "linear")
+    return _layout(fig, "Parameters by stage")
+
+
+def stage_diagram(rows: list[dict], title: str = "") -> go.Figure:
+    """The network as a row of stage boxes: colour = frozen / trainable / new head, text = BN mode."""
+    n = len(rows)
+    per_line = min(n, 10)
+    lines = math.ceil(n / per_line)
+    fig = go.Figure()
+    for i, row in enumerate(rows):
+        col, line = i % per_line, i // per_line
+        x0, y0 = col * 1.1, -line * 1.6
+        state = stage_state(row)
+        fig.add_shape(type="rect", x0=x0, x1=x0 + 1, y0=y0, y1=y0 + 1, fillcolor=STATE_COLOURS[state],
+                      line=dict(color="#333", width=3 if row.get("bn_modes") and "train" in row["bn_modes"]
+                                and state == "frozen" else 1))
+        bn = "/".join(row["bn_modes"]) if row.get("bn_modes") else "no BN"
+        fig.add_annotation(x=x0 + 0.5, y=y0 + 0.62, text=f"<b>{row['stage']}</b>", showarrow=False,
+                           font=dict(size=12, color="#111"))
+        fig.add_annotation(x=x0 + 0.5, y=y0 + 0.38, text=_short(row["params"]), showarrow=False,
+                           font=dict(size=11, color="#111"))
+        fig.add_annotation(x=x0 + 0.5, y=y0 - 0.18, text=f"BN {bn}", showarrow=False,
+                           font=dict(size=11, color="#444"))
+        if col < per_line - 1 and i < n - 1:
+            fig.add_annotation(x=x0 + 1.1, y=y0 + 0.5, ax=x0 + 1.0, ay=y0 + 0.5, xref="x", yref="y",
+                               axref="x", ayref="y", showarrow=True, arrowhead=2, text="")
+    for state, colour in STATE_COLOURS.items():  # legend entries
+        fig.add_scatter(x=[None], y=[None], mode="markers", marker=dict(size=14, color=colour, symbol="square"),
+                        name=state)
+    fig.update_xaxes(visible=False, range=[-0.2, per_line * 1.1])
+    fig.update_yaxes(visible=False, range=[-(lines - 1) * 1.6 - 0.5, 1.2], scaleanchor=None)
+    return _layout(fig, title or "Stages: what trains, what stays frozen", height=150 + 150 * lines)
+
+
+def _short(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
+
+
+def curves(metrics: list[dict]) -> go.Figure:
+    """Loss and accuracy per epoch, train and validation, with training phases shaded."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
+    epochs = [m["epoch"] for m in metrics]
+    for col, key in ((1, "loss"), (2, "acc")):
+        for split, dash in (("train", "dot"), ("val", "solid")):
+            fig.add_scatter(x=epochs, y=[m[f"{split}_{key}"] for m in metrics], mode="lines+markers",
+                            name=f"{split} {key}", line=dict(dash=dash, width=3), row=1, col=col)
+    phases = []
+    for m in metrics:
+        if not phases or phases[-1][0] != m["phase"]:
+            phases.append([m["phase"], m["epoch"], m["epoch"]])
+        phases[-1][2] = m["epoch"]
+    if len(phases) > 1:
+        for i, (name, first, last) in enumerate(phases):
+            for col in (1, 2):
+                fig.add_vrect(x0=first - 0.5, x1=last + 0.5, fillcolor=PHASE_COLOURS[i % 2], line_width=0,
+                              annotation_text=name if col == 1 else "", annotation_position="top left",
+                              row=1, col=col)
+    fig.update_xaxes(title="epoch", dtick=1)
+    fig.update_yaxes(range=[0, 1.02], row=1, col=2)
+    return _layout(fig, "Training curves")
+
+
+def confusion_matrix(cm: np.ndarray, classes: list[str]) -> go.Figure:
+    totals = cm.sum(1, keepdims=True)
+    frac = np.divide(cm, totals, out=np.zeros_like(cm, dtype=float), where=totals > 0)
+    text = [[f"{cm[i, j]}<br>{frac[i, j]:.0%}" for j in range(len(classes))] for i in range(len(classes))]
+    fig = go.Figure(go.Heatmap(z=frac, x=classes, y=classes, text=text, texttemplate="%{text}",
+                               colorscale="Blues", zmin=0, zmax=1, colorbar=dict(title="row %")))
+    fig.update_xaxes(title="predicted", side="bottom")
+    fig.update_yaxes(title="true", autorange="reversed")
+    return _layout(fig, "Confusion matrix (validation)", height=120 + 60 * max(len(classes), 4))
+
+
+def per_class_accuracy(acc: np.ndarray, classes: list[str]) -> go.Figure:
+    fig = go.Figure(go.Bar(x=classes, y=acc, marker_color=THAWED, text=[f"{a:.0%}" for a in acc],
+                           textposition="outside"))
+    fig.update_yaxes(range=[0, 1.1], title="accuracy")
+    return _layout(fig, "Accuracy per class (validation)")
+
+
+def class_balance(counts: dict[str, int], train: dict[str, int] | None = None,
+                  val: dict[str, int] | None = None) -> go.Figure:
+    fig = go.Figure()
+    names = list(counts)
+    if train is not None and val is not None:
+        fig.add_bar(x=names, y=[train.get(c, 0) for c in names], name="train", marker_color=THAWED)
+        fig.add_bar(x=names, y=[val.get(c, 0) for c in names], name="validation", marker_color=FROZEN)
+        fig.update_layout(barmode="stack")
+    else:
+        fig.add_bar(x=names, y=list(counts.values()), marker_color=THAWED)
+    fig.update_yaxes(title="images")
+    return _layout(fig, "Images per class")
+
+
+def topk(pairs: list[tuple[str, float]], title: str = "Top predictions") -> go.Figure:
+    names = [n for n, _ in pairs][::-1]
+    probs = [p for _, p in pairs][::-1]
+    fig = go.Figure(go.Bar(x=probs, y=names, orientation="h", marker_color=HEAD,
+                           text=[f"{p:.1%}" for p in probs], textposition="outside"))
+    fig.update_xaxes(range=[0, 1.15], title="probability")
+    return _layout(fig, title, height=120 + 40 * len(pairs))
+
+
+def strategy_matrix(size: str | None, similarity: str | None, matrix: dict) -> go.Figure:
+    """The 2x2 advisor grid with the chosen cell highlighted."""
+    sizes, sims = ("small", "large"), ("similar", "different")
+    fig = go.Figure()
+    for i, s in enumerate(sizes):
+        for j, sim in enumerate(sims):
+            chosen = (s, sim) == (size, similarity)
+            fig.add_shape(type="rect", x0=j, x1=j + 1, y0=1 - i, y1=2 - i, line=dict(color="#333", width=2),
+                          fillcolor=HEAD if chosen else "#f2f2f2")
+            fig.add_annotation(x=j + 0.5, y=1.5 - i, text=f"<b>{matrix[(s, sim)].title}</b>", showarrow=False,
+                               font=dict(size=15, color="white" if chosen else "#222"))
+    for j, sim in enumerate(sims):
+        fig.add_annotation(x=j + 0.5, y=2.12, text=f"{sim} to ImageNet", showarrow=False, font=dict(size=14))
+    for i, s in enumerate(sizes):
+        fig.add_annotation(x=-0.05, y=1.5 - i, text=f"{s} dataset", showarrow=False, textangle=-90,
+                           font=dict(size=14))
+    fig.update_xaxes(visible=False, range=[-0.15, 2.02])
+    fig.update_yaxes(visible=False, range=[-0.02, 2.25])
+    return _layout(fig, "Which strategy? (dataset size x similarity)", height=330)
+
+
+def _font(size: int):
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size)
+    except OSError:
+        return ImageFont.load_default(size=size)
+
+
+def image_grid(images: list[Image.Image], captions: list[str], cols: int = 4, cell: int = 180,
+               colours: list[str] | None = None) -> Image.Image:
+    """A captioned grid of images as one PIL image (for PNG download and slides)."""
+    rows = max(1, math.ceil(len(images) / cols))
+    pad, text_h = 8, 40
+    grid = Image.new("RGB", (cols * (cell + pad) + pad, rows * (cell + text_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    font = _font(13)
+    for k, (img, cap) in enumerate(zip(images, captions)):
+        r, c = divmod(k, cols)
+        x, y = pad + c * (cell + pad), pad + r * (cell + text_h + pad)
+        thumb = img.copy()
+        thumb.thumbnail((cell, cell))
+        grid.paste(thumb, (x + (cell - thumb.width) // 2, y + (cell - thumb.height) // 2))
+        colour = colours[k] if colours else "#111111"
+        for i, line in enumerate(cap.split("\n")[:2]):
+            draw.text((x, y + cell + 4 + i * 16), line[:32], fill=colour, font=font)
+    return grid
+
+
+def to_pil(x) -> Image.Image:
+    """(C, H, W) float tensor in [0, 1] -> PIL RGB image."""
+    arr = (x.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (H, W, C)
+    return Image.fromarray(arr)

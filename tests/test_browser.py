@@ -1,0 +1,74 @@
+"""The whole app in a real browser (headless Chromium): Home -> Model -> Data -> Freeze -> Train.
+
+Screenshots go to docs/screenshots/ (the README shows them). Skipped, saying why, without Chromium.
+"""
+
+import pytest
+
+from tests import browser
+
+pytestmark = pytest.mark.browser
+SHOTS = browser.REPO / "docs" / "screenshots"
+
+
+@pytest.fixture
+def app_url(vislab_home):
+    reason = browser.why_unavailable()
+    if reason:
+        pytest.skip(reason)
+    with browser.streamlit_server({"VISLAB_HOME": str(vislab_home)}) as (url, _):
+        yield url
+
+
+def _go(page, title):
+    page.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True).click()
+    page.get_by_role("heading", name=title).wait_for(timeout=60_000)
+    browser.wait_idle(page)
+
+
+def _shot(page, name):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def test_walk_home_to_trained_head(app_url):
+    with browser.browser_page(height=1600) as page:
+        page.goto(app_url)
+        page.get_by_text("Strategy advisor").wait_for(timeout=60_000)
+        browser.wait_idle(page)
+        assert browser.exceptions(page) == []
+        _shot(page, "home")
+
+        _go(page, "Model")
+        page.get_by_text("Real weights available").wait_for(timeout=60_000)
+        assert browser.exceptions(page) == []
+        _shot(page, "model")
+
+        _go(page, "Data")
+        slider = page.get_by_role("slider").first  # images per class: 60 -> 20, a quick CPU run
+        slider.focus()
+        page.keyboard.press("ArrowLeft")
+        page.keyboard.press("ArrowLeft")
+        page.get_by_text("20", exact=True).first.wait_for()
+        page.get_by_role("button", name="Use the sample").click()
+        page.get_by_text("Dataset: textile sample").wait_for(timeout=60_000)
+        browser.wait_idle(page)
+        assert browser.exceptions(page) == []
+        _shot(page, "data")
+
+        _go(page, "Freeze & BatchNorm")
+        page.get_by_text("Trainable parameters").wait_for(timeout=60_000)
+        assert browser.exceptions(page) == []
+        _shot(page, "freeze")
+
+        _go(page, "Train")
+        epochs = page.get_by_label("Epochs")
+        epochs.fill("2")
+        epochs.press("Enter")
+        browser.wait_idle(page)
+        page.get_by_role("button", name="Start training").click()
+        page.get_by_text("best val acc").wait_for(timeout=240_000)
+        browser.wait_idle(page)
+        assert browser.exceptions(page) == []
+        assert page.get_by_text("Confusion matrix").count() or page.locator(".js-plotly-plot").count() >= 3
+        _shot(page, "train")
