@@ -140,6 +140,8 @@ def working():
     key = (ss[MODEL], ss[HEAD], num_classes(), _weights_key(ss[MODEL]), ss[STRATEGY] == "scratch")
     cached = ss.get(WORKING)
     if cached is None or cached[0] != key:
+        ds = ss.get(DATASET)
+        training.seed_everything(ds.seed if ds else 0)  # the new head's init is reproducible too
         if ss[STRATEGY] == "scratch":
             model, info = models.create_model(ss[MODEL], num_classes(), ss[HEAD], "random")
         else:
@@ -221,7 +223,7 @@ def start_training(spec: experiment.Spec, ds: Dataset) -> TrainJob:
 
     model, info = working()
     plan = st.session_state[PLAN]
-    model = training.clone_model(model)
+    model = training.clone_model(model)  # the working copy keeps its (pretrained) weights for the next run
     info = models.ModelInfo(info.name, info.source, info.head, info.head_kind, info.num_classes,
                             info.data_config.with_size(spec.img_size), info.weights, list(info.notes))
     if spec.strategy == "two-phase":

@@ -35,6 +35,7 @@ if not info.pretrained and ss[_lab.STRATEGY] != "scratch":
                "Pick a model with real weights or the `scratch` strategy.")
 version = ss.get("plan_version", 0)
 
+summary = st.container()  # filled at the end, once every toggle below has been read
 st.subheader("Stages")
 rows = architecture.stage_rows(model, _lab.shapes_for(model, info))
 new_trainable, new_bn = dict(plan.trainable), dict(plan.bn)
@@ -81,16 +82,16 @@ with st.expander("Single modules (override a stage's choice for one module)"):
         st.rerun()
 
 rep = freezing.report(model)
-m1, m2, m3, m4 = st.columns(4)
-m1.metric("Trainable parameters", f"{rep.trainable_params:,}")
-m2.metric("Frozen parameters", f"{rep.frozen_params:,}")
-m3.metric("Trainable share", f"{rep.trainable_params / max(rep.total, 1):.1%}")
-m4.metric("BN layers updating stats", len(rep.moving_bn_buffers))
-
 rows = architecture.stage_rows(model, _lab.shapes_for(model, info))  # again: states may have changed
-_lab.chart(plots.stage_diagram(rows, f"{info.name}: strategy {ss[_lab.STRATEGY]}"), key="diagram")
-if ss[_lab.STRATEGY] == "two-phase":
-    st.info("Two-phase: training first runs the new head alone, then this plan at a smaller learning rate.")
+with summary:
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("Trainable parameters", f"{rep.trainable_params:,}")
+    m2.metric("Frozen parameters", f"{rep.frozen_params:,}")
+    m3.metric("Trainable share", f"{rep.trainable_params / max(rep.total, 1):.1%}")
+    m4.metric("BN layers updating stats", len(rep.moving_bn_buffers))
+    _lab.chart(plots.stage_diagram(rows, f"{info.name}: strategy {ss[_lab.STRATEGY]}"), key="diagram")
+    if ss[_lab.STRATEGY] == "two-phase":
+        st.info("Two-phase: training first runs the new head alone, then this plan at a smaller learning rate.")
 
 st.subheader("When training starts")
 st.markdown(f"- The optimizer updates **{len(rep.trainable_tensors)} tensors** "

@@ -127,3 +127,30 @@ def test_one_epoch_on_a_tiny_model_gives_curves_and_confusion(synthetic):
     assert "Training curves" in titles and "Confusion matrix (validation)" in titles
     assert job.result.run_dir.is_dir() and (job.result.run_dir / "model.safetensors").is_file()
     assert any("best val acc" in s.value for s in at.success)
+
+
+def test_stop_ends_a_run_mid_epoch_and_keeps_best(synthetic):
+    at = _app()
+    at.switch_page("pages/model.py").run()
+    at.selectbox[0].set_value("other timm / torchvision name…").run()
+    at.text_input[0].set_value("test_resnet").run()
+    at.switch_page("pages/data.py").run()
+    at.radio(key="data_source").set_value("A .zip of class folders").run()
+    at.get("file_uploader")[0].set_value(("shapes.zip", _zip_of(synthetic), "application/zip")).run()
+    at.button[0].click().run()
+    at.switch_page("pages/train.py").run()
+    at.number_input[0].set_value(200).run()  # far more epochs than the test will wait for
+    at.select_slider[0].set_value(4).run()  # batch size 4: many batches per epoch
+    at.select_slider[1].set_value(64).run()
+    next(b for b in at.button if b.label == "Start training").click().run()
+    job = at.session_state["job"]
+    deadline = time.time() + 60
+    while not job.metrics and time.time() < deadline:  # let one epoch finish, so there is a best
+        time.sleep(0.2)
+    next(b for b in at.button if b.label == "Stop").click().run()
+    while job.running and time.time() < deadline:
+        time.sleep(0.2)
+    at.run()
+    assert job.status == "stopped" and 1 <= len(job.metrics) < 200
+    assert (job.result.run_dir / "model.safetensors").is_file()
+    assert any("Stopped" in s.value for s in at.success)

@@ -13,7 +13,7 @@ def test_vislab_train_writes_the_four_files(synthetic, tmp_path, capsys):
                    "--strategy", "partial", "--epochs", "2", "--img-size", "64", "--batch-size", "8",
                    "--out", str(out)])
     assert rc == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(runs.FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(runs.FILES + ("split.json",))
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics) == 2
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "seconds"):
@@ -88,3 +88,17 @@ def test_models_command_lists_catalog(capsys):
     out = capsys.readouterr().out
     for name in ("alexnet", "vgg16_bn", "resnet50", "mobilenet_v2", "vit_tiny_patch16_224", "convnext_atto"):
         assert name in out
+
+
+def test_training_is_seeded_and_reproducible(synthetic, tmp_path):
+    from vislab import data
+
+    report = data.scan_folder(synthetic)
+    spec = experiment.Spec(model="test_resnet", strategy="partial", weights="auto", img_size=64,
+                           train=TrainConfig(epochs=2, batch_size=8, device="cpu", seed=3))
+    a = experiment.train(spec, report, None)
+    b = experiment.train(spec, report, None)
+    strip = lambda ms: [{k: v for k, v in m.items() if k != "seconds"} for m in ms]  # noqa: E731
+    assert strip(a.history.epochs) == strip(b.history.epochs)
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k]), k

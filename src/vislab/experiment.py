@@ -44,6 +44,7 @@ class Result:
 
 def prepare(spec: Spec, num_classes: int, base: nn.Module | None = None, info: models.ModelInfo | None = None):
     """The model to train and its phases. `base` (a cached pretrained model with its original head) is copied."""
+    training.seed_everything(spec.train.seed)  # the new head's (and scratch model's) init is part of the run
     if spec.strategy == "scratch":
         model, info = models.create_model(spec.model, num_classes, spec.head, "random")
     elif base is not None and info is not None:
