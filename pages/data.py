@@ -114,7 +114,8 @@ sample = load_image(train_items[0][0])
 tf = train_transform(info.data_config, aug)
 views = [crop_seen(sample, info.data_config)] + [
     plots.to_pil(denormalize(tf(sample), info.data_config)) for _ in range(5)]
-st.image(views, caption=["what the model sees (no augmentation)"] + [f"augmented #{k}" for k in range(1, 6)],
-         width=150)
+labels = ["what the model sees"] + [f"augmented #{k}" for k in range(1, 6)]
+st.image(views, caption=labels, width=150)
+_lab.download_png(plots.image_grid(views, labels, cols=6, cell=150), "augmentations.png")
 if not aug.any:
     st.caption("All augmentations off: every epoch sees the same pixels (later, frozen features can be cached).")

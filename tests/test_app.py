@@ -25,6 +25,19 @@ def _zip_of(folder: Path) -> bytes:
     return buf.getvalue()
 
 
+def _upload_zip(at, blob: bytes, name: str = "shapes.zip") -> None:
+    at.switch_page("pages/data.py").run()
+    at.radio(key="data_source").set_value("A .zip of class folders").run()
+    at.get("file_uploader")[0].set_value((name, blob, "application/zip")).run()
+    at.button[0].click().run()
+
+
+def _pick_model(at, name: str) -> None:
+    at.switch_page("pages/model.py").run()
+    at.selectbox[0].set_value("other timm / torchvision name…").run()
+    at.text_input[0].set_value(name).run()
+
+
 def _metric(at, label):
     return next(m.value for m in at.metric if m.label == label)
 
@@ -81,10 +94,7 @@ def test_toggling_a_stage_changes_trainable_count():
 
 def test_zip_upload_shows_class_counts(synthetic):
     at = _app()
-    at.switch_page("pages/data.py").run()
-    at.radio(key="data_source").set_value("A .zip of class folders").run()
-    at.get("file_uploader")[0].set_value(("shapes.zip", _zip_of(synthetic), "application/zip")).run()
-    at.button[0].click().run()
+    _upload_zip(at, _zip_of(synthetic))
     assert not at.exception
     assert not at.error, [e.value for e in at.error]
     assert any("24 images, 3 classes" in m.value for m in at.markdown)
@@ -93,25 +103,17 @@ def test_zip_upload_shows_class_counts(synthetic):
 
 def test_bad_zip_gives_a_message_not_a_traceback():
     at = _app()
-    at.switch_page("pages/data.py").run()
-    at.radio(key="data_source").set_value("A .zip of class folders").run()
-    at.get("file_uploader")[0].set_value(("oops.zip", b"not a zip at all", "application/zip")).run()
-    at.button[0].click().run()
+    _upload_zip(at, b"not a zip at all", "oops.zip")
     assert not at.exception
     assert "not a zip archive" in at.error[0].value
 
 
 def test_one_epoch_on_a_tiny_model_gives_curves_and_confusion(synthetic):
     at = _app()
-    at.switch_page("pages/model.py").run()
-    at.selectbox[0].set_value("other timm / torchvision name…").run()
-    at.text_input[0].set_value("test_resnet").run()
+    _pick_model(at, "test_resnet")
     assert at.session_state["model_name"] == "test_resnet"
     assert any("No pretrained weights" in w.value for w in at.warning)
-    at.switch_page("pages/data.py").run()
-    at.radio(key="data_source").set_value("A .zip of class folders").run()
-    at.get("file_uploader")[0].set_value(("shapes.zip", _zip_of(synthetic), "application/zip")).run()
-    at.button[0].click().run()
+    _upload_zip(at, _zip_of(synthetic))
     at.switch_page("pages/train.py").run()
     at.number_input[0].set_value(1).run()  # epochs
     at.select_slider[1].set_value(64).run()  # image size
@@ -131,13 +133,8 @@ def test_one_epoch_on_a_tiny_model_gives_curves_and_confusion(synthetic):
 
 def test_stop_ends_a_run_mid_epoch_and_keeps_best(synthetic):
     at = _app()
-    at.switch_page("pages/model.py").run()
-    at.selectbox[0].set_value("other timm / torchvision name…").run()
-    at.text_input[0].set_value("test_resnet").run()
-    at.switch_page("pages/data.py").run()
-    at.radio(key="data_source").set_value("A .zip of class folders").run()
-    at.get("file_uploader")[0].set_value(("shapes.zip", _zip_of(synthetic), "application/zip")).run()
-    at.button[0].click().run()
+    _pick_model(at, "test_resnet")
+    _upload_zip(at, _zip_of(synthetic))
     at.switch_page("pages/train.py").run()
     at.number_input[0].set_value(200).run()  # far more epochs than the test will wait for
     at.select_slider[0].set_value(4).run()  # batch size 4: many batches per epoch

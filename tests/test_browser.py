@@ -58,6 +58,15 @@ def test_walk_home_to_trained_head(app_url):
 
         _go(page, "Freeze & BatchNorm")
         page.get_by_text("Trainable parameters").wait_for(timeout=60_000)
+        page.locator('[data-testid="stSelectbox"]').filter(has_text="Strategy preset").locator("input").click()
+        page.get_by_role("option", name="partial").click()
+        last_n = page.get_by_label("Last N stages")
+        last_n.fill("3")
+        last_n.press("Enter")
+        browser.wait_idle(page)
+        page.get_by_role("button", name="Apply preset").click()
+        page.get_by_text("strategy partial").first.wait_for(timeout=60_000)
+        browser.wait_idle(page)
         assert browser.exceptions(page) == []
         _shot(page, "freeze")
 

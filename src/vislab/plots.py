@@ -57,12 +57,12 @@ def stage_diagram(rows: list[dict], title: str = "") -> go.Figure:
         fig.add_shape(type="rect", x0=x0, x1=x0 + 1, y0=y0, y1=y0 + 1, fillcolor=STATE_COLOURS[state],
                       line=dict(color="#333", width=3 if row.get("bn_modes") and "train" in row["bn_modes"]
                                 and state == "frozen" else 1))
-        bn = "/".join(row["bn_modes"]) if row.get("bn_modes") else "no BN"
+        bn = "BN " + "/".join(row["bn_modes"]) if row.get("bn_modes") else "no BN"
         fig.add_annotation(x=x0 + 0.5, y=y0 + 0.62, text=f"<b>{row['stage']}</b>", showarrow=False,
                            font=dict(size=12, color="#111"))
         fig.add_annotation(x=x0 + 0.5, y=y0 + 0.38, text=_short(row["params"]), showarrow=False,
                            font=dict(size=11, color="#111"))
-        fig.add_annotation(x=x0 + 0.5, y=y0 - 0.18, text=f"BN {bn}", showarrow=False,
+        fig.add_annotation(x=x0 + 0.5, y=y0 - 0.18, text=bn, showarrow=False,
                            font=dict(size=11, color="#444"))
         if col < per_line - 1 and i < n - 1:
             fig.add_annotation(x=x0 + 1.1, y=y0 + 0.5, ax=x0 + 1.0, ay=y0 + 0.5, xref="x", yref="y",
