@@ -11,6 +11,10 @@ pages = st.navigation([
     st.Page("pages/data.py", title="Data", icon=":material/photo_library:"),
     st.Page("pages/freeze.py", title="Freeze & BatchNorm", icon=":material/ac_unit:"),
     st.Page("pages/train.py", title="Train", icon=":material/monitoring:"),
+    st.Page("pages/cam.py", title="CAM & Grad-CAM", icon=":material/visibility:"),
+    st.Page("pages/se.py", title="SE channel weights", icon=":material/tune:"),
+    st.Page("pages/attention.py", title="ViT attention", icon=":material/center_focus_strong:"),
+    st.Page("pages/features.py", title="Feature maps", icon=":material/grid_view:"),
 ])
 _lab.init_state()
 sidebar = st.sidebar.container()

@@ -296,3 +296,118 @@ def job_label(job: TrainJob | None) -> str:
     if job.result and job.result.run_dir:
         return f"{job.status}: `{job.result.run_dir.name}`"
     return job.status
+
+
+# ---- inputs shared by the "look inside" pages ---------------------------------------------------------
+PHOTOS = {"cat": "chelsea", "coffee": "coffee", "astronaut": "astronaut", "rocket": "rocket",
+          "motorcycle": "stereo_motorcycle"}
+
+
+@st.cache_data(show_spinner=False)
+def photo(name: str):
+    """A scikit-image bundled photo as a PIL image."""
+    import skimage.data
+    from PIL import Image
+
+    arr = getattr(skimage.data, PHOTOS[name])()
+    return Image.fromarray(arr[0] if isinstance(arr, tuple) else arr).convert("RGB")
+
+
+def pick_images(key: str, max_n: int = 8, default_n: int = 1) -> list[tuple[str, object]]:
+    """Images from scikit-image's photos, the current validation split, or an upload: [(label, PIL)]."""
+    from PIL import Image, UnidentifiedImageError
+
+    from vislab.transforms import load_image, to_rgb
+
+    ds: Dataset | None = st.session_state.get(DATASET)
+    sources = ["bundled photos"] + (["validation images"] if ds else []) + ["upload"]
+    source = st.radio("Images", sources, horizontal=True, key=f"{key}_src")
+    if source == "bundled photos":
+        names = st.multiselect("Photos", list(PHOTOS), default=list(PHOTOS)[:default_n], max_selections=max_n,
+                               key=f"{key}_photos")
+        return [(n, photo(n)) for n in names]
+    if source == "validation images":
+        _, val = ds.split()
+        job = st.session_state.get(JOB)
+        order = list(range(len(val)))
+        if job and job.predictions is not None and st.toggle("top losses first", True, key=f"{key}_toplosses"):
+            from vislab import evaluation
+
+            by_path = {p: i for i, (p, _) in enumerate(val)}
+            order = [by_path[job.predictions.paths[i]] for i in evaluation.top_losses(job.predictions, len(val))
+                     if job.predictions.paths[i] in by_path]
+        n = st.slider("How many", 1, min(max_n, len(val)), min(default_n, len(val)), key=f"{key}_n")
+        picked = [val[i] for i in order[:n]]
+        return [(f"{ds.report.classes[y]}: {Path(p).name}", load_image(p)) for p, y in picked]
+    ups = st.file_uploader("Images", type=["jpg", "jpeg", "png", "bmp", "webp", "gif", "tif", "tiff"],
+                           accept_multiple_files=True, key=f"{key}_up")
+    out = []
+    for up in (ups or [])[:max_n]:
+        try:
+            out.append((up.name, to_rgb(Image.open(up))))
+        except (UnidentifiedImageError, OSError) as exc:
+            st.error(f"{up.name}: not a readable image ({exc})")
+    return out
+
+
+@dataclass
+class ViewModel:
+    """A model to look inside, with what is needed to feed it and name its classes."""
+
+    label: str
+    model: object
+    data_config: object
+    classes: list[str]
+    real_weights: bool
+
+
+def class_names(name: str, num: int) -> list[str]:
+    record = weights.read_manifest().get(name) or {}
+    if record.get("class_names") and len(record["class_names"]) == num:
+        return list(record["class_names"])
+    if num == 1000:
+        from vislab.evaluation import imagenet_classes
+
+        return imagenet_classes()
+    return [f"class {i}" for i in range(num)]
+
+
+def trained_view() -> ViewModel | None:
+    """The session's fine-tuned model: the last finished run, or a reopened one."""
+    ss = st.session_state
+    job = ss.get(JOB)
+    if job and job.result and not job.running and job.result.history.epochs:
+        r = job.result
+        return ViewModel(f"fine-tuned ({r.run_dir.name if r.run_dir else 'last run'})", r.model.cpu().eval(),
+                         r.info.data_config, r.classes, True)
+    if ss.get("reopened"):
+        m, run, _ = ss["reopened"]
+        return ViewModel(f"fine-tuned ({run.name})", m, run.data_config, run.classes, True)
+    return None
+
+
+def view_models(key: str, allow_both: bool = True) -> list[ViewModel]:
+    """The pretrained model (its original head), the fine-tuned one, or both side by side."""
+    base, info = pretrained()
+    pre = ViewModel(f"pretrained {info.name}", base, info.data_config,
+                    class_names(info.name, info.num_classes), info.pretrained)
+    tuned = trained_view()
+    options = ["pretrained"] + (["fine-tuned"] + (["side by side"] if allow_both else []) if tuned else [])
+    choice = st.radio("Model", options, horizontal=True, key=f"{key}_models",
+                      help="Train a model on the Train page (or reopen a run) to compare it with the pretrained one")
+    chosen = {"pretrained": [pre], "fine-tuned": [tuned], "side by side": [pre, tuned]}[choice]
+    for vm in chosen:
+        if not vm.real_weights:
+            st.warning(f"`{vm.label}` has random weights (none on this machine): what it 'looks at' means little. "
+                       "Pick a model with real weights on the Model page.")
+    return chosen
+
+
+@st.cache_resource
+def _locks() -> dict:
+    return {}
+
+
+def model_lock(model) -> threading.Lock:
+    """Views hook into the shared pretrained model: one session at a time per model."""
+    return _locks().setdefault(id(model), threading.Lock())

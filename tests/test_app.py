@@ -151,3 +151,59 @@ def test_stop_ends_a_run_mid_epoch_and_keeps_best(synthetic):
     assert job.status == "stopped" and 1 <= len(job.metrics) < 200
     assert (job.result.run_dir / "model.safetensors").is_file()
     assert any("Stopped" in s.value for s in at.success)
+
+
+def test_cam_page_computes_methods_side_by_side():
+    at = _app()
+    at.switch_page("pages/cam.py").run()
+    at.multiselect(key="cam_methods").set_value(["CAM (classic)", "GradCAM", "EigenCAM"]).run()
+    next(b for b in at.button if b.label == "Compute").click().run()
+    assert not at.exception and not at.error
+    spec = json.loads(at.get("plotly_chart")[-1].proto.spec)
+    titles = [a["text"] for a in spec["layout"]["annotations"]]
+    assert any(t.startswith("CAM ·") for t in titles) and any(t.startswith("EigenCAM") for t in titles)
+    assert "Egyptian cat" in " ".join(titles)  # the default photo is the cat, explained for its top class
+
+
+def test_cam_page_says_why_classic_cam_does_not_apply():
+    at = _app()
+    at.switch_page("pages/freeze.py").run()
+    at.radio(key="head_choice").set_value("mlp").run()
+    at.switch_page("pages/cam.py").run()
+    at.radio(key="cam_models").set_value("pretrained").run()
+    _pick_model(at, "test_convnext")  # GAP -> LayerNorm -> linear: not exact for classic CAM
+    at.switch_page("pages/cam.py").run()
+    at.multiselect(key="cam_methods").set_value(["CAM (classic)", "GradCAM"]).run()
+    next(b for b in at.button if b.label == "Compute").click().run()
+    assert not at.exception
+    assert any("not global average pooling" in e.value for e in at.error)
+    assert len(at.get("plotly_chart")) >= 1  # Grad-CAM still drawn
+
+
+def test_se_page_not_applicable_then_real_se_model():
+    at = _app()
+    at.switch_page("pages/se.py").run()
+    assert not at.exception and "no Squeeze-and-Excitation blocks" in at.error[0].value
+    at.button[0].click().run()  # switch to mobilenet_v3_small
+    assert not at.exception and at.session_state["model_name"] == "mobilenet_v3_small"
+    titles = _chart_titles(at)
+    assert "Gates · cat" in titles and "Gates · coffee" in titles
+
+
+def test_attention_page_not_applicable_then_vit():
+    at = _app()
+    at.switch_page("pages/attention.py").run()
+    assert not at.exception and "no self-attention" in at.error[0].value
+    _pick_model(at, "test_vit")
+    at.switch_page("pages/attention.py").run()
+    assert not at.exception and not at.error
+    assert any("random weights" in w.value for w in at.warning)
+    assert "Class-token attention, layer" in " ".join(_chart_titles(at))
+
+
+def test_features_page_shows_filters_and_maps():
+    at = _app()
+    at.switch_page("pages/features.py").run()
+    assert not at.exception
+    assert len(at.image) >= 2  # the filter grid and the crop
+    assert any("most active channels" in t for t in _chart_titles(at))

@@ -81,3 +81,31 @@ def test_walk_home_to_trained_head(app_url):
         assert browser.exceptions(page) == []
         assert page.get_by_text("Confusion matrix").count() or page.locator(".js-plotly-plot").count() >= 3
         _shot(page, "train")
+
+        _go(page, "CAM & Grad-CAM")
+        page.get_by_role("button", name="Compute").click()
+        page.get_by_text("the crop the model saw").wait_for(timeout=120_000)
+        browser.wait_idle(page)
+        assert browser.exceptions(page) == []
+        _shot(page, "cam")
+
+        _go(page, "Feature maps")
+        page.get_by_text("side by side", exact=True).click()
+        page.get_by_text("Relative change").wait_for(timeout=60_000)
+        browser.wait_idle(page)
+        assert browser.exceptions(page) == []
+        _shot(page, "features")
+
+        _go(page, "SE channel weights")
+        page.get_by_role("button", name="Switch to mobilenet_v3_small").click()
+        page.get_by_text("Do the gates depend on the image?").wait_for(timeout=120_000)
+        browser.wait_idle(page)
+        assert browser.exceptions(page) == []
+        _shot(page, "se")
+
+        _go(page, "ViT attention")
+        page.get_by_role("button", name="Switch to vit_tiny_patch16_224").click()
+        page.get_by_text("Attention rows sum to 1").wait_for(timeout=120_000)
+        browser.wait_idle(page)
+        assert browser.exceptions(page) == []
+        _shot(page, "attention")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -167,6 +168,9 @@ def create_model(
         if weights_choice == "auto":
             notes.append(f"{name}: no pretrained weights here, using random init")
     cfg = data_config(model, name, source, status.path)
+    record = weights.read_manifest().get(name) or {}
+    if status.path is not None and record.get("file") == str(status.path) and record.get("data_config"):
+        cfg = dataclasses.replace(cfg, **record["data_config"])  # how that file's weights were trained
     head_kind = "original"
     if num_classes is not None:
         heads.swap_head(model, num_classes, head)

@@ -196,3 +196,80 @@ def to_pil(x) -> Image.Image:
     """(C, H, W) float tensor in [0, 1] -> PIL RGB image."""
     arr = (x.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (H, W, C)
     return Image.fromarray(arr)
+
+
+CAM_COLOURSCALES = {  # label -> plotly colorscale; Cividis is designed for colour-blind viewers
+    "Jet": "Jet", "Turbo": "Turbo", "Viridis": "Viridis", "Cividis (colour-blind safe)": "Cividis",
+    "Inferno": "Inferno",
+}
+
+
+def _downsample(m: np.ndarray, size: int = 112) -> np.ndarray:
+    """A full-resolution map thinned for the browser; zsmooth then interpolates it smoothly."""
+    step_h, step_w = max(1, m.shape[0] // size), max(1, m.shape[1] // size)
+    return m[::step_h, ::step_w]
+
+
+def cam_panels(panels: list[tuple[str, np.ndarray, np.ndarray | None]], opacity: float = 0.5,
+               colourscale: str = "Jet", cols: int | None = None, title: str = "") -> go.Figure:
+    """Heatmaps over the image crops the model saw: one panel per (title, crop (H, W, 3) uint8, map (H, W))."""
+    n = len(panels)
+    cols = cols or min(n, 4)
+    rows = math.ceil(n / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[p[0] for p in panels],
+                        horizontal_spacing=0.02, vertical_spacing=0.08)
+    for i, (_, crop, cam_map) in enumerate(panels):
+        r, c = divmod(i, cols)
+        fig.add_trace(go.Image(z=crop, hoverinfo="skip"), row=r + 1, col=c + 1)
+        if cam_map is not None:
+            h, w = crop.shape[:2]
+            small = _downsample(cam_map)
+            fig.add_trace(go.Heatmap(
+                z=small, x=np.linspace(0, w - 1, small.shape[1]), y=np.linspace(0, h - 1, small.shape[0]),
+                zmin=0, zmax=1, zsmooth="best", opacity=opacity, colorscale=colourscale,
+                showscale=i == 0, colorbar=dict(title="importance", len=0.8),
+                hovertemplate="importance %{z:.2f}<extra></extra>"), row=r + 1, col=c + 1)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
+    for k in range(2, n + 1):
+        fig.update_yaxes(scaleanchor=f"x{k}", row=(k - 1) // cols + 1, col=(k - 1) % cols + 1)
+    fig.update_annotations(font_size=13)
+    return _layout(fig, title, height=60 + 280 * rows)
+
+
+def heatmap(z: np.ndarray, x_title: str, y_labels: list[str], title: str, colourscale: str = "Viridis",
+            zmin: float | None = 0.0, zmax: float | None = 1.0) -> go.Figure:
+    fig = go.Figure(go.Heatmap(z=z, y=y_labels, colorscale=colourscale, zmin=zmin, zmax=zmax,
+                               hovertemplate="%{y} · channel %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_xaxes(title=x_title)
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, title, height=140 + 22 * len(y_labels))
+
+
+def bars(values: np.ndarray, title: str, highlight_high: list[int] = (), highlight_low: list[int] = (),
+         x_title: str = "channel", y_title: str = "gate") -> go.Figure:
+    colours = [HEAD if i in highlight_high else THAWED if i in highlight_low else FROZEN
+               for i in range(len(values))]
+    fig = go.Figure(go.Bar(x=list(range(len(values))), y=values, marker_color=colours,
+                           hovertemplate=f"{x_title} %{{x}}: %{{y:.3f}}<extra></extra>"))
+    fig.update_xaxes(title=x_title)
+    fig.update_yaxes(title=y_title)
+    return _layout(fig, title)
+
+
+def map_grid(maps: np.ndarray, titles: list[str], cols: int = 8, title: str = "",
+             colourscale: str = "Viridis") -> go.Figure:
+    """Small multiples of 2-D maps (feature maps, attention maps), each scaled to its own range."""
+    n = len(maps)
+    cols = min(cols, n)
+    rows = math.ceil(n / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.01,
+                        vertical_spacing=0.06)
+    for i, m in enumerate(maps):
+        r, c = divmod(i, cols)
+        fig.add_trace(go.Heatmap(z=m, colorscale=colourscale, showscale=False, zsmooth="best",
+                                 hovertemplate="%{z:.3f}<extra></extra>"), row=r + 1, col=c + 1)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, autorange="reversed")
+    fig.update_annotations(font_size=11)
+    return _layout(fig, title, height=60 + (1100 // cols + 30) * rows)

@@ -293,7 +293,8 @@ def seed_mobilenet_v3_small(dest: Path, downloads: Path, log: Log) -> dict:
         if count_se_blocks(model) == 0:
             raise ValueError("no SE blocks in mobilenet_v3_small")
         info = read_safetensors_info(dest)
-        result.update(class_names=info["class_names"], preprocess=info["preprocess"])
+        result.update(class_names=info["class_names"], preprocess=info["preprocess"],
+                      data_config={"crop_pct": 1.0})  # trained on whole images resized, not center crops
         return sha256(dest)
 
     def fetch() -> None:

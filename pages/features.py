@@ -1,0 +1,57 @@
+import numpy as np
+import streamlit as st
+import torch
+
+from pages import _lab
+from vislab import features, plots
+from vislab.transforms import crop_seen, eval_transform
+
+_lab.init_state()
+ss = st.session_state
+st.title("Feature maps and filters")
+st.markdown("The first layer's filters are small RGB pictures: edges, colour blobs, stripes. Deeper layers "
+            "answer to larger and more abstract patterns: below, the channels of one layer that respond most "
+            "to an image, and how fine-tuning changed them (a frozen layer's maps stay identical).")
+
+vms = _lab.view_models("feat")
+vm = vms[0]
+try:
+    conv_name, conv = features.first_conv(vm.model)
+except features.ViewNotApplicable as exc:
+    st.error(str(exc))
+else:
+    grid = features.filter_grid(conv)
+    st.subheader(f"First-layer filters: `{conv_name}` ({conv.out_channels} × {conv.kernel_size[0]}×"
+                 f"{conv.kernel_size[1]})")
+    st.image(grid, width=min(900, grid.shape[1]))
+    from PIL import Image
+
+    _lab.download_png(Image.fromarray(grid), "first_layer_filters.png")
+
+images = _lab.pick_images("feat", max_n=1)
+if not images:
+    st.stop()
+label, img = images[0]
+layers = features.conv_layers(vm.model)
+if not layers:
+    st.error(str(features.ViewNotApplicable("convolution layers with spatial maps", vm.model, ("resnet18",))))
+    st.stop()
+c1, c2 = st.columns([3, 1])
+layer = c1.selectbox("Layer", layers, index=len(layers) // 2, key="feat_layer")
+n = c2.slider("Channels", 4, 32, 16, key="feat_n")
+st.image(crop_seen(img, vm.data_config), caption=label, width=160)
+for i, m in enumerate(vms):
+    x = eval_transform(m.data_config)(img)[None]  # (1, 3, H, W)
+    with _lab.model_lock(m.model):
+        acts = features.activations(m.model, layer, x)[0]  # (C, h, w)
+    top = features.top_channels(acts, n)
+    _lab.chart(plots.map_grid(acts[top].numpy(), [f"ch {c}" for c in top], cols=8,
+                              title=f"{layer}: the {n} most active channels · {m.label}"), key=f"feat_{i}")
+    ss[f"feat_acts_{i}"] = acts
+
+if len(vms) == 2:
+    change = features.map_change(ss["feat_acts_0"], ss["feat_acts_1"])
+    st.metric(f"Relative change of `{layer}`'s maps, pretrained → fine-tuned", f"{change:.4f}",
+              help="‖after − before‖ / ‖before‖ over all channels: exactly 0 for a layer that stayed frozen")
+elif _lab.trained_view() is not None:
+    st.caption("Choose 'side by side' above to see how fine-tuning changed this layer's maps.")

@@ -1,0 +1,81 @@
+import numpy as np
+import streamlit as st
+import torch
+
+from pages import _lab
+from vislab import features, plots, se
+from vislab.transforms import crop_seen, eval_transform
+
+_lab.init_state()
+ss = st.session_state
+st.title("SE channel weights (Squeeze-and-Excitation)")
+st.markdown("An SE block averages each channel of a feature map to one number, passes the vector through a "
+            "small bottleneck and a gate (sigmoid), and multiplies every channel by its gate in [0, 1]: the "
+            "network re-weights its own channels **for each image**. Below: the gates this model puts on them.")
+
+vms = _lab.view_models("se", allow_both=False)
+vm = vms[0]
+blocks = se.find_se_blocks(vm.model)
+if not blocks:
+    st.error(str(features.ViewNotApplicable("Squeeze-and-Excitation blocks", vm.model, se.SE_MODELS)))
+    if st.button("Switch to mobilenet_v3_small (SE blocks, real weights offline)"):
+        _lab.set_model("mobilenet_v3_small")
+        st.rerun()
+    st.stop()
+
+images = _lab.pick_images("se", max_n=2, default_n=2)
+if not images:
+    st.info("Pick one image, or two to compare.")
+    st.stop()
+cfg = vm.data_config
+x = torch.stack([eval_transform(cfg)(img) for _, img in images])  # (B, 3, H, W)
+with _lab.model_lock(vm.model):
+    gates = se.se_gates(vm.model, x)
+
+st.caption(f"{len(gates.blocks)} SE blocks in `{vm.label}`; rows are blocks (input side at the top), columns "
+           "channels. Grey: the block has fewer channels.")
+cols = st.columns(len(images))
+for i, ((label, img), col) in enumerate(zip(images, cols)):
+    with col:
+        st.image(crop_seen(img, cfg), caption=label, width=160)
+        _lab.chart(plots.heatmap(gates.matrix(i), "channel", gates.blocks, f"Gates · {label}"), key=f"se_hm_{i}")
+
+if len(images) == 2:
+    diff = np.abs(gates.matrix(0) - gates.matrix(1))
+    per_block = np.nanmean(diff, axis=1)
+    st.markdown("**Do the gates depend on the image?** Mean |gate(image 1) − gate(image 2)| per block: " +
+                ", ".join(f"`{b}` {d:.3f}" for b, d in zip(gates.blocks, per_block)))
+    constant = [b for b, d in zip(gates.blocks, per_block) if d < 1e-6]
+    if constant:
+        st.caption(f"Identical for both images: {', '.join(constant)} — such a block's bottleneck outputs zero "
+                   "for every image, so its gate is a constant set by the bias alone.")
+
+st.subheader("One block")
+b_name = st.selectbox("Block", gates.blocks, index=len(gates.blocks) - 1, key="se_block")
+b = gates.blocks.index(b_name)
+k = st.slider("Channels to show", 2, 16, 6, key="se_k")
+gate = gates.gates[b][0]
+boosted, suppressed = se.top_channels(gate, k)
+_lab.chart(plots.bars(gate, f"{b_name}: gate per channel · {images[0][0]} (green: most boosted, orange: most "
+                      "suppressed)", boosted, suppressed), key="se_bars")
+with _lab.model_lock(vm.model):
+    block_in, _, block_out = se.block_input_output(vm.model, b_name, x[:1])
+maps = block_in[0].numpy()  # (C, h, w): the maps the gate scales
+titles = [f"ch {c} · g={gate[c]:.2f}" for c in boosted] + [f"ch {c} · g={gate[c]:.2f}" for c in suppressed]
+_lab.chart(plots.map_grid(np.stack([maps[c] for c in boosted + suppressed]), titles, cols=k,
+                          title="Feature maps entering the block: boosted (top), suppressed (bottom)"), key="se_maps")
+
+tuned = _lab.trained_view()
+ds = ss.get(_lab.DATASET)
+if tuned is not None and ds is not None and se.find_se_blocks(tuned.model):
+    st.subheader("Mean gate per class (validation set, fine-tuned model)")
+    if st.button("Compute class means"):
+        from vislab.data import ImageDataset
+        from torch.utils.data import DataLoader
+
+        _, val = ds.split()
+        loader = DataLoader(ImageDataset(val, eval_transform(tuned.data_config)), batch_size=32)
+        means = se.class_mean_gates(tuned.model, loader, len(tuned.classes))
+        last = len(means.blocks) - 1
+        _lab.chart(plots.heatmap(np.stack([means.gates[last][c] for c in range(len(tuned.classes))]), "channel",
+                                 tuned.classes, f"{means.blocks[last]}: mean gate per class"), key="se_class")

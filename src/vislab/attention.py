@@ -1,0 +1,153 @@
+"""Self-attention maps of timm Vision Transformers, the class token's view, and attention rollout.
+
+timm computes attention with `F.scaled_dot_product_attention` by default (`fused_attn=True` on every
+Attention module), so the softmax probabilities never exist as a tensor and hooks see nothing. While
+extracting we switch each module's `fused_attn` off, which takes timm's explicit path
+(`softmax(q k^T * scale)` then `attn_drop`), hook `attn_drop` (identity in eval mode, so its output is the
+probabilities) and restore the flags in `finally`. The logits are the same either way, up to float error.
+
+timm's own `timm.utils.AttentionExtract` is not used: in hook mode it registers hooks it never removes
+and leaves the model in eval mode, and in fx mode it traces the model into a new graph module.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from vislab.features import ViewNotApplicable, inference
+
+ATTENTION_MODELS = ("vit_tiny_patch16_224",)  # catalog models with self-attention, for error messages
+HEAD_FUSIONS = ("mean", "max", "min")
+
+
+def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """timm attention modules that can show their maps: a `fused_attn` flag and an `attn_drop` child."""
+    return [(name, m) for name, m in model.named_modules()
+            if hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Module)]
+
+
+def has_attention(model: nn.Module) -> bool:
+    return bool(attention_modules(model))
+
+
+@contextmanager
+def unfused_attention(model: nn.Module):
+    """Every attention module takes timm's explicit softmax path inside the block; flags restored after."""
+    mods = [m for _, m in attention_modules(model)]
+    flags = [m.fused_attn for m in mods]
+    try:
+        for m in mods:
+            m.fused_attn = False
+        yield
+    finally:
+        for m, flag in zip(mods, flags):
+            m.fused_attn = flag
+
+
+def attention_maps(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Softmax attention of every block for a batch, each (B, heads, N, N) with rows summing to 1.
+
+    N = prefix tokens (class, registers) + patches; one eval-mode forward without gradients.
+    """
+    mods = attention_modules(model)
+    if not mods:
+        raise ViewNotApplicable("self-attention blocks", model, ATTENTION_MODELS)
+    maps: dict[str, torch.Tensor] = {}
+
+    def make(name):
+        def hook(module, args, output):
+            maps[name] = output.detach().float().cpu().clone()  # (B, heads, N, N)
+        return hook
+
+    handles = [m.attn_drop.register_forward_hook(make(name)) for name, m in mods]
+    try:
+        with unfused_attention(model), inference(model):
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return [maps[name] for name, _ in mods if name in maps]
+
+
+def patch_grid(model: nn.Module, x: torch.Tensor | tuple[int, int]) -> tuple[int, int]:
+    """(rows, cols) of patch tokens for an input batch (or an (H, W) size), for any patch and image size."""
+    size = tuple(x.shape[-2:]) if isinstance(x, torch.Tensor) else tuple(x)
+    embed = getattr(model, "patch_embed", None)
+    if embed is None:
+        raise ViewNotApplicable("patch embedding", model, ATTENTION_MODELS)
+    if hasattr(embed, "dynamic_feat_size"):  # handles dynamic image size and padding
+        return tuple(int(v) for v in embed.dynamic_feat_size(size))
+    return tuple(int(v) for v in embed.grid_size)
+
+
+def num_prefix_tokens(model: nn.Module) -> int:
+    """Class and register tokens that come before the patches."""
+    return int(getattr(model, "num_prefix_tokens", 1))
+
+
+def _one_image(maps, image: int) -> np.ndarray:
+    """Maps as (layers, heads, N, N) for one image; accepts (B, heads, N, N) or (heads, N, N) per layer."""
+    layers = [np.asarray(m.detach().cpu() if isinstance(m, torch.Tensor) else m, dtype=np.float64) for m in maps]
+    return np.stack([m[image] if m.ndim == 4 else m for m in layers])
+
+
+def _check_grid(n_tokens: int, prefix: int, grid: tuple[int, int]) -> None:
+    if grid[0] * grid[1] != n_tokens - prefix:
+        raise ValueError(f"{n_tokens} tokens do not fit {prefix} prefix tokens and a {grid[0]}x{grid[1]} grid")
+
+
+def cls_attention(maps, num_prefix_tokens: int, grid: tuple[int, int], image: int = 0) -> np.ndarray:
+    """How much the class token attends to each patch: (layers, heads, gh, gw) for one image.
+
+    Models without a class token (num_prefix_tokens 0) use the mean over all query tokens instead.
+    """
+    a = _one_image(maps, image)  # (L, h, N, N)
+    _check_grid(a.shape[-1], num_prefix_tokens, grid)
+    rows = a[:, :, 0, :] if num_prefix_tokens else a.mean(axis=2)  # (L, h, N)
+    return rows[:, :, num_prefix_tokens:].reshape(a.shape[0], a.shape[1], *grid)
+
+
+def _discard(fused: np.ndarray, prefix: int, ratio: float) -> np.ndarray:
+    """Zero the lowest `ratio` fraction of attention to patches; attention to prefix tokens always stays."""
+    out = fused.copy()
+    patches = out[:, prefix:]  # view: (N, N - prefix)
+    k = int(patches.size * ratio)
+    if k:
+        lowest = np.argsort(patches, axis=None, kind="stable")[:k]
+        patches.flat[lowest] = 0.0
+    return out
+
+
+def rollout(maps, grid: tuple[int, int] | None = None, num_prefix_tokens: int = 1, head_fusion: str = "mean",
+            discard_ratio: float = 0.0, image: int = 0) -> np.ndarray:
+    """Attention rollout (Abnar & Zuidema 2020) for one image, (gh, gw) scaled so the maximum is 1.
+
+    Per layer: fuse heads (mean / max / min), zero the weakest `discard_ratio` of attention to patches,
+    add the identity for the residual path and renormalise rows; multiply the layers input to output and
+    read the class token's row over the patches (mean over query tokens without a class token).
+    `grid` None means a square grid.
+    """
+    if head_fusion not in HEAD_FUSIONS:
+        raise ValueError(f"head_fusion must be one of {', '.join(HEAD_FUSIONS)}, not '{head_fusion}'")
+    if not 0.0 <= discard_ratio < 1.0:
+        raise ValueError("discard_ratio must be in [0, 1)")
+    a = _one_image(maps, image)  # (L, h, N, N)
+    n, prefix = a.shape[-1], num_prefix_tokens
+    if grid is None:
+        side = int(round((n - prefix) ** 0.5))
+        grid = (side, side)
+    _check_grid(n, prefix, grid)
+    result = np.eye(n)
+    for layer in a:
+        fused = getattr(layer, head_fusion)(axis=0)  # (N, N)
+        fused = _discard(fused, prefix, discard_ratio)
+        fused = fused + np.eye(n)
+        fused = fused / fused.sum(axis=-1, keepdims=True)
+        result = fused @ result
+    row = result[0] if prefix else result.mean(axis=0)  # (N,)
+    mask = row[prefix:].reshape(grid)
+    return mask / mask.max()

@@ -1,0 +1,268 @@
+"""Class activation maps: classic CAM (exact, from a GAP + linear head) and the grad-cam package's methods.
+
+Gradient methods run fast here: the part of the network before the target layer runs without autograd,
+its output becomes a leaf tensor, and the backward pass goes only from the logits down to it (the grad-cam
+package called the usual way backpropagates through the whole network to the input). Several gradient
+methods on the same images share one forward and backward pass: each method only re-weights the same
+activations and gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pytorch_grad_cam import (AblationCAM, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM,
+                              XGradCAM)
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from vislab import catalog
+from vislab.heads import head_name
+
+METHODS = {
+    "GradCAM": GradCAM, "GradCAM++": GradCAMPlusPlus, "XGradCAM": XGradCAM, "HiResCAM": HiResCAM,
+    "LayerCAM": LayerCAM, "EigenCAM": EigenCAM, "ScoreCAM": ScoreCAM, "AblationCAM": AblationCAM,
+}
+SLOW = ("ScoreCAM", "AblationCAM")  # one forward pass per channel of the target layer, per image
+
+
+class CamNotApplicable(ValueError):
+    """This CAM cannot be computed for this model; the message says why and what would work."""
+
+
+@dataclass
+class CamResult:
+    method: str
+    layer: str
+    maps: np.ndarray  # (B, H, W) in [0, 1], at the model's input size
+    targets: list[int]  # the class each map explains
+    seconds: float
+
+
+def is_vit(model: nn.Module) -> bool:
+    return hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens")
+
+
+def vit_reshape(model: nn.Module):
+    """Token sequence (B, N, C) -> (B, C, gh, gw), from the model's own prefix tokens and patch grid."""
+    prefix = int(model.num_prefix_tokens)
+
+    def reshape(tokens: torch.Tensor) -> torch.Tensor:
+        patches = tokens[:, prefix:, :]  # (B, gh*gw, C)
+        n = patches.shape[1]
+        gh, gw = getattr(model.patch_embed, "grid_size", (int(n ** 0.5), int(n ** 0.5)))
+        if gh * gw != n:  # dynamic image size: a square grid of the tokens present
+            gh = gw = int(round(n ** 0.5))
+        return patches.reshape(patches.shape[0], gh, gw, -1).permute(0, 3, 1, 2)  # (B, C, gh, gw)
+    return reshape
+
+
+def layer_choices(model: nn.Module) -> list[str]:
+    """Layers a CAM can target: convolutions and norms with spatial maps, or ViT blocks' norm1."""
+    if is_vit(model):
+        return [n for n, m in model.named_modules() if n.startswith("blocks.") and n.endswith(".norm1")]
+    head = head_name(model)
+    return [n for n, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.modules.batchnorm._BatchNorm, nn.GroupNorm))
+            or type(m).__name__ in ("LayerNorm2d", "BatchNormAct2d")
+            if not n.startswith(head)]
+
+
+def default_layer(model: nn.Module, name: str | None = None) -> str:
+    entry = catalog.lookup(name) if name else None
+    if entry:
+        try:
+            model.get_submodule(entry.cam_layer)
+            return entry.cam_layer
+        except AttributeError:
+            pass
+    choices = layer_choices(model)
+    if is_vit(model) and choices:
+        return choices[-1]
+    return _last_spatial_layer(model, (3, 64, 64))
+
+
+@torch.no_grad()
+def _last_spatial_layer(model: nn.Module, input_size) -> str:
+    """The last module (in execution order) whose output is a (B, C, H, W) map."""
+    order: list[tuple[str, torch.Tensor]] = []  # (module, output) as each module finishes
+    handles = [m.register_forward_hook(lambda mod, a, out, n=n: order.append((n, out)) if isinstance(
+        out, torch.Tensor) and out.ndim == 4 and out.shape[-1] * out.shape[-2] > 1 else None)
+        for n, m in model.named_modules() if n]
+    was = model.training
+    try:
+        model.eval()
+        model(torch.zeros(1, *input_size, device=next(model.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    if not order:
+        raise CamNotApplicable("the model has no layer with spatial feature maps")
+    last = order[-1][1]
+    return next(n for n, out in order if out is last)  # the innermost module, not a container passing it on
+
+
+@contextlib.contextmanager
+def _prefix_without_grad(model: nn.Module, layer: nn.Module):
+    """Run everything before `layer` without autograd; its output becomes the leaf the backward stops at."""
+    previous = torch.is_grad_enabled()
+
+    def stop_grad(mod, args):
+        torch.set_grad_enabled(False)
+
+    def make_leaf(mod, args, out):
+        torch.set_grad_enabled(True)  # the rest of the forward records the graph
+        leaf = out.detach().requires_grad_(True)
+        return leaf.clone()  # a non-leaf copy, so an in-place op after the layer (ReLU) stays legal
+
+    handles = [model.register_forward_pre_hook(stop_grad),
+               layer.register_forward_hook(make_leaf, prepend=True)]  # before grad-cam's own hooks
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        torch.set_grad_enabled(previous)
+
+
+def _targets(classes: list[int]):
+    return [ClassifierOutputTarget(int(k)) for k in classes]
+
+
+def run(model: nn.Module, x: torch.Tensor, methods: list[str], layer: str, classes: list[int],
+        on_progress=None, should_stop=None) -> list[CamResult]:
+    """Maps of each method for a batch `x` (B, 3, H, W), each image explained for its class in `classes`.
+
+    Gradient methods share one forward + backward pass. Slow methods (ScoreCAM, AblationCAM) run one image
+    at a time, calling `on_progress(method, i, B)` between images and stopping early if `should_stop()`.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown CAM method(s): {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if len(classes) != len(x):
+        raise ValueError("one target class per image is needed")
+    target_layer = model.get_submodule(layer)
+    reshape = vit_reshape(model) if is_vit(model) else None
+    was = model.training
+    model.eval()
+    results: list[CamResult] = []
+    try:
+        shared = None  # (activations, gradients) of the first gradient method, reused by the others
+        for name in methods:
+            cls = METHODS[name]
+            start = time.perf_counter()
+            with cls(model=model, target_layers=[target_layer], reshape_transform=reshape) as cam:
+                if name in SLOW:
+                    cam.batch_size = 32
+                    maps = []
+                    for i in range(len(x)):
+                        if should_stop and should_stop():
+                            break
+                        if on_progress:
+                            on_progress(name, i, len(x))
+                        maps.append(cam(x[i:i + 1], targets=_targets(classes[i:i + 1]))[0])
+                    maps = np.stack(maps) if maps else np.zeros((0, *x.shape[-2:]), np.float32)
+                elif cam.uses_gradients and shared is not None:
+                    cam.activations_and_grads.activations = list(shared[0])  # copies: release() clears lists
+                    cam.activations_and_grads.gradients = list(shared[1])
+                    maps = cam.aggregate_multi_layers(cam.compute_cam_per_layer(x, _targets(classes), False))
+                elif cam.uses_gradients:
+                    with _prefix_without_grad(model, target_layer):
+                        maps = cam(x, targets=_targets(classes))
+                    shared = (list(cam.activations_and_grads.activations),
+                              list(cam.activations_and_grads.gradients))
+                else:
+                    with torch.no_grad():
+                        maps = cam(x, targets=_targets(classes))
+            model.zero_grad(set_to_none=True)  # grad-cam's backward leaves .grad on parameters
+            results.append(CamResult(name, layer, _normalise(maps), list(classes[:len(maps)]),
+                                     time.perf_counter() - start))
+    finally:
+        model.train(was)
+    return results
+
+
+def _normalise(maps: np.ndarray) -> np.ndarray:
+    """Each map scaled to [0, 1] (grad-cam already does this; a flat map becomes all zeros)."""
+    maps = np.nan_to_num(np.asarray(maps, dtype=np.float32))
+    lo = maps.min(axis=(1, 2), keepdims=True)
+    hi = maps.max(axis=(1, 2), keepdims=True)
+    return np.where(hi > lo, (maps - lo) / np.maximum(hi - lo, 1e-12), 0.0).astype(np.float32)
+
+
+def _final_linear(model: nn.Module) -> nn.Linear:
+    head = model.get_submodule(head_name(model))
+    if isinstance(head, nn.Linear):
+        return head
+    raise CamNotApplicable(
+        f"the classifier is a {type(head).__name__}, not one linear layer: classic CAM needs global average "
+        "pooling followed by a single linear layer (try Grad-CAM, or resnet18 / mobilenet_v2 / efficientnet_b0 "
+        "with a linear head)")
+
+
+@torch.no_grad()
+def classic(model: nn.Module, x: torch.Tensor, classes: list[int], layer: str | None = None) -> CamResult:
+    """Classic CAM: sum_k w_ck A_k over the last feature maps A with the class's linear weights w_c.
+
+    Exact only when the logits are exactly linear(GAP(A)); this is checked on the batch itself, and a model
+    for which it does not hold (an MLP head, a norm after pooling, attention pooling) is refused.
+    """
+    start = time.perf_counter()
+    linear = _final_linear(model)
+    layer = layer or _last_spatial_layer(model, tuple(x.shape[1:]))
+    feats: list[torch.Tensor] = []
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, a, out: feats.append(out))
+    was = model.training
+    try:
+        model.eval()
+        logits = model(x)  # (B, K)
+    finally:
+        handle.remove()
+        model.train(was)
+    a = feats[-1].float()  # (B, C, h, w)
+    if a.ndim != 4 or a.shape[1] != linear.in_features:
+        raise CamNotApplicable(f"layer '{layer}' does not feed the classifier directly (classic CAM needs the "
+                               "feature maps right before global average pooling)")
+    implied = F.linear(a.mean(dim=(2, 3)), linear.weight, linear.bias)  # (B, K) what GAP + linear gives
+    if not torch.allclose(implied, logits.float(), rtol=1e-3, atol=1e-3):
+        raise CamNotApplicable(
+            "the head is not global average pooling + one linear layer (the logits differ from linear(GAP(A))), "
+            "so classic CAM would not be exact; use Grad-CAM, or a model such as resnet18 or mobilenet_v2")
+    w = linear.weight[torch.as_tensor(classes)]  # (B, C)
+    cams = torch.einsum("bc,bchw->bhw", w, a)  # (B, h, w)
+    up = F.interpolate(cams[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    maps = _normalise(up.clamp(min=0).cpu().numpy())
+    return CamResult("CAM", layer, maps, list(classes), time.perf_counter() - start)
+
+
+@torch.no_grad()
+def predict_topk(model: nn.Module, x: torch.Tensor, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities (B, k), class indices (B, k)), model in eval mode."""
+    was = model.training
+    model.eval()
+    try:
+        probs = model(x).float().softmax(1)
+    finally:
+        model.train(was)
+    top = probs.topk(min(k, probs.shape[1]), dim=1)
+    return top.values.cpu().numpy(), top.indices.cpu().numpy()
+
+
+def road_score(model: nn.Module, x: torch.Tensor, maps: np.ndarray, classes: list[int]) -> np.ndarray:
+    """grad-cam's ROAD (remove and debias) combined score per image: higher means a more faithful map."""
+    from pytorch_grad_cam.metrics.road import ROADCombined
+
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            scores = ROADCombined(percentiles=[20, 40, 60, 80])(x, maps, _targets(classes), model)
+    finally:
+        model.train(was)
+    return np.asarray(scores, dtype=np.float32).reshape(-1)
