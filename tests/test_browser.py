@@ -3,12 +3,19 @@
 Screenshots go to docs/screenshots/ (the README shows them). Skipped, saying why, without Chromium.
 """
 
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from tests import browser
 
 pytestmark = pytest.mark.browser
-SHOTS = browser.REPO / "docs" / "screenshots"
+# README screenshots are refreshed with VISLAB_SCREENSHOTS=docs/screenshots; otherwise they go to a temp folder
+SHOTS = Path(os.environ.get("VISLAB_SCREENSHOTS") or tempfile.mkdtemp(prefix="vislab-shots-"))
+if not SHOTS.is_absolute():
+    SHOTS = browser.REPO / SHOTS
 
 
 @pytest.fixture

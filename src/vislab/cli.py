@@ -108,6 +108,8 @@ class _Progress:
                   f" | val loss {m['val_loss']:.4f} acc {m['val_acc']:.3f} | {m['seconds']:.1f} s", flush=True)
         elif e.kind == "phase":
             print(f"phase {e.message}", flush=True)
+        elif e.kind == "cache":
+            print(e.message, flush=True)
         elif e.kind == "end" and e.message not in ("done", "stopped"):
             print(e.message, file=sys.stderr)
 
@@ -126,9 +128,9 @@ def cmd_train(args) -> int:
         model=args.model, strategy=args.strategy, thaw_last=args.thaw_last, bn=args.bn, head=args.head,
         weights="random" if args.strategy == "scratch" else args.weights, img_size=args.img_size,
         per_class=args.per_class, val_frac=args.val_frac,
-        augment=Augment(hflip=args.augment, crop=args.augment) if args.augment else Augment(hflip=False),
+        augment=Augment(hflip=args.augment, crop=args.augment),
         train=TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                          device=args.device, num_workers=args.workers),
+                          device=args.device, num_workers=args.workers, cache=not args.no_cache),
     )
     model, info, phases = experiment.prepare(spec, len(report.classes))
     rep = freezing.report(model)
@@ -155,6 +157,32 @@ def cmd_train(args) -> int:
     per_epoch = sum(m["seconds"] for m in h.epochs) / len(h.epochs)
     print(f"best val acc {best['val_acc']:.3f} (epoch {h.best_epoch}), {per_epoch:.1f} s per epoch; "
           f"run saved to {result.run_dir}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from vislab import export, models, runs
+
+    if args.run:
+        model, run = runs.load(args.run)
+        name, cfg = run.config["model"], run.data_config
+    else:
+        model, info = models.create_model(args.model, num_classes=None, weights_choice=args.weights)
+        name, cfg = args.model, info.data_config
+        weights_line = info.weights.describe() if info.weights.available else "random init"
+        print(f"model {name} ({info.source}), weights: {weights_line}")
+        for note in info.notes:
+            print(f"note: {note}")
+    size = cfg.with_size(args.img_size).input_size
+    result = export.export_model(model, size, args.out, args.format)
+    if not result.ok:  # the reason names the warning that explains it, if any
+        raise CliError(result.reason)
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    diff = (f"max abs diff {result.max_abs_diff:.3g} vs PyTorch over {result.checked} (tolerance {result.tol:g})"
+            if result.verified else f"not verified: {result.reason}")
+    print(f"exported {name} as {args.format} at {size[1]}x{size[2]} in {result.seconds:.1f} s: {diff}")
+    print(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB)")
     return 0
 
 
@@ -202,7 +230,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-frac", type=float, default=0.2)
     t.add_argument("--augment", action="store_true", help="random crops and flips while training")
     t.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    t.add_argument("--no-cache", action="store_true",
+                   help="run the frozen prefix every epoch (default: once per image, when it is deterministic)")
     t.add_argument("--out", required=True, help="run folder to write")
+
+    e = sub.add_parser("export", help="export a run or a model to TorchScript, ONNX or pt2, and check the file")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="run folder written by `vislab train`")
+    src.add_argument("--model", help="torchvision or timm model name (its original head)")
+    e.add_argument("--weights", choices=("auto", "pretrained", "random"), default="auto",
+                   help="--model: pretrained weights if here (auto), required (pretrained), or random init")
+    e.add_argument("--format", choices=("torchscript", "onnx", "pt2"), required=True)
+    e.add_argument("--out", required=True, help="file to write (.pt, .onnx, .pt2)")
+    e.add_argument("--img-size", type=_positive(int), default=None, help="input size (default: the model's)")
     return p
 
 
@@ -212,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     from vislab.weights import WeightsError
 
     handlers = {"models": cmd_models, "weights": cmd_weights, "train": cmd_train,
-                "data": cmd_data_check}
+                "data": cmd_data_check, "export": cmd_export}
     try:
         return handlers[args.command](args)
     except (CliError, DataError, WeightsError, ValueError, FileNotFoundError, NotADirectoryError) as exc:

@@ -5,6 +5,7 @@ The CLI and the Train page both call `train`; neither builds the pieces itself.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -87,7 +88,8 @@ def train(
     val_ds = data.ImageDataset(val_items, eval_transform(cfg))
     device = training.pick_device(spec.train.device)
     train_loader, val_loader = training.make_loaders(train_ds, val_ds, spec.train, device)
-    history = training.fit(model, train_loader, val_loader, phases, spec.train, on_event, stop)
+    cfg_train = dataclasses.replace(spec.train, cache=spec.train.cache and not spec.augment.any)
+    history = training.fit(model, train_loader, val_loader, phases, cfg_train, on_event, stop)
     run_dir = None
     if out is not None and history.epochs:
         config = {
@@ -100,6 +102,7 @@ def train(
             "train": spec.train.to_dict(), "augment": spec.augment.to_dict(), "val_frac": spec.val_frac,
             "per_class": spec.per_class, "data": report.root, "train_size": len(train_items),
             "val_size": len(val_items), "best_epoch": history.best_epoch, "stopped": history.stopped,
+            "feature_cache": history.cache,
         }
         run_dir = runs.save(out, model.cpu(), config, history.epochs, report.classes)
         runs.save_split(run_dir, train_items, val_items)

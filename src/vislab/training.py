@@ -6,6 +6,7 @@ place that calls the model on a batch.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import threading
@@ -17,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from vislab import freezing
+from vislab import caching, freezing
 from vislab.freezing import FreezePlan
 
 
@@ -33,6 +34,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | mps
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler)
     num_workers: int = 0  # DataLoader workers; 0 decodes in the main process
+    cache: bool = True  # run a frozen deterministic prefix once and train the rest (caching.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,7 +50,7 @@ class Phase:
 
 @dataclass
 class Event:
-    """What the progress callback receives: kind is 'batch', 'epoch', 'phase' or 'end'."""
+    """What the progress callback receives: kind is 'batch', 'epoch', 'phase', 'cache' or 'end'."""
 
     kind: str
     epoch: int = 0  # 1-based over the whole run
@@ -68,6 +70,8 @@ class History:
     best_val_acc: float = -1.0
     stopped: bool = False
     best_state: dict | None = None  # CPU copy of the best state_dict
+    cache: list[str] = field(default_factory=list)  # per phase: how the frozen prefix was run
+    failure: str = ""  # why training stopped on its own (a non-finite loss)
 
 
 def pick_device(choice: str = "auto") -> torch.device:
@@ -180,64 +184,81 @@ def fit(
         optimizer = make_optimizer(model, phase.lr, cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(phase.epochs, 1))
         emit(Event("phase", epoch, total_epochs, phase=phase.name, message=f"{phase.name}: lr {phase.lr:g}"))
-        for _ in range(phase.epochs):
-            epoch += 1
-            start = time.perf_counter()
-            model.train()
-            loss_sum, correct, seen = 0.0, 0, 0
-            for b, (x, y) in enumerate(train_loader, 1):
-                if stop.is_set():
-                    break
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with _autocast(device, cfg.amp):
-                    logits = forward_train(model, x)
-                    loss = criterion(logits.float(), y)
-                if not torch.isfinite(loss):
-                    history.stopped = True
-                    emit(Event("end", epoch, total_epochs, message=(
-                        f"loss became {loss.item()} at epoch {epoch}, batch {b}: training stopped, the best "
-                        "checkpoint is kept. Try a lower learning rate.")))
-                    return _finish(model, history)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                loss_sum += loss.item() * len(y)
-                correct += (logits.argmax(1) == y).sum().item()
-                seen += len(y)
-                emit(Event("batch", epoch, total_epochs, b, len(train_loader), loss.item(), phase=phase.name))
-            if stop.is_set() and seen == 0:
-                history.stopped = True
-                break
-            scheduler.step()
-            val_loss, val_acc = evaluate(model, val_loader, device, cfg.amp)
-            metrics = {
-                "epoch": epoch, "phase": phase.name, "lr": phase.lr,
-                "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-                "val_loss": val_loss, "val_acc": val_acc, "seconds": time.perf_counter() - start,
-                "partial": stop.is_set(),  # the epoch was cut short by Stop
-            }
-            history.epochs.append(metrics)
-            better = val_acc > history.best_val_acc or (
-                val_acc == history.best_val_acc and val_loss < history.epochs[history.best_epoch - 1]["val_loss"])
-            if better and math.isfinite(val_loss):
-                history.best_val_acc, history.best_epoch = val_acc, epoch
-                history.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            emit(Event("epoch", epoch, total_epochs, metrics=metrics, phase=phase.name))
-            if stop.is_set():
-                history.stopped = True
-                break
+        cache, why = None, "caching is off (random augmentation, or turned off)"
+        if cfg.cache:
+            with torch.random.fork_rng(devices=[]):  # building it must not shift the dropout RNG stream
+                cache, why = caching.build(model, train_loader, val_loader, device, cfg.seed, stop)
+        history.cache.append(cache.describe() if cache else f"no feature cache: {why}")
+        emit(Event("cache", epoch, total_epochs, phase=phase.name, message=history.cache[-1]))
+        with caching.stubbed(model, cache.prefix) if cache else contextlib.nullcontext() as originals:
+            snapshot = (lambda: caching.full_state_dict(model, originals)) if cache else model.state_dict
+            epoch = _run_phase(model, phase, cache.train if cache else train_loader,
+                               cache.val if cache else val_loader, optimizer, scheduler, scaler, criterion,
+                               cfg, device, history, epoch, total_epochs, emit, stop, snapshot)
         if history.stopped:
             break
     return _finish(model, history, emit, total_epochs)
 
 
-def _finish(model: nn.Module, history: History, emit=None, total: int = 0) -> History:
+def _run_phase(model, phase, train_loader, val_loader, optimizer, scheduler, scaler, criterion, cfg, device,
+               history, epoch, total_epochs, emit, stop, snapshot) -> int:
+    """The epochs of one phase; returns the last epoch number. `snapshot()` gives the full state_dict."""
+    for _ in range(phase.epochs):
+        epoch += 1
+        start = time.perf_counter()
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for b, (x, y) in enumerate(train_loader, 1):
+            if stop.is_set():
+                break
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with _autocast(device, cfg.amp):
+                logits = forward_train(model, x)
+                loss = criterion(logits.float(), y)
+            if not torch.isfinite(loss):
+                history.stopped = True
+                history.failure = (f"loss became {loss.item()} at epoch {epoch}, batch {b}: training stopped, "
+                                   "the best checkpoint is kept. Try a lower learning rate.")
+                emit(Event("end", epoch, total_epochs, message=history.failure))
+                return epoch
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            emit(Event("batch", epoch, total_epochs, b, len(train_loader), loss.item(), phase=phase.name))
+        if stop.is_set() and seen == 0:
+            history.stopped = True
+            return epoch
+        scheduler.step()
+        val_loss, val_acc = evaluate(model, val_loader, device, cfg.amp)
+        metrics = {
+            "epoch": epoch, "phase": phase.name, "lr": phase.lr,
+            "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+            "val_loss": val_loss, "val_acc": val_acc, "seconds": time.perf_counter() - start,
+            "partial": stop.is_set(),  # the epoch was cut short by Stop
+        }
+        history.epochs.append(metrics)
+        better = val_acc > history.best_val_acc or (
+            val_acc == history.best_val_acc and val_loss < history.epochs[history.best_epoch - 1]["val_loss"])
+        if better and math.isfinite(val_loss):
+            history.best_val_acc, history.best_epoch = val_acc, epoch
+            history.best_state = {k: v.detach().to("cpu", copy=True) for k, v in snapshot().items()}
+        emit(Event("epoch", epoch, total_epochs, metrics=metrics, phase=phase.name))
+        if stop.is_set():
+            history.stopped = True
+            return epoch
+    return epoch
+
+
+def _finish(model: nn.Module, history: History, emit, total: int) -> History:
     """Put the best weights back into the model (on its device)."""
     if history.best_state is not None:
         model.load_state_dict(history.best_state)
     model.eval()
-    if emit:
+    if not history.failure:
         emit(Event("end", len(history.epochs), total, message="stopped" if history.stopped else "done"))
     return history
 

@@ -49,7 +49,7 @@ class Augment:
     """Training-time augmentations; all off gives the deterministic eval transform."""
 
     crop: bool = False  # random resized crop (scale 0.6-1) instead of resize + center crop
-    hflip: bool = True  # horizontal flip, p=0.5
+    hflip: bool = False  # horizontal flip, p=0.5
     vflip: bool = False  # vertical flip, p=0.5 (fine for textures, wrong for most photos)
     rotate: bool = False  # random rotation up to 15 degrees
     color: bool = False  # brightness / contrast / saturation jitter 0.2

@@ -1,0 +1,179 @@
+"""Frozen-prefix caching: run the frozen, deterministic start of a network once per image, train the rest.
+
+With a frozen backbone every epoch recomputes the same features. Here the modules that run before the
+first trainable (or random: dropout, drop-path, BatchNorm in `train` mode) module are found by watching
+one forward pass; their output is computed once per image; during training they are swapped for
+`nn.Identity`, and the model is called on the cached tensor itself, so the rest of its own `forward`
+(pooling, flatten, functional dropout, the head) runs unchanged. Whether that reproduces the full model is
+checked on real images before it is used: a model whose forward does other work between those modules
+(a ViT adding position embeddings) fails the check and trains the normal way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from vislab import freezing
+from vislab.heads import set_module
+
+CACHE_LIMIT_BYTES = 2 << 30  # features kept in memory up to 2 GiB; above that, the full loop
+
+
+@dataclass
+class Prefix:
+    stubs: list[str]  # outermost modules that run before the boundary, in execution order
+    boundary: str  # the first module that trains or is random
+
+
+def _stochastic(m: nn.Module) -> bool:
+    p = getattr(m, "p", None) if "Drop" in type(m).__name__ else None
+    p = getattr(m, "drop_prob", p)
+    return bool(p) and p > 0
+
+
+def _moving(m: nn.Module) -> bool:
+    if any(p.requires_grad for p in m.parameters(recurse=False)):
+        return True
+    if freezing._is_batchnorm(m) and m.track_running_stats and freezing.bn_mode(m) == "train":
+        return True
+    return _stochastic(m)
+
+
+@torch.no_grad()
+def find_prefix(model: nn.Module, x: torch.Tensor) -> Prefix | None:
+    """The frozen deterministic modules before the first moving one, from one forward on `x`."""
+    started: list[str] = []
+    handles = [m.register_forward_pre_hook(lambda mod, a, n=n: started.append(n))
+               for n, m in model.named_modules() if n]
+    was = model.training
+    try:
+        model.eval()
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    modules = dict(model.named_modules())
+    boundary = next((n for n in started if _moving(modules[n])), None)
+    if boundary is None:
+        return None
+    before = started[:started.index(boundary)]
+    ancestors = {boundary.rsplit(".", k)[0] for k in range(1, boundary.count(".") + 1)}
+    candidates = [n for n in dict.fromkeys(before) if n not in ancestors]
+    outer = [n for n in candidates if not any(n.startswith(c + ".") for c in candidates)]
+    if not outer:
+        return None
+    return Prefix(outer, boundary)
+
+
+@contextlib.contextmanager
+def stubbed(model: nn.Module, prefix: Prefix):
+    """Swap the prefix modules for identities; the model then runs on cached prefix outputs."""
+    saved = {name: model.get_submodule(name) for name in prefix.stubs}
+    try:
+        for name in prefix.stubs:
+            set_module(model, name, nn.Identity())
+        yield saved
+    finally:
+        for name, module in saved.items():
+            set_module(model, name, module)
+
+
+def full_state_dict(model: nn.Module, originals: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """The state_dict the model has without stubs: its live part plus the swapped-out prefix modules."""
+    state = dict(model.state_dict())
+    for name, module in originals.items():
+        state.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
+    return state
+
+
+@torch.no_grad()
+def prefix_outputs(model: nn.Module, prefix: Prefix, x: torch.Tensor) -> torch.Tensor:
+    """What flows out of the prefix for a batch: the output of its last module."""
+    out: list[torch.Tensor] = []
+    handle = model.get_submodule(prefix.stubs[-1]).register_forward_hook(lambda m, a, o: out.append(o))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return out[-1].detach().clone()
+
+
+@torch.no_grad()
+def reproduces(model: nn.Module, prefix: Prefix, x: torch.Tensor, atol: float = 1e-4) -> bool:
+    """True when running the stubbed model on the cached tensor gives the full model's logits."""
+    was = model.training
+    try:
+        model.eval()
+        full = model(x)
+        cached = prefix_outputs(model, prefix, x)
+        with stubbed(model, prefix):
+            try:
+                again = model(cached)
+            except (RuntimeError, ValueError, AssertionError, TypeError, IndexError):
+                return False
+        return full.shape == again.shape and torch.allclose(full, again, atol=atol, rtol=1e-4)
+    finally:
+        model.train(was)
+
+
+@dataclass
+class Cache:
+    prefix: Prefix
+    train: DataLoader  # (features, label) batches, same order as the image loader for the same seed
+    val: DataLoader
+    seconds: float  # time spent running the prefix once over all images
+    nbytes: int
+
+    def describe(self) -> str:
+        return (f"features cached: prefix ({len(self.prefix.stubs)} modules up to '{self.prefix.stubs[-1]}') "
+                f"run once, {self.seconds:.1f} s, {self.nbytes / 2**20:.0f} MiB; training runs from "
+                f"'{self.prefix.boundary}'")
+
+
+@torch.no_grad()
+def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, device: torch.device,
+          seed: int, stop=None) -> tuple[Cache | None, str]:
+    """Cache the prefix outputs of both splits, or (None, why not) when it does not apply."""
+    start = time.perf_counter()
+    first_x, _ = next(iter(val_loader))
+    first_x = first_x[:4].to(device)
+    prefix = find_prefix(model, first_x)
+    if prefix is None:
+        return None, "nothing frozen before the first trainable layer"
+    if not reproduces(model, prefix, first_x):
+        return None, "this model's forward does work between its frozen modules (e.g. position embeddings)"
+    was = model.training
+    model.eval()
+    feats = {}
+    try:
+        for split, loader in (("train", train_loader), ("val", val_loader)):
+            xs, ys = [], []
+            for x, y in _in_order(loader):
+                if stop is not None and stop.is_set():
+                    return None, "stopped"
+                xs.append(prefix_outputs(model, prefix, x.to(device, non_blocking=True)))
+                ys.append(y)
+            feats[split] = (torch.cat(xs), torch.cat(ys))
+    finally:
+        model.train(was)
+    nbytes = sum(t.numel() * t.element_size() for t, _ in feats.values())
+    if nbytes > CACHE_LIMIT_BYTES:
+        return None, f"cached features would take {nbytes / 2**30:.1f} GiB"
+    gen = torch.Generator().manual_seed(seed)
+    train = DataLoader(TensorDataset(*feats["train"]), batch_size=train_loader.batch_size, shuffle=True,
+                       generator=gen, drop_last=train_loader.drop_last)
+    val = DataLoader(TensorDataset(*feats["val"]), batch_size=val_loader.batch_size, shuffle=False)
+    return Cache(prefix, train, val, time.perf_counter() - start, nbytes), ""
+
+
+def _in_order(loader: DataLoader) -> DataLoader:
+    """The same dataset in index order (the cache is shuffled later, by its own seeded sampler)."""
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False,
+                      num_workers=loader.num_workers, pin_memory=loader.pin_memory)

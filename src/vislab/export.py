@@ -1,0 +1,383 @@
+"""Exporting a model to one file that other tools open (Netron, onnxruntime, C++), and proving it still works.
+
+  torchscript  `torch.jit.trace` at the model's input size in eval mode, then `torch.jit.save` (.pt).
+               Deprecated in torch 2.14 (a FutureWarning, which the result reports), still widely loaded.
+  onnx         `torch.onnx.export` with the torch.export-based exporter (it translates with onnxscript),
+               opset 18, the weights inside the one file, a dynamic batch axis (.onnx). If onnxscript is
+               missing or that exporter fails, the legacy TorchScript-based one is used and a warning says so.
+  pt2          `torch.export.export` with a dynamic batch axis, then `torch.export.save` (.pt2).
+
+Every file is loaded back (`torch.jit.load`, an onnxruntime InferenceSession, `torch.export.load(...).module()`)
+and run on a batch of random inputs, and on real images when given, next to the PyTorch model. A file whose
+outputs differ by more than the tolerance is deleted and the result says why: never offer a file that does
+not reproduce the model. The model's train/eval flags are restored and nothing is registered on it.
+
+Warnings raised while exporting (deprecations, TracerWarnings) are caught with `warnings.catch_warnings`,
+which is process-wide state: two exports running at once in two threads may see each other's warnings.
+
+Layer order: `print(model)` shows modules in the order `__init__` defines them (`named_modules()`); the forward
+may call them in another order. `execution_order` reads the order from the graph `torch.export` traces: each
+node's `meta["nn_module_stack"]` names the modules it runs inside, innermost last (`features.3.conv.0.0`, the
+real dotted name). If tracing fails, forward pre-hooks record the first call of each layer instead.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+FORMATS = ("torchscript", "onnx", "pt2")
+SUFFIX = {"torchscript": ".pt", "onnx": ".onnx", "pt2": ".pt2"}
+# Default tolerances on the max absolute difference of the outputs (logits). TorchScript and pt2 run the same
+# ATen CPU kernels as eager PyTorch, so they agree to float32 rounding (usually exactly); 1e-4 still catches
+# any real mistake (a frozen branch is off by O(1)). onnxruntime has its own kernels and fuses Conv+BatchNorm,
+# so large pretrained logits move by ~1e-5: 1e-3 leaves room for that and still catches real mistakes.
+TOLERANCE = {"torchscript": 1e-4, "onnx": 1e-3, "pt2": 1e-4}
+ONNX_OPSET = 18  # the lowest opset the torch.export-based exporter translates to natively; onnxruntime >= 1.14
+CHECK_BATCH = 2  # random inputs per check (2, not 1, so a batch size of 1 is never baked into the file)
+
+
+@dataclass
+class ExportResult:
+    format: str  # "torchscript" | "onnx" | "pt2"
+    path: Path | None  # the written file; None when refused (nothing is left on disk)
+    seconds: float = 0.0  # export and save, without the check
+    max_abs_diff: float | None = None  # worst |file output - model output| over the checked inputs
+    tol: float = 0.0  # the tolerance max_abs_diff was held to
+    ok: bool = False  # the file exists and reproduces the model within tol (or could not be checked: `verified`)
+    verified: bool = False  # outputs were compared numerically
+    reason: str = ""  # why refused, or why not verified; "" when all is well
+    warnings: list[str] = field(default_factory=list)  # "FutureWarning: `torch.jit.trace` is deprecated ..."
+    size_bytes: int = 0
+    checked: str = ""  # what was compared: "2 random inputs, 4 real images"
+
+    def summary(self) -> str:
+        """One line for a log or the CLI."""
+        if not self.ok:
+            return f"{self.format}: refused: {self.reason}"
+        diff = f"max abs diff {self.max_abs_diff:.2e} (tolerance {self.tol:g}) over {self.checked}" \
+            if self.verified else f"not verified: {self.reason}"
+        return (f"{self.format}: {self.path} ({self.size_bytes / 1e6:.1f} MB) in {self.seconds:.1f} s; {diff}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()  # no terminal colour codes
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _random_inputs(input_size, batch: int, seed: int, device: torch.device) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)  # private generator: the global RNG is left alone
+    return torch.randn((batch, *input_size), generator=g).to(device)  # (B, C, H, W), like normalised images
+
+
+def _training_flags(model: nn.Module) -> dict[nn.Module, bool]:
+    return {m: m.training for m in model.modules()}
+
+
+def _restore_training(flags: dict[nn.Module, bool]) -> None:
+    for m, training in flags.items():  # per module: a sub-block set to eval on its own stays so
+        m.training = training
+
+
+# ----------------------------------------------------------------------------------------------- writers
+
+def _write_torchscript(model: nn.Module, example: torch.Tensor, file: Path, notes: list[str]) -> None:
+    traced = torch.jit.trace(model, example, check_trace=False)  # our own check below is stricter
+    torch.jit.save(traced, str(file))
+
+
+def _write_onnx(model: nn.Module, example: torch.Tensor, file: Path, notes: list[str]) -> None:
+    names = {"input_names": ["image"], "output_names": ["logits"], "opset_version": ONNX_OPSET}
+    try:
+        import onnxscript  # noqa: F401  the torch.export-based exporter translates with it
+
+        torch.onnx.export(model, (example,), str(file), dynamo=True, external_data=False, verbose=False,
+                          dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), **names)
+        return
+    except ImportError:
+        why = "onnxscript is not installed"
+    except Exception as exc:  # noqa: BLE001  any failure of the new exporter: try the legacy one
+        why = f"the torch.export-based exporter failed ({_first_line(exc)})"
+    notes.append(f"ONNX: {why}; used the legacy TorchScript-based exporter instead")
+    file.unlink(missing_ok=True)
+    torch.onnx.export(model, (example,), str(file), dynamo=False,
+                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, **names)
+
+
+def _write_pt2(model: nn.Module, example: torch.Tensor, file: Path, notes: list[str]) -> None:
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    torch.export.save(program, str(file))
+
+
+_WRITERS = {"torchscript": _write_torchscript, "onnx": _write_onnx, "pt2": _write_pt2}
+
+
+# ----------------------------------------------------------------------------------------------- loaders
+
+def _load(fmt: str, file: Path, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The file as a function of a batch of images, or None when no runtime is installed for it."""
+    if fmt == "torchscript":
+        return torch.jit.load(str(file), map_location=device)
+    if fmt == "pt2":
+        return torch.export.load(str(file)).module()
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only: no notes on stderr about pruned initializers
+    session = ort.InferenceSession(str(file), opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
+
+    return run
+
+
+def _max_diff(run: Callable, model: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        want, got = model(x), run(x)
+    if not isinstance(want, torch.Tensor) or not isinstance(got, torch.Tensor):
+        raise ValueError("export checks models that return one tensor (logits)")
+    if got.shape != want.shape:
+        raise ValueError(f"the file returns shape {tuple(got.shape)}, the model {tuple(want.shape)}")
+    return (got.float().cpu() - want.float().cpu()).abs().max().item()
+
+
+def _check(model: nn.Module, fmt: str, file: Path, checks: list[tuple[str, torch.Tensor]],
+           result: ExportResult) -> None:
+    """Fill max_abs_diff, verified, ok and reason by running the file next to the model."""
+    run = _load(fmt, file, _device(model))
+    if run is None:
+        result.ok, result.reason = True, "outputs not compared: onnxruntime is not installed (pip install onnxruntime)"
+        return
+    diffs = [(_max_diff(run, model, x), label) for label, x in checks]
+    worst, where = max(diffs, key=lambda d: math.inf if math.isnan(d[0]) else d[0])  # NaN is the worst
+    result.max_abs_diff, result.verified = worst, True
+    result.checked = ", ".join(f"{len(x)} {label}" for label, x in checks)
+    result.ok = worst <= result.tol
+    if not result.ok:
+        result.reason = (f"the {fmt} file does not reproduce the model: max abs diff {worst:.3g} on the "
+                         f"{where} > tolerance {result.tol:g}")
+
+
+def _hint(result: ExportResult) -> str:
+    """Why a traced file may compute something else: the TracerWarning that said so, if any."""
+    tracer = [w for w in result.warnings if w.startswith("TracerWarning")]
+    if result.format == "pt2" or not tracer:
+        return ""
+    return (" (tracing records one path through forward: data-dependent control flow was frozen; "
+            f"{tracer[0].split('. ')[0]})")
+
+
+def export_model(model: nn.Module, input_size: tuple[int, int, int], path: str | Path, fmt: str,
+                 real_inputs: torch.Tensor | None = None, tol: float | None = None) -> ExportResult:
+    """Export `model` in eval mode as `fmt` to `path`, reload the file and check it against the model.
+
+    input_size: (C, H, W) the model sees (its data config, e.g. `info.data_config.input_size`).
+    real_inputs: optional (B, C, H, W) prepared images checked besides the random batch.
+    tol: max abs difference accepted; None for the format's default (TOLERANCE says why).
+    Refused exports (failure, or outputs off by more than tol) leave no file: `ok` False and `reason` says why.
+    The file is written in a temporary folder beside `path` and moved there when it passed, so an older
+    file at `path` is replaced only by a good one.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, not '{fmt}'")
+    tol = TOLERANCE[fmt] if tol is None else tol
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # written under its final name in a private folder beside it (torch names a .pt/.pt2 archive's root
+    # folder after the file, and Netron skips a root that starts with a dot), moved into place when good
+    workdir = Path(tempfile.mkdtemp(prefix=".vislab-export-", dir=path.parent))
+    partial = workdir / path.name
+    device = _device(model)
+    example = _random_inputs(input_size, CHECK_BATCH, seed=0, device=device)
+    checks = [("random inputs", _random_inputs(input_size, CHECK_BATCH, seed=1, device=device))]
+    if real_inputs is not None:
+        checks.append(("real images", real_inputs.to(device)))
+    result = ExportResult(fmt, None, tol=tol)
+    flags = _training_flags(model)
+    model.eval()
+    try:
+        _export_and_check(model, fmt, partial, example, checks, result)
+        if result.ok:
+            os.replace(partial, path)
+            result.path, result.size_bytes = path, path.stat().st_size
+        else:
+            result.reason += _hint(result)
+    finally:
+        _restore_training(flags)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+def _export_and_check(model: nn.Module, fmt: str, file: Path, example: torch.Tensor,
+                      checks: list[tuple[str, torch.Tensor]], result: ExportResult) -> None:
+    """Write `file` and check it, recording every warning raised meanwhile (deduplicated) in the result."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            start = time.perf_counter()
+            _WRITERS[fmt](model, example, file, result.warnings)
+            result.seconds = time.perf_counter() - start
+            _check(model, fmt, file, checks, result)
+        except Exception as exc:  # noqa: BLE001  any failure is a refusal with its reason
+            result.ok, result.reason = False, f"{fmt} export failed: {_first_line(exc)}"
+    for w in caught:
+        text = f"{w.category.__name__}: {' '.join(str(w.message).split())}"
+        if text not in result.warnings:
+            result.warnings.append(text)
+
+
+def export_name(model_name: str, strategy: str | None, fmt: str, when: dt.date | None = None) -> str:
+    """A download name: `mobilenet_v2_head_2026-11-28.pt` (`.onnx`, `.pt2`); today when `when` is None."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, not '{fmt}'")
+    when = when or dt.date.today()
+    parts = [p for p in (model_name, strategy) if p]
+    safe = "_".join(re.sub(r"[^A-Za-z0-9._-]+", "-", p).strip("-.") for p in parts)
+    return f"{safe}_{when:%Y-%m-%d}{SUFFIX[fmt]}"
+
+
+# ----------------------------------------------------------------------------------------------- layer order
+
+def _leaves(model: nn.Module) -> dict[str, nn.Module]:
+    """Every leaf module (no children), parameter-free ones (ReLU, pooling, dropout) included."""
+    return {n: m for n, m in model.named_modules() if n and next(m.children(), None) is None}
+
+
+def _graph_order(model: nn.Module, input_size) -> list[str]:
+    """Leaves in the order the torch.export graph runs their first op."""
+    leaves = _leaves(model)
+    x = _random_inputs(input_size, 1, seed=0, device=_device(model))
+    flags = _training_flags(model)
+    model.eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # export's own notes; this is only for the layer order
+            graph = torch.export.export(model, (x,)).graph
+    finally:
+        _restore_training(flags)
+    order: dict[str, int] = {}
+    for node in graph.nodes:
+        stack = node.meta.get("nn_module_stack") or {}  # {key: (dotted module name, type)}, outermost first
+        if stack:
+            name = list(stack.values())[-1][0]
+            if name in leaves:  # ops of a container's own forward (a reshape in patch_embed) are skipped
+                order.setdefault(name, len(order))
+    if leaves and not order:
+        raise RuntimeError("the traced graph names none of the model's layers")
+    return list(order)
+
+
+def _hook_order(model: nn.Module, input_size) -> list[str]:
+    """Leaves in the order of their first call, from forward pre-hooks (removed again)."""
+    seen: dict[str, int] = {}
+
+    def record(name: str):
+        def hook(module, args) -> None:  # returns None: a pre-hook's return value would replace the input
+            seen.setdefault(name, len(seen))
+        return hook
+
+    handles = [m.register_forward_pre_hook(record(n)) for n, m in _leaves(model).items()]
+    flags = _training_flags(model)
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(_random_inputs(input_size, 1, seed=0, device=_device(model)))
+    finally:
+        for h in handles:
+            h.remove()
+        _restore_training(flags)
+    return list(seen)
+
+
+def traced_order(model: nn.Module, input_size) -> tuple[list[str], str]:
+    """(leaf names in execution order, where the order comes from)."""
+    try:
+        return _graph_order(model, input_size), "torch.export graph"
+    except Exception as exc:  # noqa: BLE001  any tracing failure: fall back to hooks, and say so
+        return _hook_order(model, input_size), f"forward hooks (torch.export failed: {_first_line(exc)})"
+
+
+def execution_order(model: nn.Module, input_size) -> list[str]:
+    """Leaf module names in the order forward runs them (first call), from the traced graph.
+
+    Leaves are modules without children, with or without parameters. A leaf that adds no op to the graph
+    (nn.Identity, a layer forward never calls) is not listed.
+    """
+    return traced_order(model, input_size)[0]
+
+
+def definition_order(model: nn.Module) -> list[str]:
+    """Leaf module names in `named_modules()` order: the order `print(model)` shows."""
+    return list(_leaves(model))
+
+
+def _moved(exec_names: list[str], def_index: dict[str, int]) -> set[str]:
+    """Layers outside one longest subsequence that runs in definition order.
+
+    Those are the fewest layers a reader must move in print(model) to read the execution order. For two
+    swapped layers (b defined before a, a runs first) `a` is marked: it jumped ahead of its definition.
+    """
+    seq = [def_index[n] for n in exec_names]
+    tails, tail_at, prev = [], [], [None] * len(seq)  # patience sorting, with back pointers
+    for i, v in enumerate(seq):
+        k = bisect.bisect_left(tails, v)
+        prev[i] = tail_at[k - 1] if k else None
+        if k == len(tails):
+            tails.append(v)
+            tail_at.append(i)
+        else:
+            tails[k], tail_at[k] = v, i
+    keep, i = set(), tail_at[-1] if tail_at else None
+    while i is not None:
+        keep.add(i)
+        i = prev[i]
+    return {n for j, n in enumerate(exec_names) if j not in keep}
+
+
+def layer_table(model: nn.Module, input_size) -> list[dict]:
+    """One row per leaf, in execution order, then the leaves that never ran (exec_index None).
+
+    name, type, exec_index, def_index (position in execution_order / definition_order), moved (see `_moved`),
+    params (own parameter count), trainable (any parameter has requires_grad).
+    """
+    exec_names, _ = traced_order(model, input_size)
+    defs = definition_order(model)
+    def_index = {n: i for i, n in enumerate(defs)}
+    exec_index = {n: i for i, n in enumerate(exec_names)}
+    moved = _moved(exec_names, def_index)
+    rows = []
+    for name in exec_names + [n for n in defs if n not in exec_index]:
+        module = model.get_submodule(name)
+        params = list(module.parameters())
+        rows.append({
+            "name": name,
+            "type": type(module).__name__,
+            "exec_index": exec_index.get(name),
+            "def_index": def_index[name],
+            "moved": name in moved,
+            "params": sum(p.numel() for p in params),
+            "trainable": any(p.requires_grad for p in params),
+        })
+    return rows

@@ -1,0 +1,284 @@
+import datetime as dt
+import re
+import threading
+import urllib.request
+import zipfile
+
+import pytest
+import torch
+import torch.nn as nn
+
+from vislab import cli, export, freezing, models, netron_server, runs
+
+# (model, input size): the tiny timm test models at 64 px (test_vit only runs at its 160 px) and a torchvision one
+FAMILIES = [("test_resnet", 64), ("test_efficientnet", 64), ("test_convnext", 64), ("test_vit", 160),
+            ("mobilenet_v3_small", 64)]
+
+
+def _model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return models.build_architecture(name)
+
+
+def _state(model: nn.Module):
+    """Everything export must leave alone: weights and buffers, train flags, hooks, requires_grad."""
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+    return ({k: v.detach().clone() for k, v in model.state_dict().items()},
+            {n: m.training for n, m in model.named_modules()}, hooks,
+            {n: p.requires_grad for n, p in model.named_parameters()})
+
+
+def _assert_unchanged(model: nn.Module, before) -> None:
+    weights, flags, hooks, grads = _state(model)
+    assert weights.keys() == before[0].keys()
+    assert all(torch.equal(weights[k], before[0][k]) for k in weights)
+    assert (flags, hooks, grads) == before[1:]
+
+
+def _reference_diff(run, model: nn.Module, size: int) -> float:
+    """Our own check, independent of export's: a fresh batch of 3 through the reloaded file and the model."""
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(7))  # (B, C, H, W)
+    model.eval()
+    with torch.no_grad():
+        return (torch.as_tensor(run(x)) - model(x)).abs().max().item()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")  # our own reload below
+@pytest.mark.parametrize("name,size", FAMILIES)
+def test_torchscript_reloads_and_reproduces(name, size, tmp_path):
+    model = _model(name).train()  # export must switch to eval and back
+    before = _state(model)
+    result = export.export_model(model, (3, size, size), tmp_path / "m.pt", "torchscript")
+    assert result.ok and result.verified, result.reason
+    assert result.max_abs_diff <= result.tol == export.TOLERANCE["torchscript"]
+    assert result.path.is_file() and result.size_bytes == result.path.stat().st_size > 0
+    assert any("torch.jit.trace" in w and "deprecated" in w for w in result.warnings)  # reported, not hidden
+    _assert_unchanged(model, before)
+    assert _reference_diff(torch.jit.load(str(result.path)), model, size) <= 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,size", FAMILIES[:4])  # torchvision's mobilenets take ~8 s each in the ONNX exporter
+def test_onnx_reloads_and_reproduces(name, size, tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed: ONNX files can't be run here")
+    model = _model(name)
+    before = _state(model)
+    result = export.export_model(model, (3, size, size), tmp_path / "m.onnx", "onnx")
+    assert result.ok and result.verified, result.reason
+    assert result.max_abs_diff <= 1e-3
+    _assert_unchanged(model, before)
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    assert _reference_diff(lambda x: session.run(None, {"image": x.numpy()})[0], model, size) <= 1e-3
+
+
+@pytest.mark.parametrize("name,size", [("test_resnet", 64), ("test_vit", 160)])
+def test_pt2_reloads_and_reproduces(name, size, tmp_path):
+    model = _model(name)
+    before = _state(model)
+    result = export.export_model(model, (3, size, size), tmp_path / "m.pt2", "pt2",
+                                 real_inputs=torch.randn(5, 3, size, size))
+    assert result.ok and result.verified, result.reason
+    assert result.checked == "2 random inputs, 5 real images"
+    # the archive's root folder is the file's own name (Netron can't open a dotted one), no temp folder left
+    assert zipfile.ZipFile(result.path).namelist()[0].startswith("m/")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt2", "vislab_home"]
+    _assert_unchanged(model, before)
+    assert _reference_diff(torch.export.load(str(result.path)).module(), model, size) <= 1e-4
+
+
+class FrozenBranch(nn.Module):
+    """Forward takes a branch on the data: tracing records only the branch its example input took."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.fc(self.conv(x).mean((2, 3)))  # (B, 2)
+        if x.abs().max() > 10:  # bright images: never true for the random example, true for the real ones
+            return -y
+        return y
+
+
+@pytest.mark.parametrize("fmt", export.FORMATS)
+def test_an_export_that_does_not_reproduce_is_refused(fmt, tmp_path):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime", reason="onnxruntime not installed: ONNX outputs can't be compared")
+    out = tmp_path / "exports" / f"broken{export.SUFFIX[fmt]}"
+    real = torch.randn(2, 3, 8, 8) * 100  # (B, C, H, W), takes the other branch
+    result = export.export_model(FrozenBranch(), (3, 8, 8), out, fmt, real_inputs=real)
+    assert not result.ok and result.path is None
+    assert list(out.parent.iterdir()) == []  # neither the file nor a partial one
+    if fmt == "pt2":  # torch.export refuses data-dependent control flow itself
+        assert result.reason.startswith("pt2 export failed") and "data-dependent" in result.reason
+    else:  # tracing froze the branch: the check finds it on the real images and says why
+        assert "does not reproduce the model" in result.reason and "real images" in result.reason
+        assert "control flow" in result.reason and "TracerWarning" in result.reason
+        assert result.max_abs_diff > 1
+    if fmt == "onnx":  # the torch.export-based exporter can't take the branch either: the legacy one traced it
+        assert any("used the legacy TorchScript-based exporter" in w for w in result.warnings)
+
+
+def test_a_refused_export_keeps_the_older_file(tmp_path):
+    out = tmp_path / "model.pt"
+    out.write_bytes(b"older export")
+    bright = torch.full((1, 3, 8, 8), 50.0)  # (B, C, H, W), takes the branch the trace did not record
+    result = export.export_model(FrozenBranch(), (3, 8, 8), out, "torchscript", real_inputs=bright)
+    assert not result.ok and out.read_bytes() == b"older export"
+
+
+def test_train_flags_are_restored_module_by_module(tmp_path):
+    model = _model("test_resnet").train()
+    model.layer1.eval()  # a sub-block in eval on its own must stay so
+    freezing.apply(model, freezing.preset(model, "head")[0])  # BatchNorm pre-hooks, frozen parameters
+    before = _state(model)
+    assert export.export_model(model, (3, 64, 64), tmp_path / "m.pt2", "pt2").ok
+    _assert_unchanged(model, before)
+    assert model.training and not model.layer1.training
+
+
+def test_export_name():
+    when = dt.date(2026, 11, 28)
+    assert export.export_name("mobilenet_v2", "head", "torchscript", when) == "mobilenet_v2_head_2026-11-28.pt"
+    assert export.export_name("mobilenet_v2", "two-phase", "onnx", when) == "mobilenet_v2_two-phase_2026-11-28.onnx"
+    assert export.export_name("hf_hub:timm/vit tiny", None, "pt2", when) == "hf_hub-timm-vit-tiny_2026-11-28.pt2"
+    assert re.fullmatch(r"resnet18_full_\d{4}-\d\d-\d\d\.pt2", export.export_name("resnet18", "full", "pt2"))
+    with pytest.raises(ValueError, match="format"):
+        export.export_name("resnet18", "full", "tflite")
+
+
+class Reordered(nn.Module):
+    """Defines head, b, a (print order) but runs a, act, b, act, pool, head; `unused` never runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(8, 3)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.act = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.unused = nn.Linear(2, 2)
+
+    def forward(self, x):
+        x = self.act(self.a(x))  # (B, 8, H, W)
+        x = self.act(self.b(x))  # the same ReLU again: listed once, at its first call
+        return self.head(self.pool(x).flatten(1))  # (B, 3)
+
+
+def test_execution_order_differs_from_definition_order():
+    model = Reordered()
+    model.a.requires_grad_(False)
+    assert export.definition_order(model) == ["head", "b", "a", "act", "pool", "unused"]
+    order, source = export.traced_order(model, (3, 8, 8))
+    assert order == ["a", "act", "b", "pool", "head"] and source == "torch.export graph"
+    rows = {r["name"]: r for r in export.layer_table(model, (3, 8, 8))}
+    assert [r["name"] for r in export.layer_table(model, (3, 8, 8))] == ["a", "act", "b", "pool", "head", "unused"]
+    assert {n for n, r in rows.items() if r["moved"]} == {"b", "head"}  # a, act, pool keep their relative order
+    assert rows["b"] == {"name": "b", "type": "Conv2d", "exec_index": 2, "def_index": 1, "moved": True,
+                         "params": 8 * 8 + 8, "trainable": True}
+    assert rows["a"]["trainable"] is False and rows["act"]["params"] == 0 and rows["act"]["trainable"] is False
+    assert rows["unused"]["exec_index"] is None and not rows["unused"]["moved"]
+
+
+def test_two_swapped_layers_mark_the_one_that_jumped_ahead():
+    class Swapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.b = nn.Linear(4, 4)
+            self.a = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    rows = export.layer_table(Swapped(), (4,))
+    assert [(r["name"], r["moved"]) for r in rows] == [("a", True), ("b", False)]
+
+
+def test_graph_order_matches_the_call_order_of_a_real_model():
+    model = _model("test_efficientnet")
+    before = _state(model)
+    graph = export.execution_order(model, (3, 64, 64))
+    hooks = export._hook_order(model, (3, 64, 64))  # every leaf call, Identity included
+    assert graph == [n for n in hooks if n in set(graph)]
+    assert graph[0] == "conv_stem" and graph[-1] == "classifier"
+    _assert_unchanged(model, before)
+
+
+def test_untraceable_model_falls_back_to_hooks_and_says_so():
+    order, source = export.traced_order(FrozenBranch(), (3, 8, 8))
+    assert order == ["conv", "fc"] and source.startswith("forward hooks (torch.export failed")
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.status, response.read()
+
+
+def test_netron_serves_the_file_on_loopback_and_stops_cleanly(tmp_path):
+    pytest.importorskip("netron", reason="netron not installed")
+    first, second = tmp_path / "first.onnx", tmp_path / "second.pt2"
+    first.write_bytes(b"first model bytes")
+    second.write_bytes(b"second model bytes")
+    (tmp_path / "secret.txt").write_text("not for netron")
+    with netron_server.start(first) as a, netron_server.start(second) as b:
+        assert a.address[0] == "127.0.0.1" and a.address != b.address
+        assert a.url == f"http://127.0.0.1:{a.address[1]}/" and a.running
+        status, page = _get(a.url)
+        assert status == 200 and b'<meta name="file" content="/data/first.onnx">' in page
+        assert _get(a.data_url) == (200, b"first model bytes")
+        assert _get(b.data_url) == (200, b"second model bytes")  # each server keeps its own file
+        assert _get(a.url + "data/first.onnx")[1] == b"first model bytes"
+        with pytest.raises(urllib.error.HTTPError, match="404"):  # only the file, not its folder
+            _get(a.url + "data/secret.txt")
+        assert netron_server.servers() == [a, b]
+        thread = a.thread
+    for server in (a, b):
+        assert not server.running and not netron_server.port_open(server.address)
+        assert not server.folder.exists()
+    assert not thread.is_alive()
+    assert not [t for t in threading.enumerate() if getattr(t, "address", None) in (a.address, b.address)]
+    assert netron_server.servers() == [] and first.read_bytes() == b"first model bytes"
+    a.stop()  # idempotent
+
+
+def test_netron_stop_all_and_hosted_link(tmp_path):
+    pytest.importorskip("netron", reason="netron not installed")
+    (tmp_path / "m.pt").write_bytes(b"x")
+    servers = [netron_server.start(tmp_path / "m.pt") for _ in range(2)]
+    netron_server.stop_all()
+    assert netron_server.servers() == [] and not any(s.running for s in servers)
+    assert netron_server.hosted_url() == "https://netron.app"
+    with pytest.raises(FileNotFoundError):
+        netron_server.start(tmp_path / "missing.onnx")
+
+
+def test_cli_export_writes_the_file_and_prints_the_diff(tmp_path, capsys):
+    out = tmp_path / "exports" / "test_resnet.pt"
+    rc = cli.main(["export", "--model", "test_resnet", "--weights", "random", "--format", "torchscript",
+                   "--img-size", "64", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0 and out.is_file()
+    assert re.search(r"max abs diff \S+ vs PyTorch over 2 random inputs", captured.out)
+    assert "at 64x64" in captured.out and str(out) in captured.out
+    assert "warning: FutureWarning: `torch.jit.trace` is deprecated" in captured.err
+
+
+def test_cli_export_of_a_run_folder(tmp_path, capsys):
+    model, info = models.create_model("test_convnext", num_classes=3, weights_choice="random")
+    plan = freezing.preset(model, "head")[0]
+    freezing.apply(model, plan)
+    config = {"model": "test_convnext", "head_kind": "linear", "plans": [plan.to_dict()],
+              "data_config": info.data_config.with_size(64).to_dict()}
+    runs.save(tmp_path / "run", model, config, [], ["a", "b", "c"])
+    out = tmp_path / "run.pt2"
+    assert cli.main(["export", "--run", str(tmp_path / "run"), "--format", "pt2", "--out", str(out)]) == 0
+    assert out.is_file() and torch.export.load(str(out)).module()(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+
+
+def test_cli_export_bad_model_is_one_line_and_exit_2(tmp_path, capsys):
+    rc = cli.main(["export", "--model", "no_such_net", "--format", "onnx", "--out", str(tmp_path / "x.onnx")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("vislab: error: unknown model 'no_such_net'") and err.count("\n") == 1
+    assert not (tmp_path / "x.onnx").exists()
