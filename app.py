@@ -15,6 +15,7 @@ pages = st.navigation([
     st.Page("pages/se.py", title="SE channel weights", icon=":material/tune:"),
     st.Page("pages/attention.py", title="ViT attention", icon=":material/center_focus_strong:"),
     st.Page("pages/features.py", title="Feature maps", icon=":material/grid_view:"),
+    st.Page("pages/export.py", title="Export & Netron", icon=":material/account_tree:"),
 ])
 _lab.init_state()
 sidebar = st.sidebar.container()

@@ -411,3 +411,73 @@ def _locks() -> dict:
 def model_lock(model) -> threading.Lock:
     """Views hook into the shared pretrained model: one session at a time per model."""
     return _locks().setdefault(id(model), threading.Lock())
+
+
+def set_modules_trainable(names: list[str], on: bool) -> None:
+    """Freeze or thaw single modules of the working model (the Freeze page's module overrides)."""
+    ss = st.session_state
+    model, _ = working()
+    plan: FreezePlan = ss[PLAN]
+    plan.modules.update({n: on for n in names})
+    if ss[STRATEGY] != "two-phase":
+        ss[STRATEGY] = "custom"
+    freezing.apply(model, plan)
+    ss["plan_version"] = ss.get("plan_version", 0) + 1
+
+
+@st.cache_data(show_spinner="Tracing the execution order…", max_entries=8)
+def layer_order(key: tuple, _model) -> list[dict]:
+    from vislab import export
+
+    return export.layer_table(_model, key[-1])
+
+
+# ---- one Netron server per browser session --------------------------------------------------------------
+@st.cache_resource
+def _netron_servers() -> dict:
+    """session id -> NetronServer, shared by the process so servers of closed sessions can be stopped."""
+    import atexit
+
+    from vislab import netron_server
+
+    atexit.register(netron_server.stop_all)
+    return {}
+
+
+def _prune_netron() -> None:
+    """Stop the servers of browser sessions that have ended."""
+    from streamlit import runtime
+
+    servers = _netron_servers()
+    if not runtime.exists():
+        return
+    rt = runtime.get_instance()
+    for sid in list(servers):
+        if not rt.is_active_session(sid):
+            servers.pop(sid).stop()
+
+
+def session_key() -> str:
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx else st.session_state[SESSION_ID]
+
+
+def netron_for(file: Path):
+    """Start (or replace) this session's Netron server on `file`."""
+    from vislab import netron_server
+
+    _prune_netron()
+    servers = _netron_servers()
+    old = servers.pop(session_key(), None)
+    if old is not None:
+        old.stop()
+    server = netron_server.start(file)
+    servers[session_key()] = server
+    return server
+
+
+def current_netron():
+    server = _netron_servers().get(session_key())
+    return server if server is not None and server.running else None

@@ -207,3 +207,25 @@ def test_features_page_shows_filters_and_maps():
     assert not at.exception
     assert len(at.image) >= 2  # the filter grid and the crop
     assert any("most active channels" in t for t in _chart_titles(at))
+
+
+def test_export_page_verifies_serves_netron_and_lists_layers():
+    at = _app()
+    at.switch_page("pages/export.py").run()
+    assert not at.exception
+    next(b for b in at.button if b.label == "Export and verify").click().run()
+    assert not at.exception and not at.error
+    result = at.session_state["export_result"]
+    assert result.ok and result.verified and result.max_abs_diff <= result.tol and result.path.is_file()
+    assert "deprecated" in at.warning[0].value  # torch.jit.trace's deprecation is shown, not hidden
+    from pages import _lab
+
+    servers = list(_lab._netron_servers().values())
+    assert servers and servers[-1].running
+    import urllib.request
+
+    with urllib.request.urlopen(servers[-1].data_url, timeout=5) as r:
+        assert r.status == 200 and r.read() == result.path.read_bytes()
+    servers[-1].stop()
+    frame = at.dataframe[-1].value
+    assert {"run #", "print # ", "layer", "order differs", "state"} <= set(frame.columns)

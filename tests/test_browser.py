@@ -103,6 +103,21 @@ def test_walk_home_to_trained_head(app_url):
         assert browser.exceptions(page) == []
         _shot(page, "features")
 
+        _go(page, "Export & Netron")
+        page.get_by_text("fine-tuned", exact=True).click()  # the model trained above
+        browser.wait_idle(page)
+        page.get_by_role("button", name="Export and verify").click()
+        page.get_by_text("Download the file").wait_for(timeout=120_000)
+        browser.wait_idle(page)
+        assert browser.exceptions(page) == []
+        netron = page.frame_locator("iframe").first
+        accept = netron.get_by_text("Accept")
+        if accept.count():
+            accept.first.click()  # Netron's cookie notice
+        netron.locator("#canvas, svg").first.wait_for(timeout=60_000)
+        page.wait_for_timeout(2000)  # let Netron lay out the graph
+        _shot(page, "export")
+
         _go(page, "SE channel weights")
         page.get_by_role("button", name="Switch to mobilenet_v3_small").click()
         page.get_by_text("Do the gates depend on the image?").wait_for(timeout=120_000)

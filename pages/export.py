@@ -1,0 +1,85 @@
+import torch
+import streamlit as st
+
+from pages import _lab
+from vislab import export, netron_server
+from vislab.transforms import eval_transform
+
+_lab.init_state()
+ss = st.session_state
+st.title("Export & Netron")
+st.markdown("`print(model)` lists modules in the order they were **defined**, which is not always the order "
+            "they **run**. Export the model, open it in Netron (bundled, offline) and read the real layer names "
+            "before deciding what to freeze. Every file is reloaded and compared with the model before it is "
+            "offered.")
+
+vm = _lab.view_models("export", allow_both=False)[0]
+c1, c2 = st.columns([2, 3])
+fmt = c1.radio("Format", export.FORMATS, horizontal=True, key="export_fmt",
+               format_func=lambda f: {"torchscript": "TorchScript (.pt)", "onnx": "ONNX", "pt2": "torch.export (.pt2)"}[f])
+c2.caption({"torchscript": "torch.jit.trace at the model's input size, as the course does. Deprecated in torch 2.14 "
+                           "(the warning is shown below); still what many tools read.",
+            "onnx": "torch.onnx.export; checked with onnxruntime. Netron shows BatchNorm folded into the convolutions.",
+            "pt2": "torch.export: the successor of tracing."}[fmt])
+size = vm.data_config.input_size
+if st.button("Export and verify", type="primary"):
+    ss.pop("export_result", None)
+    folder = _lab.session_dir() / "export"
+    folder.mkdir(exist_ok=True)
+    strategy = ss[_lab.STRATEGY] if vm.label.startswith("fine-tuned") else "pretrained"
+    name = export.export_name(ss[_lab.MODEL], strategy, fmt)
+    real = torch.stack([eval_transform(vm.data_config)(_lab.photo(p)) for p in ("cat", "coffee")])
+    with st.spinner(f"Exporting {name} and checking it against the model…"), _lab.model_lock(vm.model):
+        result = export.export_model(vm.model, size, folder / name, fmt, real_inputs=real)
+    ss["export_result"] = result
+    if result.ok and result.path:
+        try:
+            _lab.netron_for(result.path)
+        except (OSError, RuntimeError) as exc:
+            st.error(f"Netron could not start: {exc}")
+
+result = ss.get("export_result")
+if result is not None:
+    if not result.ok:
+        st.error(f"Not offered: {result.reason}")
+    else:
+        verdict = (f"max |file − model| = **{result.max_abs_diff:.2e}** (tolerance {result.tol:g}) over "
+                   f"{result.checked}" if result.verified else f"not verified: {result.reason}")
+        st.success(f"`{result.path.name}` · {result.size_bytes / 1e6:.1f} MB · exported in {result.seconds:.1f} s · "
+                   + verdict)
+        st.download_button("Download the file", result.path.read_bytes(), file_name=result.path.name,
+                           mime="application/octet-stream", key="export_download")
+    if result.warnings:
+        st.warning("Warnings from torch while exporting (shown, not hidden):\n" +
+                   "\n".join(f"- {w}" for w in result.warnings))
+
+server = _lab.current_netron()
+if server is not None:
+    st.subheader("Netron")
+    st.caption(f"Served by this lab at {server.url} (loopback only, stopped when you export again or leave). "
+               f"With internet you can also drop the downloaded file on {netron_server.hosted_url()}. "
+               "In Netron, Ctrl+U shows each node's name.")
+    st.link_button("Open Netron in a new tab", server.url)
+    st.iframe(server.url, height=720)
+
+st.subheader("Layer names: execution order vs definition order")
+model, info = _lab.working()
+rows = _lab.layer_order((ss[_lab.MODEL], ss[_lab.HEAD], info.num_classes, tuple(info.data_config.input_size)),
+                        model)
+live = {n: any(p.requires_grad for p in m.parameters()) for n, m in model.named_modules()}
+table = [{"run #": r["exec_index"], "print # ": r["def_index"], "layer": r["name"], "type": r["type"],
+          "order differs": "⚠ moved" if r["moved"] else "", "params": r["params"],
+          "state": ("trainable" if live.get(r["name"]) else "frozen") if r["params"] else "-"} for r in rows]
+moved = sum(1 for r in rows if r["moved"])
+st.caption(f"{len(rows)} leaf layers of the working model `{ss[_lab.MODEL]}`; {moved} run in a different place "
+           "than `print(model)` shows them. Select rows to freeze or thaw those layers (same as the Freeze page).")
+picked = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun", selection_mode="multi-row",
+                      key="layer_table", height=420)
+names = [table[i]["layer"] for i in picked.selection.rows if table[i]["params"]]
+b1, b2, _ = st.columns([1, 1, 4])
+if b1.button("Freeze selected", disabled=not names):
+    _lab.set_modules_trainable(names, False)
+    st.rerun()
+if b2.button("Thaw selected", disabled=not names):
+    _lab.set_modules_trainable(names, True)
+    st.rerun()
