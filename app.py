@@ -18,8 +18,9 @@ pages = st.navigation([
     st.Page("pages/export.py", title="Export & Netron", icon=":material/account_tree:"),
 ])
 _lab.init_state()
+_lab.clean_work_dirs()
 sidebar = st.sidebar.container()
 try:
-    pages.run()
+    pages.run()  # Streamlit keeps an unexpected error inside this page (see client.showErrorDetails)
 finally:  # after the page, so the sidebar shows what the page just changed (also after st.stop)
     _lab.sidebar(sidebar)

@@ -481,3 +481,33 @@ def netron_for(file: Path):
 def current_netron():
     server = _netron_servers().get(session_key())
     return server if server is not None and server.running else None
+
+
+def find_lr(ds: Dataset, img_size: int, batch: int):
+    """The LR finder on a copy of the working model and this session's data (see vislab.lr_finder)."""
+    from vislab import lr_finder
+    from vislab.transforms import eval_transform
+
+    model, info = working()
+    model = training.clone_model(model)
+    cfg = info.data_config.with_size(img_size)
+    train_items, val_items = ds.split()
+    tf = eval_transform(cfg)
+    loaders = training.make_loaders(data.ImageDataset(train_items, tf), data.ImageDataset(val_items, tf),
+                                    training.TrainConfig(batch_size=batch), torch.device("cpu"))
+    with st.spinner("Sweeping learning rates…"):
+        return lr_finder.lr_find(model, *loaders, device="auto", steps=100, seed=ds.seed)
+
+
+# ---- failures and clean-up ------------------------------------------------------------------------------
+@st.cache_resource
+def clean_work_dirs() -> bool:
+    """Once per app start: remove the scratch folders (uploads, extracted zips) that old sessions left."""
+    import shutil
+
+    root = paths.work_dir()
+    if root.is_dir():
+        for child in root.iterdir():
+            if child.is_dir() and child.name != "cli":  # the CLI's own folder may be in use
+                shutil.rmtree(child, ignore_errors=True)
+    return True

@@ -67,7 +67,9 @@ else:
     default_size = info.data_config.size
     c = st.columns(6)
     epochs = c[0].number_input("Epochs", 1, 200, 3, disabled=running)
-    lr = c[1].number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.0e", disabled=running)
+    if "train_lr_next" in ss:  # "use the suggestion" from the LR finder below, applied before the widget exists
+        ss["train_lr"] = ss.pop("train_lr_next")
+    lr = c[1].number_input("Learning rate", 1e-7, 1.0, 1e-3, format="%.1e", disabled=running, key="train_lr")
     batch = c[2].select_slider("Batch size", [4, 8, 16, 32, 64, 128], 32, disabled=running)
     size = c[3].select_slider("Image size", sorted({64, 96, 128, 160, 192, 224, 256, default_size}),
                               default_size, disabled=running)
@@ -77,6 +79,10 @@ else:
                             help="Found here: " + ", ".join(found))
     factor = c[5].select_slider("Phase-2 LR factor", [0.5, 0.2, 0.1], 0.1, disabled=running,
                                 help="two-phase: the second phase trains everything at lr × this")
+    decay = st.select_slider("Per-stage LR decay (1 = the same rate everywhere)", [1.0, 0.9, 0.8, 0.7, 0.5], 1.0,
+                             disabled=running, key="train_layer_decay",
+                             help="The head trains at the learning rate; each stage toward the stem at this "
+                                  "factor times the rate of the stage after it")
     rep = freezing.report(model)
     strategy = ss[_lab.STRATEGY]
     st.caption(f"`{info.name}` · strategy **{strategy}** · {rep.trainable_params:,} trainable of {rep.total:,} "
@@ -90,12 +96,25 @@ else:
                                else "custom", head=ss[_lab.HEAD], img_size=size if size != default_size else None,
                                val_frac=ds.val_frac, per_class=None, augment=ss.get("augment") or Augment(),
                                train=TrainConfig(epochs=int(epochs), lr=float(lr), batch_size=int(batch),
-                                                 seed=ds.seed, device=device, phase2_lr_factor=float(factor)))
+                                                 seed=ds.seed, device=device, phase2_lr_factor=float(factor),
+                                                 layer_decay=None if decay == 1.0 else float(decay)))
         job = _lab.start_training(spec, ds)
         running = True
     if b2.button("Stop", disabled=not running):
         job.stop.set()
         st.toast("Stopping after this batch…")
+    with st.expander("Learning-rate finder"):
+        st.caption("Raises the learning rate exponentially over ~100 batches of the current plan and records the "
+                   "loss; a good rate sits where the loss falls fastest. The model is left as it was.")
+        if st.button("Find a learning rate", disabled=running):
+            ss["lr_sweep"] = _lab.find_lr(ds, size, int(batch))
+        sweep = ss.get("lr_sweep")
+        if sweep is not None:
+            _lab.chart(plots.lr_sweep(sweep.lrs, sweep.losses, sweep.suggestion), key="lr_sweep_chart")
+            st.caption(sweep.cached)
+            if st.button(f"Use {sweep.suggestion:.1e}", disabled=running):
+                ss["train_lr_next"] = float(sweep.suggestion)
+                st.rerun()
 
 
 @st.fragment(run_every=1.0 if running else None)

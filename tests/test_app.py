@@ -229,3 +229,34 @@ def test_export_page_verifies_serves_netron_and_lists_layers():
     servers[-1].stop()
     frame = at.dataframe[-1].value
     assert {"run #", "print # ", "layer", "order differs", "state"} <= set(frame.columns)
+
+
+def test_lr_finder_on_the_train_page_sets_the_rate(synthetic):
+    at = _app()
+    _pick_model(at, "test_resnet")
+    _upload_zip(at, _zip_of(synthetic))
+    at.switch_page("pages/train.py").run()
+    at.select_slider[1].set_value(64).run()  # image size
+    next(b for b in at.button if b.label == "Find a learning rate").click().run()
+    assert not at.exception
+    sweep = at.session_state["lr_sweep"]
+    assert "Learning-rate finder" in _chart_titles(at)
+    next(b for b in at.button if b.label.startswith("Use ")).click().run()
+    assert at.session_state["train_lr"] == pytest.approx(sweep.suggestion)
+
+
+def test_a_crash_inside_a_view_is_one_message_and_the_app_survives(monkeypatch):
+    from vislab import features
+
+    def boom(*a, **k):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(features, "filter_grid", boom)
+    at = _app()
+    at.switch_page("pages/data.py").run()
+    at.button[0].click().run()  # use the sample: session state to keep
+    at.switch_page("pages/features.py").run()
+    assert len(at.exception) == 1  # an error box on that page only
+    at.switch_page("pages/home.py").run()
+    assert not at.exception and not at.error
+    assert at.session_state["dataset"].label.startswith("textile sample")  # the session survived

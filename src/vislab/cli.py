@@ -130,7 +130,8 @@ def cmd_train(args) -> int:
         per_class=args.per_class, val_frac=args.val_frac,
         augment=Augment(hflip=args.augment, crop=args.augment),
         train=TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                          device=args.device, num_workers=args.workers, cache=not args.no_cache),
+                          device=args.device, num_workers=args.workers, cache=not args.no_cache,
+                          layer_decay=args.layer_decay),
     )
     model, info, phases = experiment.prepare(spec, len(report.classes))
     rep = freezing.report(model)
@@ -230,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-frac", type=float, default=0.2)
     t.add_argument("--augment", action="store_true", help="random crops and flips while training")
     t.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    t.add_argument("--layer-decay", type=_positive(float), default=None,
+                   help="per-stage learning rates: lr at the head, x this per stage toward the stem (e.g. 0.7)")
     t.add_argument("--no-cache", action="store_true",
                    help="run the frozen prefix every epoch (default: once per image, when it is deterministic)")
     t.add_argument("--out", required=True, help="run folder to write")

@@ -273,3 +273,13 @@ def map_grid(maps: np.ndarray, titles: list[str], cols: int = 8, title: str = ""
     fig.update_yaxes(visible=False, autorange="reversed")
     fig.update_annotations(font_size=11)
     return _layout(fig, title, height=60 + (1100 // cols + 30) * rows)
+
+
+def lr_sweep(lrs: list[float], losses: list[float], suggestion: float) -> go.Figure:
+    """The LR finder's smoothed loss against a log learning-rate axis, the suggestion marked."""
+    fig = go.Figure(go.Scatter(x=lrs, y=losses, mode="lines", line=dict(width=3, color=THAWED), name="loss"))
+    fig.add_vline(x=suggestion, line_dash="dash", line_color=HEAD,
+                  annotation_text=f"suggested {suggestion:.1e}", annotation_position="top right")
+    fig.update_xaxes(type="log", title="learning rate")
+    fig.update_yaxes(title="smoothed training loss")
+    return _layout(fig, "Learning-rate finder")

@@ -35,6 +35,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler)
     num_workers: int = 0  # DataLoader workers; 0 decodes in the main process
     cache: bool = True  # run a frozen deterministic prefix once and train the rest (caching.py)
+    layer_decay: float | None = None  # per-stage learning rates: lr x decay^(stages from the head); None: one lr
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -127,16 +128,32 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type="cuda", dtype=dtype)
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW over trainable parameters only; no weight decay on norms and biases (1-D tensors)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float,
+                   layer_decay: float | None = None) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters only; no weight decay on norms and biases (1-D tensors).
+
+    `layer_decay` (e.g. 0.7) gives each stage its own rate: `lr` at the head, times `layer_decay` for each
+    stage further toward the stem, the course's per-layer learning rates.
+    """
+    stage_list = freezing.stages(model)
+    owner = {}
+    for depth, stage in enumerate(reversed(stage_list)):  # depth 0 is the head
+        for root in stage.modules:
+            for name, _ in model.get_submodule(root).named_parameters():
+                owner[f"{root}.{name}"] = depth
+        for name in stage.params:
+            owner[name] = depth
+    groups: dict[tuple[int, bool], list] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    if not decay and not no_decay:
+            depth = owner.get(name, 0) if layer_decay else 0
+            groups.setdefault((depth, p.ndim <= 1), []).append(p)
+    if not groups:
         raise ValueError("nothing to train: every parameter is frozen")
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+    return torch.optim.AdamW([
+        {"params": params, "weight_decay": 0.0 if no_decay else weight_decay,
+         "lr": lr * (layer_decay ** depth if layer_decay else 1.0)}
+        for (depth, no_decay), params in sorted(groups.items())], lr=lr)
 
 
 def forward_train(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -181,7 +198,7 @@ def fit(
     epoch = 0
     for phase in phases:
         freezing.apply(model, phase.plan)
-        optimizer = make_optimizer(model, phase.lr, cfg.weight_decay)
+        optimizer = make_optimizer(model, phase.lr, cfg.weight_decay, cfg.layer_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(phase.epochs, 1))
         emit(Event("phase", epoch, total_epochs, phase=phase.name, message=f"{phase.name}: lr {phase.lr:g}"))
         cache, why = None, "caching is off (random augmentation, or turned off)"

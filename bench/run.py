@@ -1,0 +1,217 @@
+"""vislab's benchmark suite: ratios measured side by side in one run (absolute seconds on shared machines are noise).
+
+    .venv/bin/python bench/run.py                 # the full suite (about 5 minutes on 2 CPU cores)
+    .venv/bin/python bench/run.py --tiny          # a smoke run on synthetic data (the test suite runs this)
+
+(a) head only, 10 epochs, MobileNetV2 (real weights), ~300 textile images: the naive loop (the course's way:
+    a full forward of every image every epoch; otherwise the same loop, recipe and seed) vs vislab (frozen
+    prefix cached), and one inference pass over the same images.
+(b) the last stage thawed, BN eval, 5 epochs: naive vs vislab.
+(c) Grad-CAM at the catalog layer on a batch of 16 vs one plain forward pass; all gradient methods together;
+    and the grad-cam package called the usual way.
+(d) the app: seconds from `streamlit run` to the first page drawn in headless Chromium, and a page switch.
+Writes bench/results.json and bench/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # for tests.browser (part d)
+
+from vislab import data, experiment, models, training  # noqa: E402
+from vislab.training import TrainConfig  # noqa: E402
+from vislab.transforms import eval_transform  # noqa: E402
+
+
+@torch.no_grad()
+def inference_pass(model: nn.Module, loaders) -> float:
+    start = time.perf_counter()
+    model.eval()
+    for loader in loaders:
+        for x, _ in loader:
+            model(x)
+    return time.perf_counter() - start
+
+
+def training_case(name: str, report, model_name: str, strategy: str, epochs: int, thaw_last: int, img_size,
+                  batch: int, with_inference: bool) -> dict:
+    """vislab (frozen prefix cached) against the naive loop: the same loop, recipe, split and seed, but the
+    whole network runs on every image every epoch, as in the course's code. Model building is not timed."""
+    def spec(cache: bool) -> experiment.Spec:
+        return experiment.Spec(model=model_name, strategy=strategy, thaw_last=thaw_last, bn="eval",
+                               weights="auto", img_size=img_size,
+                               train=TrainConfig(epochs=epochs, lr=1e-3, batch_size=batch, device="cpu", seed=0,
+                                                 cache=cache))
+
+    timings, results = {}, {}
+    for mode in ("vislab", "naive"):
+        prepared = experiment.prepare(spec(mode == "vislab"), len(report.classes))
+        warm_up(prepared[0], prepared[1].data_config.input_size, batch)
+        start = time.perf_counter()
+        results[mode] = experiment.train(spec(mode == "vislab"), report, None, prepared=prepared)
+        timings[mode] = time.perf_counter() - start
+    row = {"case": name, "model": model_name, "images": len(report.items), "epochs": epochs,
+           "vislab_s": timings["vislab"], "naive_s": timings["naive"],
+           "speedup": timings["naive"] / timings["vislab"],
+           "vislab_val_acc": results["vislab"].history.epochs[-1]["val_acc"],
+           "naive_val_acc": results["naive"].history.epochs[-1]["val_acc"],
+           "cache": results["vislab"].history.cache}
+    if with_inference:
+        model, info, _ = experiment.prepare(spec(False), len(report.classes))
+        train_items, val_items = data.split(report.items, 0.2, 0)
+        tf = eval_transform(info.data_config)
+        loaders = training.make_loaders(data.ImageDataset(train_items, tf), data.ImageDataset(val_items, tf),
+                                        spec(False).train, torch.device("cpu"))
+        warm_up(model, info.data_config.input_size, batch)
+        row["inference_s"] = inference_pass(model, loaders)
+        row["vislab_over_inference"] = timings["vislab"] / row["inference_s"]
+    return row
+
+
+@torch.no_grad()
+def warm_up(model: nn.Module, input_size, batch: int) -> None:
+    """One untimed forward at the benchmark's shape: the first call pays one-off kernel setup."""
+    was = model.training
+    model.eval()
+    model(torch.randn(batch, *input_size))
+    model.train(was)
+
+
+def cam_case(model_name: str, img: int, batch: int) -> dict:
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from vislab import cam
+
+    model, _ = models.create_model(model_name, None, weights_choice="auto")
+    model.eval()
+    x = torch.randn(batch, 3, img, img)
+    layer = cam.default_layer(model, model_name)
+    classes = [1] * batch
+
+    def best(f, n=3):
+        f()  # warm-up
+        times = []
+        for _ in range(n):
+            s = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - s)
+        return min(times)
+
+    with torch.no_grad():
+        fwd = best(lambda: model(x))
+    one = best(lambda: cam.run(model, x, ["GradCAM"], layer, classes))
+    grads = ["GradCAM", "GradCAM++", "XGradCAM", "HiResCAM", "LayerCAM"]
+    every = best(lambda: cam.run(model, x, grads, layer, classes))
+
+    def usual():
+        with GradCAM(model=model, target_layers=[model.get_submodule(layer)]) as c:
+            c(x, targets=[ClassifierOutputTarget(1)] * batch)
+    plain = best(usual)
+    return {"case": "c: Grad-CAM", "model": model_name, "batch": batch, "forward_s": fwd, "gradcam_s": one,
+            "gradcam_over_forward": one / fwd, "all_gradient_methods_s": every,
+            "all_over_forward": every / fwd, "usual_gradcam_s": plain, "usual_over_forward": plain / fwd}
+
+
+def app_case() -> dict:
+    from tests import browser
+
+    if browser.why_unavailable():
+        return {"case": "d: app", "skipped": browser.why_unavailable()}
+    start = time.perf_counter()
+    with browser.streamlit_server() as (url, healthy_s), browser.browser_page() as page:
+        page.goto(url)
+        page.get_by_text("Strategy advisor").wait_for(timeout=60_000)
+        first = time.perf_counter() - start
+        nav = page.locator('[data-testid="stSidebarNav"]')
+        nav.get_by_text("Model", exact=True).click()  # loads and caches the pretrained model
+        page.get_by_text("Parameters by stage").wait_for(timeout=60_000)
+        browser.wait_idle(page)
+        nav.get_by_text("Home", exact=True).click()
+        page.get_by_text("Strategy advisor").wait_for(timeout=60_000)
+        s = time.perf_counter()
+        nav.get_by_text("Model", exact=True).click()  # again, the model now cached
+        page.get_by_role("heading", name="Model").wait_for(timeout=60_000)
+        page.get_by_text("Parameters by stage").wait_for(timeout=60_000)
+        switch = time.perf_counter() - s
+    return {"case": "d: app", "start_to_first_page_s": first, "server_healthy_s": healthy_s,
+            "page_switch_cached_s": switch}
+
+
+def markdown(results: list[dict], meta: dict) -> str:
+    lines = [f"Run {meta['date']} on {meta['machine']}, torch {meta['torch']}, {meta['threads']} threads.", "",
+             "| case | vislab | naive / reference | ratio | target | val acc vislab / naive |",
+             "|---|---:|---:|---:|---|---|"]
+    for r in results:
+        if r["case"].startswith("a") or r["case"].startswith("b"):
+            target = "≥ 8× faster, ≤ 1.25 × inference" if r["case"].startswith("a") else "≥ 2× faster"
+            extra = (f"; {r['vislab_over_inference']:.2f} × one inference pass ({r['inference_s']:.1f} s)"
+                     if "inference_s" in r else "")
+            lines.append(f"| {r['case']} ({r['images']} images, {r['epochs']} epochs) | {r['vislab_s']:.1f} s | "
+                         f"{r['naive_s']:.1f} s | {r['speedup']:.1f}× faster{extra} | {target} | "
+                         f"{r['vislab_val_acc']:.3f} / {r['naive_val_acc']:.3f} |")
+        elif r["case"].startswith("c"):
+            lines.append(f"| c: Grad-CAM, batch {r['batch']} | {r['gradcam_s']:.2f} s | forward {r['forward_s']:.2f} s"
+                         f" | {r['gradcam_over_forward']:.2f}× forward | ≤ 1.2× | |")
+            lines.append(f"| c: 5 gradient methods together | {r['all_gradient_methods_s']:.2f} s | | "
+                         f"{r['all_over_forward']:.2f}× forward | ≤ 2× | |")
+            lines.append(f"| c: grad-cam called the usual way | {r['usual_gradcam_s']:.2f} s | | "
+                         f"{r['usual_over_forward']:.2f}× forward | (reference) | |")
+        elif "skipped" in r:
+            lines.append(f"| d: app | skipped: {r['skipped']} | | | | |")
+        else:
+            lines.append(f"| d: app, `streamlit run` → first page in Chromium | {r['start_to_first_page_s']:.1f} s"
+                         " | | | < 5 s | |")
+            lines.append(f"| d: page switch, model cached | {r['page_switch_cached_s']:.2f} s | | | < 1 s | |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tiny", action="store_true", help="synthetic data and a tiny model: checks the code runs")
+    p.add_argument("--out", default=str(ROOT / "bench"), help="folder for results.json and results.md")
+    p.add_argument("--skip-app", action="store_true")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    if args.tiny:
+        import tempfile
+
+        folder = data.make_synthetic(Path(tempfile.mkdtemp()) / "syn", classes=3, per_class=6, size=64)
+        report, model_name, img, per_class = data.scan_folder(folder), "test_resnet", 64, None
+        cases = [("a: head only", "head", 2, 1), ("b: last stage thawed", "partial", 2, 1)]
+    else:
+        report = data.subset(data.scan_folder(data.sample_root()), 100, 0)
+        model_name, img = "mobilenet_v2", None
+        cases = [("a: head only", "head", 10, 1), ("b: last stage thawed", "partial", 5, 1)]
+    results = []
+    for name, strategy, epochs, thaw in cases:
+        results.append(training_case(name, report, model_name, strategy, epochs, thaw, img, 32,
+                                     with_inference=name.startswith("a")))
+        print(json.dumps(results[-1], default=str), flush=True)
+    results.append(cam_case(model_name, img or 224, 4 if args.tiny else 16))
+    print(json.dumps(results[-1]), flush=True)
+    if not args.skip_app:
+        results.append(app_case())
+        print(json.dumps(results[-1]), flush=True)
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} "
+            f"threads", "torch": torch.__version__, "threads": torch.get_num_threads(), "tiny": args.tiny}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
+    (out / "results.md").write_text(markdown(results, meta))
+    print(markdown(results, meta))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
