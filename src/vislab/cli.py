@@ -230,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--per-class", type=_positive(int), default=None, help="use at most N images per class")
     t.add_argument("--val-frac", type=float, default=0.2)
     t.add_argument("--augment", action="store_true", help="random crops and flips while training")
-    t.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    t.add_argument("--workers", type=int, default=-1,
+                   help="DataLoader worker processes (default: 0 on the CPU, cores - 1 with a GPU)")
     t.add_argument("--layer-decay", type=_positive(float), default=None,
                    help="per-stage learning rates: lr at the head, x this per stage toward the stem (e.g. 0.7)")
     t.add_argument("--no-cache", action="store_true",

@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 
 def home() -> Path:
     env = os.environ.get("VISLAB_HOME")
@@ -48,4 +46,6 @@ def work_dir() -> Path:
 
 def checkpoint_dirs() -> list[Path]:
     """Folders searched for torch-hub checkpoint files, in order: the user's torch hub cache, then ours."""
+    import torch
+
     return [Path(torch.hub.get_dir()) / "checkpoints", hub_checkpoints()]

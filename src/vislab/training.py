@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,7 +34,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | mps
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler)
-    num_workers: int = 0  # DataLoader workers; 0 decodes in the main process
+    num_workers: int = -1  # DataLoader workers; -1: auto (CPU: 0, decode in the main process; CUDA: cores - 1)
     cache: bool = True  # run a frozen deterministic prefix once and train the rest (caching.py)
     layer_decay: float | None = None  # per-stage learning rates: lr x decay^(stages from the head); None: one lr
 
@@ -112,12 +113,12 @@ def seed_everything(seed: int) -> torch.Generator:
 def make_loaders(train_ds, val_ds, cfg: TrainConfig, device: torch.device):
     gen = torch.Generator().manual_seed(cfg.seed)
     pin = device.type == "cuda"
+    workers = cfg.num_workers if cfg.num_workers >= 0 else (min(8, max(1, (os.cpu_count() or 2) - 1)) if pin else 0)
     # a last batch of one sample breaks BatchNorm in training mode: drop it only then
     drop_last = len(train_ds) % cfg.batch_size == 1 and len(train_ds) > cfg.batch_size
     train = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=drop_last,
-                       num_workers=cfg.num_workers, pin_memory=pin, persistent_workers=cfg.num_workers > 0)
-    val = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
-                     pin_memory=pin)
+                       num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+    val = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
     return train, val
 
 
@@ -188,6 +189,8 @@ def fit(
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)  # faster convolutions with AMP on tensor cores
     emit = on_event or (lambda e: None)
     stop = stop or threading.Event()
     use_scaler = device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
@@ -229,6 +232,8 @@ def _run_phase(model, phase, train_loader, val_loader, optimizer, scheduler, sca
             if stop.is_set():
                 break
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if device.type == "cuda" and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(device, cfg.amp):
                 logits = forward_train(model, x)
                 loss = criterion(logits.float(), y)
