@@ -198,6 +198,7 @@ class TrainJob:
     loss: float = 0.0
     phase: str = ""
     metrics: list[dict] = field(default_factory=list)
+    cache: list[str] = field(default_factory=list)  # per phase: "features cached: prefix run once, N s" or why not
     started: float = field(default_factory=time.perf_counter)
     finished: float | None = None
     result: experiment.Result | None = None
@@ -209,6 +210,8 @@ class TrainJob:
             self.epoch, self.batch, self.batches, self.loss, self.phase = e.epoch, e.batch, e.batches, e.loss, e.phase
         elif e.kind == "epoch":
             self.metrics.append(e.metrics)
+        elif e.kind == "cache":
+            self.cache.append(e.message)
         elif e.kind == "end" and e.message not in ("done", "stopped"):
             self.message = e.message
 
@@ -511,3 +514,23 @@ def clean_work_dirs() -> bool:
             if child.is_dir() and child.name != "cli":  # the CLI's own folder may be in use
                 shutil.rmtree(child, ignore_errors=True)
     return True
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _forward_seconds(key: tuple, _model) -> float:
+    import torch
+
+    x = torch.zeros(16, *key[-1])  # (16, C, H, W)
+    with model_lock(_model), torch.no_grad():
+        was = _model.training
+        _model.eval()
+        _model(x[:2])  # warm-up
+        start = time.perf_counter()
+        _model(x)
+        _model.train(was)
+    return (time.perf_counter() - start) / 16
+
+
+def forward_seconds(model, input_size: tuple) -> float:
+    """Seconds of one image's forward pass through `model` on this machine (measured once, cached)."""
+    return _forward_seconds((id(model), input_size), model)

@@ -40,8 +40,13 @@ road = st.toggle("Faithfulness score (grad-cam's ROAD: higher = the map points a
                  key="cam_road")
 slow = [m for m in methods if m in cam.SLOW]
 if slow:
-    st.warning(f"{', '.join(slow)} run one forward pass per channel of the target layer for every image: "
-               "expect tens of seconds per image on a CPU. Progress shows below; Stop ends it between images.")
+    shapes = _lab.output_shapes((ss[_lab.MODEL], "view", len(ref.classes), tuple(ref.data_config.input_size)),
+                                ref.model)
+    channels = shapes.get(layer, (0,))[0]
+    per_image = _lab.forward_seconds(ref.model, tuple(ref.data_config.input_size)) * max(channels, 1)
+    st.warning(f"{', '.join(slow)}: one forward pass per channel of `{layer}` ({channels} channels) for each "
+               f"image, about {per_image:.0f} s per image per method here ({per_image * len(images) * len(slow) * len(vms):.0f} s "
+               "in all). Progress shows below; Stop ends it between images.")
 if not methods:
     st.stop()
 

@@ -127,6 +127,8 @@ def live():
         st.progress(min(max(done, 0.0), 1.0),
                     text=f"epoch {job.epoch}/{job.total_epochs} ({job.phase}) · batch {job.batch}/{job.batches}"
                          f" · loss {job.loss:.3f} · {time.perf_counter() - job.started:.0f} s")
+        for line in job.cache:
+            st.caption(line)
         if job.metrics:
             _lab.chart(plots.curves(job.metrics), key="live_curves")
         else:
@@ -149,6 +151,8 @@ if job is not None and not job.running:
             h = job.result.history
             msg += f", best val acc {h.best_val_acc:.1%} (epoch {h.best_epoch}, weights kept)"
         (st.warning if job.message else st.success)(msg + (f". {job.message}" if job.message else ""))
+        for line in job.cache:
+            st.caption(line)
         if job.result and job.metrics:
             render_results(job.metrics, job.result.classes, job.predictions, job.result.info.data_config,
                            job.result.model, job.result.run_dir, "job")
