@@ -23,7 +23,7 @@ else:
     grid = features.filter_grid(conv)
     st.subheader(f"First-layer filters: `{conv_name}` ({conv.out_channels} × {conv.kernel_size[0]}×"
                  f"{conv.kernel_size[1]})")
-    st.image(grid, width=min(900, grid.shape[1]))
+    st.image(grid, width=max(420, min(900, grid.shape[1])))
     from PIL import Image
 
     _lab.download_png(Image.fromarray(grid), "first_layer_filters.png")
