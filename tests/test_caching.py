@@ -49,3 +49,12 @@ def test_prefix_stops_at_the_first_trainable_or_random_module():
     freezing.apply(model, freezing.plan_for(model, set(), bn_frozen="train"))  # frozen stages, BN stats moving
     prefix = caching.find_prefix(model, torch.randn(2, 3, 64, 64))
     assert prefix.boundary == "conv1.1"  # the first BatchNorm that updates its running stats
+
+
+def test_large_features_spill_to_disk_and_train_the_same(synthetic, monkeypatch):
+    full = _train(synthetic, "test_resnet", "head", False)
+    monkeypatch.setattr(caching, "MEMORY_LIMIT_BYTES", 1)  # everything counts as too large for memory
+    spilled = _train(synthetic, "test_resnet", "head", True)
+    assert "on disk" in spilled.history.cache[0]
+    for a, b in zip(spilled.history.epochs, full.history.epochs):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4, abs=1e-5)

@@ -12,9 +12,11 @@ checked on real images before it is used: a model whose forward does other work 
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -22,7 +24,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from vislab import freezing
 from vislab.heads import set_module
 
-CACHE_LIMIT_BYTES = 2 << 30  # features kept in memory up to 2 GiB; above that, the full loop
+MEMORY_LIMIT_BYTES = 1 << 30  # features up to 1 GiB stay in memory; larger ones spill to a file on disk
+DISK_LIMIT_BYTES = 32 << 30  # beyond this, caching is not worth it: the full loop
 
 
 @dataclass
@@ -93,13 +96,24 @@ def full_state_dict(model: nn.Module, originals: dict[str, nn.Module]) -> dict[s
     return state
 
 
+class _Captured(Exception):
+    """Raised by the hook once the prefix output is in hand: the rest of the forward is not needed."""
+
+
 @torch.no_grad()
 def prefix_outputs(model: nn.Module, prefix: Prefix, x: torch.Tensor) -> torch.Tensor:
-    """What flows out of the prefix for a batch: the output of its last module."""
+    """What flows out of the prefix for a batch: the output of its last module (the forward stops there)."""
     out: list[torch.Tensor] = []
-    handle = model.get_submodule(prefix.stubs[-1]).register_forward_hook(lambda m, a, o: out.append(o))
+
+    def capture(module, args, output):
+        out.append(output)
+        raise _Captured
+
+    handle = model.get_submodule(prefix.stubs[-1]).register_forward_hook(capture)
     try:
         model(x)
+    except _Captured:
+        pass
     finally:
         handle.remove()
     return out[-1].detach().clone()
@@ -130,10 +144,12 @@ class Cache:
     val: DataLoader
     seconds: float  # time spent running the prefix once over all images
     nbytes: int
+    spill: tempfile.TemporaryDirectory | None = None  # the on-disk copy when too large for memory (removed with us)
 
     def describe(self) -> str:
+        where = "on disk" if self.spill else "in memory"
         return (f"features cached: prefix ({len(self.prefix.stubs)} modules up to '{self.prefix.stubs[-1]}') "
-                f"run once, {self.seconds:.1f} s, {self.nbytes / 2**20:.0f} MiB; training runs from "
+                f"run once, {self.seconds:.1f} s, {self.nbytes / 2**20:.0f} MiB {where}; training runs from "
                 f"'{self.prefix.boundary}'")
 
 
@@ -153,24 +169,48 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
     model.eval()
     feats = {}
     try:
+        sample = prefix_outputs(model, prefix, first_x[:1])  # (1, ...) one image's features
+        n_images = len(train_loader.dataset) + len(val_loader.dataset)
+        nbytes = n_images * sample.numel() * sample.element_size()
+        if nbytes > DISK_LIMIT_BYTES:
+            return None, f"cached features would take {nbytes / 2**30:.0f} GiB"
+        spill = tempfile.TemporaryDirectory(prefix="vislab-cache-", dir=_spill_dir()) \
+            if nbytes > MEMORY_LIMIT_BYTES else None
         for split, loader in (("train", train_loader), ("val", val_loader)):
-            xs, ys = [], []
+            store = _store(len(loader.dataset), sample, spill, split, device)
+            ys, at = [], 0
             for x, y in _in_order(loader):
                 if stop is not None and stop.is_set():
                     return None, "stopped"
-                xs.append(prefix_outputs(model, prefix, x.to(device, non_blocking=True)))
+                out = prefix_outputs(model, prefix, x.to(device, non_blocking=True))
+                store[at:at + len(out)] = out if spill is None else out.cpu()
+                at += len(out)
                 ys.append(y)
-            feats[split] = (torch.cat(xs), torch.cat(ys))
+            feats[split] = (store, torch.cat(ys))
     finally:
         model.train(was)
-    nbytes = sum(t.numel() * t.element_size() for t, _ in feats.values())
-    if nbytes > CACHE_LIMIT_BYTES:
-        return None, f"cached features would take {nbytes / 2**30:.1f} GiB"
     gen = torch.Generator().manual_seed(seed)
     train = DataLoader(TensorDataset(*feats["train"]), batch_size=train_loader.batch_size, shuffle=True,
                        generator=gen, drop_last=train_loader.drop_last)
     val = DataLoader(TensorDataset(*feats["val"]), batch_size=val_loader.batch_size, shuffle=False)
-    return Cache(prefix, train, val, time.perf_counter() - start, nbytes), ""
+    return Cache(prefix, train, val, time.perf_counter() - start, nbytes, spill), ""
+
+
+def _spill_dir() -> str:
+    from vislab import paths
+
+    folder = paths.work_dir() / "feature-cache"
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder)
+
+
+def _store(n: int, sample: torch.Tensor, spill, split: str, device) -> torch.Tensor:
+    """An (n, ...) tensor for one split's features: in memory (on the model's device), or memory-mapped."""
+    shape = (n, *sample.shape[1:])
+    if spill is None:
+        return torch.empty(shape, dtype=sample.dtype, device=device)
+    array = np.lib.format.open_memmap(f"{spill.name}/{split}.npy", mode="w+", dtype=np.float32, shape=shape)
+    return torch.from_numpy(array)  # shares the file's memory: batches are read from disk as they are used
 
 
 def _in_order(loader: DataLoader) -> DataLoader:
