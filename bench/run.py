@@ -187,7 +187,7 @@ def main(argv=None) -> int:
         import tempfile
 
         folder = data.make_synthetic(Path(tempfile.mkdtemp()) / "syn", classes=3, per_class=6, size=64)
-        report, model_name, img, per_class = data.scan_folder(folder), "test_resnet", 64, None
+        report, model_name, img = data.scan_folder(folder), "test_resnet", 64
         cases = [("a: head only", "head", 2, 1), ("b: last stage thawed", "partial", 2, 1)]
     else:
         report = data.subset(data.scan_folder(data.sample_root()), 100, 0)

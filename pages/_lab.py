@@ -61,6 +61,11 @@ def init_state() -> None:
     ss.setdefault(SESSION_ID, uuid.uuid4().hex[:12])
 
 
+def session_runs() -> Path:
+    """This browser session's runs: other people's runs on a shared lab are not listed or opened."""
+    return paths.runs_dir() / st.session_state[SESSION_ID]
+
+
 def session_dir() -> Path:
     """This browser session's own scratch folder (uploads, extracted zips)."""
     folder = paths.work_dir() / st.session_state[SESSION_ID]
@@ -236,7 +241,7 @@ def start_training(spec: experiment.Spec, ds: Dataset) -> TrainJob:
     else:
         phases = [training.Phase(plan, spec.train.epochs, spec.train.lr, spec.strategy)]
     job = TrainJob(spec, sum(p.epochs for p in phases))
-    run_dir = paths.runs_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}_{spec.model}_{spec.strategy}"
+    run_dir = session_runs() / f"{time.strftime('%Y%m%d-%H%M%S')}_{spec.model}_{spec.strategy}"
     report = ds.used
 
     def work():

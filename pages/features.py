@@ -1,6 +1,4 @@
-import numpy as np
 import streamlit as st
-import torch
 
 from pages import _lab
 from vislab import features, plots

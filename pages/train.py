@@ -5,7 +5,7 @@ import streamlit as st
 from PIL import Image, UnidentifiedImageError
 
 from pages import _lab
-from vislab import evaluation, experiment, freezing, paths, plots, runs, training
+from vislab import evaluation, experiment, freezing, plots, runs, training
 from vislab.training import TrainConfig
 from vislab.transforms import Augment, load_image, to_rgb
 
@@ -159,9 +159,10 @@ if job is not None and not job.running:
 
 st.divider()
 st.subheader("Saved runs")
-saved = runs.list_runs(paths.runs_dir())
+saved = runs.list_runs(_lab.session_runs())
 if not saved:
-    st.caption("No runs yet. Each training run is saved to `.vislab/runs/`.")
+    st.caption(f"No runs in this browser session yet. Each run is saved to `{_lab.session_runs()}` "
+               "(open older ones with `vislab.runs.load(folder)` or `vislab export --run`).")
 else:
     table = [{"run": r.name, "model": r.config.get("model"), "strategy": r.config.get("strategy"),
               "epochs": len(r.metrics), "best val acc": r.best_val_acc, "saved": r.config.get("saved")}
@@ -170,7 +171,7 @@ else:
     pick = st.selectbox("Reopen a run", [r.name for r in saved], key="reopen_pick")
     if st.button("Reopen"):
         try:
-            m, run = runs.load(paths.runs_dir() / pick)
+            m, run = runs.load(_lab.session_runs() / pick)
         except (FileNotFoundError, RuntimeError, ValueError) as exc:
             st.error(f"Cannot reopen {pick}: {exc}")
         else:

@@ -260,3 +260,35 @@ def test_a_crash_inside_a_view_is_one_message_and_the_app_survives(monkeypatch):
     at.switch_page("pages/home.py").run()
     assert not at.exception and not at.error
     assert at.session_state["dataset"].label.startswith("textile sample")  # the session survived
+
+
+def test_two_sessions_never_see_each_others_state_or_files(synthetic):
+    """Two browsers on one lab: different freeze plans, separate models, work folders and runs."""
+    a, b = _app(), _app()
+    blob = _zip_of(synthetic)
+    for at, strategy in ((a, "head"), (b, "partial")):
+        _pick_model(at, "test_resnet")
+        _upload_zip(at, blob)
+        at.switch_page("pages/freeze.py").run()
+        at.selectbox(key="preset_choice").set_value(strategy).run()
+        next(x for x in at.button if x.label == "Apply preset").click().run()
+        at.switch_page("pages/train.py").run()
+        at.number_input[0].set_value(1).run()
+        at.select_slider[1].set_value(64).run()
+        next(x for x in at.button if x.label == "Start training").click().run()
+    for at in (a, b):
+        deadline = time.time() + 90
+        while at.session_state["job"].running and time.time() < deadline:
+            time.sleep(0.3)
+        at.run()
+    ja, jb = a.session_state["job"], b.session_state["job"]
+    assert ja.status == jb.status == "done"
+    assert a.session_state["plan"].trainable != b.session_state["plan"].trainable
+    assert ja.result.model is not jb.result.model
+    assert a.session_state["working"][1] is not b.session_state["working"][1]
+    assert ja.result.run_dir.parent != jb.result.run_dir.parent  # each session's own runs folder
+    for at, mine, theirs in ((a, ja, jb), (b, jb, ja)):
+        listed = set(at.dataframe[-1].value["run"])
+        assert mine.result.run_dir.name in listed and theirs.result.run_dir.name not in listed
+    sa, sb = a.session_state["session_id"], b.session_state["session_id"]
+    assert sa != sb

@@ -33,6 +33,14 @@ def _go(page, title):
     browser.wait_idle(page)
 
 
+def _done(page, text, name, timeout=120_000):
+    """Wait for `text`, let the script finish, check no Streamlit exception, and take screenshot `name`."""
+    page.get_by_text(text).first.wait_for(timeout=timeout)
+    browser.wait_idle(page)
+    assert browser.exceptions(page) == []
+    _shot(page, name)
+
+
 def _shot(page, name):
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
@@ -41,10 +49,7 @@ def _shot(page, name):
 def test_walk_home_to_trained_head(app_url):
     with browser.browser_page(height=1600) as page:
         page.goto(app_url)
-        page.get_by_text("Strategy advisor").wait_for(timeout=60_000)
-        browser.wait_idle(page)
-        assert browser.exceptions(page) == []
-        _shot(page, "home")
+        _done(page, "Strategy advisor", "home", timeout=60_000)
 
         _go(page, "Model")
         page.get_by_text("Real weights available").wait_for(timeout=60_000)
@@ -58,10 +63,7 @@ def test_walk_home_to_trained_head(app_url):
         page.keyboard.press("ArrowLeft")
         page.get_by_text("20", exact=True).first.wait_for()
         page.get_by_role("button", name="Use the sample").click()
-        page.get_by_text("Dataset: textile sample").wait_for(timeout=60_000)
-        browser.wait_idle(page)
-        assert browser.exceptions(page) == []
-        _shot(page, "data")
+        _done(page, "Dataset: textile sample", "data", timeout=60_000)
 
         _go(page, "Freeze & BatchNorm")
         page.get_by_text("Trainable parameters").wait_for(timeout=60_000)
@@ -91,17 +93,11 @@ def test_walk_home_to_trained_head(app_url):
 
         _go(page, "CAM & Grad-CAM")
         page.get_by_role("button", name="Compute").click()
-        page.get_by_text("the crop the model saw").wait_for(timeout=120_000)
-        browser.wait_idle(page)
-        assert browser.exceptions(page) == []
-        _shot(page, "cam")
+        _done(page, "the crop the model saw", "cam", timeout=120_000)
 
         _go(page, "Feature maps")
         page.get_by_text("side by side", exact=True).click()
-        page.get_by_text("Relative change").wait_for(timeout=60_000)
-        browser.wait_idle(page)
-        assert browser.exceptions(page) == []
-        _shot(page, "features")
+        _done(page, "Relative change", "features", timeout=60_000)
 
         _go(page, "Export & Netron")
         page.get_by_text("fine-tuned", exact=True).click()  # the model trained above
@@ -120,14 +116,8 @@ def test_walk_home_to_trained_head(app_url):
 
         _go(page, "SE channel weights")
         page.get_by_role("button", name="Switch to mobilenet_v3_small").click()
-        page.get_by_text("Do the gates depend on the image?").wait_for(timeout=120_000)
-        browser.wait_idle(page)
-        assert browser.exceptions(page) == []
-        _shot(page, "se")
+        _done(page, "Do the gates depend on the image?", "se", timeout=120_000)
 
         _go(page, "ViT attention")
         page.get_by_role("button", name="Switch to vit_tiny_patch16_224").click()
-        page.get_by_text("Attention rows sum to 1").wait_for(timeout=120_000)
-        browser.wait_idle(page)
-        assert browser.exceptions(page) == []
-        _shot(page, "attention")
+        _done(page, "Attention rows sum to 1", "attention", timeout=120_000)

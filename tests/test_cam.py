@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from pytorch_grad_cam import GradCAM, HiResCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from vislab import cam, heads, models
+from vislab import cam, models
 
 
 class TinyGapNet(nn.Module):

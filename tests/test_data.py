@@ -144,3 +144,18 @@ def test_sample_dataset_is_installed():
     small = data.subset(report, 5, seed=0)
     assert small.counts == {"global": 5, "local": 5, "nominal": 5}
     assert data.subset(report, 5, seed=0).items == small.items
+
+
+def test_symlinks_in_a_zip_are_listed_not_followed(tmp_path):
+    src = _dataset(tmp_path / "ds")
+    archive = tmp_path / "links.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in src.rglob("*.png"):
+            zf.write(p, str(p.relative_to(src)))
+        link = zipfile.ZipInfo("a/passwd.png")
+        link.external_attr = (0o120777 << 16)  # a symlink entry pointing outside
+        zf.writestr(link, "/etc/passwd")
+    report = data.load_dataset(archive, tmp_path / "work")
+    assert ("a/passwd.png", "symbolic link in the archive (not extracted)") in report.skipped
+    assert report.counts == {"a": 4, "b": 4}
+    assert not (tmp_path / "work" / "links" / "a" / "passwd.png").exists()

@@ -118,3 +118,15 @@ def test_garbage_file_is_a_clear_error(tmp_path):
     file.write_bytes(b"not really")
     with pytest.raises(weights.WeightsError, match="not a readable safetensors"):
         weights.read_state_dict(file)
+
+
+def test_a_file_for_another_catalog_architecture_is_named(tmp_path):
+    with torch.device("meta"):
+        resnet = models.build_architecture("resnet18")
+    state = {k: torch.zeros(v.shape) for k, v in resnet.state_dict().items()}
+    file = tmp_path / "resnet18_weights.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(state, str(file))
+    with pytest.raises(weights.WeightsError, match="looks like resnet18's weights"):
+        weights.import_file(file, "mobilenet_v2")

@@ -115,7 +115,7 @@ class _Progress:
 
 
 def cmd_train(args) -> int:
-    from vislab import data, experiment, freezing, models, paths
+    from vislab import data, experiment, freezing, paths
     from vislab.training import TrainConfig
     from vislab.transforms import Augment
 

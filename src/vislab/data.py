@@ -152,8 +152,10 @@ def _validate(report: DataReport) -> None:
             report.warnings.append(f"class '{name}' has only {n} images: results will be noisy")
 
 
-def extract_zip(archive: str | Path, dest: str | Path) -> Path:
-    """Extract a class-folder zip into `dest`, refusing unsafe or oversized archives before writing."""
+def extract_zip(archive: str | Path, dest: str | Path) -> tuple[Path, list[tuple[str, str]]]:
+    """Extract a class-folder zip into `dest`, refusing unsafe or oversized archives before writing.
+
+    Returns the folder and the entries left out on purpose (symbolic links), with the reason."""
     archive, dest = Path(archive), Path(dest)
     try:
         zf = zipfile.ZipFile(archive)
@@ -168,6 +170,7 @@ def extract_zip(archive: str | Path, dest: str | Path) -> Path:
             raise DataError(f"{archive.name} unpacks to {total / 2**20:.0f} MiB; the limit is {MAX_ZIP_BYTES >> 20} MiB")
         dest.mkdir(parents=True, exist_ok=True)
         base = dest.resolve()
+        skipped: list[tuple[str, str]] = []
         for m in members:
             name = m.filename.replace("\\", "/")
             if m.flag_bits & 0x1:
@@ -175,7 +178,8 @@ def extract_zip(archive: str | Path, dest: str | Path) -> Path:
             if name.startswith("/") or ".." in name.split("/") or (len(name) > 1 and name[1] == ":"):
                 raise DataError(f"{archive.name} has an unsafe path '{m.filename}': refused")
             if (m.external_attr >> 16) & 0o170000 == 0o120000:
-                continue  # a symlink entry: never materialised
+                skipped.append((name, "symbolic link in the archive (not extracted)"))
+                continue
             if m.compress_size and m.file_size / m.compress_size > MAX_ZIP_RATIO:
                 raise DataError(f"{archive.name}: '{m.filename}' is compressed {m.file_size // m.compress_size}:1, "
                                 "which looks like a zip bomb: refused")
@@ -188,7 +192,7 @@ def extract_zip(archive: str | Path, dest: str | Path) -> Path:
                     shutil.copyfileobj(src, out)
             except (zipfile.BadZipFile, OSError, EOFError) as exc:
                 raise DataError(f"{archive.name} is damaged at '{m.filename}' ({exc})") from None
-    return dest
+    return dest, skipped
 
 
 def load_dataset(path: str | Path, work: str | Path | None = None) -> DataReport:
@@ -203,7 +207,10 @@ def load_dataset(path: str | Path, work: str | Path | None = None) -> DataReport
     target = Path(work) / path.stem
     if target.exists():
         shutil.rmtree(target)
-    return scan_folder(extract_zip(path, target))
+    folder, left_out = extract_zip(path, target)
+    report = scan_folder(folder)
+    report.skipped = left_out + report.skipped
+    return report
 
 
 def from_uploads(files: dict[str, list[tuple[str, bytes]]], dest: str | Path) -> DataReport:

@@ -180,6 +180,23 @@ def check_fits(model: nn.Module, state: dict[str, torch.Tensor], skip_prefix: st
             )
 
 
+def guess_architecture(state: dict[str, torch.Tensor], candidates: list[str] | None = None) -> str | None:
+    """The catalog model whose tensor names and shapes best match a state_dict (90% or more), else None."""
+    from vislab import catalog
+    from vislab.models import build_architecture
+
+    have = {(k, tuple(v.shape)) for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    best, best_score = None, 0.0
+    for name in candidates or catalog.names():
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            own = build_architecture(name).state_dict()
+        want = {(k, tuple(v.shape)) for k, v in own.items() if not k.endswith("num_batches_tracked")}
+        score = len(have & want) / max(len(have | want), 1)
+        if score > best_score:
+            best, best_score = name, score
+    return best if best_score >= 0.9 else None
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -198,7 +215,12 @@ def import_file(file: str | Path, name: str) -> WeightsStatus:
     state = read_state_dict(file)
     model = build_architecture(name, num_classes=None)
     head = head_name(model)
-    check_fits(model, state, skip_prefix=head)  # the head may have any number of classes
+    try:
+        check_fits(model, state, skip_prefix=head)  # the head may have any number of classes
+    except WeightsError as exc:
+        guess = guess_architecture(state)
+        hint = f" The file looks like {guess}'s weights." if guess and guess != name else ""
+        raise WeightsError(f"{exc}.{hint}") from None
     head_w = state.get(f"{head}.weight")
     classes = int(head_w.shape[0]) if head_w is not None else None
     if classes is None:
