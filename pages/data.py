@@ -1,3 +1,6 @@
+import shutil
+import time
+
 import streamlit as st
 
 from pages import _lab
@@ -29,11 +32,17 @@ elif source == "A .zip of class folders":
     if up is not None and st.button("Read the zip", type="primary"):
         archive = _lab.session_dir() / "upload.zip"
         archive.write_bytes(up.getvalue())
+        folder = _lab.session_dir() / f"zip-{time.time_ns()}"  # a new folder: the current dataset stays intact
         try:
-            report = data.load_dataset(archive, _lab.session_dir() / "zip")
+            report = data.load_dataset(archive, folder)
         except data.DataError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
             st.error(f"Cannot use this zip: {exc}")
         else:
+            old = ss.get("zip_folder")
+            if old:
+                shutil.rmtree(old, ignore_errors=True)
+            ss["zip_folder"] = str(folder)
             ss[_lab.DATASET] = _lab.Dataset(report, f"zip {up.name}")
             ss.pop(_lab.WORKING, None)
         finally:
@@ -76,8 +85,9 @@ for warn in report.warnings[:10]:
     st.warning(warn)
 if report.skipped:
     with st.expander(f"{len(report.skipped)} files skipped (and why)"):
-        st.dataframe([{"file": f, "reason": r} for f, r in report.skipped], hide_index=True,
-                     width="stretch")
+        st.table([{"file": f, "reason": r} for f, r in report.skipped[:300]])
+        if len(report.skipped) > 300:
+            st.caption(f"… and {len(report.skipped) - 300} more (`vislab data check` lists them all)")
 if not report.usable:
     st.stop()
 

@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
@@ -292,3 +293,24 @@ def test_two_sessions_never_see_each_others_state_or_files(synthetic):
         assert mine.result.run_dir.name in listed and theirs.result.run_dir.name not in listed
     sa, sb = a.session_state["session_id"], b.session_state["session_id"]
     assert sa != sb
+
+
+def test_out_of_memory_during_training_gives_advice_and_the_app_keeps_working(synthetic, monkeypatch):
+    from vislab import experiment
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(experiment, "train", oom)
+    at = _app()
+    _pick_model(at, "test_resnet")
+    _upload_zip(at, _zip_of(synthetic))
+    at.switch_page("pages/train.py").run()
+    next(b for b in at.button if b.label == "Start training").click().run()
+    job = at.session_state["job"]
+    job.thread.join(30)
+    at.run()
+    assert job.status == "error" and "smaller batch size or image size" in job.message
+    assert any("smaller batch size" in e.value for e in at.error) and not at.exception
+    at.switch_page("pages/freeze.py").run()
+    assert not at.exception

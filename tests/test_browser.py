@@ -121,3 +121,28 @@ def test_walk_home_to_trained_head(app_url):
         _go(page, "ViT attention")
         page.get_by_role("button", name="Switch to vit_tiny_patch16_224").click()
         _done(page, "Attention rows sum to 1", "attention", timeout=120_000)
+
+
+def test_bad_uploads_show_their_report_in_chromium(app_url, tmp_path):
+    """A zip of good and broken images lists every skipped file and why; an unsafe zip is refused."""
+    from tests import test_robustness as bad
+
+    entries = {**bad._good_entries(), "a/empty.png": b"", "a/cut.jpg": bad._truncated_jpeg(),
+               "a/notes.jpg": b"not a picture", "a/readme.txt": b"hello", "b/anim.gif": bad._frames_gif(),
+               "b/cmyk.jpg": bad._cmyk_jpeg(), "__MACOSX/a/._0.png": b"junk"}
+    mixed = bad._zip(tmp_path, entries, name="mixed.zip")
+    unsafe = bad._zip(tmp_path, {"a/ok.png": bad._png(), "../../evil.png": bad._png()}, name="unsafe.zip")
+    with browser.browser_page(height=1600) as page:
+        page.goto(app_url)
+        page.get_by_text("Strategy advisor").wait_for(timeout=60_000)
+        _go(page, "Data")
+        page.get_by_text("A .zip of class folders").click()
+        page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(mixed))
+        page.get_by_role("button", name="Read the zip").click()
+        page.get_by_text("4 files skipped (and why)").click()
+        _done(page, "empty file (0 bytes)", "data_report", timeout=60_000)
+        assert page.get_by_text("8 images, 2 classes").count()
+        page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(unsafe))
+        page.get_by_role("button", name="Read the zip").click()
+        _done(page, "unsafe path '../../evil.png'", "data_unsafe_zip", timeout=60_000)
+    assert not (tmp_path.parent / "evil.png").exists()

@@ -124,6 +124,9 @@ def cmd_train(args) -> int:
         raise CliError(f"dataset not usable: {'; '.join(report.errors)}")
     if report.skipped:
         print(f"skipped {len(report.skipped)} unreadable or non-image files (vislab data check lists them)")
+    if args.resume:
+        print(f"resuming {args.resume} for {args.epochs} more epochs")
+        return _report_result(experiment.resume(args.resume, report, args.epochs, Path(args.out), _Progress()))
     spec = experiment.Spec(
         model=args.model, strategy=args.strategy, thaw_last=args.thaw_last, bn=args.bn, head=args.head,
         weights="random" if args.strategy == "scratch" else args.weights, img_size=args.img_size,
@@ -151,6 +154,10 @@ def cmd_train(args) -> int:
     except KeyboardInterrupt:
         stop.set()
         raise CliError("interrupted")
+    return _report_result(result)
+
+
+def _report_result(result) -> int:
     h = result.history
     if not h.epochs:
         raise CliError("training stopped before the first epoch finished; nothing was saved")
@@ -237,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-cache", action="store_true",
                    help="run the frozen prefix every epoch (default: once per image, when it is deterministic)")
     t.add_argument("--out", required=True, help="run folder to write")
+    t.add_argument("--resume", default=None, metavar="RUN",
+                   help="continue this run folder's model and plan for --epochs more (model options ignored)")
 
     e = sub.add_parser("export", help="export a run or a model to TorchScript, ONNX or pt2, and check the file")
     src = e.add_mutually_exclusive_group(required=True)

@@ -6,6 +6,7 @@ The CLI and the Train page both call `train`; neither builds the pieces itself.
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -111,3 +112,33 @@ def train(
 
 def spec_dict(spec: Spec) -> dict:
     return asdict(spec)
+
+
+def resume(run_dir: str | Path, report: data.DataReport, epochs: int, out: str | Path | None,
+           on_event: Callable[[Event], None] | None = None, stop: threading.Event | None = None) -> Result:
+    """Continue a saved run for `epochs` more epochs: its weights, its last freeze plan, its settings.
+
+    The optimizer starts afresh (run folders keep weights, not optimizer state); the new run folder's
+    config names the run it continues.
+    """
+    from vislab.freezing import FreezePlan
+    from vislab.weights import WeightsStatus
+
+    model, run = runs.load(run_dir)
+    if report.classes != run.classes:
+        raise data.DataError(f"the run was trained on classes {run.classes}, this dataset has {report.classes}")
+    cfg = run.config
+    train_cfg = TrainConfig(**{**cfg["train"], "epochs": epochs})
+    spec = Spec(model=cfg["model"], strategy=cfg["strategy"], thaw_last=cfg.get("thaw_last", 1), bn=cfg.get("bn"),
+                head=cfg["head_kind"], weights="auto", img_size=run.data_config.size, val_frac=cfg["val_frac"],
+                per_class=cfg.get("per_class"), train=train_cfg)
+    info = models.ModelInfo(cfg["model"], cfg["source"], cfg["head"], cfg["head_kind"], len(run.classes),
+                            run.data_config, WeightsStatus(cfg["model"], None, None), [f"resumed from {run.path}"])
+    last_lr = cfg["phases"][-1]["lr"] if cfg.get("phases") else train_cfg.lr
+    phases = [training.Phase(FreezePlan.from_dict(cfg["plans"][-1]), epochs, last_lr, "resumed")]
+    result = train(spec, report, out, on_event, stop, prepared=(model, info, phases))
+    if result.run_dir is not None:
+        config = json.loads((result.run_dir / "config.json").read_text())
+        config["resumed_from"] = str(Path(run_dir).resolve())
+        (result.run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    return result
