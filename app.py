@@ -11,11 +11,13 @@ pages = st.navigation([
     st.Page("pages/data.py", title="Data", icon=":material/photo_library:"),
     st.Page("pages/freeze.py", title="Freeze & BatchNorm", icon=":material/ac_unit:"),
     st.Page("pages/train.py", title="Train", icon=":material/monitoring:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
     st.Page("pages/cam.py", title="CAM & Grad-CAM", icon=":material/visibility:"),
     st.Page("pages/se.py", title="SE channel weights", icon=":material/tune:"),
     st.Page("pages/attention.py", title="ViT attention", icon=":material/center_focus_strong:"),
     st.Page("pages/features.py", title="Feature maps", icon=":material/grid_view:"),
     st.Page("pages/export.py", title="Export & Netron", icon=":material/account_tree:"),
+    st.Page("pages/concepts.py", title="Concepts", icon=":material/school:"),
 ])
 _lab.init_state()
 _lab.clean_work_dirs()

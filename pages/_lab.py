@@ -539,3 +539,55 @@ def _forward_seconds(key: tuple, _model) -> float:
 def forward_seconds(model, input_size: tuple) -> float:
     """Seconds of one image's forward pass through `model` on this machine (measured once, cached)."""
     return _forward_seconds((id(model), input_size), model)
+
+
+# ---- the comparison job (Compare page) -----------------------------------------------------------------
+@dataclass
+class CompareJob:
+    configs: list
+    epochs: int
+    stop: threading.Event = field(default_factory=threading.Event)
+    status: str = "running"  # running | done | stopped | error
+    message: str = ""
+    current: str = ""
+    done_runs: int = 0
+    epoch: int = 0
+    batch: int = 0
+    batches: int = 0
+    rows: list = field(default_factory=list)
+    folder: Path | None = None
+    thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    def on_event(self, name: str, e) -> None:
+        self.current = name
+        if e.kind == "batch":
+            self.epoch, self.batch, self.batches = e.epoch, e.batch, e.batches
+        elif e.kind == "end":
+            self.done_runs += 1
+
+
+def start_compare(configs: list, ds: Dataset, epochs: int, img_size: int | None, batch: int) -> CompareJob:
+    from vislab import compare
+
+    ss = st.session_state
+    job = CompareJob(configs, epochs)
+    job.folder = session_runs() / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    report = ds.used
+    name = ss[MODEL]
+
+    def work():
+        try:
+            job.rows = compare.run(name, report, configs, epochs, job.folder, img_size=img_size, batch_size=batch,
+                                   seed=ds.seed, on_event=job.on_event, stop=job.stop)
+            job.status = "stopped" if job.stop.is_set() else "done"
+        except Exception as exc:  # shown on the page
+            job.status, job.message = "error", f"{type(exc).__name__}: {exc}"
+
+    job.thread = threading.Thread(target=work, name="vislab-compare", daemon=True)
+    job.thread.start()
+    ss["compare_job"] = job
+    return job

@@ -314,3 +314,38 @@ def test_out_of_memory_during_training_gives_advice_and_the_app_keeps_working(sy
     assert any("smaller batch size" in e.value for e in at.error) and not at.exception
     at.switch_page("pages/freeze.py").run()
     assert not at.exception
+
+
+def test_compare_page_runs_four_strategies_and_shows_them_together(synthetic):
+    at = _app()
+    _pick_model(at, "test_resnet")
+    _upload_zip(at, _zip_of(synthetic))
+    at.switch_page("pages/compare.py").run()
+    at.number_input(key="compare_epochs").set_value(1).run()
+    at.select_slider(key="compare_size").set_value(64).run()
+    at.select_slider(key="compare_batch").set_value(8).run()
+    next(b for b in at.button if b.label == "Run comparison").click().run()
+    job = at.session_state["compare_job"]
+    deadline = time.time() + 120
+    while job.running and time.time() < deadline:
+        time.sleep(0.3)
+    at.run()
+    assert job.status == "done" and not at.exception and not at.error
+    assert [r.config.name for r in job.rows] == ["head", "partial", "full", "scratch"]
+    titles = _chart_titles(at)
+    assert "Strategies compared" in titles and "head: confusion" in titles
+    assert any(t.startswith("Grad-CAM at") for t in titles)
+    assert (job.folder / "comparison.csv").is_file()
+
+
+def test_concepts_page_computes_every_demo():
+    at = _app()
+    at.switch_page("pages/concepts.py").run()
+    assert not at.exception and not at.error
+    text = " ".join(m.value for m in at.markdown)
+    assert "25,089,000" in text and "513,000" in text  # resnet18: 512x7x7x1000 (+1000) vs 512x1000 (+1000)
+    assert "110,592" in text and "200,704" in text  # C=64: 27C^2 vs 49C^2
+    titles = _chart_titles(at)
+    assert "Gradient norm per layer at initialisation" in titles and "softmax rows (each sums to 1)" in titles
+    table = at.table[0].value
+    assert list(table["flatten head"])[1] == "works" and list(table["flatten head"])[0].startswith("fails")

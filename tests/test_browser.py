@@ -146,3 +146,31 @@ def test_bad_uploads_show_their_report_in_chromium(app_url, tmp_path):
         page.get_by_role("button", name="Read the zip").click()
         _done(page, "unsafe path '../../evil.png'", "data_unsafe_zip", timeout=60_000)
     assert not (tmp_path.parent / "evil.png").exists()
+
+
+def test_four_strategies_compared_on_the_textile_sample(app_url):
+    with browser.browser_page(height=1800) as page:
+        page.goto(app_url)
+        page.get_by_text("Strategy advisor").wait_for(timeout=60_000)
+        _go(page, "Data")
+        slider = page.get_by_role("slider").first  # 60 -> 20 images per class
+        slider.focus()
+        page.keyboard.press("ArrowLeft")
+        page.keyboard.press("ArrowLeft")
+        page.get_by_role("button", name="Use the sample").click()
+        page.get_by_text("Dataset: textile sample").wait_for(timeout=60_000)
+        browser.wait_idle(page)
+        _go(page, "Compare")
+        epochs = page.get_by_label("Epochs per run")
+        epochs.fill("2")
+        epochs.press("Enter")
+        browser.wait_idle(page)
+        size = page.get_by_role("slider").first  # image size 224 -> 128
+        size.focus()
+        for _ in range(3):
+            page.keyboard.press("ArrowLeft")
+        browser.wait_idle(page)
+        page.get_by_role("button", name="Run comparison").click()
+        _done(page, "Download the table (CSV)", "compare", timeout=300_000)
+        _go(page, "Concepts")
+        _done(page, "print(model)", "concepts", timeout=120_000)

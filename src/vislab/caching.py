@@ -145,18 +145,30 @@ class Cache:
     seconds: float  # time spent running the prefix once over all images
     nbytes: int
     spill: tempfile.TemporaryDirectory | None = None  # the on-disk copy when too large for memory (removed with us)
+    shared: bool = False  # reused from an earlier run with the same frozen prefix
 
     def describe(self) -> str:
         where = "on disk" if self.spill else "in memory"
+        how = "shared with an earlier run" if self.shared else f"run once, {self.seconds:.1f} s"
         return (f"features cached: prefix ({len(self.prefix.stubs)} modules up to '{self.prefix.stubs[-1]}') "
-                f"run once, {self.seconds:.1f} s, {self.nbytes / 2**20:.0f} MiB {where}; training runs from "
-                f"'{self.prefix.boundary}'")
+                f"{how}, {self.nbytes / 2**20:.0f} MiB {where}; training runs from '{self.prefix.boundary}'")
 
 
 @torch.no_grad()
+def _fingerprint(model: nn.Module, prefix: Prefix) -> tuple:
+    """Identifies the prefix's modules and their weights (runs that share it can share its features)."""
+    sums = []
+    for name in prefix.stubs:
+        state = model.get_submodule(name).state_dict()
+        sums.append(round(float(sum(v.double().sum() for v in state.values() if v.is_floating_point())), 6))
+    return tuple(prefix.stubs), tuple(sums)
+
+
 def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, device: torch.device,
-          seed: int, stop=None) -> tuple[Cache | None, str]:
-    """Cache the prefix outputs of both splits, or (None, why not) when it does not apply."""
+          seed: int, stop=None, pool: dict | None = None) -> tuple[Cache | None, str]:
+    """Cache the prefix outputs of both splits, or (None, why not) when it does not apply.
+
+    `pool` (a dict kept by the caller) shares features between runs with the same frozen prefix and data."""
     start = time.perf_counter()
     first_x, _ = next(iter(val_loader))
     first_x = first_x[:4].to(device)
@@ -165,6 +177,10 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
         return None, "nothing frozen before the first trainable layer"
     if not reproduces(model, prefix, first_x):
         return None, "this model's forward does work between its frozen modules (e.g. position embeddings)"
+    key = (_fingerprint(model, prefix), len(train_loader.dataset), len(val_loader.dataset))
+    if pool is not None and key in pool:
+        feats, nbytes, spill = pool[key]
+        return _cache(prefix, feats, train_loader, val_loader, seed, 0.0, nbytes, spill, shared=True), ""
     was = model.training
     model.eval()
     feats = {}
@@ -189,11 +205,18 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
             feats[split] = (store, torch.cat(ys))
     finally:
         model.train(was)
+    if pool is not None:
+        pool[key] = (feats, nbytes, spill)
+    return _cache(prefix, feats, train_loader, val_loader, seed, time.perf_counter() - start, nbytes, spill), ""
+
+
+def _cache(prefix, feats, train_loader, val_loader, seed, seconds, nbytes, spill, shared=False) -> Cache:
+    """Loaders over cached features, shuffled by their own seeded generator (the image loader's order)."""
     gen = torch.Generator().manual_seed(seed)
     train = DataLoader(TensorDataset(*feats["train"]), batch_size=train_loader.batch_size, shuffle=True,
                        generator=gen, drop_last=train_loader.drop_last)
     val = DataLoader(TensorDataset(*feats["val"]), batch_size=val_loader.batch_size, shuffle=False)
-    return Cache(prefix, train, val, time.perf_counter() - start, nbytes, spill), ""
+    return Cache(prefix, train, val, seconds, nbytes, spill, shared)
 
 
 def _spill_dir() -> str:

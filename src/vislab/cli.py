@@ -168,6 +168,34 @@ def _report_result(result) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from vislab import compare, data, freezing, paths
+
+    report = data.load_dataset(data.resolve(args.data), paths.work_dir() / "cli")
+    if not report.usable:
+        raise CliError(f"dataset not usable: {'; '.join(report.errors)}")
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    unknown = [s for s in strategies if s not in freezing.STRATEGIES]
+    if unknown or not strategies:
+        raise CliError(f"unknown strategy {', '.join(unknown) or '(none)'}: choose from {', '.join(freezing.STRATEGIES)}")
+    configs = [compare.Config.preset(s) for s in strategies]
+    for c in configs:
+        c.lr = args.lr
+
+    def progress(name, e):
+        if e.kind == "epoch":
+            m = e.metrics
+            print(f"{name}: epoch {m['epoch']} val acc {m['val_acc']:.3f} loss {m['val_loss']:.4f}", flush=True)
+        elif e.kind == "cache":
+            print(f"{name}: {e.message}", flush=True)
+
+    rows = compare.run(args.model, report, configs, args.epochs, Path(args.out), img_size=args.img_size,
+                       batch_size=args.batch_size, seed=args.seed, per_class=args.per_class, on_event=progress)
+    print(compare.markdown(rows))
+    print(f"wrote {Path(args.out) / 'comparison.csv'} and the run folders under {args.out}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from vislab import export, models, runs
 
@@ -247,6 +275,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", default=None, metavar="RUN",
                    help="continue this run folder's model and plan for --epochs more (model options ignored)")
 
+    c = sub.add_parser("compare", help="train several strategies on the same split and seed; one table")
+    c.add_argument("--data", required=True, help="folder, .zip, or 'sample'")
+    c.add_argument("--model", default=catalog.DEFAULT_MODEL)
+    c.add_argument("--strategies", default="head,partial,full,scratch",
+                   help="comma-separated: " + ",".join(freezing.STRATEGIES))
+    c.add_argument("--epochs", type=_positive(int), required=True)
+    c.add_argument("--lr", type=_positive(float), default=1e-3)
+    c.add_argument("--img-size", type=_positive(int), default=None)
+    c.add_argument("--batch-size", type=_positive(int), default=32)
+    c.add_argument("--per-class", type=_positive(int), default=None)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out", required=True, help="folder for comparison.csv/json and the run folders")
+
     e = sub.add_parser("export", help="export a run or a model to TorchScript, ONNX or pt2, and check the file")
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="run folder written by `vislab train`")
@@ -265,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     from vislab.weights import WeightsError
 
     handlers = {"models": cmd_models, "weights": cmd_weights, "train": cmd_train,
-                "data": cmd_data_check, "export": cmd_export}
+                "data": cmd_data_check, "compare": cmd_compare, "export": cmd_export}
     try:
         return handlers[args.command](args)
     except (CliError, DataError, WeightsError, ValueError, FileNotFoundError, NotADirectoryError) as exc:

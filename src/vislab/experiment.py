@@ -75,6 +75,7 @@ def train(
     base: nn.Module | None = None,
     base_info: models.ModelInfo | None = None,
     prepared: tuple | None = None,
+    cache_pool: dict | None = None,
 ) -> Result:
     """Train per `spec`; `prepared` = (model, info, phases) trains that model as is (the UI's own plan)."""
     if not report.usable:
@@ -90,7 +91,7 @@ def train(
     device = training.pick_device(spec.train.device)
     train_loader, val_loader = training.make_loaders(train_ds, val_ds, spec.train, device)
     cfg_train = dataclasses.replace(spec.train, cache=spec.train.cache and not spec.augment.any)
-    history = training.fit(model, train_loader, val_loader, phases, cfg_train, on_event, stop)
+    history = training.fit(model, train_loader, val_loader, phases, cfg_train, on_event, stop, cache_pool)
     run_dir = None
     if out is not None and history.epochs:
         config = {

@@ -258,7 +258,7 @@ def bars(values: np.ndarray, title: str, highlight_high: list[int] = (), highlig
 
 
 def map_grid(maps: np.ndarray, titles: list[str], cols: int = 8, title: str = "",
-             colourscale: str = "Viridis") -> go.Figure:
+             colourscale: str = "Viridis", smooth: bool = True) -> go.Figure:
     """Small multiples of 2-D maps (feature maps, attention maps), each scaled to its own range."""
     n = len(maps)
     cols = min(cols, n)
@@ -267,7 +267,7 @@ def map_grid(maps: np.ndarray, titles: list[str], cols: int = 8, title: str = ""
                         vertical_spacing=0.06)
     for i, m in enumerate(maps):
         r, c = divmod(i, cols)
-        fig.add_trace(go.Heatmap(z=m, colorscale=colourscale, showscale=False, zsmooth="best",
+        fig.add_trace(go.Heatmap(z=m, colorscale=colourscale, showscale=False, zsmooth="best" if smooth else False,
                                  hovertemplate="%{z:.3f}<extra></extra>"), row=r + 1, col=c + 1)
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False, autorange="reversed")
@@ -283,3 +283,21 @@ def lr_sweep(lrs: list[float], losses: list[float], suggestion: float) -> go.Fig
     fig.update_xaxes(type="log", title="learning rate")
     fig.update_yaxes(title="smoothed training loss")
     return _layout(fig, "Learning-rate finder")
+
+
+RUN_COLOURS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#F0E442", "#000000"]
+
+
+def compare_curves(runs: list[tuple[str, list[dict]]]) -> go.Figure:
+    """Validation loss and accuracy per epoch, one line per run (Okabe-Ito colours)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("validation loss", "validation accuracy"))
+    for i, (name, metrics) in enumerate(runs):
+        colour = RUN_COLOURS[i % len(RUN_COLOURS)]
+        epochs = [m["epoch"] for m in metrics]
+        for col, key in ((1, "val_loss"), (2, "val_acc")):
+            fig.add_scatter(x=epochs, y=[m[key] for m in metrics], mode="lines+markers", name=name,
+                            legendgroup=name, showlegend=col == 1, line=dict(color=colour, width=3),
+                            row=1, col=col)
+    fig.update_xaxes(title="epoch", dtick=1)
+    fig.update_yaxes(range=[0, 1.02], row=1, col=2)
+    return _layout(fig, "Strategies compared")

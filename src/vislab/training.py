@@ -184,8 +184,11 @@ def fit(
     cfg: TrainConfig,
     on_event: Callable[[Event], None] | None = None,
     stop: threading.Event | None = None,
+    cache_pool: dict | None = None,
 ) -> History:
-    """Train through the phases; returns per-epoch metrics and the best state (by val acc, then loss)."""
+    """Train through the phases; returns per-epoch metrics and the best state (by val acc, then loss).
+
+    `cache_pool` lets several runs on the same data share cached frozen-prefix features (caching.build)."""
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     model.to(device)
@@ -207,7 +210,7 @@ def fit(
         cache, why = None, "caching is off (random augmentation, or turned off)"
         if cfg.cache:
             with torch.random.fork_rng(devices=[]):  # building it must not shift the dropout RNG stream
-                cache, why = caching.build(model, train_loader, val_loader, device, cfg.seed, stop)
+                cache, why = caching.build(model, train_loader, val_loader, device, cfg.seed, stop, cache_pool)
         history.cache.append(cache.describe() if cache else f"no feature cache: {why}")
         emit(Event("cache", epoch, total_epochs, phase=phase.name, message=history.cache[-1]))
         with caching.stubbed(model, cache.prefix) if cache else contextlib.nullcontext() as originals:

@@ -1,0 +1,139 @@
+import io
+
+import numpy as np
+import streamlit as st
+import torch
+
+from pages import _lab
+from vislab import cam, compare, features, freezing, plots
+from vislab.transforms import crop_seen, eval_transform, load_image
+
+_lab.init_state()
+ss = st.session_state
+st.title("Compare strategies")
+st.markdown("Queue several configurations on the **same data split and seed**, run them one after another, "
+            "and read them off one screen: what does thawing one more stage, or BatchNorm in `eval`, change?")
+
+ds: _lab.Dataset | None = ss.get(_lab.DATASET)
+job: _lab.CompareJob | None = ss.get("compare_job")
+running = bool(job and job.running)
+if ds is None or not ds.used.usable:
+    st.info("Pick a dataset on the **Data** page first (the bundled sample works offline).")
+else:
+    default = [{"name": s, "strategy": s, "thaw_last": 2 if s == "partial" else 1, "bn": "default",
+                "head": "linear", "lr": 1e-3} for s in ("head", "partial", "full", "scratch")]
+    table = st.data_editor(default, num_rows="dynamic", key="compare_configs", width="stretch", disabled=running,
+                           column_config={
+                               "strategy": st.column_config.SelectboxColumn(options=list(freezing.STRATEGIES)),
+                               "bn": st.column_config.SelectboxColumn(options=["default", *freezing.BN_MODES]),
+                               "head": st.column_config.SelectboxColumn(options=["linear", "mlp"]),
+                               "thaw_last": st.column_config.NumberColumn(min_value=1, max_value=50, step=1),
+                               "lr": st.column_config.NumberColumn(min_value=1e-6, max_value=1.0, format="%.0e")})
+    c1, c2, c3 = st.columns(3)
+    epochs = c1.number_input("Epochs per run", 1, 100, 3, disabled=running, key="compare_epochs")
+    size = c2.select_slider("Image size", [64, 96, 128, 160, 192, 224], 224, disabled=running, key="compare_size")
+    batch = c3.select_slider("Batch size", [8, 16, 32, 64], 32, disabled=running, key="compare_batch")
+    st.caption(f"`{ss[_lab.MODEL]}` on {ds.label} ({len(ds.used.items)} images), split seed {ds.seed}. Runs with "
+               "the same frozen prefix share its cached features.")
+    b1, b2, _ = st.columns([1, 1, 4])
+    if b1.button("Run comparison", type="primary", disabled=running):
+        configs = [compare.Config(str(r["name"]), r["strategy"], int(r["thaw_last"] or 1),
+                                  None if r["bn"] in (None, "default") else r["bn"], r["head"] or "linear",
+                                  float(r["lr"] or 1e-3)) for r in table if r.get("name") and r.get("strategy")]
+        if len({c.name for c in configs}) != len(configs) or not configs:
+            st.error("Give every configuration its own name.")
+        else:
+            job = _lab.start_compare(configs, ds, int(epochs), int(size), int(batch))
+            running = True
+    if b2.button("Stop", disabled=not running):
+        job.stop.set()
+
+
+@st.fragment(run_every=1.0 if running else None)
+def progress():
+    job = ss.get("compare_job")
+    if job is None:
+        return
+    if job.running:
+        total = len(job.configs)
+        st.progress(min(job.done_runs / total, 1.0), text=f"run {min(job.done_runs + 1, total)} of {total}: "
+                    f"{job.current}")
+        st.progress(min(job.batch / max(job.batches, 1), 1.0),
+                    text=f"epoch {job.epoch}/{job.epochs} · batch {job.batch}/{job.batches}")
+    elif ss.get("_shown_compare") is not job:
+        ss["_shown_compare"] = job
+        st.rerun(scope="app")
+
+
+progress()
+if job is not None and not job.running:
+    if job.status == "error":
+        st.error(f"The comparison failed: {job.message}")
+    elif job.rows:
+        ss["compare_rows"] = (ss[_lab.MODEL], ds.report.classes if ds else [], job.rows, job.folder)
+
+st.divider()
+saved = sorted(_lab.session_runs().glob("compare-*/comparison.json"), reverse=True)
+if saved:
+    pick = st.selectbox("Reload a saved comparison", [p.parent.name for p in saved], key="compare_reload")
+    if st.button("Reload"):
+        try:
+            name, classes, rows = compare.load(_lab.session_runs() / pick)
+            ss["compare_rows"] = (name, classes, rows, _lab.session_runs() / pick)
+        except (OSError, ValueError, KeyError) as exc:
+            st.error(f"Cannot reload {pick}: {exc}")
+
+loaded = ss.get("compare_rows")
+if loaded:
+    model_name, classes, rows, folder = loaded
+    st.subheader(f"{len(rows)} runs of `{model_name}`")
+    _lab.chart(plots.compare_curves([(r.config.name, r.metrics) for r in rows]), key="cmp_curves")
+    summary = [r.summary() for r in rows]
+    st.dataframe(summary, hide_index=True, width="stretch")
+    csv_buf = io.StringIO()
+    import csv as _csv
+
+    writer = _csv.DictWriter(csv_buf, fieldnames=compare.COLUMNS)
+    writer.writeheader()
+    writer.writerows(summary)
+    st.download_button("Download the table (CSV)", csv_buf.getvalue(), "comparison.csv", "text/csv")
+    for line in {c for r in rows for c in r.cache}:
+        st.caption(line)
+    cols = st.columns(min(len(rows), 4))
+    for i, r in enumerate(rows):
+        with cols[i % len(cols)]:
+            _lab.chart(plots.confusion_matrix(np.asarray(r.confusion), classes).update_layout(
+                title=f"{r.config.name}: confusion"), key=f"cmp_cm_{i}")
+
+    models_ok = [r for r in rows if r.model is not None]
+    if ds is not None and models_ok:
+        st.subheader("The same validation images under each run")
+        _, val = ds.split()
+        picks = val[: min(3, len(val))]
+        cfg = ss.get(_lab.WORKING)[2].data_config.with_size(ss.get("compare_size")) if ss.get(_lab.WORKING) else None
+        if cfg is not None:
+            x = torch.stack([eval_transform(cfg)(load_image(p)) for p, _ in picks])  # (B, 3, H, W)
+            crops = [np.asarray(crop_seen(load_image(p), cfg)) for p, _ in picks]
+            layer = cam.default_layer(models_ok[0].model, model_name)
+            panels = []
+            for r in models_ok:
+                try:
+                    res = cam.run(r.model, x, ["GradCAM"], layer, [y for _, y in picks])[0]
+                except (cam.CamNotApplicable, ValueError, RuntimeError) as exc:
+                    st.error(f"{r.config.name}: {exc}")
+                    continue
+                panels += [(f"{r.config.name} · {classes[y]}", crops[b], res.maps[b]) for b, (_, y) in enumerate(picks)]
+            if panels:
+                _lab.chart(plots.cam_panels(panels, 0.5, "Jet", cols=len(picks), title=f"Grad-CAM at {layer}"),
+                           key="cmp_cam")
+            layers = features.conv_layers(models_ok[0].model)
+            layer = st.selectbox("Feature maps of layer", layers, index=len(layers) // 2, key="cmp_layer")
+            maps = [(r.config.name, features.activations(r.model, layer, x[:1])[0]) for r in models_ok]
+            top = features.top_channels(maps[0][1], 6)
+            grid = np.stack([m[c].numpy() for _, m in maps for c in top])
+            titles = [f"{n} · ch {c}" for n, _ in maps for c in top]
+            _lab.chart(plots.map_grid(grid, titles, cols=6, title=f"{layer}: the same 6 channels under each run"),
+                       key="cmp_maps")
+            base = maps[0][1]
+            st.caption("Change of these maps against the first run: " + ", ".join(
+                f"{n} {features.map_change(base, m):.3f}" for n, m in maps[1:]))

@@ -1,0 +1,88 @@
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from pages import _lab
+from vislab import catalog, concepts, plots
+
+_lab.init_state()
+ss = st.session_state
+st.title("Concepts, live")
+st.markdown("The course's key ideas as small computations on real PyTorch modules: every number below is "
+            "computed now, not typed in.")
+
+
+@st.cache_data(show_spinner="Running the model at several input sizes…")
+def gap_demo(name: str) -> concepts.GapFlattenDemo:
+    return concepts.gap_vs_flatten(name)
+
+
+st.header("1 · Global Average Pooling vs flattening")
+names = [n for n in catalog.names() if catalog.lookup(n).gap_linear_head] + ["vgg16_bn"]
+name = st.selectbox("Model", names, index=names.index("resnet18"), key="concept_gap_model")
+try:
+    demo = gap_demo(name)
+except ValueError as exc:
+    st.error(str(exc))
+else:
+    c, h, w = demo.feature_shape
+    st.markdown(f"At {demo.reference_size} px `{name}` ends in a **{c} × {h} × {w}** feature map. A flattening head "
+                f"to {demo.num_classes} classes needs **{demo.flatten_params:,}** parameters; global average pooling "
+                f"first needs **{demo.gap_params:,}** ({demo.flatten_params / demo.gap_params:.0f}× fewer).")
+    st.table([{"input": f"{r['size']} px", "feature map": " × ".join(map(str, r["feature_shape"])),
+               "GAP head": f"works → {tuple(r['gap_output_shape'])}",
+               "flatten head": "works" if r["flatten_ok"] else f"fails: {r['flatten_error']}"} for r in demo.runs])
+
+st.header("2 · Three 3×3 convolutions vs one 7×7")
+ch = st.select_slider("Channels C", [16, 32, 64, 128, 256], 64, key="concept_c")
+conv = concepts.stacked_3x3_vs_7x7(ch)
+st.markdown(f"Both see a **{conv.stacked_rf_steps[-1]}×{conv.stacked_rf_steps[-1]}** window (recursion "
+            f"{' → '.join(map(str, conv.stacked_rf_steps))} vs {conv.single_rf_steps[-1]}; the gradient of one "
+            f"output pixel confirms {conv.stacked_window}×{conv.stacked_window} and "
+            f"{conv.single_window}×{conv.single_window}). Parameters: **{conv.stacked_params:,}** (27C²) vs "
+            f"**{conv.single_params:,}** (49C²), with {conv.stacked_relus} non-linearities instead of "
+            f"{conv.single_relus}.")
+_lab.chart(plots.map_grid(np.stack([conv.stacked_grad, conv.single_grad]),
+                          ["3 × 3×3: |∂ out / ∂ in|", "1 × 7×7: |∂ out / ∂ in|"], cols=2,
+                          title="Which input pixels reach one output pixel", smooth=False), key="concept_rf")
+
+st.header("3 · Residual connections")
+depth = st.slider("Depth", 5, 60, 30, key="concept_depth")
+grads = concepts.residual_gradient_norms(depth)
+fig = go.Figure()
+fig.add_scatter(x=list(range(1, depth + 1)), y=grads.plain, mode="lines+markers", name="plain stack",
+                line=dict(color=plots.THAWED, width=3))
+fig.add_scatter(x=list(range(1, depth + 1)), y=grads.residual, mode="lines+markers", name="with skip connections",
+                line=dict(color=plots.HEAD, width=3))
+fig.update_yaxes(type="log", title="‖∂ loss / ∂ W‖")
+fig.update_xaxes(title="layer (1 = next to the input)")
+_lab.chart(plots._layout(fig, "Gradient norm per layer at initialisation"), key="concept_res")
+st.caption(f"At the first layer the plain stack's gradient is {grads.first_layer_ratio:.1e} × the residual one's: "
+           "without skips it vanishes on the way down.")
+
+st.header("4 · Squeeze-and-Excitation, step by step")
+se = concepts.se_toy()
+cols = st.columns(5)
+for col, key, label in zip(cols, ("squeeze", "fc1", "relu", "fc2", "gate"),
+                           ("squeeze: mean over H×W", "fc1 (bottleneck)", "ReLU", "fc2", "sigmoid gate")):
+    col.markdown(f"**{label}**")
+    col.code("\n".join(f"{v:+.3f}" for v in se[key]), language=None)
+st.caption("Each of the input's channels is then multiplied by its gate: out = x × gate (per channel).")
+
+st.header("5 · Self-attention on a toy sequence")
+att = concepts.attention_toy()
+c1, c2 = st.columns(2)
+with c1:
+    _lab.chart(plots.heatmap(att["scores"], "key token", [f"query {i}" for i in range(len(att["scores"]))],
+                             "QKᵀ / √d", zmin=None, zmax=None), key="concept_scores")
+with c2:
+    _lab.chart(plots.heatmap(att["attn"], "key token", [f"query {i}" for i in range(len(att["attn"]))],
+                             "softmax rows (each sums to 1)"), key="concept_attn")
+st.caption("Row sums: " + ", ".join(f"{s:.3f}" for s in att["attn"].sum(1)) + ". The output is this matrix "
+           "times V: each token becomes a weighted mix of all the others.")
+
+st.header("6 · `print(model)` order vs execution order")
+order = concepts.print_vs_execution_order(concepts.ReorderedToy())
+st.markdown("A module may define its layers in one order and call them in another. "
+            f"`print(model)` lists **{' → '.join(order['definition'])}**; the forward pass runs "
+            f"**{' → '.join(order['execution'])}**. The Export page shows the same table for your model.")
