@@ -29,6 +29,8 @@ else:
                                "head": st.column_config.SelectboxColumn(options=["linear", "mlp"]),
                                "thaw_last": st.column_config.NumberColumn(min_value=1, max_value=50, step=1),
                                "lr": st.column_config.NumberColumn(min_value=1e-6, max_value=1.0, format="%.0e")})
+    custom = st.toggle("Also run the Freeze page's current plan (its stage toggles and BatchNorm modes)",
+                       key="compare_custom", disabled=running or _lab.PLAN not in ss)
     c1, c2, c3 = st.columns(3)
     epochs = c1.number_input("Epochs per run", 1, 100, 3, disabled=running, key="compare_epochs")
     size = c2.select_slider("Image size", [64, 96, 128, 160, 192, 224], 224, disabled=running, key="compare_size")
@@ -40,6 +42,9 @@ else:
         configs = [compare.Config(str(r["name"]), r["strategy"], int(r["thaw_last"] or 1),
                                   None if r["bn"] in (None, "default") else r["bn"], r["head"] or "linear",
                                   float(r["lr"] or 1e-3)) for r in table if r.get("name") and r.get("strategy")]
+        if custom:
+            configs.append(compare.Config("my plan", "head", head=ss[_lab.HEAD], lr=1e-3,
+                                          plan=ss[_lab.PLAN].to_dict()))
         if len({c.name for c in configs}) != len(configs) or not configs:
             st.error("Give every configuration its own name.")
         else:

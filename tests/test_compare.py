@@ -4,6 +4,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from vislab import cli, compare, data
 
@@ -45,3 +46,18 @@ def test_compare_rejects_duplicate_names_and_unknown_strategies(synthetic, tmp_p
     rc = cli.main(["compare", "--data", str(synthetic), "--strategies", "head,sideways", "--epochs", "1",
                    "--out", str(tmp_path)])
     assert rc == 2 and "unknown strategy sideways" in capsys.readouterr().err
+
+
+def test_a_custom_freeze_plan_is_compared_too(synthetic, tmp_path):
+    from vislab import freezing, models
+
+    model, _ = models.create_model("test_resnet", 3, weights_choice="random")
+    plan = freezing.preset(model, "head")[0]
+    plan.trainable["layer2"] = True  # a plan no preset gives: thaw layer2 only, plus the head
+    plan.bn["layer2"] = "train"
+    configs = [compare.Config("head", "head"), compare.Config("layer2 only", "head", plan=plan.to_dict())]
+    rows = compare.run("test_resnet", data.scan_folder(synthetic), configs, 1, tmp_path, img_size=64, batch_size=8)
+    layer2 = sum(p.numel() for p in model.layer2.parameters())
+    assert rows[1].trainable - rows[0].trainable == layer2
+    assert rows[0].bn_moved == 0 and rows[1].bn_moved == sum(
+        isinstance(m, torch.nn.BatchNorm2d) for m in model.layer2.modules())

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from vislab import data, evaluation, experiment, freezing, runs
-from vislab.training import Event, TrainConfig
+from vislab.training import Event, Phase, TrainConfig
 
 COLUMNS = ("run", "strategy", "head", "bn", "lr", "final val acc", "best val acc", "final val loss",
            "train seconds", "trainable params", "BN layers moved")
@@ -35,6 +35,7 @@ class Config:
     head: str = "linear"
     lr: float = 1e-3
     layer_decay: float | None = None
+    plan: dict | None = None  # a custom FreezePlan (as a dict) instead of the strategy's preset
 
     @classmethod
     def preset(cls, strategy: str) -> Config:
@@ -87,6 +88,10 @@ def run(model_name: str, report: data.DataReport, configs: list[Config], epochs:
                                train=TrainConfig(epochs=epochs, lr=config.lr, batch_size=batch_size, seed=seed,
                                                  layer_decay=config.layer_decay))
         prepared = experiment.prepare(spec, len(report.classes))
+        if config.plan is not None:  # a hand-made plan (the Freeze page's) replaces the preset's phases
+            plan = freezing.FreezePlan.from_dict(config.plan)
+            freezing.apply(prepared[0], plan)
+            prepared = (prepared[0], prepared[1], [Phase(plan, epochs, config.lr, config.name)])
         trainable = freezing.report(prepared[0]).trainable_params
         before = _bn_stats(prepared[0])
         start = time.perf_counter()
