@@ -591,3 +591,20 @@ def start_compare(configs: list, ds: Dataset, epochs: int, img_size: int | None,
     job.thread.start()
     ss["compare_job"] = job
     return job
+
+
+# ---- cached forward passes of the views (a slider move must not rerun the model) -----------------------
+@st.cache_data(max_entries=32, show_spinner=False)
+def _view_result(key: tuple, _compute):
+    return _compute()
+
+
+def cached_view(kind: str, model, images: list, extra: tuple, compute):
+    """`compute()` once per (view, model, images, settings); later reruns reuse the result."""
+    import hashlib
+
+    image_ids = tuple((label, hashlib.md5(img.tobytes()).hexdigest()) for label, img in images)
+    last = list(model.parameters())[-1].detach()  # with id(): a new model at a recycled address differs
+    model_id = (id(model), float(last.double().sum()), tuple(last.shape))
+    with model_lock(model):
+        return _view_result((kind, model_id, image_ids, extra), compute)

@@ -28,8 +28,8 @@ if not images:
 label, img = images[0]
 cfg = vm.data_config
 x = eval_transform(cfg)(img)[None]  # (1, 3, H, W)
-with _lab.model_lock(vm.model):
-    maps = attention.attention_maps(vm.model, x)  # per layer (1, heads, N, N)
+maps = _lab.cached_view("attention", vm.model, images, (), lambda: attention.attention_maps(vm.model, x))
+# per layer (1, heads, N, N); the sliders below only re-fuse these maps
 grid = attention.patch_grid(vm.model, x)
 prefix = attention.num_prefix_tokens(vm.model)
 cls = attention.cls_attention(maps, prefix, grid)  # (layers, heads, gh, gw)

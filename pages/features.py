@@ -40,8 +40,8 @@ n = c2.slider("Channels", 4, 32, 16, key="feat_n")
 st.image(crop_seen(img, vm.data_config), caption=label, width=160)
 for i, m in enumerate(vms):
     x = eval_transform(m.data_config)(img)[None]  # (1, 3, H, W)
-    with _lab.model_lock(m.model):
-        acts = features.activations(m.model, layer, x)[0]  # (C, h, w)
+    acts = _lab.cached_view("features", m.model, images, (layer,),
+                            lambda: features.activations(m.model, layer, x)[0])  # (C, h, w)
     top = features.top_channels(acts, n)
     _lab.chart(plots.map_grid(acts[top].numpy(), [f"ch {c}" for c in top], cols=8,
                               title=f"{layer}: the {n} most active channels · {m.label}"), key=f"feat_{i}")

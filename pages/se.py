@@ -29,8 +29,7 @@ if not images:
     st.stop()
 cfg = vm.data_config
 x = torch.stack([eval_transform(cfg)(img) for _, img in images])  # (B, 3, H, W)
-with _lab.model_lock(vm.model):
-    gates = se.se_gates(vm.model, x)
+gates = _lab.cached_view("se", vm.model, images, (), lambda: se.se_gates(vm.model, x))
 
 st.caption(f"{len(gates.blocks)} SE blocks in `{vm.label}`; rows are blocks (input side at the top), columns "
            "channels. Grey: the block has fewer channels.")
@@ -58,8 +57,8 @@ gate = gates.gates[b][0]
 boosted, suppressed = se.top_channels(gate, k)
 _lab.chart(plots.bars(gate, f"{b_name}: gate per channel · {images[0][0]} (green: most boosted, orange: most "
                       "suppressed)", boosted, suppressed), key="se_bars")
-with _lab.model_lock(vm.model):
-    block_in, _, block_out = se.block_input_output(vm.model, b_name, x[:1])
+block_in, _, block_out = _lab.cached_view("se_block", vm.model, images[:1], (b_name,),
+                                          lambda: se.block_input_output(vm.model, b_name, x[:1]))
 maps = block_in[0].numpy()  # (C, h, w): the maps the gate scales
 titles = [f"ch {c} · g={gate[c]:.2f}" for c in boosted] + [f"ch {c} · g={gate[c]:.2f}" for c in suppressed]
 _lab.chart(plots.map_grid(np.stack([maps[c] for c in boosted + suppressed]), titles, cols=k,
