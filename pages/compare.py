@@ -117,13 +117,16 @@ if loaded:
         picks = val[: min(3, len(val))]
         cfg = ss.get(_lab.WORKING)[2].data_config.with_size(ss.get("compare_size")) if ss.get(_lab.WORKING) else None
         if cfg is not None:
-            x = torch.stack([eval_transform(cfg)(load_image(p)) for p, _ in picks])  # (B, 3, H, W)
-            crops = [np.asarray(crop_seen(load_image(p), cfg)) for p, _ in picks]
+            images = [(p, load_image(p)) for p, _ in picks]
+            x = torch.stack([eval_transform(cfg)(img) for _, img in images])  # (B, 3, H, W)
+            crops = [np.asarray(crop_seen(img, cfg)) for _, img in images]
             layer = cam.default_layer(models_ok[0].model, model_name)
             panels = []
-            for r in models_ok:
+            for r in models_ok:  # cached per run: changing the layer below does not redo these
                 try:
-                    res = cam.run(r.model, x, ["GradCAM"], layer, [y for _, y in picks])[0]
+                    res = _lab.cached_view("compare_cam", r.model, images, (layer, tuple(cfg.input_size)),
+                                           lambda r=r: cam.run(r.model, x, ["GradCAM"], layer,
+                                                               [y for _, y in picks])[0])
                 except (cam.CamNotApplicable, ValueError, RuntimeError) as exc:
                     st.error(f"{r.config.name}: {exc}")
                     continue
@@ -133,7 +136,9 @@ if loaded:
                            key="cmp_cam")
             layers = features.conv_layers(models_ok[0].model)
             layer = st.selectbox("Feature maps of layer", layers, index=len(layers) // 2, key="cmp_layer")
-            maps = [(r.config.name, features.activations(r.model, layer, x[:1])[0]) for r in models_ok]
+            maps = [(r.config.name, _lab.cached_view("compare_maps", r.model, images[:1], (layer,),
+                                                     lambda r=r: features.activations(r.model, layer, x[:1])[0]))
+                    for r in models_ok]
             top = features.top_channels(maps[0][1], 6)
             grid = np.stack([m[c].numpy() for _, m in maps for c in top])
             titles = [f"{n} · ch {c}" for n, _ in maps for c in top]

@@ -47,7 +47,7 @@ if result is not None:
                    f"{result.checked}" if result.verified else f"not verified: {result.reason}")
         st.success(f"`{result.path.name}` · {result.size_bytes / 1e6:.1f} MB · exported in {result.seconds:.1f} s · "
                    + verdict)
-        st.download_button("Download the file", result.path.read_bytes(), file_name=result.path.name,
+        st.download_button("Download the file", result.path.read_bytes, file_name=result.path.name,  # read on click
                            mime="application/octet-stream", key="export_download")
     if result.warnings:
         st.warning("Warnings from torch while exporting (shown, not hidden):\n" +

@@ -106,6 +106,13 @@ def test_walk_home_to_trained_head(app_url):
         page.get_by_text("Download the file").wait_for(timeout=120_000)
         browser.wait_idle(page)
         assert browser.exceptions(page) == []
+        with page.expect_download(timeout=60_000) as download:
+            page.get_by_role("button", name="Download the file").click()
+        saved = Path(download.value.path())
+        import torch
+
+        reloaded = torch.jit.load(str(saved))  # the downloaded file reloads outside the lab
+        assert download.value.suggested_filename.startswith("mobilenet_v2_") and reloaded is not None
         netron = page.frame_locator("iframe").first
         accept = netron.get_by_text("Accept")
         if accept.count():
