@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages import _lab
+from pages import _state
 
 st.set_page_config(page_title="vislab", page_icon=":material/biotech:", layout="wide")
 pages = st.navigation([
@@ -19,10 +19,10 @@ pages = st.navigation([
     st.Page("pages/export.py", title="Export & Netron", icon=":material/account_tree:"),
     st.Page("pages/concepts.py", title="Concepts", icon=":material/school:"),
 ])
-_lab.init_state()
-_lab.clean_work_dirs()
+_state.init_state()
+_state.clean_work_dirs()
 sidebar = st.sidebar.container()
 try:
     pages.run()  # Streamlit keeps an unexpected error inside this page (see client.showErrorDetails)
 finally:  # after the page, so the sidebar shows what the page just changed (also after st.stop)
-    _lab.sidebar(sidebar)
+    _state.sidebar(sidebar)

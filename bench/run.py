@@ -133,6 +133,8 @@ def app_case() -> dict:
         page.goto(url)
         page.get_by_text("Strategy advisor").wait_for(timeout=60_000)
         first = time.perf_counter() - start
+        page.get_by_text("Real pretrained weights on this machine").wait_for(timeout=60_000)
+        complete = time.perf_counter() - start  # the catalog with its weight status drawn too
         nav = page.locator('[data-testid="stSidebarNav"]')
         nav.get_by_text("Model", exact=True).click()  # loads and caches the pretrained model
         page.get_by_text("Parameters by stage").wait_for(timeout=60_000)
@@ -144,8 +146,8 @@ def app_case() -> dict:
         page.get_by_role("heading", name="Model").wait_for(timeout=60_000)
         page.get_by_text("Parameters by stage").wait_for(timeout=60_000)
         switch = time.perf_counter() - s
-    return {"case": "d: app", "start_to_first_page_s": first, "server_healthy_s": healthy_s,
-            "page_switch_cached_s": switch}
+    return {"case": "d: app", "start_to_first_page_s": first, "start_to_complete_page_s": complete,
+            "server_healthy_s": healthy_s, "page_switch_cached_s": switch}
 
 
 def markdown(results: list[dict], meta: dict) -> str:
@@ -172,6 +174,8 @@ def markdown(results: list[dict], meta: dict) -> str:
         else:
             lines.append(f"| d: app, `streamlit run` → first page in Chromium | {r['start_to_first_page_s']:.1f} s"
                          " | | | < 5 s | |")
+            lines.append(f"| d: … and its catalog with weight status | {r['start_to_complete_page_s']:.1f} s"
+                         " | | | | |")
             lines.append(f"| d: page switch, model cached | {r['page_switch_cached_s']:.2f} s | | | < 1 s | |")
     return "\n".join(lines) + "\n"
 

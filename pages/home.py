@@ -1,9 +1,9 @@
 import streamlit as st
 
-from pages import _lab
-from vislab import advisor, plots
+from pages import _state
+from vislab import advisor, plots  # light: the heavy imports (torch, timm) wait until the catalog below
 
-_lab.init_state()
+_state.init_state()
 st.title("vislab — the transfer-learning lab")
 st.markdown(
     "Take a network trained on ImageNet, keep what it learned where that helps, and retrain the rest on "
@@ -23,13 +23,18 @@ with left:
     advice = advisor.advise(size, similarity)
     st.markdown(f"**{advice.title}.** {advice.why}")
     if st.button(f"Apply the `{advice.strategy}` preset", type="primary"):
+        from pages import _lab
+
         _lab.apply_preset(advice.strategy)
         st.success(f"Preset `{advice.strategy}` applied: see Freeze & BatchNorm.")
 with right:
-    _lab.chart(plots.strategy_matrix(size, similarity, advisor.MATRIX), key="matrix")
+    _state.chart(plots.strategy_matrix(size, similarity, advisor.MATRIX), key="matrix")
 
 st.subheader("Model catalog")
-rows = _lab.catalog_rows()
+with st.spinner("Reading which weights are on this machine…"):
+    from pages import _lab
+
+    rows = _lab.catalog_rows()
 ready = [r["model"] for r in rows if not r["weights"].startswith("none")]
 if ready:
     st.caption(f"Real pretrained weights on this machine: {', '.join(ready)}. The others start from random "
