@@ -30,9 +30,16 @@ layer = c2.selectbox("Target layer", layers if default in layers else [default] 
 extra_layers = c3.multiselect("Compare with layers", [l for l in layers if l != layer], key="cam_more_layers",
                               max_selections=3)
 c4, c5, c6 = st.columns([2, 2, 2])
-target_mode = c4.radio("Explain", ["predicted class", "a class by name"], horizontal=True, key="cam_target_mode")
+target_mode = c4.radio("Explain", ["predicted class", "one of the top 5", "a class by name"], horizontal=True,
+                       key="cam_target_mode")
 class_pick = None
-if target_mode == "a class by name":
+if target_mode == "one of the top 5":
+    x0 = eval_transform(ref.data_config)(images[0][1])[None]  # (1, 3, H, W): the first image decides the list
+    probs, idx = _lab.cached_view("topk", ref.model, images[:1], (), lambda: cam.predict_topk(ref.model, x0, 5))
+    top = [(ref.classes[j], float(p)) for p, j in zip(probs[0], idx[0])]
+    class_pick = c5.selectbox("Class", [n for n, _ in top], key="cam_topk_class",
+                              format_func=lambda n: f"{n} ({dict(top)[n]:.1%})")
+elif target_mode == "a class by name":
     class_pick = c5.selectbox("Class", ref.classes, key="cam_class")
 opacity = c6.slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="cam_opacity")
 scale = c6.selectbox("Colour map", list(plots.CAM_COLOURSCALES), key="cam_colours")

@@ -349,3 +349,17 @@ def test_concepts_page_computes_every_demo():
     assert "Gradient norm per layer at initialisation" in titles and "softmax rows (each sums to 1)" in titles
     table = at.table[0].value
     assert list(table["flatten head"])[1] == "works" and list(table["flatten head"])[0].startswith("fails")
+
+
+def test_cam_explains_any_of_the_top5_classes():
+    at = _app()
+    at.switch_page("pages/cam.py").run()
+    at.radio(key="cam_target_mode").set_value("one of the top 5").run()
+    options = at.selectbox(key="cam_topk_class").options
+    assert len(options) == 5 and "Egyptian cat" in options[0]
+    at.selectbox(key="cam_topk_class").set_value("tabby").run()
+    at.multiselect(key="cam_methods").set_value(["GradCAM"]).run()
+    next(b for b in at.button if b.label == "Compute").click().run()
+    assert not at.exception and not at.error
+    titles = [a["text"] for a in json.loads(at.get("plotly_chart")[-1].proto.spec)["layout"]["annotations"]]
+    assert any("tabby" in t for t in titles)
