@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from vislab.features import ViewNotApplicable, inference
+from vislab.features import ViewNotApplicable, forward_with_hooks
 
 ATTENTION_MODELS = ("vit_tiny_patch16_224",)  # catalog models with self-attention, for error messages
 HEAD_FUSIONS = ("mean", "max", "min")
@@ -63,13 +63,8 @@ def attention_maps(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
             maps[name] = output.detach().float().cpu().clone()  # (B, heads, N, N)
         return hook
 
-    handles = [m.attn_drop.register_forward_hook(make(name)) for name, m in mods]
-    try:
-        with unfused_attention(model), inference(model):
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    with unfused_attention(model):
+        forward_with_hooks(model, [(m.attn_drop, make(name)) for name, m in mods], x)
     return [maps[name] for name, _ in mods if name in maps]
 
 

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from vislab import data, evaluation, experiment, freezing, runs
@@ -141,7 +140,3 @@ def markdown(rows: list[Row]) -> str:
                  for v in r.summary().values()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def per_class_accuracy(row: Row) -> np.ndarray:
-    return evaluation.per_class_accuracy(np.asarray(row.confusion))

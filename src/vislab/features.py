@@ -39,6 +39,17 @@ def inference(model: nn.Module):
             m.training = flag
 
 
+def forward_with_hooks(model: nn.Module, hooks: list[tuple[nn.Module, object]], x: torch.Tensor) -> None:
+    """One eval-mode forward without gradients with temporary forward hooks [(module, hook)], always removed."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
+    try:
+        with inference(model):
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
     """The first Conv2d (definition order) that reads the 3 RGB channels: the filters a person can look at."""
     for name, module in model.named_modules():
@@ -84,12 +95,7 @@ def activations(model: nn.Module, layer_name: str, x: torch.Tensor) -> torch.Ten
         out = output[0] if isinstance(output, (tuple, list)) else output
         seen.append(out.detach().clone())  # clone: later in-place ops (ReLU, +=) must not change it
 
-    handle = layer.register_forward_hook(hook)
-    try:
-        with inference(model):
-            model(x)
-    finally:
-        handle.remove()
+    forward_with_hooks(model, [(layer, hook)], x)
     if not seen:
         raise ValueError(f"layer {layer_name} did not run in the forward pass")
     out = seen[0]

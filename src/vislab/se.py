@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from vislab.features import ViewNotApplicable, inference
+from vislab.features import ViewNotApplicable, forward_with_hooks
 
 SE_TYPES = {  # class name -> attribute holding the gate activation
     "SqueezeExcitation": "scale_activation",
@@ -109,20 +109,14 @@ def _gate_hooks(model: nn.Module, blocks: list[str], store: dict) -> list:
             store[name] = output.detach().flatten(1).float().cpu().clone()  # (B, C, 1, 1) -> (B, C)
         return hook
 
-    return [gate_module(model.get_submodule(b)).register_forward_hook(make(b)) for b in blocks]
+    return [(gate_module(model.get_submodule(b)), make(b)) for b in blocks]
 
 
 def se_gates(model: nn.Module, x: torch.Tensor) -> SEGates:
     """Every SE block's gate for a batch `x` (B, 3, H, W), from one eval-mode forward without gradients."""
     blocks = _require_se(model)
     store: dict[str, torch.Tensor] = {}
-    handles = _gate_hooks(model, blocks, store)
-    try:
-        with inference(model):
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, _gate_hooks(model, blocks, store), x)
     ran = [b for b in blocks if b in store]  # a block the forward never reached has no gate
     return SEGates(ran, [store[b].numpy() for b in ran])
 
@@ -148,13 +142,7 @@ def block_input_output(model: nn.Module, block_name: str,
     def on_gate(module, args, output):
         seen["gate"] = output.detach().flatten(1).clone()  # (B, C)
 
-    handles = [block.register_forward_hook(on_block), gate.register_forward_hook(on_gate)]
-    try:
-        with inference(model):
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, [(block, on_block), (gate, on_gate)], x)
     return seen["input"], seen["gate"], seen["output"]
 
 

@@ -237,15 +237,6 @@ def import_file(file: str | Path, name: str) -> WeightsStatus:
     return status(name, "timm" if hasattr(model, "pretrained_cfg") else "torchvision")
 
 
-def remove_imported(name: str) -> None:
-    manifest = read_manifest()
-    record = manifest.get(name)
-    if record and record.get("source") == "imported":
-        Path(record["file"]).unlink(missing_ok=True)
-        del manifest[name]
-        _write_manifest(manifest)
-
-
 def pull(name: str, source: str) -> WeightsStatus:
     """Online: download the default pretrained weights with torchvision's / timm's own code."""
     try:
