@@ -1,3 +1,4 @@
+import dataclasses
 import shutil
 import time
 
@@ -118,14 +119,33 @@ a = st.columns(5)
 aug = Augment(crop=a[0].toggle("random crop", aug.crop), hflip=a[1].toggle("h-flip", aug.hflip),
               vflip=a[2].toggle("v-flip", aug.vflip), rotate=a[3].toggle("rotate ±15°", aug.rotate),
               color=a[4].toggle("colour jitter", aug.color))
+if aug.any:
+    views = st.number_input(
+        "Augmented views to cache per image", 0, 32, aug.views,
+        help="0: a new random view of every image each epoch, so the frozen layers run every epoch (slow). "
+             "K: K fixed random views per image, epoch e trains on view e mod K; a frozen prefix then runs "
+             "once on K x the images and training is cached (fast).")
+    aug = dataclasses.replace(aug, views=int(views))
 ss["augment"] = aug
 model, info = _lab.working()
 sample = load_image(train_items[0][0])
 tf = train_transform(info.data_config, aug)
-views = [crop_seen(sample, info.data_config)] + [
-    plots.to_pil(denormalize(tf(sample), info.data_config)) for _ in range(5)]
-labels = ["what the model sees"] + [f"augmented #{k}" for k in range(1, 6)]
+if aug.any and aug.views:  # the exact fixed views training will use for this image (same seed)
+    fixed = data.AugmentedViews(train_items[:1], tf, aug.views, ds.seed)
+    shown = min(5, aug.views)
+    views = [crop_seen(sample, info.data_config)] + [
+        plots.to_pil(denormalize(fixed[v][0], info.data_config)) for v in range(shown)]
+    labels = ["what the model sees"] + [f"view {v} (epoch {v + 1}, {v + 1 + aug.views}, …)" for v in range(shown)]
+else:
+    views = [crop_seen(sample, info.data_config)] + [
+        plots.to_pil(denormalize(tf(sample), info.data_config)) for _ in range(5)]
+    labels = ["what the model sees"] + [f"augmented #{k}" for k in range(1, 6)]
 st.image(views, caption=labels, width=150)
 _lab.download_png(plots.image_grid(views, labels, cols=6, cell=150), "augmentations.png")
 if not aug.any:
     st.caption("All augmentations off: every epoch sees the same pixels (later, frozen features can be cached).")
+elif aug.views:
+    st.caption(f"{aug.views} fixed random view(s) per image, reused every {aug.views} epoch(s): the frozen "
+               "layers can be cached on them.")
+else:
+    st.caption("New random views every epoch: training runs the whole network each epoch (no feature cache).")

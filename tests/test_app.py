@@ -363,3 +363,28 @@ def test_cam_explains_any_of_the_top5_classes():
     assert not at.exception and not at.error
     titles = [a["text"] for a in json.loads(at.get("plotly_chart")[-1].proto.spec)["layout"]["annotations"]]
     assert any("tabby" in t for t in titles)
+
+
+def test_augmented_views_set_on_the_data_page_are_cached_by_training(synthetic):
+    at = _app()
+    _pick_model(at, "test_resnet")
+    _upload_zip(at, _zip_of(synthetic))
+    next(t for t in at.toggle if t.label == "h-flip").set_value(True).run()
+    assert any("New random views every epoch" in c.value for c in at.caption)
+    views = next(n for n in at.number_input if n.label == "Augmented views to cache per image")
+    views.set_value(2).run()
+    assert not at.exception
+    assert at.session_state["augment"].views == 2 and at.session_state["augment"].hflip
+    assert any("2 fixed random view(s)" in c.value for c in at.caption)
+    at.switch_page("pages/train.py").run()
+    at.number_input[0].set_value(2).run()  # epochs
+    at.select_slider[1].set_value(64).run()  # image size
+    next(b for b in at.button if b.label == "Start training").click().run()
+    deadline = time.time() + 90
+    while at.session_state["job"].running and time.time() < deadline:
+        time.sleep(0.5)
+    at.run()
+    job = at.session_state["job"]
+    assert job.status == "done", job.message
+    assert job.cache and job.cache[0].startswith("features cached"), job.cache
+    assert json.loads((job.result.run_dir / "config.json").read_text())["augment"]["views"] == 2

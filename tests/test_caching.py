@@ -5,13 +5,14 @@ import torch
 
 from vislab import caching, data, experiment, models
 from vislab.training import TrainConfig
+from vislab.transforms import Augment
 
 
-def _train(synthetic, name, strategy, cache, head="linear", thaw_last=1, epochs=2):
+def _train(synthetic, name, strategy, cache, head="linear", thaw_last=1, epochs=2, augment=None, pool=None):
     spec = experiment.Spec(model=name, strategy=strategy, head=head, weights="auto", img_size=64,
-                           thaw_last=thaw_last,
+                           thaw_last=thaw_last, augment=augment or Augment(),
                            train=TrainConfig(epochs=epochs, batch_size=8, device="cpu", seed=1, cache=cache))
-    return experiment.train(spec, data.scan_folder(synthetic), None)
+    return experiment.train(spec, data.scan_folder(synthetic), None, cache_pool=pool)
 
 
 @pytest.mark.parametrize("name, strategy, head", [
@@ -58,3 +59,52 @@ def test_large_features_spill_to_disk_and_train_the_same(synthetic, monkeypatch)
     assert "on disk" in spilled.history.cache[0]
     for a, b in zip(spilled.history.epochs, full.history.epochs):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4, abs=1e-5)
+
+
+def test_augmented_views_are_cached_and_train_like_the_full_loop(synthetic):
+    """K fixed augmented views per image: the prefix runs once on K x the images, and training (epoch e on
+    view e mod K, the same order) matches the full loop over the same views."""
+    aug = Augment(crop=True, hflip=True, color=True, views=2)
+    cached = _train(synthetic, "test_resnet", "partial", True, epochs=3, augment=aug)
+    full = _train(synthetic, "test_resnet", "partial", False, epochs=3, augment=aug)
+    assert cached.history.cache[0].startswith("features cached")
+    for a, b in zip(cached.history.epochs, full.history.epochs, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4, abs=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4, abs=1e-5)
+    # and the views really differ from the plain transform and from each other
+    plain = _train(synthetic, "test_resnet", "partial", True, epochs=3)
+    assert plain.history.epochs[0]["train_loss"] != pytest.approx(cached.history.epochs[0]["train_loss"])
+    one_view = _train(synthetic, "test_resnet", "partial", True, epochs=3, augment=Augment(crop=True, views=1))
+    two_views = _train(synthetic, "test_resnet", "partial", True, epochs=3, augment=Augment(crop=True, views=2))
+    assert one_view.history.epochs[1]["train_loss"] != pytest.approx(two_views.history.epochs[1]["train_loss"])
+
+
+def test_fresh_augmentation_falls_back_and_says_why(synthetic):
+    result = _train(synthetic, "test_resnet", "head", True, epochs=1, augment=Augment(hflip=True))
+    assert result.history.cache[0].startswith("no feature cache") and "augment" in result.history.cache[0]
+
+
+def test_a_view_is_the_same_pixels_every_time_and_views_differ(synthetic):
+    from vislab.transforms import train_transform
+
+    items = data.scan_folder(synthetic).items[:3]
+    cfg = models.create_model("test_resnet", 3, weights_choice="random")[1].data_config
+    views = data.AugmentedViews(items, train_transform(cfg, Augment(crop=True, color=True)), views=3, seed=0)
+    assert len(views) == 9
+    torch.manual_seed(123)
+    first = views[4][0]
+    torch.manual_seed(999)  # the global RNG does not matter, and is not consumed
+    state = torch.random.get_rng_state()
+    assert torch.equal(first, views[4][0]) and torch.equal(state, torch.random.get_rng_state())
+    assert not torch.equal(views[1][0], views[4][0])  # view 0 vs view 1 of image 1
+
+
+def test_shared_features_are_not_reused_for_other_images_or_sizes(synthetic):
+    """The pool (Compare's shared cache) keys on the images and their transform, not just their count."""
+    pool: dict = {}
+    _train(synthetic, "test_resnet", "head", True, epochs=1, pool=pool)
+    again = _train(synthetic, "test_resnet", "head", True, epochs=1, pool=pool)
+    assert "shared" in again.history.cache[0]
+    flipped = _train(synthetic, "test_resnet", "head", True, epochs=1, pool=pool,
+                     augment=Augment(hflip=True, views=1))
+    assert "shared" not in flipped.history.cache[0] and flipped.history.cache[0].startswith("features cached")

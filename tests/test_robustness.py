@@ -193,11 +193,14 @@ def test_nan_loss_stops_with_a_hint_and_keeps_the_last_good_checkpoint(synthetic
 
 def test_a_run_resumes_from_disk(synthetic, tmp_path, capsys):
     args = ["train", "--data", str(synthetic), "--model", "test_resnet", "--weights", "auto", "--epochs", "1",
-            "--img-size", "64", "--batch-size", "8"]
+            "--img-size", "64", "--batch-size", "8", "--augment", "--aug-views", "2"]
     assert cli.main(args + ["--out", str(tmp_path / "first")]) == 0
     assert cli.main(args + ["--resume", str(tmp_path / "first"), "--out", str(tmp_path / "second")]) == 0
     config = json.loads((tmp_path / "second" / "config.json").read_text())
     assert config["resumed_from"] == str((tmp_path / "first").resolve())
+    assert config["augment"] == {"crop": True, "hflip": True, "vflip": False, "rotate": False, "color": False,
+                                 "views": 2}  # its settings carry over, augmentation included
+    assert config["feature_cache"][0].startswith("features cached")
     first, _ = runs.load(tmp_path / "first")
     second, _ = runs.load(tmp_path / "second")
     assert not torch.equal(first.fc.weight, second.fc.weight)  # it trained on from the saved weights

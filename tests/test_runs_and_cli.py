@@ -72,6 +72,9 @@ def test_stop_flag_ends_training_early(synthetic, tmp_path):
     (["train", "--data", "sample", "--epochs", "1", "--strategy", "sideways", "--out", "x"], "invalid choice"),
     (["train", "--data", "sample", "--model", "no_such_net", "--epochs", "1", "--out", "x"], "unknown model"),
     (["data", "check", "/no/such/place"], "no such file"),
+    (["train", "--data", "sample", "--epochs", "1", "--lr", "nan", "--out", "x"], "finite"),
+    (["train", "--data", "sample", "--epochs", "1", "--aug-views", "-1", "--out", "x"], "0 or more"),
+    (["train", "--data", "sample", "--epochs", "1", "--aug-views", "2", "--out", "x"], "add --augment"),
 ])
 def test_bad_arguments_give_one_line_and_exit_2(argv, message, capsys):
     try:

@@ -22,6 +22,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from vislab import freezing
+from vislab.data import ViewSampler
 from vislab.heads import set_module
 
 MEMORY_LIMIT_BYTES = 1 << 30  # features up to 1 GiB stay in memory; larger ones spill to a file on disk
@@ -177,7 +178,7 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
         return None, "nothing frozen before the first trainable layer"
     if not reproduces(model, prefix, first_x):
         return None, "this model's forward does work between its frozen modules (e.g. position embeddings)"
-    key = (_fingerprint(model, prefix), len(train_loader.dataset), len(val_loader.dataset))
+    key = (_fingerprint(model, prefix), _data_key(train_loader.dataset), _data_key(val_loader.dataset))
     if pool is not None and key in pool:
         feats, nbytes, spill = pool[key]
         return _cache(prefix, feats, train_loader, val_loader, seed, 0.0, nbytes, spill, shared=True), ""
@@ -210,11 +211,27 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
     return _cache(prefix, feats, train_loader, val_loader, seed, time.perf_counter() - start, nbytes, spill), ""
 
 
+def _data_key(ds) -> tuple:
+    """Identifies what a dataset feeds the prefix: its images, their transform (size, crop, normalisation,
+    augmentation) and, for augmented views, how many and their seed. Any change means new features."""
+    items = getattr(ds, "items", None)
+    if items is None:
+        return (type(ds).__name__, id(ds), len(ds))
+    return (type(ds).__name__, tuple(items), repr(getattr(ds, "transform", None)), getattr(ds, "views", 1),
+            getattr(ds, "seed", None))
+
+
 def _cache(prefix, feats, train_loader, val_loader, seed, seconds, nbytes, spill, shared=False) -> Cache:
-    """Loaders over cached features, shuffled by their own seeded generator (the image loader's order)."""
-    gen = torch.Generator().manual_seed(seed)
-    train = DataLoader(TensorDataset(*feats["train"]), batch_size=train_loader.batch_size, shuffle=True,
-                       generator=gen, drop_last=train_loader.drop_last)
+    """Loaders over cached features. Training batches come from the image loader's own sampler object
+    (its order and, for AugmentedViews, its view per epoch), or, for a plain loader, a seeded shuffle."""
+    features = TensorDataset(*feats["train"])
+    if isinstance(train_loader.sampler, ViewSampler):
+        train = DataLoader(features, batch_size=train_loader.batch_size, sampler=train_loader.sampler,
+                           drop_last=train_loader.drop_last)
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        train = DataLoader(features, batch_size=train_loader.batch_size, shuffle=True, generator=gen,
+                           drop_last=train_loader.drop_last)
     val = DataLoader(TensorDataset(*feats["val"]), batch_size=val_loader.batch_size, shuffle=False)
     return Cache(prefix, train, val, seconds, nbytes, spill, shared)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import threading
 import time
@@ -20,14 +21,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"vislab: error: {message} (see `vislab {self.prog.split()[-1]} --help`)\n")
 
 
-def _positive(kind):
+def _positive(kind, zero_ok: bool = False):
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if value < 0 or (value == 0 and not zero_ok):
+            raise argparse.ArgumentTypeError(f"must be {'0 or more' if zero_ok else 'positive'}, got {text}")
         return value
     return parse
 
@@ -119,6 +122,8 @@ def cmd_train(args) -> int:
     from vislab.training import TrainConfig
     from vislab.transforms import Augment
 
+    if args.aug_views and not args.augment:
+        raise CliError("--aug-views caches augmented views: add --augment")
     report = data.load_dataset(data.resolve(args.data), paths.work_dir() / "cli")
     if not report.usable:
         raise CliError(f"dataset not usable: {'; '.join(report.errors)}")
@@ -131,7 +136,7 @@ def cmd_train(args) -> int:
         model=args.model, strategy=args.strategy, thaw_last=args.thaw_last, bn=args.bn, head=args.head,
         weights="random" if args.strategy == "scratch" else args.weights, img_size=args.img_size,
         per_class=args.per_class, val_frac=args.val_frac,
-        augment=Augment(hflip=args.augment, crop=args.augment),
+        augment=Augment(hflip=args.augment, crop=args.augment, views=args.aug_views),
         train=TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                           device=args.device, num_workers=args.workers, cache=not args.no_cache,
                           layer_decay=args.layer_decay),
@@ -265,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--per-class", type=_positive(int), default=None, help="use at most N images per class")
     t.add_argument("--val-frac", type=float, default=0.2)
     t.add_argument("--augment", action="store_true", help="random crops and flips while training")
+    t.add_argument("--aug-views", type=_positive(int, zero_ok=True), default=0, metavar="K",
+                   help="with --augment: K fixed random views per image, cached with the frozen prefix "
+                        "(default 0: new views every epoch, the full loop)")
     t.add_argument("--workers", type=int, default=-1,
                    help="DataLoader worker processes (default: 0 on the CPU, cores - 1 with a GPU)")
     t.add_argument("--layer-decay", type=_positive(float), default=None,

@@ -86,12 +86,20 @@ def train(
     model, info, phases = prepared or prepare(spec, len(report.classes), base, base_info)
     train_items, val_items = data.split(report.items, spec.val_frac, spec.train.seed)
     cfg = info.data_config
-    train_ds = data.ImageDataset(train_items, train_transform(cfg, spec.augment))
+    augment = spec.augment
+    if augment.any and augment.views > 0:  # K fixed views: the frozen prefix can still be cached
+        train_ds = data.AugmentedViews(train_items, train_transform(cfg, augment), augment.views, spec.train.seed)
+    else:
+        train_ds = data.ImageDataset(train_items, train_transform(cfg, augment))
     val_ds = data.ImageDataset(val_items, eval_transform(cfg))
     device = training.pick_device(spec.train.device)
     train_loader, val_loader = training.make_loaders(train_ds, val_ds, spec.train, device)
-    cfg_train = dataclasses.replace(spec.train, cache=spec.train.cache and not spec.augment.any)
-    history = training.fit(model, train_loader, val_loader, phases, cfg_train, on_event, stop, cache_pool)
+    fresh_views = augment.any and augment.views == 0  # new random pixels every epoch: nothing to cache
+    cfg_train = dataclasses.replace(spec.train, cache=spec.train.cache and not fresh_views)
+    why_off = ("random augmentation draws new views every epoch, so the full loop runs (cache K fixed "
+               "augmented views per image to use the cache)" if fresh_views and spec.train.cache else "turned off")
+    history = training.fit(model, train_loader, val_loader, phases, cfg_train, on_event, stop, cache_pool,
+                           why_off)
     run_dir = None
     if out is not None and history.epochs:
         config = {
@@ -132,7 +140,7 @@ def resume(run_dir: str | Path, report: data.DataReport, epochs: int, out: str |
     train_cfg = TrainConfig(**{**cfg["train"], "epochs": epochs})
     spec = Spec(model=cfg["model"], strategy=cfg["strategy"], thaw_last=cfg.get("thaw_last", 1), bn=cfg.get("bn"),
                 head=cfg["head_kind"], weights="auto", img_size=run.data_config.size, val_frac=cfg["val_frac"],
-                per_class=cfg.get("per_class"), train=train_cfg)
+                per_class=cfg.get("per_class"), train=train_cfg, augment=Augment(**cfg.get("augment", {})))
     info = models.ModelInfo(cfg["model"], cfg["source"], cfg["head"], cfg["head_kind"], len(run.classes),
                             run.data_config, WeightsStatus(cfg["model"], None, None), [f"resumed from {run.path}"])
     last_lr = cfg["phases"][-1]["lr"] if cfg.get("phases") else train_cfg.lr

@@ -20,6 +20,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from vislab import caching, freezing
+from vislab.data import ViewSampler
 from vislab.freezing import FreezePlan
 
 
@@ -114,9 +115,12 @@ def make_loaders(train_ds, val_ds, cfg: TrainConfig, device: torch.device):
     gen = torch.Generator().manual_seed(cfg.seed)
     pin = device.type == "cuda"
     workers = cfg.num_workers if cfg.num_workers >= 0 else (min(8, max(1, (os.cpu_count() or 2) - 1)) if pin else 0)
+    # one sampler object, shared later with the cached-feature loader (caching.py): same order, same views
+    n = getattr(train_ds, "n_images", len(train_ds))
+    sampler = ViewSampler(n, getattr(train_ds, "views", 1), gen)
     # a last batch of one sample breaks BatchNorm in training mode: drop it only then
-    drop_last = len(train_ds) % cfg.batch_size == 1 and len(train_ds) > cfg.batch_size
-    train = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=drop_last,
+    drop_last = n % cfg.batch_size == 1 and n > cfg.batch_size
+    train = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last,
                        num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
     val = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
     return train, val
@@ -185,6 +189,7 @@ def fit(
     on_event: Callable[[Event], None] | None = None,
     stop: threading.Event | None = None,
     cache_pool: dict | None = None,
+    why_no_cache: str = "turned off",
 ) -> History:
     """Train through the phases; returns per-epoch metrics and the best state (by val acc, then loss).
 
@@ -207,7 +212,7 @@ def fit(
         optimizer = make_optimizer(model, phase.lr, cfg.weight_decay, cfg.layer_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(phase.epochs, 1))
         emit(Event("phase", epoch, total_epochs, phase=phase.name, message=f"{phase.name}: lr {phase.lr:g}"))
-        cache, why = None, "caching is off (random augmentation, or turned off)"
+        cache, why = None, why_no_cache
         if cfg.cache:
             with torch.random.fork_rng(devices=[]):  # building it must not shift the dropout RNG stream
                 cache, why = caching.build(model, train_loader, val_loader, device, cfg.seed, stop, cache_pool)

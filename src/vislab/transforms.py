@@ -53,10 +53,13 @@ class Augment:
     vflip: bool = False  # vertical flip, p=0.5 (fine for textures, wrong for most photos)
     rotate: bool = False  # random rotation up to 15 degrees
     color: bool = False  # brightness / contrast / saturation jitter 0.2
+    # 0: a new random view of each image every epoch (the full loop runs); K > 0: K fixed random views per
+    # image, epoch e using view e mod K, so a frozen prefix can be cached on K x the images (caching.py)
+    views: int = 0
 
     @property
     def any(self) -> bool:
-        return any(asdict(self).values())
+        return any(v for k, v in asdict(self).items() if k != "views")
 
     def to_dict(self) -> dict:
         return asdict(self)
