@@ -86,6 +86,24 @@ def test_bad_arguments_give_one_line_and_exit_2(argv, message, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+def test_out_that_is_a_file_or_holds_a_run_is_refused_before_training(synthetic, tmp_path, capsys):
+    args = ["train", "--data", str(synthetic), "--model", "test_resnet", "--weights", "auto", "--epochs", "1",
+            "--img-size", "64"]
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    assert cli.main(args + ["--out", str(a_file)]) == 2
+    assert "is a file" in capsys.readouterr().err and a_file.read_text() == "keep me"
+    assert cli.main(args + ["--out", str(tmp_path / "run")]) == 0
+    before = (tmp_path / "run" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert cli.main(args + ["--seed", "3", "--out", str(tmp_path / "run")]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == before  # nothing overwritten
+    assert cli.main(["export", "--run", str(tmp_path / "run"), "--format", "torchscript",
+                     "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
 def test_models_command_lists_catalog(capsys):
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out

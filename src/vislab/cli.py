@@ -117,11 +117,22 @@ class _Progress:
             print(e.message, file=sys.stderr)
 
 
+def _out_folder(out: str, holds: str, what: str) -> Path:
+    """A folder to write results into: refused, before any work, if it is a file or already holds results."""
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise CliError(f"--out {out} is a file, not a folder")
+    if (folder / holds).exists():
+        raise CliError(f"--out {out} already holds {what}: choose a new folder (nothing was overwritten)")
+    return folder
+
+
 def cmd_train(args) -> int:
     from vislab import data, experiment, freezing, paths
     from vislab.training import TrainConfig
     from vislab.transforms import Augment
 
+    out = _out_folder(args.out, "model.safetensors", "a run")
     if args.aug_views and not args.augment:
         raise CliError("--aug-views caches augmented views: add --augment")
     report = data.load_dataset(data.resolve(args.data), paths.work_dir() / "cli")
@@ -131,7 +142,7 @@ def cmd_train(args) -> int:
         print(f"skipped {len(report.skipped)} unreadable or non-image files (vislab data check lists them)")
     if args.resume:
         print(f"resuming {args.resume} for {args.epochs} more epochs")
-        return _report_result(experiment.resume(args.resume, report, args.epochs, Path(args.out), _Progress()))
+        return _report_result(experiment.resume(args.resume, report, args.epochs, out, _Progress()))
     spec = experiment.Spec(
         model=args.model, strategy=args.strategy, thaw_last=args.thaw_last, bn=args.bn, head=args.head,
         weights="random" if args.strategy == "scratch" else args.weights, img_size=args.img_size,
@@ -153,7 +164,6 @@ def cmd_train(args) -> int:
           f"{len(report.classes)} classes, {len(data.subset(report, args.per_class, args.seed).items)} images")
     del model
     stop = threading.Event()
-    out = Path(args.out)
     try:
         result = experiment.train(spec, report, out, _Progress(), stop)
     except KeyboardInterrupt:
@@ -176,6 +186,7 @@ def _report_result(result) -> int:
 def cmd_compare(args) -> int:
     from vislab import compare, data, freezing, paths
 
+    out = _out_folder(args.out, "comparison.json", "a comparison")
     report = data.load_dataset(data.resolve(args.data), paths.work_dir() / "cli")
     if not report.usable:
         raise CliError(f"dataset not usable: {'; '.join(report.errors)}")
@@ -194,7 +205,7 @@ def cmd_compare(args) -> int:
         elif e.kind == "cache":
             print(f"{name}: {e.message}", flush=True)
 
-    rows = compare.run(args.model, report, configs, args.epochs, Path(args.out), img_size=args.img_size,
+    rows = compare.run(args.model, report, configs, args.epochs, out, img_size=args.img_size,
                        batch_size=args.batch_size, seed=args.seed, per_class=args.per_class, on_event=progress)
     print(compare.markdown(rows))
     print(f"wrote {Path(args.out) / 'comparison.csv'} and the run folders under {args.out}")
@@ -204,6 +215,9 @@ def cmd_compare(args) -> int:
 def cmd_export(args) -> int:
     from vislab import export, models, runs
 
+    if Path(args.out).is_dir():
+        raise CliError(f"--out {args.out} is a folder: give a file name, e.g. "
+                       f"{Path(args.out) / 'model'}{export.SUFFIX[args.format]}")
     if args.run:
         model, run = runs.load(args.run)
         name, cfg = run.config["model"], run.data_config
