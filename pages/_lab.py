@@ -36,7 +36,8 @@ class Dataset:
         return data.subset(self.report, self.per_class, self.seed)
 
     def split(self):
-        return data.split(self.used.items, self.val_frac, self.seed)
+        used = self.used
+        return data.split(used.items, self.val_frac, self.seed, used.fixed_val)
 
 
 def session_runs() -> Path:

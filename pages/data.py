@@ -93,12 +93,15 @@ if not report.usable:
     st.stop()
 
 c1, c2 = st.columns(2)
-ds.val_frac = c1.slider("Validation share", 0.1, 0.5, ds.val_frac, 0.05, key="val_frac")
+given = report.fixed_val is not None  # a train/ val/ layout: its own split is used
+ds.val_frac = c1.slider("Validation share", 0.1, 0.5, ds.val_frac, 0.05, key="val_frac", disabled=given,
+                        help="Not used: the dataset's own train/ val/ folders give the split." if given else None)
 ds.seed = int(c2.number_input("Split seed", 0, 10_000, ds.seed, key="split_seed"))
 train_items, val_items = ds.split()
 count = lambda items: {c: sum(1 for _, y in items if y == i) for i, c in enumerate(report.classes)}  # noqa: E731
+how = "as given by its folders" if given else f"stratified, seed {ds.seed}"
 st.markdown(f"**{len(report.items)} images, {len(report.classes)} classes** — {len(train_items)} for training, "
-            f"{len(val_items)} for validation (stratified, seed {ds.seed}).")
+            f"{len(val_items)} for validation ({how}).")
 _lab.chart(plots.class_balance(report.counts, count(train_items), count(val_items)), key="balance")
 
 st.subheader("Preview")

@@ -1,4 +1,5 @@
 import zipfile
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -110,10 +111,116 @@ def test_not_a_zip(tmp_path):
 
 
 def test_uploads_per_class(tmp_path):
-    blob = (_image(tmp_path / "x.png")).read_bytes()
-    report = data.from_uploads({"cats": [("a.png", blob), ("b.png", blob)], "dogs": [("c.png", blob)] * 3},
+    def blob(k):
+        return _image(tmp_path / f"x{k}.png", color=(10 * k, 30, 30)).read_bytes()
+
+    report = data.from_uploads({"cats": [("a.png", blob(1)), ("b.png", blob(2))],
+                                "dogs": [("c.png", blob(3)), ("c.png", blob(4)), (".png", blob(5))]},
                                tmp_path / "up")
     assert report.counts == {"cats": 2, "dogs": 3}
+
+
+def test_upload_class_names_are_cleaned_and_collisions_refused(tmp_path):
+    png = _image(tmp_path / "x.png").read_bytes()
+    other = _image(tmp_path / "y.png", color=(0, 0, 250)).read_bytes()
+    report = data.from_uploads({"a" * 300: [("1.png", png), ("2.png", other)],
+                                "nul\x00name/..": [("1.png", png), ("2.png", other)]}, tmp_path / "up")
+    assert report.usable and all(len(c.encode()) <= 120 and "\x00" not in c and "/" not in c
+                                 for c in report.classes)
+    with pytest.raises(data.DataError, match="both become the folder"):
+        data.from_uploads({"a/b": [("1.png", png)], "a_b": [("2.png", png)]}, tmp_path / "up2")
+
+
+def test_duplicates_inside_a_class_are_kept_once(tmp_path):
+    root = _dataset(tmp_path / "d")
+    (root / "a" / "copy.png").write_bytes((root / "a" / "0.png").read_bytes())
+    report = data.scan_folder(root)
+    assert any(p.endswith("copy.png") and "kept once" in why for p, why in report.skipped)
+    train, val = data.split(report.items, 0.5, 0)
+    assert not ({p for p, _ in train} & {p for p, _ in val})
+
+
+def test_a_train_val_layout_keeps_its_own_split(tmp_path):
+    for split, n in (("train", 4), ("val", 2)):
+        for c, color in (("cat", (200, 0, 0)), ("dog", (0, 0, 200))):
+            for i in range(n):
+                _image(tmp_path / "ds" / split / c / f"{i}.png", color=(color[0] + 5 * i + (split == "val"),
+                                                                       color[1], color[2]))
+    _image(tmp_path / "ds" / "test" / "cat" / "t.png")
+    report = data.scan_folder(tmp_path / "ds")
+    assert report.usable and report.classes == ["cat", "dog"]
+    assert any("train/ val/ layout" in w and "test/ is left out" in w for w in report.warnings)
+    train, val = data.split(report.items, 0.2, 0, report.fixed_val)
+    assert len(train) == 8 and len(val) == 4 and all("/val/" in p for p, _ in val)
+    assert not any("/test/" in p for p, _ in report.items)
+    small = data.subset(report, 1, 0)  # a per-class limit keeps the given split
+    tr, va = data.split(small.items, 0.2, 0, small.fixed_val)
+    assert all("/train/" in p for p, _ in tr) and all("/val/" in p for p, _ in va)
+
+
+def test_nested_class_folders_get_a_warning_and_numeric_classes_sort_naturally(tmp_path):
+    for c in ("10", "2", "1"):
+        for i in range(3):
+            _image(tmp_path / "ds" / c / f"{i}.png", color=(int(c) * 10 + i, 0, 0))
+    _image(tmp_path / "ds" / "1" / "inner" / "x.png", color=(1, 2, 3))
+    report = data.scan_folder(tmp_path / "ds")
+    assert report.classes == ["1", "2", "10"]
+    assert any("class '1' has sub-folders (inner)" in w for w in report.warnings)
+
+
+def test_zips_are_extracted_by_content_and_odd_names_never_delete_anything(tmp_path):
+    import zipfile
+
+    root = _dataset(tmp_path / "d")
+    work = tmp_path / "work"
+    keep = work / "keep.txt"
+    keep.parent.mkdir()
+    keep.write_text("another session's file")
+    archive = tmp_path / "...zip"  # its stem is '..'
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in root.rglob("*.png"):
+            zf.write(p, p.relative_to(root))
+    first = data.load_dataset(archive, work)
+    again = data.load_dataset(archive, work)
+    assert first.usable and first.root == again.root and Path(first.root).parent == work.resolve()
+    assert keep.read_text() == "another session's file"
+    long = tmp_path / "long.zip"
+    with zipfile.ZipFile(long, "w") as zf:
+        zf.writestr("a" * 300 + "/x.png", b"x")
+    with pytest.raises(data.DataError, match="cannot extract"):
+        data.load_dataset(long, work)
+    clash = tmp_path / "clash.zip"
+    with zipfile.ZipFile(clash, "w") as zf:
+        zf.writestr("a", b"file")
+        zf.writestr("a/x.png", b"x")
+    with pytest.raises(data.DataError, match="cannot extract"):
+        data.load_dataset(clash, work)
+    assert not [p for p in work.iterdir() if p.name.startswith(".extracting")]  # no half-extracted leftovers
+
+
+def test_unreadable_root_is_a_message(tmp_path, monkeypatch):
+    root = _dataset(tmp_path / "d")
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(Path, "iterdir", denied)
+    with pytest.raises(data.DataError, match="permission denied"):
+        data.scan_folder(root)
+
+
+def test_extreme_strips_and_nan_pixels(tmp_path):
+    import numpy as np
+
+    from vislab.transforms import load_image
+
+    strip = _image(tmp_path / "strip.png", size=(3000, 20))
+    assert "aspect ratio" in data.check_image(strip)
+    arr = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    arr[0, 0] = np.nan
+    arr[1, 1] = np.inf
+    Image.fromarray(arr, mode="F").save(tmp_path / "f.tif")
+    img = np.asarray(load_image(tmp_path / "f.tif"))
+    assert img.max() == 255 and img[32, 32, 0] > 50  # scaled by the finite pixels, not all black
 
 
 def test_odd_images_are_read_upright_rgb(tmp_path):

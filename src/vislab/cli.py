@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import threading
 import time
@@ -19,6 +20,18 @@ class CliError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own errors: one line, exit 2
         self.exit(EXIT_BAD_INPUT, f"vislab: error: {message} (see `vislab {self.prog.split()[-1]} --help`)\n")
+
+
+def _between(kind, low, high):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        if not low <= value <= high:  # False for nan too
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {text}")
+        return value
+    return parse
 
 
 def _positive(kind, zero_ok: bool = False):
@@ -119,6 +132,8 @@ class _Progress:
 
 def _out_folder(out: str, holds: str, what: str) -> Path:
     """A folder to write results into: refused, before any work, if it is a file or already holds results."""
+    if not out.strip():
+        raise CliError("--out needs a folder name")
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise CliError(f"--out {out} is a file, not a folder")
@@ -140,6 +155,10 @@ def cmd_train(args) -> int:
         raise CliError(f"dataset not usable: {'; '.join(report.errors)}")
     if report.skipped:
         print(f"skipped {len(report.skipped)} unreadable or non-image files (vislab data check lists them)")
+    for w in report.warnings[:10]:
+        print(f"warning: {w}")
+    if len(report.warnings) > 10:
+        print(f"… and {len(report.warnings) - 10} more warnings (vislab data check lists them)")
     if args.resume:
         print(f"resuming {args.resume} for {args.epochs} more epochs")
         return _report_result(experiment.resume(args.resume, report, args.epochs, out, _Progress()))
@@ -277,17 +296,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pretrained: fail if none here; auto: fall back to random init with a note")
     t.add_argument("--epochs", type=_positive(int), required=True)
     t.add_argument("--lr", type=_positive(float), default=1e-3)
-    t.add_argument("--img-size", type=_positive(int), default=None)
+    t.add_argument("--img-size", type=_between(int, 16, 1024), default=None, help="input size, 16-1024 px")
     t.add_argument("--batch-size", type=_positive(int), default=32)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     t.add_argument("--per-class", type=_positive(int), default=None, help="use at most N images per class")
-    t.add_argument("--val-frac", type=float, default=0.2)
+    t.add_argument("--val-frac", type=_between(float, 0.05, 0.9), default=0.2,
+                   help="share of each class held out for validation (ignored for a train/ val/ layout)")
     t.add_argument("--augment", action="store_true", help="random crops and flips while training")
     t.add_argument("--aug-views", type=_positive(int, zero_ok=True), default=0, metavar="K",
                    help="with --augment: K fixed random views per image, cached with the frozen prefix "
                         "(default 0: new views every epoch, the full loop)")
-    t.add_argument("--workers", type=int, default=-1,
+    t.add_argument("--workers", type=_between(int, -1, 64), default=-1,
                    help="DataLoader worker processes (default: 0 on the CPU, cores - 1 with a GPU)")
     t.add_argument("--layer-decay", type=_positive(float), default=None,
                    help="per-stage learning rates: lr at the head, x this per stage toward the stem (e.g. 0.7)")
@@ -304,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated: " + ",".join(freezing.STRATEGIES))
     c.add_argument("--epochs", type=_positive(int), required=True)
     c.add_argument("--lr", type=_positive(float), default=1e-3)
-    c.add_argument("--img-size", type=_positive(int), default=None)
+    c.add_argument("--img-size", type=_between(int, 16, 1024), default=None, help="input size, 16-1024 px")
     c.add_argument("--batch-size", type=_positive(int), default=32)
     c.add_argument("--per-class", type=_positive(int), default=None)
     c.add_argument("--seed", type=int, default=0)
@@ -318,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--model: pretrained weights if here (auto), required (pretrained), or random init")
     e.add_argument("--format", choices=("torchscript", "onnx", "pt2"), required=True)
     e.add_argument("--out", required=True, help="file to write (.pt, .onnx, .pt2)")
-    e.add_argument("--img-size", type=_positive(int), default=None, help="input size (default: the model's)")
+    e.add_argument("--img-size", type=_between(int, 16, 1024), default=None,
+                   help="input size, 16-1024 px (default: the model's)")
     return p
 
 
@@ -337,8 +358,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vislab: interrupted", file=sys.stderr)
         return 130
-    except RuntimeError as exc:
+    except Exception as exc:  # anything else (an unusual model's forward, a library's assertion): one line
+        if os.environ.get("VISLAB_DEBUG"):
+            raise
         if "out of memory" in str(exc).lower():
             print("vislab: error: out of memory: use a smaller --batch-size or --img-size", file=sys.stderr)
             return EXIT_BAD_INPUT
-        raise
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        print(f"vislab: error: {type(exc).__name__}: {first} (VISLAB_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1

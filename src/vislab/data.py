@@ -8,8 +8,12 @@ are reported as errors.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import random
+import re
 import shutil
+import tempfile
 import warnings
 import zipfile
 from collections import Counter
@@ -45,6 +49,8 @@ class DataReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # a train/ val/ layout gives its own split: the validation images' paths (None: split() draws one)
+    fixed_val: frozenset[str] | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -88,13 +94,31 @@ def check_image(path: Path) -> str | None:
         return f"unreadable image ({type(exc).__name__}: {exc})"
     if min(img.size) < 8:
         return f"too small ({img.size[0]}x{img.size[1]} px)"
+    if max(img.size) > MAX_ASPECT * min(img.size):
+        return (f"extreme aspect ratio ({img.size[0]}x{img.size[1]} px, over {MAX_ASPECT}:1): a square crop "
+                "would see a sliver of it")
     return None
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key: '2' before '10', case-insensitive first, then exact (class names that are numbers)."""
+    parts = re.split(r"(\d+)", name)
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t.casefold()) for t in parts if t), name
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except PermissionError:
+        raise DataError(f"cannot read the folder {folder} (permission denied)") from None
+    except OSError as exc:
+        raise DataError(f"cannot read the folder {folder} ({exc.strerror or exc})") from None
 
 
 def _class_root(root: Path) -> Path:
     """Step into a lone top folder (a zip of `data/` holding the class folders)."""
     while True:
-        entries = [p for p in root.iterdir() if not _hidden(p.relative_to(root))]
+        entries = [p for p in _entries(root) if not _hidden(p.relative_to(root))]
         dirs = [p for p in entries if p.is_dir()]
         if len(dirs) == 1 and not [p for p in entries if p.is_file()] and any(q.is_dir() for q in dirs[0].iterdir()):
             root = dirs[0]
@@ -102,40 +126,114 @@ def _class_root(root: Path) -> Path:
             return root
 
 
+SPLIT_DIRS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+              "test": "test", "testing": "test"}
+MAX_ASPECT = 50  # longer strips are skipped: resizing the short side would need huge images, the crop sees 2%
+
+
+def _subdirs(folder: Path, root: Path) -> list[Path]:
+    return [p for p in _entries(folder) if p.is_dir() and not p.is_symlink() and not _hidden(p.relative_to(root))]
+
+
+def _split_layout(root: Path, top: list[Path]) -> dict[str, Path] | None:
+    """{'train': dir, 'val': dir, ...} when the top folders are a train/ val/ (test/) layout of class folders."""
+    roles = {SPLIT_DIRS.get(p.name.casefold()): p for p in top}
+    if "train" not in roles or not ({"val", "test"} & roles.keys()) or len(top) != len(roles.keys() - {None}):
+        return None
+    if not all(_subdirs(d, root) for r, d in roles.items() if r):
+        return None
+    return {r: d for r, d in roles.items() if r}
+
+
 def scan_folder(root: str | Path, check: bool = True) -> DataReport:
-    """Read a class-folder dataset (`root/<class>/<image>`), validating every file."""
-    root = Path(root)
+    """Read a class-folder dataset (`root/<class>/<image>`), validating every file.
+
+    A `train/<class>/…` + `val/<class>/…` (or `test/`) layout is recognised: its classes are the folders
+    inside, and its own split is kept (report.fixed_val)."""
+    root = Path(root).resolve()
     if not root.is_dir():
         raise DataError(f"not a folder: {root}")
     root = _class_root(root)
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.relative_to(root)))
-    report = DataReport(str(root), [p.name for p in class_dirs], [])
-    for p in sorted(root.iterdir()):
+    top = _subdirs(root, root)
+    layout = _split_layout(root, top)
+    report = DataReport(str(root), [], [])
+    if layout:
+        val_dir = layout.get("val", layout.get("test"))
+        names = sorted({d.name for r in ("train", "val", "test") if r in layout
+                        for d in _subdirs(layout[r], root)}, key=natural_key)
+        report.classes = names
+        sources = [(layout["train"], False), (val_dir, True)]
+        note = (f"found a {layout['train'].name}/ {val_dir.name}/ layout: training on {layout['train'].name}/ "
+                f"and validating on {val_dir.name}/, as given (the validation fraction is not used)")
+        if "val" in layout and "test" in layout:
+            note += f"; {layout['test'].name}/ is left out, for your own final test"
+        report.warnings.append(note)
+    else:
+        report.classes = sorted((p.name for p in top), key=natural_key)
+        sources = [(root, False)]
+    for p in _entries(root):
         if p.is_file() and not _hidden(p.relative_to(root)) and p.suffix.lower() in IMAGE_EXTS:
             report.skipped.append((p.name, "image outside any class folder"))
-    digests: dict[str, str] = {}
-    for label, cdir in enumerate(class_dirs):
-        for path in sorted(cdir.rglob("*")):
-            rel = path.relative_to(root)
-            if _hidden(rel) or path.is_dir():
-                continue
-            if path.is_symlink():
-                report.skipped.append((str(rel), "symbolic link (not followed)"))
-                continue
-            if path.suffix.lower() not in IMAGE_EXTS:
-                report.skipped.append((str(rel), f"not an image extension ({path.suffix or 'none'})"))
-                continue
-            reason = check_image(path) if check else None
-            if reason:
-                report.skipped.append((str(rel), reason))
-                continue
-            digest = hashlib.sha1(path.read_bytes()).hexdigest()
-            if digest in digests and digests[digest].split("/")[0] != cdir.name:
-                report.warnings.append(f"{rel} is the same file as {digests[digest]} (in another class)")
-            digests.setdefault(digest, str(rel))
-            report.items.append((str(path), label))
+    for p in top:
+        if p.is_symlink():
+            report.skipped.append((p.name, "symbolic link to a folder (not followed)"))
+    digests: dict = {}  # digest -> first file; (digest, folder) -> first file in that folder
+    val_paths: set[str] = set()
+    for base, is_val in sources:
+        for label, name in enumerate(report.classes):
+            cdir = base / name
+            if cdir.is_dir() and not cdir.is_symlink():
+                _scan_class(cdir, root, label, report, digests, val_paths if is_val else None, check)
+    if layout:
+        report.fixed_val = frozenset(val_paths)
     _validate(report)
     return report
+
+
+def _scan_class(cdir: Path, root: Path, label: int, report: DataReport, digests: dict,
+                val_paths: set[str] | None, check: bool) -> None:
+    if not os.access(cdir, os.R_OK | os.X_OK):
+        report.skipped.append((str(cdir.relative_to(root)), "folder not readable (permission denied)"))
+        return
+    nested = sorted({p.relative_to(cdir).parts[0] for p in cdir.rglob("*")
+                     if p.is_dir() and not _hidden(p.relative_to(root))})
+    if nested:
+        shown = ", ".join(nested[:4]) + (", …" if len(nested) > 4 else "")
+        report.warnings.append(f"class '{cdir.name}' has sub-folders ({shown}): their images count as "
+                               f"'{cdir.name}'. If they are classes, make them top-level folders")
+    for path in sorted(cdir.rglob("*")):
+        rel = path.relative_to(root)
+        if _hidden(rel) or (path.is_dir() and not path.is_symlink()):
+            continue
+        if path.is_symlink():
+            report.skipped.append((str(rel), "symbolic link (not followed)"))
+            continue
+        if path.suffix.lower() not in IMAGE_EXTS:
+            report.skipped.append((str(rel), f"not an image extension ({path.suffix or 'none'})"))
+            continue
+        reason = check_image(path) if check else None
+        if reason:
+            report.skipped.append((str(rel), reason))
+            continue
+        try:
+            digest = hashlib.sha1(path.read_bytes()).hexdigest()
+        except OSError as exc:
+            report.skipped.append((str(rel), f"unreadable ({exc.strerror or exc})"))
+            continue
+        folder = str(cdir.relative_to(root))
+        same_folder = digests.get((digest, folder))
+        if same_folder is not None:
+            report.skipped.append((str(rel), f"same bytes as {same_folder}: kept once, so a copy cannot land in "
+                                             "both training and validation"))
+            continue
+        first = digests.get(digest)
+        if first is not None:
+            report.warnings.append(f"{rel} is the same file as {first} (in another folder)")
+        digests.setdefault(digest, str(rel))
+        digests[(digest, folder)] = str(rel)
+        report.items.append((str(path), label))
+        if val_paths is not None:
+            val_paths.add(str(path))
 
 
 def _validate(report: DataReport) -> None:
@@ -144,10 +242,17 @@ def _validate(report: DataReport) -> None:
         report.errors.append("no class folders found: expected <root>/<class name>/<images>")
     elif len(report.classes) == 1:
         report.errors.append(f"only one class ('{report.classes[0]}'): a classifier needs at least two")
+    if report.fixed_val is not None:
+        in_train = Counter(label for path, label in report.items if path not in report.fixed_val)
+        for i, name in enumerate(report.classes):
+            if counts[name] and not in_train.get(i):
+                report.errors.append(f"class '{name}' has no training images (only in the validation folder)")
+            elif counts[name] and in_train.get(i) == counts[name]:
+                report.warnings.append(f"class '{name}' has no validation images")
     for name, n in counts.items():
         if n == 0:
             report.errors.append(f"class '{name}' has no usable images")
-        elif n < MIN_PER_CLASS:
+        elif n < MIN_PER_CLASS and report.fixed_val is None:
             report.errors.append(f"class '{name}' has {n} image: at least {MIN_PER_CLASS} are needed to split")
         elif n < FEW_PER_CLASS:
             report.warnings.append(f"class '{name}' has only {n} images: results will be noisy")
@@ -187,12 +292,18 @@ def extract_zip(archive: str | Path, dest: str | Path) -> tuple[Path, list[tuple
             target = (base / name).resolve()
             if not target.is_relative_to(base):
                 raise DataError(f"{archive.name} has an unsafe path '{m.filename}': refused")
-            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DataError(f"{archive.name}: cannot extract '{m.filename}' here "
+                                f"({exc.strerror or exc}; a name too long, or a file and a folder of one name?)") from None
             try:
                 with zf.open(m) as src, open(target, "wb") as out:
                     shutil.copyfileobj(src, out)
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            except (zipfile.BadZipFile, EOFError) as exc:
                 raise DataError(f"{archive.name} is damaged at '{m.filename}' ({exc})") from None
+            except OSError as exc:
+                raise DataError(f"{archive.name}: cannot extract '{m.filename}' ({exc.strerror or exc})") from None
     return dest, skipped
 
 
@@ -205,30 +316,81 @@ def load_dataset(path: str | Path, work: str | Path | None = None) -> DataReport
         return scan_folder(path)
     if work is None:
         raise DataError("a zip needs a work folder to extract into")
-    target = Path(work) / path.stem
-    if target.exists():
-        shutil.rmtree(target)
-    folder, left_out = extract_zip(path, target)
+    folder, left_out = _extracted(path, Path(work))
     report = scan_folder(folder)
     report.skipped = left_out + report.skipped
     return report
 
 
+def _extracted(archive: Path, work: Path) -> tuple[Path, list[tuple[str, str]]]:
+    """The zip extracted under `work`, in a folder named by its content: the same zip is extracted once and
+    reused, and no call ever deletes a folder another one may be reading. A new zip goes into a temporary
+    folder first and takes its place only when complete."""
+    digest = hashlib.sha1()
+    try:
+        with open(archive, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise DataError(f"cannot read {archive.name} ({exc.strerror or exc})") from None
+    stem = re.sub(r"[^\w-]+", "_", archive.stem).strip("_")[:40] or "archive"
+    target = work / f"{stem}-{digest.hexdigest()[:12]}"
+    done = target / ".vislab-extracted.json"
+    if done.is_file():
+        return target, [tuple(s) for s in json.loads(done.read_text())]
+    work.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".extracting-", dir=work))
+    try:
+        _, left_out = extract_zip(archive, tmp)
+        (tmp / ".vislab-extracted.json").write_text(json.dumps(left_out))
+        if target.exists():  # an earlier extraction that never finished
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished the same zip first: use theirs
+            if not done.is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target, left_out
+
+
 def from_uploads(files: dict[str, list[tuple[str, bytes]]], dest: str | Path) -> DataReport:
     """Per-class uploads ({class name: [(file name, bytes)]}) written under `dest`, then validated."""
     dest = Path(dest)
+    folders: dict[str, str] = {}
+    for cls in files:
+        name = safe_name(cls)
+        if not name:
+            raise DataError(f"the class name '{cls}' is empty once cleaned: give it letters or digits")
+        if name.casefold() in folders:
+            raise DataError(f"the class names '{folders[name.casefold()]}' and '{cls}' both become the folder "
+                            f"'{name}': rename one")
+        folders[name.casefold()] = cls
     if dest.exists():
         shutil.rmtree(dest)
-    for cls, uploads in files.items():
-        cls_name = cls.strip().replace("/", "_").replace("\\", "_").lstrip(".")
-        if not cls_name:
-            raise DataError("a class needs a name")
-        folder = dest / cls_name
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, (fname, blob) in enumerate(uploads):
-            safe = Path(fname).name.lstrip(".") or f"upload_{i}"
-            (folder / f"{i:04d}_{safe}").write_bytes(blob)
+    try:
+        for cls, uploads in files.items():
+            folder = dest / safe_name(cls)
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, (fname, blob) in enumerate(uploads):
+                base = Path(fname.replace("\\", "/")).name
+                ext = Path(base).suffix if Path(base).suffix.lower() in IMAGE_EXTS else ""
+                if not ext and base.lower() in IMAGE_EXTS:
+                    ext = base  # a file called ".png"
+                stem = safe_name(base[: len(base) - len(ext)] if ext else base)[:80] or "upload"
+                (folder / f"{i:04d}_{stem}{ext}").write_bytes(blob)
+    except OSError as exc:
+        raise DataError(f"cannot store the uploads ({exc.strerror or exc})") from None
     return scan_folder(dest)
+
+
+def safe_name(name: str, max_bytes: int = 120) -> str:
+    """A class or file name as a safe folder name: no separators or control characters, no leading dots,
+    short enough for any file system (cut on a character boundary)."""
+    name = "".join("_" if ch in "/\\" or ord(ch) < 32 or ch == "\x7f" else ch for ch in name).strip().lstrip(".")
+    encoded = name.encode("utf-8")[:max_bytes]
+    return encoded.decode("utf-8", errors="ignore").strip()
 
 
 def subset(report: DataReport, per_class: int | None, seed: int = 0) -> DataReport:
@@ -244,13 +406,18 @@ def subset(report: DataReport, per_class: int | None, seed: int = 0) -> DataRepo
         paths = by_class[label]
         rng.shuffle(paths)
         items += [(p, label) for p in sorted(paths[:per_class])]
-    out = DataReport(report.root, report.classes, items, report.skipped, list(report.warnings), [])
+    fixed = report.fixed_val & {p for p, _ in items} if report.fixed_val is not None else None
+    out = DataReport(report.root, report.classes, items, report.skipped, list(report.warnings), [], fixed)
     _validate(out)
     return out
 
 
-def split(items: list[tuple[str, int]], val_frac: float = 0.2, seed: int = 0):
-    """Stratified train / val split: every class keeps at least one image on each side."""
+def split(items: list[tuple[str, int]], val_frac: float = 0.2, seed: int = 0,
+          fixed_val: frozenset[str] | None = None):
+    """Stratified train / val split: every class keeps at least one image on each side. With `fixed_val`
+    (a train/ val/ layout's own split, DataReport.fixed_val) those images are the validation set."""
+    if fixed_val is not None:
+        return [i for i in items if i[0] not in fixed_val], [i for i in items if i[0] in fixed_val]
     rng = random.Random(seed)
     by_class: dict[int, list[tuple[str, int]]] = {}
     for item in items:

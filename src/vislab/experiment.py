@@ -84,7 +84,7 @@ def train(
     if not report.usable:
         raise data.DataError("; ".join(report.errors))
     model, info, phases = prepared or prepare(spec, len(report.classes), base, base_info)
-    train_items, val_items = data.split(report.items, spec.val_frac, spec.train.seed)
+    train_items, val_items = data.split(report.items, spec.val_frac, spec.train.seed, report.fixed_val)
     cfg = info.data_config
     augment = spec.augment
     if augment.any and augment.views > 0:  # K fixed views: the frozen prefix can still be cached

@@ -138,10 +138,14 @@ def _load(fmt: str, file: Path, device: torch.device) -> Callable[[torch.Tensor]
         return torch.jit.load(str(file), map_location=device)
     if fmt == "pt2":
         return torch.export.load(str(file)).module()
+    # onnxruntime's telemetry would write a database under ~/.cache: nothing is written outside the app's folders
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     try:
         import onnxruntime as ort
     except ImportError:
         return None
+    if hasattr(ort, "disable_telemetry_events"):
+        ort.disable_telemetry_events()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # errors only: no notes on stderr about pruned initializers
     session = ort.InferenceSession(str(file), opts, providers=["CPUExecutionProvider"])

@@ -25,7 +25,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
+        finite = np.isfinite(arr)
+        lo, hi = (float(arr[finite].min()), float(arr[finite].max())) if finite.any() else (0.0, 0.0)
+        arr = np.where(finite, arr, np.where(arr > 0, hi, lo))  # +inf as the brightest pixel, -inf/NaN darkest
         arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
         img = Image.fromarray(arr.astype(np.uint8), "L")
     if img.mode == "P":
