@@ -27,7 +27,22 @@ HEAD_FUSIONS = ("mean", "max", "min")
 def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """timm attention modules that can show their maps: a `fused_attn` flag and an `attn_drop` child."""
     return [(name, m) for name, m in model.named_modules()
-            if hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Module)]
+            if hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Module)
+            and not hasattr(m, "window_size")]  # Swin's windowed attention has no class token or global map
+
+
+def _why_not(model: nn.Module) -> str | None:
+    """A precise reason for models that do attend, but not in a way these maps can show."""
+    kind = type(model).__name__
+    if any("WindowAttention" in type(m).__name__ or (hasattr(m, "fused_attn") and hasattr(m, "window_size"))
+           for m in model.modules()):
+        return (f"{kind} attends within local windows (Swin): there is no class token and no global "
+                "attention map to show.")
+    if any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
+        return (f"{kind} computes attention inside torch's nn.MultiheadAttention, which does not hand out its "
+                "maps here; timm's version of the model (e.g. vit_base_patch16_224 for torchvision's vit_b_16) "
+                "shows them.")
+    return None
 
 
 def has_attention(model: nn.Module) -> bool:
@@ -55,7 +70,7 @@ def attention_maps(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """
     mods = attention_modules(model)
     if not mods:
-        raise ViewNotApplicable("self-attention blocks", model, ATTENTION_MODELS)
+        raise ViewNotApplicable("self-attention blocks", model, ATTENTION_MODELS, _why_not(model))
     maps: dict[str, torch.Tensor] = {}
 
     def make(name):

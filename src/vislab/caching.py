@@ -36,9 +36,11 @@ class Prefix:
 
 
 def _stochastic(m: nn.Module) -> bool:
-    p = getattr(m, "p", None) if "Drop" in type(m).__name__ else None
+    """Dropout, DropPath (timm), StochasticDepth (torchvision) and the like with a non-zero rate."""
+    kind = type(m).__name__
+    p = getattr(m, "p", None) if ("Drop" in kind or "Stochastic" in kind) else None
     p = getattr(m, "drop_prob", p)
-    return bool(p) and p > 0
+    return isinstance(p, (int, float)) and p > 0
 
 
 def _moving(m: nn.Module) -> bool:

@@ -10,6 +10,7 @@ activations and gradients.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from dataclasses import dataclass
 
@@ -45,17 +46,43 @@ class CamResult:
 
 
 def is_vit(model: nn.Module) -> bool:
-    return hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens")
+    """A ViT whose blocks pass (B, N, C) token sequences: timm's, or torchvision's (`class_token`, `encoder`)."""
+    timm_vit = hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens")
+    return timm_vit or (hasattr(model, "class_token") and hasattr(model, "encoder") and hasattr(model, "patch_size"))
+
+
+def is_nhwc(model: nn.Module) -> bool:
+    """timm models whose feature maps are (B, H, W, C): Swin and its relatives."""
+    return str(getattr(model, "output_fmt", "NCHW")).upper() == "NHWC"
+
+
+def _tv_input(model: nn.Module):
+    size = getattr(model, "image_size", None)  # torchvision's ViT is built for one size
+    return (3, size, size) if isinstance(size, int) else None
+
+
+def _nhwc_to_nchw(t: torch.Tensor) -> torch.Tensor:
+    return t.permute(0, 3, 1, 2) if t.ndim == 4 else t
+
+
+def input_size(model: nn.Module) -> tuple[int, int, int]:
+    """The size to probe a model at: its own (timm's config; a resampled ViT's patch_embed), else 224."""
+    embed = getattr(model, "patch_embed", None)
+    if embed is not None and getattr(embed, "img_size", None) is not None:
+        return (3, *tuple(int(v) for v in embed.img_size))
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = cfg.get("input_size") or _tv_input(model) or (3, 224, 224)
+    return tuple(int(v) for v in size)
 
 
 def vit_reshape(model: nn.Module):
     """Token sequence (B, N, C) -> (B, C, gh, gw), from the model's own prefix tokens and patch grid."""
-    prefix = int(model.num_prefix_tokens)
+    prefix = int(getattr(model, "num_prefix_tokens", 1))  # torchvision: one class token
 
     def reshape(tokens: torch.Tensor) -> torch.Tensor:
         patches = tokens[:, prefix:, :]  # (B, gh*gw, C)
         n = patches.shape[1]
-        gh, gw = getattr(model.patch_embed, "grid_size", (int(n ** 0.5), int(n ** 0.5)))
+        gh, gw = getattr(getattr(model, "patch_embed", None), "grid_size", (int(n ** 0.5), int(n ** 0.5)))
         if gh * gw != n:  # dynamic image size: a square grid of the tokens present
             gh = gw = int(round(n ** 0.5))
         return patches.reshape(patches.shape[0], gh, gw, -1).permute(0, 3, 1, 2)  # (B, C, gh, gw)
@@ -64,8 +91,11 @@ def vit_reshape(model: nn.Module):
 
 def layer_choices(model: nn.Module) -> list[str]:
     """Layers a CAM can target: convolutions and norms with spatial maps, or ViT blocks' norm1."""
-    if is_vit(model):
-        return [n for n, m in model.named_modules() if n.startswith("blocks.") and n.endswith(".norm1")]
+    if is_vit(model):  # each block's first norm: its input tokens, as pytorch-grad-cam's ViT example
+        return [n for n, m in model.named_modules()
+                if (n.startswith("blocks.") and n.endswith(".norm1")) or re.fullmatch(r"encoder\.layers\.[^.]+\.ln_1", n)]
+    if is_nhwc(model):  # Swin: each stage's output and the final norm, (B, H, W, C)
+        return [n for n, m in model.named_modules() if re.fullmatch(r"(layers|stages)\.\d+|norm", n)]
     head = head_name(model)
     return [n for n, m in model.named_modules()
             if isinstance(m, (nn.Conv2d, nn.modules.batchnorm._BatchNorm, nn.GroupNorm))
@@ -84,16 +114,20 @@ def default_layer(model: nn.Module, name: str | None = None) -> str:
     choices = layer_choices(model)
     if is_vit(model) and choices:
         return choices[-1]
-    return _last_spatial_layer(model, (3, 64, 64))
+    return _last_spatial_layer(model, input_size(model))
 
 
 @torch.no_grad()
 def _last_spatial_layer(model: nn.Module, input_size) -> str:
     """The last module (in execution order) whose output is a (B, C, H, W) map."""
     order: list[tuple[str, torch.Tensor]] = []  # (module, output) as each module finishes
-    handles = [m.register_forward_hook(lambda mod, a, out, n=n: order.append((n, out)) if isinstance(
-        out, torch.Tensor) and out.ndim == 4 and out.shape[-1] * out.shape[-2] > 1 else None)
-        for n, m in model.named_modules() if n]
+    hw = (1, 2) if is_nhwc(model) else (2, 3)
+
+    def spatial(out) -> bool:
+        return isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[hw[0]] * out.shape[hw[1]] > 1
+
+    handles = [m.register_forward_hook(lambda mod, a, out, n=n: order.append((n, out)) if spatial(out) else None)
+               for n, m in model.named_modules() if n]
     was = model.training
     try:
         model.eval()
@@ -105,7 +139,11 @@ def _last_spatial_layer(model: nn.Module, input_size) -> str:
     if not order:
         raise CamNotApplicable("the model has no layer with spatial feature maps")
     last = order[-1][1]
-    return next(n for n, out in order if out is last)  # the innermost module, not a container passing it on
+    same = [n for n, out in order if out is last]  # in-place ops make several modules return one tensor
+    modules = dict(model.named_modules())
+    leaves = [n for n in same if not any(True for _ in modules[n].children())
+              and not isinstance(modules[n], nn.Identity)]
+    return leaves[-1] if leaves else same[-1]  # the last real layer to touch it (after a residual add + act)
 
 
 @contextlib.contextmanager
@@ -148,7 +186,7 @@ def run(model: nn.Module, x: torch.Tensor, methods: list[str], layer: str, class
     if len(classes) != len(x):
         raise ValueError("one target class per image is needed")
     target_layer = model.get_submodule(layer)
-    reshape = vit_reshape(model) if is_vit(model) else None
+    reshape = vit_reshape(model) if is_vit(model) else (_nhwc_to_nchw if is_nhwc(model) else None)
     was = model.training
     model.eval()
     results: list[CamResult] = []

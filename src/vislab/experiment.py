@@ -58,6 +58,8 @@ def prepare(spec: Spec, num_classes: int, base: nn.Module | None = None, info: m
                                 info.data_config, info.weights, list(info.notes))
     else:
         model, info = models.create_model(spec.model, num_classes, spec.head, spec.weights)
+    if spec.img_size and spec.img_size != info.data_config.size:
+        models.fit_input_size(model, spec.model, spec.img_size)  # ViTs resample; fixed-size models refuse
     info.data_config = info.data_config.with_size(spec.img_size)
     plans = freezing.preset(model, spec.strategy, spec.thaw_last, spec.bn)
     phases = training.phases_for(spec.strategy, plans, spec.train.epochs, spec.train.lr,

@@ -18,9 +18,9 @@ import torch.nn as nn
 class ViewNotApplicable(ValueError):
     """The model has nothing this view can show (no SE blocks, no attention, no RGB convolution, ...)."""
 
-    def __init__(self, what: str, model: nn.Module, try_models: tuple[str, ...] = ()):
+    def __init__(self, what: str, model: nn.Module, try_models: tuple[str, ...] = (), why: str | None = None):
         hint = f" Try a catalog model that has it: {', '.join(try_models)}." if try_models else ""
-        super().__init__(f"{type(model).__name__} has no {what}.{hint}")
+        super().__init__(f"{why or f'{type(model).__name__} has no {what}.'}{hint}")
 
 
 _NORMS_2D = (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)  # plus any class named *Norm2d

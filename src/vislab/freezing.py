@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch.nn as nn
 
-from vislab.heads import head_name
+from vislab.heads import head_names
 
 BN_MODES = ("train", "eval", "frozen")
 STRATEGIES = ("head", "partial", "full", "two-phase", "scratch")
@@ -47,11 +47,56 @@ def _is_batchnorm(module: nn.Module) -> bool:
 _STAGE_CONTAINERS = {"features", "blocks", "stages", "layers"}  # timm's and torchvision's names
 
 
-def _expandable(name: str, module: nn.Module) -> bool:
-    """Top-level containers whose children are the natural stages (`features.3`, `blocks.5`, `stages.2`)."""
-    if name not in _STAGE_CONTAINERS or not isinstance(module, (nn.Sequential, nn.ModuleList)):
+def _n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _expandable(name: str, module: nn.Module, share: float, by_name: bool) -> bool:
+    """Containers whose children are the natural stages: `features.3`, `blocks.5`, `stages.2` by name, and
+    any container holding most (> 80%) of the network (torchvision's ViT `encoder`, RegNet's `trunk_output`),
+    so that "the last stage" is never nearly the whole model."""
+    if sum(_has_params(c) for c in module.children()) < 2:
         return False
-    return sum(_has_params(c) for c in module.children()) >= 2
+    if by_name and name in _STAGE_CONTAINERS and isinstance(module, (nn.Sequential, nn.ModuleList)):
+        return True
+    return share > 0.8
+
+
+def _flat(module: nn.Module) -> bool:
+    """A VGG-style run of single layers (no child is itself a block of layers)."""
+    return not any(sum(1 for _ in c.children()) for c in module.children())
+
+
+def _norm_only(model: nn.Module, stage: Stage) -> bool:
+    """A stage whose parameters all sit in normalisation layers (a final LayerNorm, a stem's BatchNorm)."""
+    if stage.params or not stage.modules:
+        return False
+    owners = [m for root in stage.modules for m in model.get_submodule(root).modules()
+              if any(True for _ in m.parameters(recurse=False))]
+    return bool(owners) and all("Norm" in type(m).__name__ for m in owners)
+
+
+def _merge_norms(model: nn.Module, body: list[Stage]) -> list[Stage]:
+    """A norm-only stage joins the stage before it (the stem's conv, the last block): thawing the last stage
+    must thaw a real block, not 1.5k parameters of LayerNorm."""
+    out: list[Stage] = []
+    pending: Stage | None = None  # a norm-only stage before any real one: joins the next
+    for stage in body:
+        if _norm_only(model, stage):
+            if out and out[-1].modules:
+                prev = out[-1]
+                out[-1] = Stage(f"{prev.name}+{stage.name}", prev.modules + stage.modules, prev.params)
+            else:
+                pending = stage if pending is None else Stage(f"{pending.name}+{stage.name}",
+                                                              pending.modules + stage.modules)
+            continue
+        if pending is not None and stage.modules:
+            stage = Stage(f"{pending.name}+{stage.name}", pending.modules + stage.modules, stage.params)
+            pending = None
+        out.append(stage)
+    if pending is not None:
+        out.append(pending)
+    return out
 
 
 def _group_by_pooling(prefix: str, module: nn.Module) -> list[Stage]:
@@ -71,30 +116,34 @@ def _group_by_pooling(prefix: str, module: nn.Module) -> list[Stage]:
 
 def stages(model: nn.Module) -> list[Stage]:
     """The model's stages in definition order, the new head last (named `head`)."""
-    head = head_name(model)
+    heads = head_names(model)
+    total = max(1, _n_params(model) - sum(_n_params(model.get_submodule(h)) for h in heads))
     out: list[Stage] = []
     root_params = [n for n, _ in model.named_parameters(recurse=False)]
     if root_params:
         out.append(Stage("+".join(root_params), [], root_params))
 
-    def visit(prefix: str, module: nn.Module, expand: bool) -> None:
+    def visit(prefix: str, module: nn.Module, by_name: bool, depth: int) -> None:
         for name, child in module.named_children():
             full = prefix + name
-            if full == head or not _has_params(child):
+            if full in heads or not _has_params(child):
                 continue
-            if head.startswith(full + "."):  # the container that holds the head: its other parts
-                visit(full + ".", child, expand)
-            elif expand and _expandable(name, child):
-                if any(isinstance(c, _POOLS) for c in child.children()):  # VGG / AlexNet `features`
+            share = _n_params(child) / total
+            if any(h.startswith(full + ".") for h in heads):  # the container that holds the head: its other parts
+                visit(full + ".", child, by_name, depth)
+            elif depth < 3 and _expandable(name, child, share, by_name):
+                own = [f"{full}.{n}" for n, _ in child.named_parameters(recurse=False)]
+                if own:  # a container's own tensors (torchvision ViT's encoder.pos_embedding)
+                    out.append(Stage("+".join(own), [], own))
+                if _flat(child) and any(isinstance(c, _POOLS) for c in child.children()):  # VGG `features`
                     out.extend(_group_by_pooling(full + ".", child))
-                else:  # blocks / stages / features: one stage per child, not deeper
-                    visit(full + ".", child, expand=False)
+                else:  # one stage per child: `blocks.3`, not deeper, unless a child is most of the network
+                    visit(full + ".", child, share > 0.8 and name not in _STAGE_CONTAINERS, depth + 1)
             else:
                 out.append(Stage(full, [full]))
 
-    visit("", model, expand=True)
-    out.append(Stage(HEAD, [head]))
-    return out
+    visit("", model, True, 0)
+    return _merge_norms(model, out) + [Stage(HEAD, list(heads))]
 
 
 @dataclass
@@ -165,10 +214,11 @@ def _stage_of_modules(model: nn.Module) -> dict[str, str]:
     return owner
 
 
-def apply(model: nn.Module, plan: FreezePlan) -> None:
-    """Set requires_grad and BatchNorm modes in place. Idempotent; a new plan replaces the old one."""
+def apply(model: nn.Module, plan: FreezePlan, strict: bool = True) -> None:
+    """Set requires_grad and BatchNorm modes in place. Idempotent; a new plan replaces the old one.
+    `strict=False` skips stage names this version does not know (a run saved by an older vislab)."""
     unknown = set(plan.trainable) - {s.name for s in stages(model)}
-    if unknown:
+    if unknown and strict:
         raise ValueError(f"unknown stage(s) {', '.join(sorted(unknown))}")
     for stage in stages(model):
         on = plan.trainable.get(stage.name, False)

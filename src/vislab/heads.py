@@ -24,21 +24,42 @@ def mlp_head(in_features: int, num_classes: int, dropout: float = 0.5) -> nn.Seq
     )
 
 
-def head_name(model: nn.Module) -> str:
-    """Dotted name of the module that produces the logits."""
+_MARK = "_vislab_heads"  # set by swap_head: the names of the heads it put in
+
+
+def head_names(model: nn.Module) -> list[str]:
+    """Dotted names of the modules that produce the logits: one, or two for distilled timm models (DeiT,
+    LeViT: `head` and `head_dist`, averaged at inference)."""
+    marked = getattr(model, _MARK, None)
+    if marked:
+        return list(marked)
     cfg = getattr(model, "pretrained_cfg", None)
     if isinstance(cfg, dict) and cfg.get("classifier"):
-        name = cfg["classifier"]
-        if isinstance(name, (list, tuple)):  # some timm models list several (distillation heads)
-            name = name[0]
-        return name
+        names = cfg["classifier"]
+        names = [names] if isinstance(names, str) else list(names)
+        present = [n for n in names if _exists(model, n)]
+        if present:
+            return present
     last = None
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             last = name
     if last is None:
         raise ValueError(f"{type(model).__name__} has no linear classifier to replace")
-    return last
+    return [last]
+
+
+def head_name(model: nn.Module) -> str:
+    """Dotted name of the (first) module that produces the logits."""
+    return head_names(model)[0]
+
+
+def _exists(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+        return True
+    except AttributeError:
+        return False
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
@@ -71,12 +92,15 @@ def swap_head(model: nn.Module, num_classes: int, kind: str = "linear") -> str:
         raise ValueError(f"head must be one of {', '.join(HEAD_KINDS)}, not '{kind}'")
     if num_classes < 1:
         raise ValueError("a head needs at least one output")
-    name = head_name(model)
-    width = in_features(get_module(model, name))
     if hasattr(model, "reset_classifier") and hasattr(model, "pretrained_cfg"):
-        model.reset_classifier(num_classes)  # timm's own way: keeps its pooling choice
-        name = head_name(model)
-    if kind == "mlp" or not hasattr(model, "reset_classifier"):
-        new = nn.Linear(width, num_classes) if kind == "linear" else mlp_head(width, num_classes)
-        set_module(model, name, new)
-    return name
+        model.reset_classifier(num_classes)  # timm's own way: keeps its pooling choice, resets every head
+        names = head_names(model)
+        if kind == "mlp":
+            for name in names:
+                set_module(model, name, mlp_head(in_features(get_module(model, name)), num_classes))
+    else:
+        names = head_names(model)[:1]
+        width = in_features(get_module(model, names[0]))
+        set_module(model, names[0], nn.Linear(width, num_classes) if kind == "linear" else mlp_head(width, num_classes))
+    object.__setattr__(model, _MARK, list(names))  # the MLP's own last Linear must not be taken for the head
+    return names[0]

@@ -72,7 +72,43 @@ def build_architecture(name: str, num_classes: int | None = None) -> nn.Module:
         return timm.create_model(name, pretrained=False, **kwargs)
     from torchvision.models import get_model
 
-    return get_model(name, weights=None, **kwargs)
+    return _without_aux(get_model(name, weights=None, **kwargs))
+
+
+def _without_aux(model: nn.Module) -> nn.Module:
+    """GoogLeNet / Inception v3 without their auxiliary classifiers (training-only branches that return a
+    tuple): the model returns logits in train and eval mode alike, as torchvision's pretrained ones do."""
+    if getattr(model, "aux_logits", False):
+        model.aux_logits = False
+        for name in ("aux1", "aux2", "AuxLogits"):
+            if hasattr(model, name):
+                setattr(model, name, None)
+    return model
+
+
+def fit_input_size(model: nn.Module, name: str, size: int, check: bool = True) -> None:
+    """Make the model take size x size images. timm's `set_input_size` resamples a ViT's or Swin's position
+    embeddings; a convolutional network needs nothing. With `check`, one forward at that size proves it,
+    and a model that cannot (a fixed-size one) raises ValueError saying so."""
+    if hasattr(model, "set_input_size"):
+        current = getattr(getattr(model, "patch_embed", None), "img_size", None)
+        if current is None or tuple(current) != (size, size):
+            try:
+                model.set_input_size(img_size=(size, size))
+            except Exception as exc:  # timm raises assorted errors for sizes a model cannot take
+                raise ValueError(f"{name} cannot take {size}x{size} input: {str(exc).splitlines()[0]}") from None
+    if not check:
+        return
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
+    except Exception as exc:
+        raise ValueError(f"{name} cannot take {size}x{size} input ({str(exc).splitlines()[0][:200]}): use "
+                         "its own input size") from None
+    finally:
+        model.train(was)
 
 
 def data_config(model: nn.Module, name: str, source: str, weights_file: Path | None = None) -> DataConfig:
@@ -114,6 +150,8 @@ def _load_torchvision(name: str, status: WeightsStatus, file_classes: int | None
     else:
         state = weights.read_state_dict(status.path)
     model = build_architecture(name, num_classes=file_classes)
+    if getattr(model, "aux_logits", None) is False:  # pretrained files carry the auxiliary heads: drop them
+        state = {k: v for k, v in state.items() if not k.split(".")[0] in ("aux1", "aux2", "AuxLogits")}
     weights.check_fits(model, state)
     model.load_state_dict(state, strict=False)  # num_batches_tracked may be absent in old files
     return model

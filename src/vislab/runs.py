@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from vislab import freezing
 from vislab.freezing import FreezePlan
-from vislab.models import DataConfig, build_architecture
+from vislab.models import DataConfig, build_architecture, fit_input_size
 from vislab.heads import swap_head
 
 FILES = ("config.json", "metrics.json", "classes.json", "model.safetensors")
@@ -80,10 +80,13 @@ def load_split(folder: str | Path) -> tuple[list, list] | None:
 def rebuild(config: dict, classes: list[str]) -> nn.Module:
     """The run's architecture (random weights), with its head and its last freeze plan applied."""
     model = build_architecture(config["model"])
+    size = (config.get("data_config") or {}).get("input_size")
+    if size:  # a ViT trained at another size has resampled position embeddings
+        fit_input_size(model, config["model"], int(size[-1]), check=False)
     swap_head(model, len(classes), config["head_kind"])
     plans = config.get("plans") or []
     if plans:
-        freezing.apply(model, FreezePlan.from_dict(plans[-1]))
+        freezing.apply(model, FreezePlan.from_dict(plans[-1]), strict=False)
     return model
 
 

@@ -167,7 +167,8 @@ def check_fits(model: nn.Module, state: dict[str, torch.Tensor], skip_prefix: st
     own = model.state_dict()
     keep = (lambda k: not (skip_prefix and (k == skip_prefix or k.startswith(skip_prefix + "."))))
     missing = [k for k in own if keep(k) and k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if keep(k) and k not in own]
+    aux = ("aux1.", "aux2.", "AuxLogits.") if getattr(model, "aux_logits", None) is False else ()
+    unexpected = [k for k in state if keep(k) and k not in own and not k.startswith(aux or ("\0",))]
     arch = type(model).__name__
     if missing:
         raise WeightsError(f"does not fit {arch}: {len(missing)} tensors missing, first '{missing[0]}'")

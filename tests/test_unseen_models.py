@@ -1,0 +1,102 @@
+"""Models outside the catalog: heads, stages, CAM layers, attention refusals and input sizes behave."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from vislab import attention, cam, caching, data, experiment, features, freezing, heads, models, runs
+from vislab.training import TrainConfig
+
+
+def _trainable(model) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_torchvision_mlp_head_is_all_trained_by_the_head_strategy():
+    model, info = models.create_model("resnet18", 3, "mlp", "random")
+    assert info.head == "fc" and heads.head_names(model) == ["fc"]
+    freezing.apply(model, freezing.preset(model, "head")[0])
+    assert _trainable(model) == {n for n, _ in model.named_parameters() if n.startswith("fc.")}
+    assert len(_trainable(model)) == 8  # BN1d, Linear, BN1d, Linear: weight and bias each
+    reloaded = runs.rebuild({"model": "resnet18", "head_kind": "mlp", "plans": []}, ["a", "b", "c"])
+    assert heads.head_names(reloaded) == ["fc"]
+
+
+def test_distilled_models_train_and_replace_both_heads():
+    model, _ = models.create_model("deit_tiny_distilled_patch16_224", 3, "mlp", "random")
+    assert heads.head_names(model) == ["head", "head_dist"]
+    assert all(isinstance(model.get_submodule(h), nn.Sequential) for h in ("head", "head_dist"))
+    freezing.apply(model, freezing.preset(model, "head")[0])
+    assert {n.split(".")[0] for n in _trainable(model)} == {"head", "head_dist"}
+    assert freezing.stages(model)[-1].modules == ["head", "head_dist"]
+
+
+def test_a_model_built_without_a_classifier_gets_one():
+    model, info = models.create_model("eva02_tiny_patch14_224", 4, "linear", "random")
+    assert heads.num_outputs(model) == 4 and info.head == "head"
+
+
+@pytest.mark.parametrize("name, most", [("densenet121", 0.4), ("vit_b_16", 0.15), ("regnet_y_400mf", 0.85)])
+def test_the_last_stage_is_never_nearly_the_whole_network(name, most):
+    try:
+        with torch.device("meta"):  # structure only: no memory, no init time
+            model = models.build_architecture(name)
+    except NotImplementedError:  # RegNet computes its widths from real tensors
+        model = models.build_architecture(name)
+    heads.swap_head(model, 3)
+    freezing.apply(model, freezing.preset(model, "partial", thaw_last=1)[0])
+    total = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) / total < most
+
+
+def test_norm_only_stages_join_their_neighbour():
+    with torch.device("meta"):
+        eff = models.build_architecture("efficientnet_b0")
+        rn = models.build_architecture("resnet18")
+    assert [s.name for s in freezing.stages(eff)][-2:] == ["conv_head+bn2", "head"]
+    assert freezing.stages(eff)[0].name == "conv_stem+bn1"
+    assert freezing.stages(rn)[0].modules == ["conv1", "bn1"]
+
+
+def test_googlenet_trains_without_auxiliary_outputs(tmp_path):
+    model, _ = models.create_model("googlenet", 3, "linear", "random")
+    model.train()
+    assert isinstance(model(torch.randn(2, 3, 64, 64)), torch.Tensor)
+    assert not any(n.startswith("aux") for n in features.conv_layers(model))
+
+
+def test_stochastic_depth_counts_as_random():
+    from torchvision.ops import StochasticDepth
+
+    assert caching._stochastic(StochasticDepth(0.2, "row")) and not caching._stochastic(StochasticDepth(0.0, "row"))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), StochasticDepth(0.2, "row"), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(1, 3, 8, 8))
+    model[0].requires_grad_(False)
+    model[1].requires_grad_(False)
+    assert caching.find_prefix(model, torch.randn(2, 3, 8, 8)).boundary == "1"
+
+
+def test_swin_cam_uses_channels_last_maps_and_attention_says_why_not():
+    model, _ = models.create_model("swin_tiny_patch4_window7_224", 3, "linear", "random")
+    layer = cam.default_layer(model)
+    assert layer == "norm" and layer in cam.layer_choices(model)
+    out = cam.run(model, torch.randn(1, 3, 224, 224), ["GradCAM"], layer, [0])[0]
+    assert out.maps.shape == (1, 224, 224) and out.maps.std() > 0
+    with pytest.raises(features.ViewNotApplicable, match="local windows"):
+        attention.attention_maps(model, torch.randn(1, 3, 224, 224))
+
+
+def test_a_vit_trains_at_another_size_and_reloads(synthetic, tmp_path):
+    spec = experiment.Spec(model="test_vit", strategy="head", weights="random", img_size=64,
+                           train=TrainConfig(epochs=1, batch_size=8, device="cpu"))
+    result = experiment.train(spec, data.scan_folder(synthetic), tmp_path / "run")
+    model, run = runs.load(result.run_dir)
+    x = torch.randn(2, 3, 64, 64)
+    result.model.eval()
+    assert torch.allclose(model(x), result.model(x), atol=1e-5) and run.data_config.size == 64
+
+
+def test_a_fixed_size_model_refuses_another_size_with_a_message():
+    model, _ = models.create_model("levit_128s", 3, "linear", "random")
+    with pytest.raises(ValueError, match="cannot take 96x96 input"):
+        models.fit_input_size(model, "levit_128s", 96)
