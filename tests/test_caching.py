@@ -108,3 +108,30 @@ def test_shared_features_are_not_reused_for_other_images_or_sizes(synthetic):
     flipped = _train(synthetic, "test_resnet", "head", True, epochs=1, pool=pool,
                      augment=Augment(hflip=True, views=1))
     assert "shared" not in flipped.history.cache[0] and flipped.history.cache[0].startswith("features cached")
+
+
+def test_convnets_train_in_channels_last_unless_their_forward_refuses_it(synthetic):
+    from vislab import training
+
+    class Viewer(torch.nn.Module):  # flattens its maps with .view: fails on channels_last tensors
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.fc = torch.nn.Linear(4 * 62 * 62, 3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.fc(y.view(y.shape[0], -1))
+
+    items = data.scan_folder(synthetic).items
+    cfg = models.create_model("test_resnet", 3, weights_choice="random")[1].data_config.with_size(64)
+    from vislab.transforms import eval_transform
+    ds = data.ImageDataset(items, eval_transform(cfg))
+    net = models.create_model("test_resnet", 3, weights_choice="random")[0]
+    assert training._memory_format(net, ds, torch.device("cpu")) is torch.channels_last
+    assert caching.memory_format_of(net) is torch.channels_last
+    viewer = Viewer()
+    assert training._memory_format(viewer, ds, torch.device("cpu")) is torch.contiguous_format
+    assert viewer.conv.weight.is_contiguous()
+    result = _train(synthetic, "test_resnet", "partial", True, epochs=1)
+    assert all(p.is_contiguous() for p in result.model.parameters())  # handed back in the usual format

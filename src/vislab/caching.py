@@ -187,6 +187,7 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
     was = model.training
     model.eval()
     feats = {}
+    fmt = memory_format_of(model)
     try:
         sample = prefix_outputs(model, prefix, first_x[:1])  # (1, ...) one image's features
         n_images = len(train_loader.dataset) + len(val_loader.dataset)
@@ -201,7 +202,10 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
             for x, y in _in_order(loader):
                 if stop is not None and stop.is_set():
                     return None, "stopped"
-                out = prefix_outputs(model, prefix, x.to(device, non_blocking=True))
+                x = x.to(device, non_blocking=True)
+                if fmt is torch.channels_last and x.ndim == 4:
+                    x = x.contiguous(memory_format=fmt)
+                out = prefix_outputs(model, prefix, x)
                 store[at:at + len(out)] = out if spill is None else out.cpu()
                 at += len(out)
                 ys.append(y)
@@ -211,6 +215,15 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
     if pool is not None:
         pool[key] = (feats, nbytes, spill)
     return _cache(prefix, feats, train_loader, val_loader, seed, time.perf_counter() - start, nbytes, spill), ""
+
+
+def memory_format_of(model: nn.Module) -> torch.memory_format:
+    """channels_last when training put the model's convolutions in it (training._memory_format)."""
+    for m in model.modules():  # the first convolution whose weight layout tells the two formats apart
+        if isinstance(m, nn.Conv2d) and m.weight.shape[1] > 1 and m.weight.shape[2] * m.weight.shape[3] > 1:
+            cl = m.weight.is_contiguous(memory_format=torch.channels_last) and not m.weight.is_contiguous()
+            return torch.channels_last if cl else torch.contiguous_format
+    return torch.contiguous_format
 
 
 def _data_key(ds) -> tuple:
