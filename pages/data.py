@@ -34,34 +34,40 @@ elif source == "A .zip of class folders":
         archive = _lab.session_dir() / "upload.zip"
         archive.write_bytes(up.getvalue())
         folder = _lab.session_dir() / f"zip-{time.time_ns()}"  # a new folder: the current dataset stays intact
+        report = None
         try:
             report = data.load_dataset(archive, folder)
         except data.DataError as exc:
             shutil.rmtree(folder, ignore_errors=True)
             st.error(f"Cannot use this zip: {exc}")
-        else:
+        finally:
+            archive.unlink(missing_ok=True)
+        if report is not None and not report.usable and ss.get(_lab.DATASET) is not None:
+            shutil.rmtree(folder, ignore_errors=True)  # the dataset in use stays
+            st.error("Cannot use this zip: " + "; ".join(report.errors) + ". The current dataset is kept.")
+            report = None
+        if report is not None:
             old = ss.get("zip_folder")
             if old:
                 shutil.rmtree(old, ignore_errors=True)
             ss["zip_folder"] = str(folder)
             ss[_lab.DATASET] = _lab.Dataset(report, f"zip {up.name}")
             ss.pop(_lab.WORKING, None)
-        finally:
-            archive.unlink(missing_ok=True)
 
 else:
     st.caption(f"Name each class and drop its images (JPEG, PNG, …; up to {limit} MB per upload).")
     n = st.number_input("Number of classes", 2, 20, 2, key="n_upload_classes")
-    files = {}
+    entries = []
     cols = st.columns(min(int(n), 4))
     for i in range(int(n)):
         with cols[i % len(cols)]:
             cname = st.text_input(f"Class {i + 1} name", value=f"class_{i + 1}", key=f"cls_name_{i}")
             ups = st.file_uploader(f"Images of '{cname}'", accept_multiple_files=True, key=f"cls_files_{i}",
                                    type=sorted(e.lstrip(".") for e in data.IMAGE_EXTS))
-            files[cname] = [(u.name, u.getvalue()) for u in ups or []]
+            entries.append((cname, [(u.name, u.getvalue()) for u in ups or []]))
     if st.button("Build the dataset", type="primary"):
-        names = [c.strip() for c in files]
+        names = [c.strip().casefold() for c, _ in entries]
+        files = dict(entries)
         if len(set(names)) != len(names) or not all(names):
             st.error("Each class needs its own, non-empty name.")
         else:

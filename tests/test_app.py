@@ -388,3 +388,30 @@ def test_augmented_views_set_on_the_data_page_are_cached_by_training(synthetic):
     assert job.status == "done", job.message
     assert job.cache and job.cache[0].startswith("features cached"), job.cache
     assert json.loads((job.result.run_dir / "config.json").read_text())["augment"]["views"] == 2
+
+
+def test_an_unusable_zip_keeps_the_dataset_in_use(synthetic):
+    at = _app()
+    _upload_zip(at, _zip_of(synthetic))
+    kept = at.session_state["dataset"].report.items[0][0]
+    first = sorted(p for p in synthetic.iterdir() if p.is_dir())[0]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:  # one class only: it extracts fine, but cannot train
+        for p in sorted(first.glob("*.png")):
+            zf.write(p, f"only/{first.name}/{p.name}")
+    at.get("file_uploader")[0].set_value(("one_class.zip", buf.getvalue(), "application/zip")).run()
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("current dataset is kept" in e.value for e in at.error)
+    assert any("24 images, 3 classes" in m.value for m in at.markdown)
+    assert at.session_state["dataset"].report.items[0][0] == kept and Path(kept).is_file()
+
+
+def test_two_upload_classes_with_one_name_are_refused():
+    at = _app()
+    at.switch_page("pages/data.py").run()
+    at.radio(key="data_source").set_value("Images per class").run()
+    at.text_input(key="cls_name_1").set_value("Class_1").run()  # the same as class_1, but for case
+    next(b for b in at.button if b.label == "Build the dataset").click().run()
+    assert not at.exception
+    assert any("its own, non-empty name" in e.value for e in at.error)

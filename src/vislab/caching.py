@@ -173,8 +173,8 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
 
     `pool` (a dict kept by the caller) shares features between runs with the same frozen prefix and data."""
     start = time.perf_counter()
-    first_x, _ = next(iter(val_loader))
-    first_x = first_x[:4].to(device)
+    probe = val_loader.dataset
+    first_x = torch.stack([probe[i][0] for i in range(min(4, len(probe)))]).to(device)  # not a whole batch
     prefix = find_prefix(model, first_x)
     if prefix is None:
         return None, "nothing frozen before the first trainable layer"

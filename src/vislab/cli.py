@@ -253,6 +253,9 @@ def cmd_export(args) -> int:
         raise CliError(result.reason)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    if Path(args.out).suffix.lower() != export.SUFFIX[args.format]:
+        print(f"warning: {args.format} written to a '{Path(args.out).suffix}' file; Netron and other tools go by "
+              f"the extension ({export.SUFFIX[args.format]})", file=sys.stderr)
     diff = (f"max abs diff {result.max_abs_diff:.3g} vs PyTorch over {result.checked} (tolerance {result.tol:g})"
             if result.verified else f"not verified: {result.reason}")
     print(f"exported {name} as {args.format} at {size[1]}x{size[2]} in {result.seconds:.1f} s: {diff}")
