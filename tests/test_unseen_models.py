@@ -100,3 +100,13 @@ def test_a_fixed_size_model_refuses_another_size_with_a_message():
     model, _ = models.create_model("levit_128s", 3, "linear", "random")
     with pytest.raises(ValueError, match="cannot take 96x96 input"):
         models.fit_input_size(model, "levit_128s", 96)
+
+
+def test_squeezenet_keeps_a_convolutional_classifier():
+    model, info = models.create_model("squeezenet1_0", 3, "linear", "random")
+    assert info.head == "classifier.1" and isinstance(model.classifier[1], nn.Conv2d)
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 3)
+    freezing.apply(model, freezing.preset(model, "head")[0])
+    assert _trainable(model) == {"classifier.1.weight", "classifier.1.bias"}
+    with pytest.raises(ValueError, match="1x1 convolution"):
+        models.create_model("squeezenet1_0", 3, "mlp", "random")

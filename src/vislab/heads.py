@@ -44,6 +44,10 @@ def head_names(model: nn.Module) -> list[str]:
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             last = name
+    if last is None:  # SqueezeNet: a 1x1 convolution to num_classes channels, then global pooling
+        n = getattr(model, "num_classes", None)
+        last = next((name for name, m in reversed(list(model.named_modules())) if isinstance(m, nn.Conv2d)
+                     and m.kernel_size == (1, 1) and m.out_channels == n), None)
     if last is None:
         raise ValueError(f"{type(model).__name__} has no linear classifier to replace")
     return [last]
@@ -77,13 +81,16 @@ def in_features(head: nn.Module) -> int:
     for module in head.modules():
         if isinstance(module, nn.Linear):
             return module.in_features
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
     raise ValueError(f"cannot tell the input width of {type(head).__name__}")
 
 
 def num_outputs(model: nn.Module) -> int:
     head = get_module(model, head_name(model))
-    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
-    return linears[-1].out_features
+    linears = [m for m in head.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    last = linears[-1]
+    return last.out_features if isinstance(last, nn.Linear) else last.out_channels
 
 
 def swap_head(model: nn.Module, num_classes: int, kind: str = "linear") -> str:
@@ -100,7 +107,14 @@ def swap_head(model: nn.Module, num_classes: int, kind: str = "linear") -> str:
                 set_module(model, name, mlp_head(in_features(get_module(model, name)), num_classes))
     else:
         names = head_names(model)[:1]
-        width = in_features(get_module(model, names[0]))
-        set_module(model, names[0], nn.Linear(width, num_classes) if kind == "linear" else mlp_head(width, num_classes))
+        old = get_module(model, names[0])
+        width = in_features(old)
+        if isinstance(old, nn.Conv2d):  # a convolutional classifier (SqueezeNet) stays one
+            if kind == "mlp":
+                raise ValueError(f"{type(model).__name__} classifies with a 1x1 convolution: use the linear head")
+            new = nn.Conv2d(width, num_classes, 1)
+        else:
+            new = nn.Linear(width, num_classes) if kind == "linear" else mlp_head(width, num_classes)
+        set_module(model, names[0], new)
     object.__setattr__(model, _MARK, list(names))  # the MLP's own last Linear must not be taken for the head
     return names[0]
