@@ -232,6 +232,8 @@ def start_training(spec: experiment.Spec, ds: Dataset) -> TrainJob:
             job.status = "stopped" if result.history.stopped else "done"
         except torch.OutOfMemoryError:
             job.status, job.message = "error", "out of memory: use a smaller batch size or image size"
+        except ValueError as exc:  # bad settings the library explains (a size the model cannot take, ...)
+            job.status, job.message = "error", str(exc)
         except Exception as exc:  # shown on the page; the app and the session survive
             job.status, job.message = "error", f"{type(exc).__name__}: {exc}"
         finally:
@@ -447,6 +449,7 @@ def find_lr(ds: Dataset, img_size: int, batch: int):
     model, info = working()
     model = training.clone_model(model)
     cfg = info.data_config.with_size(img_size)
+    models.fit_input_size(model, info.name, cfg.size)  # a ViT resamples; a fixed-size model says so
     train_items, val_items = ds.split()
     tf = eval_transform(cfg)
     loaders = training.make_loaders(data.ImageDataset(train_items, tf), data.ImageDataset(val_items, tf),

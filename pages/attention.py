@@ -16,7 +16,8 @@ st.markdown("A Vision Transformer cuts the image into patches and lets every tok
 
 vm = _lab.view_models("attn", allow_both=False)[0]
 if not attention.has_attention(vm.model):
-    st.error(str(features.ViewNotApplicable("self-attention layers", vm.model, ("vit_tiny_patch16_224",))))
+    st.error(str(features.ViewNotApplicable("self-attention layers", vm.model, ("vit_tiny_patch16_224",),
+                                            attention.why_not(vm.model))))
     if st.button("Switch to vit_tiny_patch16_224"):
         _lab.set_model("vit_tiny_patch16_224")
         st.rerun()

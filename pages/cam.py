@@ -27,6 +27,9 @@ methods = c1.multiselect("Methods", ["CAM (classic)"] + list(cam.METHODS), defau
 layer = c2.selectbox("Target layer", layers if default in layers else [default] + layers,
                      index=(layers.index(default) if default in layers else 0), key="cam_layer",
                      help="Default: the catalog's natural layer (the last feature maps)")
+note = cam.early_layer_note(ref.model, layer)
+if note:
+    st.warning(note)
 extra_layers = c3.multiselect("Compare with layers", [l for l in layers if l != layer], key="cam_more_layers",
                               max_selections=3)
 c4, c5, c6 = st.columns([2, 2, 2])

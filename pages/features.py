@@ -1,7 +1,7 @@
 import streamlit as st
 
 from pages import _lab
-from vislab import features, plots
+from vislab import cam, features, plots
 from vislab.transforms import crop_seen, eval_transform
 
 _lab.init_state()
@@ -38,9 +38,13 @@ c1, c2 = st.columns([3, 1])
 layer = c1.selectbox("Layer", layers, index=len(layers) // 2, key="feat_layer")
 n = c2.slider("Channels", 4, 32, 16, key="feat_n")
 st.image(crop_seen(img, vm.data_config), caption=label, width=160)
+# side by side, a convnet sees the fine-tuned model's input size twice, so the maps line up (a ViT's
+# pretrained position embeddings fix its size: then each runs at its own)
+same = vms[-1].data_config if len(vms) == 2 and not cam.is_vit(vms[0].model) else None
 for i, m in enumerate(vms):
-    x = eval_transform(m.data_config)(img)[None]  # (1, 3, H, W)
-    acts = _lab.cached_view("features", m.model, images, (layer,),
+    cfg = same or m.data_config
+    x = eval_transform(cfg)(img)[None]  # (1, 3, H, W)
+    acts = _lab.cached_view("features", m.model, images, (layer, cfg.size),
                             lambda: features.activations(m.model, layer, x)[0])  # (C, h, w)
     top = features.top_channels(acts, n)
     _lab.chart(plots.map_grid(acts[top].numpy(), [f"ch {c}" for c in top], cols=8,
@@ -48,8 +52,13 @@ for i, m in enumerate(vms):
     ss[f"feat_acts_{i}"] = acts
 
 if len(vms) == 2:
-    change = features.map_change(ss["feat_acts_0"], ss["feat_acts_1"])
-    st.metric(f"Relative change of `{layer}`'s maps, pretrained → fine-tuned", f"{change:.4f}",
-              help="‖after − before‖ / ‖before‖ over all channels: exactly 0 for a layer that stayed frozen")
+    try:
+        change = features.map_change(ss["feat_acts_0"], ss["feat_acts_1"])
+    except ValueError:  # a ViT trained at another size: its maps have another grid
+        st.caption(f"The two models see different input sizes ({vms[0].data_config.size} vs "
+                   f"{vms[1].data_config.size} px), so their maps cannot be compared cell by cell.")
+    else:
+        st.metric(f"Relative change of `{layer}`'s maps, pretrained → fine-tuned", f"{change:.4f}",
+                  help="‖after − before‖ / ‖before‖ over all channels: exactly 0 for a layer that stayed frozen")
 elif _lab.trained_view() is not None:
     st.caption("Choose 'side by side' above to see how fine-tuning changed this layer's maps.")

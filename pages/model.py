@@ -15,9 +15,13 @@ choice = st.selectbox("Pretrained model", names + [OTHER], index=names.index(cur
                       f"{n}  ·  {catalog.lookup(n).family} {catalog.lookup(n).year}")
 name = choice
 if choice == OTHER:
-    name = st.text_input("Model name", value=current if current not in names else "resnet34",
+    name = st.text_input("Model name", value=current if current not in names else "",
+                         placeholder="e.g. resnet34, regnet_y_400mf, seresnext26d_32x4d, deit_tiny_patch16_224",
                          help="Any torchvision.models name (resnet34, regnet_y_400mf, …) or timm name "
                               "(seresnext26d_32x4d, deit_tiny_patch16_224, …)").strip()
+    if not name:
+        st.info(f"Type a model name; the lab keeps using `{current}` until then.")
+        st.stop()
 try:
     source = catalog.source_of(name)
 except ValueError as exc:

@@ -107,7 +107,10 @@ else:
         st.caption("Raises the learning rate exponentially over ~100 batches of the current plan and records the "
                    "loss; a good rate sits where the loss falls fastest. The model is left as it was.")
         if st.button("Find a learning rate", disabled=running):
-            ss["lr_sweep"] = _lab.find_lr(ds, size, int(batch))
+            try:
+                ss["lr_sweep"] = _lab.find_lr(ds, size, int(batch))
+            except ValueError as exc:  # a size this model cannot take
+                st.error(str(exc))
         sweep = ss.get("lr_sweep")
         if sweep is not None:
             _lab.chart(plots.lr_sweep(sweep.lrs, sweep.losses, sweep.suggestion), key="lr_sweep_chart")

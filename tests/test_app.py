@@ -415,3 +415,54 @@ def test_two_upload_classes_with_one_name_are_refused():
     next(b for b in at.button if b.label == "Build the dataset").click().run()
     assert not at.exception
     assert any("its own, non-empty name" in e.value for e in at.error)
+
+
+def _train_one_epoch(at, size: int) -> object:
+    at.switch_page("pages/train.py").run()
+    at.number_input[0].set_value(1).run()  # epochs
+    at.select_slider[1].set_value(size).run()  # image size
+    next(b for b in at.button if b.label == "Start training").click().run()
+    deadline = time.time() + 120
+    while at.session_state["job"].running and time.time() < deadline:
+        time.sleep(0.5)
+    at.run()
+    return at.session_state["job"]
+
+
+def test_side_by_side_feature_maps_after_training_at_another_size(synthetic):
+    at = _app()
+    _pick_model(at, "test_resnet")
+    _upload_zip(at, _zip_of(synthetic))
+    job = _train_one_epoch(at, 64)
+    assert job.status == "done", job.message
+    at.switch_page("pages/features.py").run()
+    at.radio(key="feat_models").set_value("side by side").run()
+    assert not at.exception, at.exception
+    assert any("Relative change" in m.label for m in at.metric)
+
+
+def test_a_vit_trains_on_the_train_page_at_another_size(synthetic):
+    at = _app()
+    _pick_model(at, "test_vit")
+    _upload_zip(at, _zip_of(synthetic))
+    job = _train_one_epoch(at, 64)
+    assert job.status == "done", job.message
+    assert job.result.info.data_config.size == 64
+
+
+def test_attention_page_says_why_swin_has_no_maps():
+    at = _app()
+    _pick_model(at, "swin_tiny_patch4_window7_224")
+    at.switch_page("pages/attention.py").run()
+    assert not at.exception
+    assert any("local windows" in e.value for e in at.error)
+
+
+def test_typing_no_model_name_keeps_the_current_model():
+    at = _app()
+    before = at.session_state["model_name"]
+    at.switch_page("pages/model.py").run()
+    at.selectbox[0].set_value("other timm / torchvision name…").run()
+    assert not at.exception and at.session_state["model_name"] == before
+    at.text_input[0].set_value("not_a_model_xyz").run()
+    assert any("unknown model" in e.value for e in at.error) and at.session_state["model_name"] == before

@@ -31,7 +31,7 @@ def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
             and not hasattr(m, "window_size")]  # Swin's windowed attention has no class token or global map
 
 
-def _why_not(model: nn.Module) -> str | None:
+def why_not(model: nn.Module) -> str | None:
     """A precise reason for models that do attend, but not in a way these maps can show."""
     kind = type(model).__name__
     if any("WindowAttention" in type(m).__name__ or (hasattr(m, "fused_attn") and hasattr(m, "window_size"))
@@ -42,6 +42,10 @@ def _why_not(model: nn.Module) -> str | None:
         return (f"{kind} computes attention inside torch's nn.MultiheadAttention, which does not hand out its "
                 "maps here; timm's version of the model (e.g. vit_base_patch16_224 for torchvision's vit_b_16) "
                 "shows them.")
+    attn = sorted({type(m).__name__ for m in model.modules() if "Attention" in type(m).__name__})
+    if attn:
+        return (f"{kind} has attention ({', '.join(attn[:3])}), but not ViT blocks with a class token over "
+                "patch tokens, which is what these maps and rollout read.")
     return None
 
 
@@ -70,7 +74,7 @@ def attention_maps(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """
     mods = attention_modules(model)
     if not mods:
-        raise ViewNotApplicable("self-attention blocks", model, ATTENTION_MODELS, _why_not(model))
+        raise ViewNotApplicable("self-attention blocks", model, ATTENTION_MODELS, why_not(model))
     maps: dict[str, torch.Tensor] = {}
 
     def make(name):

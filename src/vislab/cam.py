@@ -117,6 +117,23 @@ def default_layer(model: nn.Module, name: str | None = None) -> str:
     return _last_spatial_layer(model, input_size(model))
 
 
+def early_layer_note(model: nn.Module, layer: str) -> str | None:
+    """A warning when a CAM layer sits early in a network (LeViT, MLP-Mixer: maps only in the stem, tokens
+    after): Grad-CAM there explains edges and textures, not the model's decision."""
+    if is_vit(model):
+        return None
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}  # definition order
+    at = max((i for n, i in order.items() if n == layer or n.startswith(layer + ".")), default=None)
+    sizes = [(order[n.rpartition(".")[0]], p.numel()) for n, p in model.named_parameters()]
+    total = sum(c for _, c in sizes)
+    if at is None or not total:
+        return None
+    if sum(c for i, c in sizes if i <= at) / total < 0.25:
+        return (f"`{layer}` is this model's last layer with spatial feature maps, and it comes early (the model "
+                "works on tokens after it): its maps show early features, not what decides the class.")
+    return None
+
+
 @torch.no_grad()
 def _last_spatial_layer(model: nn.Module, input_size) -> str:
     """The last module (in execution order) whose output is a (B, C, H, W) map."""
@@ -253,6 +270,9 @@ def classic(model: nn.Module, x: torch.Tensor, classes: list[int], layer: str | 
     """
     start = time.perf_counter()
     linear = _final_linear(model)
+    if is_vit(model):
+        raise CamNotApplicable("a ViT classifies from its class token (or pooled tokens), not from pooled "
+                               "feature maps, so there is no classic CAM; Grad-CAM on a block's tokens works")
     layer = layer or _last_spatial_layer(model, tuple(x.shape[1:]))
     feats: list[torch.Tensor] = []
     handle = model.get_submodule(layer).register_forward_hook(lambda m, a, out: feats.append(out))
@@ -264,6 +284,8 @@ def classic(model: nn.Module, x: torch.Tensor, classes: list[int], layer: str | 
         handle.remove()
         model.train(was)
     a = feats[-1].float()  # (B, C, h, w)
+    if is_nhwc(model) and a.ndim == 4:  # Swin: (B, h, w, C)
+        a = a.permute(0, 3, 1, 2)
     if a.ndim != 4 or a.shape[1] != linear.in_features:
         raise CamNotApplicable(f"layer '{layer}' does not feed the classifier directly (classic CAM needs the "
                                "feature maps right before global average pooling)")

@@ -249,13 +249,18 @@ def _validate(report: DataReport) -> None:
                 report.errors.append(f"class '{name}' has no training images (only in the validation folder)")
             elif counts[name] and in_train.get(i) == counts[name]:
                 report.warnings.append(f"class '{name}' has no validation images")
+    few = []
     for name, n in counts.items():
         if n == 0:
             report.errors.append(f"class '{name}' has no usable images")
         elif n < MIN_PER_CLASS and report.fixed_val is None:
             report.errors.append(f"class '{name}' has {n} image: at least {MIN_PER_CLASS} are needed to split")
         elif n < FEW_PER_CLASS:
-            report.warnings.append(f"class '{name}' has only {n} images: results will be noisy")
+            few.append(f"'{name}' ({n})")
+    if few:
+        shown = ", ".join(few[:8]) + (f" and {len(few) - 8} more" if len(few) > 8 else "")
+        report.warnings.append(f"few images (under {FEW_PER_CLASS}) in class{'es' if len(few) > 1 else ''} "
+                               f"{shown}: results will be noisy")
 
 
 def extract_zip(archive: str | Path, dest: str | Path) -> tuple[Path, list[tuple[str, str]]]:

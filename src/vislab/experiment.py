@@ -86,6 +86,8 @@ def train(
     if not report.usable:
         raise data.DataError("; ".join(report.errors))
     model, info, phases = prepared or prepare(spec, len(report.classes), base, base_info)
+    if prepared is not None:  # the UI's own model: make sure it takes the chosen size (a ViT resamples)
+        models.fit_input_size(model, spec.model, info.data_config.size)
     train_items, val_items = data.split(report.items, spec.val_frac, spec.train.seed, report.fixed_val)
     cfg = info.data_config
     augment = spec.augment

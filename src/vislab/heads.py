@@ -89,6 +89,8 @@ def in_features(head: nn.Module) -> int:
 def num_outputs(model: nn.Module) -> int:
     head = get_module(model, head_name(model))
     linears = [m for m in head.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if not linears:  # a timm model built as a feature extractor (num_classes=0): no classes yet
+        return 0
     last = linears[-1]
     return last.out_features if isinstance(last, nn.Linear) else last.out_channels
 
