@@ -1,6 +1,7 @@
 import dataclasses
 import shutil
 import time
+from pathlib import Path
 
 import streamlit as st
 
@@ -31,7 +32,8 @@ elif source == "A .zip of class folders":
     st.caption(f"Layout: `<class name>/<image files>` (one top folder is fine). Up to {limit} MB.")
     up = st.file_uploader("Dataset .zip", type=["zip"], key="zip_upload")
     if up is not None and st.button("Read the zip", type="primary"):
-        archive = _lab.session_dir() / "upload.zip"
+        archive = _lab.session_dir() / (data.safe_name(Path(up.name).stem)[:60] or "upload")
+        archive = archive.with_name(archive.name + ".zip")  # messages name the user's own file
         archive.write_bytes(up.getvalue())
         folder = _lab.session_dir() / f"zip-{time.time_ns()}"  # a new folder: the current dataset stays intact
         report = None

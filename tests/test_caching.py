@@ -135,3 +135,32 @@ def test_convnets_train_in_channels_last_unless_their_forward_refuses_it(synthet
     assert viewer.conv.weight.is_contiguous()
     result = _train(synthetic, "test_resnet", "partial", True, epochs=1)
     assert all(p.is_contiguous() for p in result.model.parameters())  # handed back in the usual format
+
+
+def test_a_residual_block_is_never_cut_in_half():
+    """The first random module sits inside a residual block (x + drop(f(x))): the block must run whole,
+    since a stub for f would also replace the x its forward adds back."""
+    from torchvision.ops import StochasticDepth
+
+    class Residual(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU())
+            self.drop = StochasticDepth(0.2, "row")
+
+        def forward(self, x):
+            return x + self.drop(self.block(x))
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), Residual(), Residual(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    for m in list(model)[:3]:
+        m.requires_grad_(False)
+    x = torch.randn(4, 3, 16, 16)
+    prefix = caching.find_prefix(model, x)
+    assert prefix.boundary == "1.drop" and prefix.stubs == ["0"]
+    assert caching.reproduces(model, prefix, x)
+    bad = caching.Prefix(["0", "1.block"], "1.drop")  # the cut the old rule made
+    with torch.no_grad():
+        model[5].weight.mul_(1e-3)  # tiny logits, as with a random head: the check is relative
+    assert not caching.reproduces(model, bad, x)

@@ -266,3 +266,12 @@ def test_symlinks_in_a_zip_are_listed_not_followed(tmp_path):
     assert ("a/passwd.png", "symbolic link in the archive (not extracted)") in report.skipped
     assert report.counts == {"a": 4, "b": 4}
     assert not (tmp_path / "work" / "links" / "a" / "passwd.png").exists()
+
+
+def test_a_symlinked_class_folder_is_listed_not_dropped(tmp_path):
+    root = _dataset(tmp_path / "d", classes=("a", "b"))
+    _dataset(tmp_path / "elsewhere", classes=("c",))
+    (root / "c").symlink_to(tmp_path / "elsewhere" / "c", target_is_directory=True)
+    report = data.scan_folder(root)
+    assert report.classes == ["a", "b"]
+    assert ("c", "symbolic link to a folder (not followed)") in report.skipped

@@ -110,3 +110,17 @@ def test_squeezenet_keeps_a_convolutional_classifier():
     assert _trainable(model) == {"classifier.1.weight", "classifier.1.bias"}
     with pytest.raises(ValueError, match="1x1 convolution"):
         models.create_model("squeezenet1_0", 3, "mlp", "random")
+
+
+def test_resmlp_affine_norm_is_not_a_stage_of_its_own():
+    with torch.device("meta"):
+        model = models.build_architecture("resmlp_12_224")
+    assert freezing.stages(model)[-2].name == "blocks.11+norm"
+
+
+def test_export_of_a_vit_at_another_size(tmp_path, capsys):
+    from vislab import cli
+
+    rc = cli.main(["export", "--model", "test_vit", "--weights", "random", "--format", "torchscript",
+                   "--img-size", "64", "--out", str(tmp_path / "vit.pt")])
+    assert rc == 0 and "at 64x64" in capsys.readouterr().out

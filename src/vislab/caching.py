@@ -71,7 +71,13 @@ def find_prefix(model: nn.Module, x: torch.Tensor) -> Prefix | None:
         return None
     before = started[:started.index(boundary)]
     ancestors = {boundary.rsplit(".", k)[0] for k in range(1, boundary.count(".") + 1)}
-    candidates = [n for n in dict.fromkeys(before) if n not in ancestors]
+    modules_by_name = dict(model.named_modules())
+    # a module inside a block that holds the boundary can only be cut out if that block just chains its
+    # children (nn.Sequential): a residual block's forward also uses its own input (x + f(x)), which a
+    # stub would replace with the cached tensor
+    unsafe = {a for a in ancestors if not isinstance(modules_by_name[a], (nn.Sequential, nn.ModuleList))}
+    candidates = [n for n in dict.fromkeys(before) if n not in ancestors
+                  and not any(n.startswith(a + ".") for a in unsafe)]
     outer = [n for n in candidates if not any(n.startswith(c + ".") for c in candidates)]
     if not outer:
         return None
@@ -135,7 +141,10 @@ def reproduces(model: nn.Module, prefix: Prefix, x: torch.Tensor, atol: float = 
                 again = model(cached)
             except (RuntimeError, ValueError, AssertionError, TypeError, IndexError):
                 return False
-        return full.shape == again.shape and torch.allclose(full, again, atol=atol, rtol=1e-4)
+        if full.shape != again.shape:
+            return False
+        scale = float(full.abs().max()) if full.numel() else 0.0  # random-init logits can be tiny
+        return bool((full - again).abs().max() <= atol * scale + 1e-6)
     finally:
         model.train(was)
 

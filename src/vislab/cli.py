@@ -139,6 +139,12 @@ def _out_folder(out: str, holds: str, what: str) -> Path:
         raise CliError(f"--out {out} is a file, not a folder")
     if (folder / holds).exists():
         raise CliError(f"--out {out} already holds {what}: choose a new folder (nothing was overwritten)")
+    try:  # a folder that cannot be written fails now, not after training
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"--out {out} cannot be created ({exc.strerror or exc})") from None
+    if not os.access(folder, os.W_OK):
+        raise CliError(f"--out {out} is not writable")
     return folder
 
 
@@ -248,6 +254,8 @@ def cmd_export(args) -> int:
         for note in info.notes:
             print(f"note: {note}")
     size = cfg.with_size(args.img_size).input_size
+    if args.img_size:  # a ViT resamples its position embeddings; a fixed-size model says it cannot
+        models.fit_input_size(model, name, size[-1])
     result = export.export_model(model, size, args.out, args.format)
     if not result.ok:  # the reason names the warning that explains it, if any
         raise CliError(result.reason)

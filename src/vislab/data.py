@@ -174,8 +174,8 @@ def scan_folder(root: str | Path, check: bool = True) -> DataReport:
     for p in _entries(root):
         if p.is_file() and not _hidden(p.relative_to(root)) and p.suffix.lower() in IMAGE_EXTS:
             report.skipped.append((p.name, "image outside any class folder"))
-    for p in top:
-        if p.is_symlink():
+    for p in _entries(root):
+        if p.is_symlink() and p.is_dir() and not _hidden(p.relative_to(root)):
             report.skipped.append((p.name, "symbolic link to a folder (not followed)"))
     digests: dict = {}  # digest -> first file; (digest, folder) -> first file in that folder
     val_paths: set[str] = set()
@@ -196,7 +196,7 @@ def _scan_class(cdir: Path, root: Path, label: int, report: DataReport, digests:
         report.skipped.append((str(cdir.relative_to(root)), "folder not readable (permission denied)"))
         return
     nested = sorted({p.relative_to(cdir).parts[0] for p in cdir.rglob("*")
-                     if p.is_dir() and not _hidden(p.relative_to(root))})
+                     if p.is_dir() and not p.is_symlink() and not _hidden(p.relative_to(root))})
     if nested:
         shown = ", ".join(nested[:4]) + (", …" if len(nested) > 4 else "")
         report.warnings.append(f"class '{cdir.name}' has sub-folders ({shown}): their images count as "

@@ -68,12 +68,13 @@ def _flat(module: nn.Module) -> bool:
 
 
 def _norm_only(model: nn.Module, stage: Stage) -> bool:
-    """A stage whose parameters all sit in normalisation layers (a final LayerNorm, a stem's BatchNorm)."""
+    """A stage whose parameters all sit in normalisation layers (a final LayerNorm, a stem's BatchNorm, ResMLP's
+    Affine)."""
     if stage.params or not stage.modules:
         return False
     owners = [m for root in stage.modules for m in model.get_submodule(root).modules()
               if any(True for _ in m.parameters(recurse=False))]
-    return bool(owners) and all("Norm" in type(m).__name__ for m in owners)
+    return bool(owners) and all(any(k in type(m).__name__ for k in ("Norm", "Affine")) for m in owners)
 
 
 def _merge_norms(model: nn.Module, body: list[Stage]) -> list[Stage]:
