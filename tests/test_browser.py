@@ -64,6 +64,16 @@ def test_walk_home_to_trained_head(app_url):
         page.get_by_text("20", exact=True).first.wait_for()
         page.get_by_role("button", name="Use the sample").click()
         _done(page, "Dataset: textile sample", "data", timeout=60_000)
+        page.get_by_text("h-flip", exact=True).click()  # augmentation, with 3 fixed views to cache
+        browser.wait_idle(page)
+        views = page.get_by_role("spinbutton", name="Augmented views to cache per image")
+        views.fill("3")
+        views.press("Enter")
+        page.get_by_text("view 2 (epoch 3").first.wait_for(timeout=60_000)
+        browser.wait_idle(page)
+        page.get_by_role("heading", name="Augmentations (training only)").scroll_into_view_if_needed()
+        assert browser.exceptions(page) == []
+        _shot(page, "augment")
 
         _go(page, "Freeze & BatchNorm")
         page.get_by_text("Trainable parameters").wait_for(timeout=60_000)
