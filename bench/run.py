@@ -155,7 +155,7 @@ def app_case() -> dict:
 
 
 def markdown(results: list[dict], meta: dict) -> str:
-    lines = [f"Run {meta['date']} on {meta['machine']}, torch {meta['torch']}, {meta['threads']} threads.", "",
+    lines = [f"Run {meta['date']} on {meta['machine']}, torch {meta['torch']}.", "",
              "| case | vislab | naive / reference | ratio | target | val acc vislab / naive |",
              "|---|---:|---:|---:|---|---|"]
     for r in results:
