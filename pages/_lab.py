@@ -94,6 +94,20 @@ def weights_badge(status: weights.WeightsStatus) -> str:
     return f"{status.source}" + (f" ({status.note})" if status.note else "")
 
 
+@st.cache_data(show_spinner=False, max_entries=2000)
+def _thumbnail(path: str, mtime: float, size: int):
+    from vislab.transforms import load_image
+
+    img = load_image(path)
+    img.thumbnail((size, size))  # a 6000 px photo is not sent to the browser on every rerun
+    return img
+
+
+def thumbnail(path: str, size: int = 256):
+    """An upright RGB thumbnail of an image file, cached per file version."""
+    return _thumbnail(str(path), Path(path).stat().st_mtime, size)
+
+
 @st.cache_data(show_spinner="Checking the dataset…", max_entries=8)
 def scan(path: str, mtime: float) -> data.DataReport:
     return data.scan_folder(path)

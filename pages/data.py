@@ -114,11 +114,17 @@ _lab.chart(plots.class_balance(report.counts, count(train_items), count(val_item
 
 st.subheader("Preview")
 by_class = {i: [p for p, y in report.items if y == i][:6] for i in range(len(report.classes))}
+shown = list(range(len(report.classes)))
+if len(shown) > 12:  # many classes: pick which to look at (each row is 6 thumbnails)
+    picked = st.multiselect("Classes to preview", report.classes, default=report.classes[:12],
+                            key="preview_classes")
+    shown = [report.classes.index(c) for c in picked]
 images, captions = [], []
-for i, cname in enumerate(report.classes):
+for i in shown:
+    cname = report.classes[i]
     cols = st.columns(6)
     for col, path in zip(cols, by_class[i]):
-        img = load_image(path)
+        img = _lab.thumbnail(path)
         col.image(img, caption=cname, width="stretch")
         images.append(img)
         captions.append(cname)

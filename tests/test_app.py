@@ -466,3 +466,15 @@ def test_typing_no_model_name_keeps_the_current_model():
     assert not at.exception and at.session_state["model_name"] == before
     at.text_input[0].set_value("not_a_model_xyz").run()
     assert any("unknown model" in e.value for e in at.error) and at.session_state["model_name"] == before
+
+
+def test_many_classes_preview_a_chosen_few(tmp_path):
+    from vislab import data
+
+    many = data.make_synthetic(tmp_path / "many", classes=30, per_class=3, size=32)
+    at = _app()
+    _upload_zip(at, _zip_of(many))
+    assert not at.exception
+    assert any("90 images, 30 classes" in m.value for m in at.markdown)
+    picker = at.multiselect(key="preview_classes")
+    assert len(picker.value) == 12

@@ -106,12 +106,16 @@ def curves(metrics: list[dict]) -> go.Figure:
 def confusion_matrix(cm: np.ndarray, classes: list[str]) -> go.Figure:
     totals = cm.sum(1, keepdims=True)
     frac = np.divide(cm, totals, out=np.zeros_like(cm, dtype=float), where=totals > 0)
-    text = [[f"{cm[i, j]}<br>{frac[i, j]:.0%}" for j in range(len(classes))] for i in range(len(classes))]
-    fig = go.Figure(go.Heatmap(z=frac, x=classes, y=classes, text=text, texttemplate="%{text}",
+    n = len(classes)
+    text = [[f"{cm[i, j]}<br>{frac[i, j]:.0%}" for j in range(n)] for i in range(n)]
+    fig = go.Figure(go.Heatmap(z=frac, x=classes, y=classes, text=text,
+                               texttemplate="%{text}" if n <= 20 else None,  # many classes: numbers on hover
+                               hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>",
                                colorscale="Blues", zmin=0, zmax=1, colorbar=dict(title="row %")))
     fig.update_xaxes(title="predicted", side="bottom")
     fig.update_yaxes(title="true", autorange="reversed")
-    return _layout(fig, "Confusion matrix (validation)", height=120 + 60 * max(len(classes), 4))
+    cell = 60 if n <= 12 else max(12, 720 // n)  # at most ~840 px tall, however many classes
+    return _layout(fig, "Confusion matrix (validation)", height=120 + cell * max(n, 4))
 
 
 def per_class_accuracy(acc: np.ndarray, classes: list[str]) -> go.Figure:
