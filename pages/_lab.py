@@ -334,14 +334,9 @@ class ViewModel:
 
 
 def class_names(name: str, num: int) -> list[str]:
-    record = weights.read_manifest().get(name) or {}
-    if record.get("class_names") and len(record["class_names"]) == num:
-        return list(record["class_names"])
-    if num == 1000:
-        from vislab.evaluation import imagenet_classes
+    from vislab.evaluation import class_names as names
 
-        return imagenet_classes()
-    return [f"class {i}" for i in range(num)]
+    return names(name, num)
 
 
 def trained_view() -> ViewModel | None:

@@ -30,7 +30,8 @@ if st.button("Export and verify", type="primary"):
     name = export.export_name(ss[_lab.MODEL], strategy, fmt)
     real = torch.stack([eval_transform(vm.data_config)(_lab.photo(p)) for p in ("cat", "coffee")])
     with st.spinner(f"Exporting {name} and checking it against the model…"), _lab.model_lock(vm.model):
-        result = export.export_model(vm.model, size, folder / name, fmt, real_inputs=real)
+        result = export.export_model(vm.model, size, folder / name, fmt, real_inputs=real,
+                                     meta=export.metadata(ss[_lab.MODEL], vm.classes, vm.data_config))
     ss["export_result"] = result
     if result.ok and result.path:
         try:

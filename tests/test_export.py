@@ -282,3 +282,26 @@ def test_cli_export_bad_model_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("vislab: error: unknown model 'no_such_net'") and err.count("\n") == 1
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx", "pt2"])
+def test_class_names_and_preprocessing_travel_inside_the_file(fmt, tmp_path):
+    import json
+
+    model, info = models.create_model("test_resnet", 3, weights_choice="random")
+    cfg = info.data_config.with_size(64)
+    meta = export.metadata("test_resnet", ["cat", "dog", "10"], cfg)
+    result = export.export_model(model, cfg.input_size, tmp_path / f"m{export.SUFFIX[fmt]}", fmt, meta=meta)
+    assert result.ok, result.reason
+    if fmt == "torchscript":
+        extra = {"vislab.classes": "", "vislab.preprocessing": ""}
+        torch.jit.load(str(result.path), _extra_files=extra)
+    elif fmt == "pt2":
+        extra = {"vislab.classes": "", "vislab.preprocessing": ""}
+        torch.export.load(str(result.path), extra_files=extra)
+    else:
+        import onnx
+
+        extra = {p.key: p.value for p in onnx.load(str(result.path)).metadata_props}
+    assert json.loads(extra["vislab.classes"]) == ["cat", "dog", "10"]
+    assert json.loads(extra["vislab.preprocessing"])["input_size"][-1] == 64

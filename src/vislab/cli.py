@@ -238,7 +238,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from vislab import export, models, runs
+    from vislab import evaluation, export, heads, models, runs
 
     if Path(args.out).is_dir():
         raise CliError(f"--out {args.out} is a folder: give a file name, e.g. "
@@ -256,7 +256,9 @@ def cmd_export(args) -> int:
     size = cfg.with_size(args.img_size).input_size
     if args.img_size:  # a ViT resamples its position embeddings; a fixed-size model says it cannot
         models.fit_input_size(model, name, size[-1])
-    result = export.export_model(model, size, args.out, args.format)
+    classes = run.classes if args.run else evaluation.class_names(name, heads.num_outputs(model))
+    meta = export.metadata(name, classes, cfg.with_size(args.img_size))
+    result = export.export_model(model, size, args.out, args.format, meta=meta)
     if not result.ok:  # the reason names the warning that explains it, if any
         raise CliError(result.reason)
     for w in result.warnings:

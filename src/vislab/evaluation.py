@@ -83,3 +83,15 @@ def imagenet_classes() -> list[str]:
     from torchvision.models import MobileNet_V2_Weights
 
     return list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def class_names(model_name: str, num: int) -> list[str]:
+    """Names of a model's outputs: those recorded with its weights file, ImageNet's for 1,000, else numbers."""
+    from vislab import weights
+
+    record = weights.read_manifest().get(model_name) or {}
+    if record.get("class_names") and len(record["class_names"]) == num:
+        return list(record["class_names"])
+    if num == 1000:
+        return imagenet_classes()
+    return [f"class {i}" for i in range(num)]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import json
 import math
 import os
 import re
@@ -99,12 +100,34 @@ def _restore_training(flags: dict[nn.Module, bool]) -> None:
 
 # ----------------------------------------------------------------------------------------------- writers
 
-def _write_torchscript(model: nn.Module, example: torch.Tensor, file: Path, notes: list[str]) -> None:
+def metadata(model_name: str, classes: list[str], cfg) -> dict[str, str]:
+    """What a program using the file needs besides the graph: class names in output order and the
+    preprocessing (size, crop, mean, std). Stored inside the file (TorchScript and pt2 extra files, ONNX
+    metadata_props, which Netron shows)."""
+    return {"vislab.model": model_name, "vislab.classes": json.dumps(list(classes)),
+            "vislab.preprocessing": json.dumps(cfg.to_dict())}
+
+
+def _write_torchscript(model: nn.Module, example: torch.Tensor, file: Path, notes: list[str],
+                       meta: dict[str, str]) -> None:
     traced = torch.jit.trace(model, example, check_trace=False)  # our own check below is stricter
-    torch.jit.save(traced, str(file))
+    torch.jit.save(traced, str(file), _extra_files=dict(meta))
 
 
-def _write_onnx(model: nn.Module, example: torch.Tensor, file: Path, notes: list[str]) -> None:
+def _write_onnx(model: nn.Module, example: torch.Tensor, file: Path, notes: list[str],
+                meta: dict[str, str]) -> None:
+    _export_onnx(model, example, file, notes)
+    if meta:
+        import onnx
+
+        graph = onnx.load(str(file))
+        for key, value in meta.items():
+            entry = graph.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(graph, str(file))
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, file: Path, notes: list[str]) -> None:
     names = {"input_names": ["image"], "output_names": ["logits"], "opset_version": ONNX_OPSET}
     try:
         import onnxscript  # noqa: F401  the torch.export-based exporter translates with it
@@ -122,9 +145,10 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, file: Path, notes: list
                       dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, **names)
 
 
-def _write_pt2(model: nn.Module, example: torch.Tensor, file: Path, notes: list[str]) -> None:
+def _write_pt2(model: nn.Module, example: torch.Tensor, file: Path, notes: list[str],
+               meta: dict[str, str]) -> None:
     program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
-    torch.export.save(program, str(file))
+    torch.export.save(program, str(file), extra_files=dict(meta))
 
 
 _WRITERS = {"torchscript": _write_torchscript, "onnx": _write_onnx, "pt2": _write_pt2}
@@ -194,12 +218,14 @@ def _hint(result: ExportResult) -> str:
 
 
 def export_model(model: nn.Module, input_size: tuple[int, int, int], path: str | Path, fmt: str,
-                 real_inputs: torch.Tensor | None = None, tol: float | None = None) -> ExportResult:
+                 real_inputs: torch.Tensor | None = None, tol: float | None = None,
+                 meta: dict[str, str] | None = None) -> ExportResult:
     """Export `model` in eval mode as `fmt` to `path`, reload the file and check it against the model.
 
     input_size: (C, H, W) the model sees (its data config, e.g. `info.data_config.input_size`).
     real_inputs: optional (B, C, H, W) prepared images checked besides the random batch.
     tol: max abs difference accepted; None for the format's default (TOLERANCE says why).
+    meta: strings stored inside the file (`metadata(...)`: class names and preprocessing).
     Refused exports (failure, or outputs off by more than tol) leave no file: `ok` False and `reason` says why.
     The file is written in a temporary folder beside `path` and moved there when it passed, so an older
     file at `path` is replaced only by a good one.
@@ -222,7 +248,7 @@ def export_model(model: nn.Module, input_size: tuple[int, int, int], path: str |
     flags = _training_flags(model)
     model.eval()
     try:
-        _export_and_check(model, fmt, partial, example, checks, result)
+        _export_and_check(model, fmt, partial, example, checks, result, meta or {})
         if result.ok:
             os.replace(partial, path)
             result.path, result.size_bytes = path, path.stat().st_size
@@ -235,13 +261,13 @@ def export_model(model: nn.Module, input_size: tuple[int, int, int], path: str |
 
 
 def _export_and_check(model: nn.Module, fmt: str, file: Path, example: torch.Tensor,
-                      checks: list[tuple[str, torch.Tensor]], result: ExportResult) -> None:
+                      checks: list[tuple[str, torch.Tensor]], result: ExportResult, meta: dict[str, str]) -> None:
     """Write `file` and check it, recording every warning raised meanwhile (deduplicated) in the result."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             start = time.perf_counter()
-            _WRITERS[fmt](model, example, file, result.warnings)
+            _WRITERS[fmt](model, example, file, result.warnings, meta)
             result.seconds = time.perf_counter() - start
             _check(model, fmt, file, checks, result)
         except Exception as exc:  # noqa: BLE001  any failure is a refusal with its reason
