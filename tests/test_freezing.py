@@ -140,3 +140,31 @@ def test_stage_names_are_real_modules():
     with torch.device("meta"):
         vgg = models.build_architecture("vgg16_bn")
     assert [s.name for s in freezing.stages(vgg)][:2] == ["features.0-6", "features.7-13"]
+
+
+def test_frozen_stages_drop_nothing_trained_ones_still_do():
+    """Like Keras' base_model(x, training=False): a frozen stage is a fixed feature extractor, so its
+    stochastic depth and dropout are off in model.train(); a thawed stage keeps them."""
+    from vislab import caching
+
+    torch.manual_seed(0)
+    from torchvision.models import efficientnet_b0
+
+    net = efficientnet_b0(num_classes=3)  # torchvision: StochasticDepth in every block
+    freezing.apply(net, freezing.preset(net, "head")[0])
+    net.train()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = net.features(x), net.features(x)
+    assert torch.equal(a, b)  # deterministic although in train mode
+    prefix = caching.find_prefix(net, x)
+    assert prefix.boundary.startswith("classifier")  # the whole trunk can be cached
+    freezing.apply(net, freezing.preset(net, "partial", thaw_last=2)[0])  # features.7 and features.8
+    thawed = [m for n, m in net.named_modules() if freezing.is_stochastic(m) and n.startswith("features.7")]
+    frozen = [m for n, m in net.named_modules() if freezing.is_stochastic(m) and n.startswith("features.2")]
+    assert thawed and not any(m._vislab_still for m in thawed)
+    assert frozen and all(m._vislab_still for m in frozen)
+    over = freezing.FreezePlan.from_dict({**freezing.preset(net, "head")[0].to_dict(),
+                                          "modules": {"features.2": True}})
+    freezing.apply(net, over)  # a single-module override thaws a block: its drops come back
+    assert not any(m._vislab_still for m in frozen)

@@ -48,7 +48,7 @@ def _moving(m: nn.Module) -> bool:
         return True
     if freezing._is_batchnorm(m) and m.track_running_stats and freezing.bn_mode(m) == "train":
         return True
-    return _stochastic(m)
+    return _stochastic(m) and not getattr(m, "_vislab_still", False)  # frozen stages drop nothing
 
 
 @torch.no_grad()

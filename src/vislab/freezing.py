@@ -8,6 +8,9 @@ and how its BatchNorm layers behave:
   eval    running stats frozen (the layer normalises with them even in model.train()), affine may train
   frozen  running stats and affine both frozen
 
+Dropout and stochastic depth inside a frozen stage are off (a frozen stage is a fixed feature extractor,
+as Keras' `base_model(x, training=False)`); in a trained stage they work as usual.
+
 `eval` and `frozen` are kept by a forward pre-hook that puts the layer in eval mode right before it runs,
 so they survive `model.train()` (calling `.eval()` on a layer once is undone by the next `model.train()`).
 The hook keeps module types and state_dict keys unchanged, so saved runs load into a plain model; timm's
@@ -200,6 +203,26 @@ def preset(model: nn.Module, strategy: str, thaw_last: int = 1, bn: str | None =
     return [head_only, plan_for(model, None, bn)]  # two-phase
 
 
+def is_stochastic(module: nn.Module) -> bool:
+    """Dropout of any kind, timm's DropPath, torchvision's StochasticDepth."""
+    kind = type(module).__name__
+    return isinstance(module, nn.modules.dropout._DropoutNd) or "DropPath" in kind or "StochasticDepth" in kind
+
+
+def _still_hook(module: nn.Module, args) -> None:
+    if module._vislab_still:
+        module.training = False  # a frozen stage is a fixed feature extractor: no random drops in it
+
+
+def _trains_here(name: str, stage_trains: bool, overrides: dict[str, bool]) -> bool:
+    """Whether module `name` sits in trained code: its stage's setting, unless a single-module override
+    on it or on a block that holds it says otherwise (the most specific override wins)."""
+    for key in sorted(overrides, key=len):
+        if name == key or name.startswith(key + "."):
+            stage_trains = overrides[key]
+    return stage_trains
+
+
 def _bn_mode_hook(module: nn.Module, args) -> None:
     if module._vislab_bn_mode != "train":
         module.training = False  # normalise with the running stats and leave them alone
@@ -230,7 +253,13 @@ def apply(model: nn.Module, plan: FreezePlan, strict: bool = True) -> None:
     for name, on in plan.modules.items():
         model.get_submodule(name).requires_grad_(on)
     owner = _stage_of_modules(model)
+    trainable = {st.name: plan.trainable.get(st.name, False) for st in stages(model)}
     for name, module in model.named_modules():
+        if is_stochastic(module):  # off in frozen stages, as Keras' base_model(x, training=False)
+            if not hasattr(module, "_vislab_still"):
+                module.register_forward_pre_hook(_still_hook)
+            module._vislab_still = name in owner and not _trains_here(name, trainable[owner[name]], plan.modules)
+            continue
         if not _is_batchnorm(module):
             continue
         mode = plan.bn.get(owner.get(name, ""), "train")
