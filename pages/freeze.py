@@ -98,9 +98,14 @@ st.markdown(f"- The optimizer updates **{len(rep.trainable_tensors)} tensors** "
             f"({rep.trainable_params:,} numbers); everything else stays bit-identical.\n"
             f"- **{len(rep.moving_bn_buffers)} BatchNorm layers** update their running mean/var on every batch"
             + (" — including some in frozen stages (the classic trap)." if any(
-                plots.stage_state(r) == "frozen" and "train" in r["bn_modes"] for r in rows) else "."))
+                plots.stage_state(r) == "frozen" and "train" in r["bn_modes"] for r in rows) else ".")
+            + (f"\n- **{len(rep.stilled)} dropout / stochastic-depth layers** in frozen stages stay off: a "
+               "frozen stage is a fixed feature extractor." if rep.stilled else ""))
 with st.expander("Exactly which tensors and buffers"):
     st.markdown("**Trained parameters**")
     st.code("\n".join(rep.trainable_tensors) or "(none)", language=None)
     st.markdown("**Moving BatchNorm buffers**")
     st.code("\n".join(rep.moving_bn_buffers) or "(none)", language=None)
+    if rep.stilled:
+        st.markdown("**Dropout / stochastic depth switched off (frozen stages)**")
+        st.code("\n".join(rep.stilled), language=None)

@@ -478,3 +478,11 @@ def test_many_classes_preview_a_chosen_few(tmp_path):
     assert any("90 images, 30 classes" in m.value for m in at.markdown)
     picker = at.multiselect(key="preview_classes")
     assert len(picker.value) == 12
+
+
+def test_freeze_page_lists_the_drops_a_frozen_stage_switches_off():
+    at = _app()
+    _pick_model(at, "efficientnet_v2_s")  # torchvision: stochastic depth in every block
+    at.switch_page("pages/freeze.py").run()
+    assert not at.exception
+    assert any("stochastic-depth layers" in m.value for m in at.markdown)

@@ -164,6 +164,8 @@ def test_frozen_stages_drop_nothing_trained_ones_still_do():
     frozen = [m for n, m in net.named_modules() if freezing.is_stochastic(m) and n.startswith("features.2")]
     assert thawed and not any(m._vislab_still for m in thawed)
     assert frozen and all(m._vislab_still for m in frozen)
+    stilled = freezing.report(net).stilled
+    assert stilled and all(not n.startswith(("features.7", "features.8")) for n in stilled)
     over = freezing.FreezePlan.from_dict({**freezing.preset(net, "head")[0].to_dict(),
                                           "modules": {"features.2": True}})
     freezing.apply(net, over)  # a single-module override thaws a block: its drops come back

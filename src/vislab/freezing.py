@@ -280,6 +280,7 @@ class FreezeReport:
     frozen_params: int
     trainable_tensors: list[str]  # parameter names that the optimizer will update
     moving_bn_buffers: list[str]  # BatchNorm running stats that training will change
+    stilled: list[str] = field(default_factory=list)  # dropout / stochastic depth switched off (frozen stages)
 
     @property
     def total(self) -> int:
@@ -292,7 +293,8 @@ def report(model: nn.Module) -> FreezeReport:
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     moving = [f"{n}.running_mean, {n}.running_var" for n, m in model.named_modules()
               if _is_batchnorm(m) and m.track_running_stats and bn_mode(m) == "train"]
-    return FreezeReport(sum(c for _, c in trainable), frozen, [n for n, _ in trainable], moving)
+    stilled = [n for n, m in model.named_modules() if getattr(m, "_vislab_still", False)]
+    return FreezeReport(sum(c for _, c in trainable), frozen, [n for n, _ in trainable], moving, stilled)
 
 
 def stage_summary(model: nn.Module) -> list[dict]:
