@@ -32,3 +32,11 @@ def test_gpu_check_says_so_without_a_gpu(capsys):
         pytest.skip("a GPU is present: the device check runs for real on it")
     assert gpu_check.main([]) == 0
     assert "no CUDA GPU" in capsys.readouterr().out
+
+
+def test_cache_equivalence_script_runs_and_agrees(capsys):
+    import cache_equivalence
+
+    assert cache_equivalence.main(["test_resnet"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" same ") == 2 and "features cached" in out

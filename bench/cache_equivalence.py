@@ -1,0 +1,67 @@
+"""Cached vs uncached training on many architectures: the feature cache must not change what is learned.
+
+    .venv/bin/python bench/cache_equivalence.py                  # 22 models, head and partial (~5 min, 2 cores)
+    .venv/bin/python bench/cache_equivalence.py resnet18 swin_t  # just these
+
+Random weights, a small synthetic dataset, 2 epochs, the same seed. For each model and strategy it prints
+the largest relative difference of the per-epoch train/val losses, the largest weight difference, and the
+cache line (how much of the network was cached, or why not). Exit status 1 if any pair differs.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from vislab import data, experiment
+from vislab.training import TrainConfig
+
+MODELS = ["resnet18", "mobilenet_v2", "efficientnet_b0", "convnext_atto", "regnet_y_400mf", "densenet121",
+          "googlenet", "efficientnet_v2_s", "swin_t", "seresnext26d_32x4d", "ghostnet_100", "repvgg_a0",
+          "mobilevit_xxs", "edgenext_xx_small", "rexnet_100", "nf_regnet_b0", "hrnet_w18_small",
+          "shufflenet_v2_x0_5", "deit_tiny_patch16_224", "levit_128s", "fastvit_t8", "cspresnet50"]
+FIXED_224 = {"deit_tiny_patch16_224", "levit_128s"}
+
+
+def compare(name: str, strategy: str, report: data.DataReport) -> tuple[float, float, str]:
+    results = []
+    for cache in (True, False):
+        spec = experiment.Spec(model=name, strategy=strategy, weights="random",
+                               img_size=224 if name in FIXED_224 else 96,
+                               train=TrainConfig(epochs=2, batch_size=8, device="cpu", seed=1, cache=cache))
+        results.append(experiment.train(spec, report, None))
+    a, b = results
+    losses = [(x[k], y[k]) for x, y in zip(a.history.epochs, b.history.epochs) for k in ("train_loss", "val_loss")]
+    rel = max(abs(x - y) / max(abs(y), 1e-6) for x, y in losses)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    weights = max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa)
+    return rel, weights, a.history.cache[0]
+
+
+def main(argv: list[str]) -> int:
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(2)
+    folder = data.make_synthetic(Path(tempfile.mkdtemp()) / "syn", classes=3, per_class=8, size=64)
+    report = data.scan_folder(folder)
+    bad = 0
+    for name in argv or MODELS:
+        for strategy in ("head", "partial"):
+            try:
+                rel, diff, cache = compare(name, strategy, report)
+            except Exception as exc:  # noqa: BLE001  report and go on
+                print(f"{name:24s} {strategy:8s} ERROR {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+                bad += 1
+                continue
+            ok = rel < 1e-3 and diff < 1e-3
+            bad += not ok
+            print(f"{name:24s} {strategy:8s} {'same' if ok else 'DIFFERENT'}  losses {rel:.1e}  weights {diff:.1e}"
+                  f"  | {cache[:90]}", flush=True)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
