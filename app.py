@@ -21,8 +21,9 @@ pages = st.navigation([
 ])
 _state.init_state()
 _state.clean_work_dirs()
-sidebar = st.sidebar.container()
-try:
+slot = st.sidebar.empty()
+_state.sidebar(slot.container())  # drawn first: a page that calls st.stop() ends the run, and with it anything
+try:                              # drawn after, so this is what such a page shows
     pages.run()  # Streamlit keeps an unexpected error inside this page (see client.showErrorDetails)
-finally:  # after the page, so the sidebar shows what the page just changed (also after st.stop)
-    _state.sidebar(sidebar)
+finally:  # again after the page, replacing the first, so it shows what the page just changed
+    _state.sidebar(slot.container())

@@ -51,6 +51,11 @@ def test_walk_home_to_trained_head(app_url):
         page.goto(app_url)
         _done(page, "Strategy advisor", "home", timeout=60_000)
 
+        _go(page, "SE channel weights")  # mobilenet_v2 has none: the page stops early, the sidebar still shows
+        page.get_by_text("has no Squeeze-and-Excitation").wait_for(timeout=60_000)
+        browser.wait_idle(page)
+        assert "Current lab" in page.locator('[data-testid="stSidebar"]').inner_text()
+
         _go(page, "Model")
         page.get_by_text("Real weights available").wait_for(timeout=60_000)
         assert browser.exceptions(page) == []
