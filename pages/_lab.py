@@ -555,3 +555,11 @@ def cached_view(kind: str, model, images: list, extra: tuple, compute):
     model_id = (id(model), float(last.double().sum()), tuple(last.shape))
     with model_lock(model):
         return _view_result((kind, model_id, image_ids, extra), compute)
+
+
+def cam_layer(model, name: str) -> str:
+    """The model's default CAM layer; for a model outside the catalog that takes a probing forward pass,
+    so it is found once per model, not on every rerun."""
+    from vislab import cam
+
+    return cached_view("cam_layer", model, [], (name,), lambda: cam.default_layer(model, name))

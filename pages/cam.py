@@ -21,7 +21,7 @@ if not images:
 
 ref = vms[0]
 layers = cam.layer_choices(ref.model)
-default = cam.default_layer(ref.model, ss[_lab.MODEL])
+default = _lab.cam_layer(ref.model, ss[_lab.MODEL])
 c1, c2, c3 = st.columns([3, 2, 2])
 methods = c1.multiselect("Methods", ["CAM (classic)"] + list(cam.METHODS), default=["CAM (classic)", "GradCAM", "GradCAM++", "LayerCAM"], key="cam_methods")
 layer = c2.selectbox("Target layer", layers if default in layers else [default] + layers,

@@ -120,7 +120,7 @@ if loaded:
             images = [(p, load_image(p)) for p, _ in picks]
             x = torch.stack([eval_transform(cfg)(img) for _, img in images])  # (B, 3, H, W)
             crops = [np.asarray(crop_seen(img, cfg)) for _, img in images]
-            layer = cam.default_layer(models_ok[0].model, model_name)
+            layer = _lab.cam_layer(models_ok[0].model, model_name)
             panels = []
             for r in models_ok:  # cached per run: changing the layer below does not redo these
                 try:

@@ -51,6 +51,19 @@ def _chart_titles(at) -> list[str]:
     return titles
 
 
+def _train_on_page(at, size: int, epochs: int = 1):
+    """Start training on the Train page and wait for the background job; returns it."""
+    at.switch_page("pages/train.py").run()
+    at.number_input[0].set_value(epochs).run()
+    at.select_slider[1].set_value(size).run()  # image size
+    next(b for b in at.button if b.label == "Start training").click().run()
+    deadline = time.time() + 120
+    while at.session_state["job"].running and time.time() < deadline:
+        time.sleep(0.5)
+    at.run()
+    return at.session_state["job"]
+
+
 def test_every_page_renders_without_exception():
     at = _app()
     for page in PAGES:
@@ -115,16 +128,8 @@ def test_one_epoch_on_a_tiny_model_gives_curves_and_confusion(synthetic):
     assert at.session_state["model_name"] == "test_resnet"
     assert any("No pretrained weights" in w.value for w in at.warning)
     _upload_zip(at, _zip_of(synthetic))
-    at.switch_page("pages/train.py").run()
-    at.number_input[0].set_value(1).run()  # epochs
-    at.select_slider[1].set_value(64).run()  # image size
-    next(b for b in at.button if b.label == "Start training").click().run()
-    deadline = time.time() + 90
-    while at.session_state["job"].running and time.time() < deadline:
-        time.sleep(0.5)
-    at.run()
+    job = _train_on_page(at, 64)
     assert not at.exception
-    job = at.session_state["job"]
     assert job.status == "done", job.message
     titles = _chart_titles(at)
     assert "Training curves" in titles and "Confusion matrix (validation)" in titles
@@ -376,15 +381,7 @@ def test_augmented_views_set_on_the_data_page_are_cached_by_training(synthetic):
     assert not at.exception
     assert at.session_state["augment"].views == 2 and at.session_state["augment"].hflip
     assert any("2 fixed random view(s)" in c.value for c in at.caption)
-    at.switch_page("pages/train.py").run()
-    at.number_input[0].set_value(2).run()  # epochs
-    at.select_slider[1].set_value(64).run()  # image size
-    next(b for b in at.button if b.label == "Start training").click().run()
-    deadline = time.time() + 90
-    while at.session_state["job"].running and time.time() < deadline:
-        time.sleep(0.5)
-    at.run()
-    job = at.session_state["job"]
+    job = _train_on_page(at, 64, epochs=2)
     assert job.status == "done", job.message
     assert job.cache and job.cache[0].startswith("features cached"), job.cache
     assert json.loads((job.result.run_dir / "config.json").read_text())["augment"]["views"] == 2
@@ -417,23 +414,11 @@ def test_two_upload_classes_with_one_name_are_refused():
     assert any("its own, non-empty name" in e.value for e in at.error)
 
 
-def _train_one_epoch(at, size: int) -> object:
-    at.switch_page("pages/train.py").run()
-    at.number_input[0].set_value(1).run()  # epochs
-    at.select_slider[1].set_value(size).run()  # image size
-    next(b for b in at.button if b.label == "Start training").click().run()
-    deadline = time.time() + 120
-    while at.session_state["job"].running and time.time() < deadline:
-        time.sleep(0.5)
-    at.run()
-    return at.session_state["job"]
-
-
 def test_side_by_side_feature_maps_after_training_at_another_size(synthetic):
     at = _app()
     _pick_model(at, "test_resnet")
     _upload_zip(at, _zip_of(synthetic))
-    job = _train_one_epoch(at, 64)
+    job = _train_on_page(at, 64)
     assert job.status == "done", job.message
     at.switch_page("pages/features.py").run()
     at.radio(key="feat_models").set_value("side by side").run()
@@ -445,7 +430,7 @@ def test_a_vit_trains_on_the_train_page_at_another_size(synthetic):
     at = _app()
     _pick_model(at, "test_vit")
     _upload_zip(at, _zip_of(synthetic))
-    job = _train_one_epoch(at, 64)
+    job = _train_on_page(at, 64)
     assert job.status == "done", job.message
     assert job.result.info.data_config.size == 64
 

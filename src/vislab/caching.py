@@ -36,10 +36,10 @@ class Prefix:
 
 
 def _stochastic(m: nn.Module) -> bool:
-    """Dropout, DropPath (timm), StochasticDepth (torchvision) and the like with a non-zero rate."""
-    kind = type(m).__name__
-    p = getattr(m, "p", None) if ("Drop" in kind or "Stochastic" in kind) else None
-    p = getattr(m, "drop_prob", p)
+    """A random layer (freezing.is_stochastic) with a non-zero rate."""
+    if not freezing.is_stochastic(m):
+        return False
+    p = getattr(m, "drop_prob", getattr(m, "p", None))
     return isinstance(p, (int, float)) and p > 0
 
 

@@ -177,7 +177,7 @@ def scan_folder(root: str | Path, check: bool = True) -> DataReport:
     for p in _entries(root):
         if p.is_symlink() and p.is_dir() and not _hidden(p.relative_to(root)):
             report.skipped.append((p.name, "symbolic link to a folder (not followed)"))
-    digests: dict = {}  # digest -> first file; (digest, folder) -> first file in that folder
+    digests: dict[str, dict[str, str]] = {}  # file digest -> {class folder: its first file with it}
     val_paths: set[str] = set()
     for base, is_val in sources:
         for label, name in enumerate(report.classes):
@@ -190,7 +190,7 @@ def scan_folder(root: str | Path, check: bool = True) -> DataReport:
     return report
 
 
-def _scan_class(cdir: Path, root: Path, label: int, report: DataReport, digests: dict,
+def _scan_class(cdir: Path, root: Path, label: int, report: DataReport, digests: dict[str, dict[str, str]],
                 val_paths: set[str] | None, check: bool) -> None:
     if not os.access(cdir, os.R_OK | os.X_OK):
         report.skipped.append((str(cdir.relative_to(root)), "folder not readable (permission denied)"))
@@ -220,17 +220,15 @@ def _scan_class(cdir: Path, root: Path, label: int, report: DataReport, digests:
         except OSError as exc:
             report.skipped.append((str(rel), f"unreadable ({exc.strerror or exc})"))
             continue
+        seen = digests.setdefault(digest, {})  # insertion order: the first folder's file comes first
         folder = str(cdir.relative_to(root))
-        same_folder = digests.get((digest, folder))
-        if same_folder is not None:
-            report.skipped.append((str(rel), f"same bytes as {same_folder}: kept once, so a copy cannot land in "
+        if folder in seen:
+            report.skipped.append((str(rel), f"same bytes as {seen[folder]}: kept once, so a copy cannot land in "
                                              "both training and validation"))
             continue
-        first = digests.get(digest)
-        if first is not None:
-            report.warnings.append(f"{rel} is the same file as {first} (in another folder)")
-        digests.setdefault(digest, str(rel))
-        digests[(digest, folder)] = str(rel)
+        if seen:
+            report.warnings.append(f"{rel} is the same file as {next(iter(seen.values()))} (in another folder)")
+        seen[folder] = str(rel)
         report.items.append((str(path), label))
         if val_paths is not None:
             val_paths.add(str(path))

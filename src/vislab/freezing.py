@@ -204,9 +204,9 @@ def preset(model: nn.Module, strategy: str, thaw_last: int = 1, bn: str | None =
 
 
 def is_stochastic(module: nn.Module) -> bool:
-    """Dropout of any kind, timm's DropPath, torchvision's StochasticDepth."""
+    """Dropout of any kind, timm's DropPath and DropBlock, torchvision's StochasticDepth."""
     kind = type(module).__name__
-    return isinstance(module, nn.modules.dropout._DropoutNd) or "DropPath" in kind or "StochasticDepth" in kind
+    return isinstance(module, nn.modules.dropout._DropoutNd) or "Drop" in kind or "StochasticDepth" in kind
 
 
 def _still_hook(module: nn.Module, args) -> None:

@@ -151,7 +151,7 @@ def _load_torchvision(name: str, status: WeightsStatus, file_classes: int | None
         state = weights.read_state_dict(status.path)
     model = build_architecture(name, num_classes=file_classes)
     if getattr(model, "aux_logits", None) is False:  # pretrained files carry the auxiliary heads: drop them
-        state = {k: v for k, v in state.items() if not k.split(".")[0] in ("aux1", "aux2", "AuxLogits")}
+        state = {k: v for k, v in state.items() if k.split(".")[0] not in ("aux1", "aux2", "AuxLogits")}
     weights.check_fits(model, state)
     model.load_state_dict(state, strict=False)  # num_batches_tracked may be absent in old files
     return model
