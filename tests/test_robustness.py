@@ -5,13 +5,15 @@ Every bad input is built here, in the test. Each case asserts on the message and
 
 import io
 import json
+import re
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from vislab import cli, data, experiment, runs
+from vislab import cli, data, experiment, runs, training
 from vislab.training import TrainConfig
 
 
@@ -39,17 +41,22 @@ def _outside_untouched(tmp_path, work):
 
 
 # ---- archives ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name, entries, message", [
-    ("traversal", {"a/ok.png": _png(), "../../evil.png": _png()}, "unsafe path '../../evil.png'"),
-    ("absolute", {"a/ok.png": _png(), "/tmp/evil.png": _png()}, "unsafe path '/tmp/evil.png'"),
-    ("windows drive", {"a/ok.png": _png(), "C:/evil.png": _png()}, "unsafe path 'C:/evil.png'"),
-])
-def test_unsafe_paths_are_refused_before_anything_is_written(tmp_path, name, entries, message):
-    archive = _zip(tmp_path, entries)
+def _written_anywhere(root, name: str) -> list:
+    """Every file called `name` under `root`, hidden folders (the `.extracting-*` one) included."""
+    return [p for p in root.rglob(name) if p.is_file()]
+
+
+@pytest.mark.parametrize("kind", ["traversal", "absolute", "windows drive"])
+def test_unsafe_paths_are_refused_before_anything_is_written(tmp_path, kind):
+    # each evil entry, were it extracted, would land inside tmp_path, where rglob can see it:
+    # ../../ from work/.extracting-*/ is tmp_path itself; the absolute one points into tmp_path/outside
+    evil = {"traversal": "../../evil.png", "absolute": str(tmp_path / "outside" / "evil.png"),
+            "windows drive": "C:/evil.png"}[kind]
+    archive = _zip(tmp_path, {"a/ok.png": _png(), evil: _png()})
     work = tmp_path / "work"
-    with pytest.raises(data.DataError, match=message.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(data.DataError, match=re.escape(f"unsafe path '{evil}'")):
         data.load_dataset(archive, work)
-    assert not any(p.name == "evil.png" for p in tmp_path.rglob("*"))
+    assert not _written_anywhere(tmp_path, "evil.png")
     assert _outside_untouched(tmp_path, work)
 
 
@@ -57,7 +64,7 @@ def test_zip_bomb_by_ratio(tmp_path):
     archive = _zip(tmp_path, {**_good_entries(), "a/bomb.png": b"\0" * (20 << 20)})  # 20 MiB of zeros
     with pytest.raises(data.DataError, match="zip bomb"):
         data.load_dataset(archive, tmp_path / "work")
-    assert not (tmp_path / "work" / "upload" / "a" / "bomb.png").exists()
+    assert not _written_anywhere(tmp_path / "work", "bomb.png")  # neither the temporary nor the final folder
 
 
 def test_zip_bomb_by_total_size_and_file_count(tmp_path, monkeypatch):
@@ -65,11 +72,16 @@ def test_zip_bomb_by_total_size_and_file_count(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "MAX_ZIP_BYTES", 100)
     with pytest.raises(data.DataError, match="unpacks to .* the limit is"):
         data.load_dataset(archive, tmp_path / "work")
+    assert not _written_anywhere(tmp_path / "work", "*.png")
     monkeypatch.setattr(data, "MAX_ZIP_BYTES", 1 << 30)
     monkeypatch.setattr(data, "MAX_ZIP_FILES", 3)
     with pytest.raises(data.DataError, match="holds 6 files; the limit is 3"):
         data.load_dataset(archive, tmp_path / "work")
-    assert not (tmp_path / "work" / "upload").exists() or not any((tmp_path / "work" / "upload").rglob("*.png"))
+    assert not _written_anywhere(tmp_path / "work", "*.png")  # refused before the first file is written
+    monkeypatch.setattr(data, "MAX_ZIP_FILES", 20_000)
+    report = data.load_dataset(archive, tmp_path / "work")  # within the limits the same zip is extracted,
+    assert Path(report.root).parent == tmp_path / "work"  # into work/<name>-<sha12>, where the checks looked
+    assert len(_written_anywhere(tmp_path / "work", "*.png")) == 6
 
 
 def _mark_encrypted(path):
@@ -178,17 +190,41 @@ def test_duplicate_files_across_classes_are_warned(tmp_path):
 
 
 # ---- training faults -----------------------------------------------------------------------------------
-def test_nan_loss_stops_with_a_hint_and_keeps_the_last_good_checkpoint(synthetic, tmp_path):
+def test_nan_loss_stops_with_a_hint_and_keeps_the_last_good_checkpoint(synthetic, tmp_path, monkeypatch):
+    """Epoch 1 trains normally; then the weights turn NaN (as a far too high learning rate makes them), so
+    the first loss of epoch 2 is NaN. The run must stop there and save epoch 1's weights, not the NaN ones."""
+    real_forward = training.forward_train
+    seen = {}
+
+    def forward(model, x):
+        if seen.get("epoch_1"):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(float("nan"))
+            seen["poisoned"] = True
+        seen["model"] = model
+        return real_forward(model, x)
+
+    def on_event(e):
+        events.append(e)
+        if e.kind == "epoch" and e.epoch == 1:  # the best checkpoint so far is epoch 1's
+            seen["epoch_1"] = {k: v.detach().clone() for k, v in seen["model"].state_dict().items()}
+
+    monkeypatch.setattr(training, "forward_train", forward)
     report = data.scan_folder(synthetic)
     spec = experiment.Spec(model="test_resnet", strategy="scratch", img_size=64,
-                           train=TrainConfig(epochs=3, lr=1e30, batch_size=8, device="cpu", cache=False))
+                           train=TrainConfig(epochs=3, lr=1e-3, batch_size=8, device="cpu", cache=False))
     events = []
-    result = experiment.train(spec, report, tmp_path / "run", on_event=events.append)
+    result = experiment.train(spec, report, tmp_path / "run", on_event=on_event)
     assert result.history.stopped and "lower learning rate" in result.history.failure
+    assert "at epoch 2, batch 1" in result.history.failure
     assert any(e.kind == "end" and "Try a lower learning rate" in e.message for e in events)
-    if result.history.epochs:  # the best finished epoch was saved, with finite weights
-        model, _ = runs.load(result.run_dir)
-        assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+    assert len(result.history.epochs) == 1 and result.history.best_epoch == 1
+    assert seen.get("poisoned")  # the weights were NaN when it stopped
+    model, _ = runs.load(result.run_dir)
+    saved = model.state_dict()
+    assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
+    assert all(torch.equal(saved[k], v) for k, v in seen["epoch_1"].items())  # exactly epoch 1's weights
 
 
 def test_a_run_resumes_from_disk(synthetic, tmp_path, capsys):
@@ -219,7 +255,6 @@ def test_resume_refuses_a_dataset_with_other_classes(synthetic, tmp_path, capsys
 
 def test_upload_limit_is_configured_and_stated():
     import tomllib
-    from pathlib import Path
 
     config = tomllib.loads((Path(__file__).resolve().parents[1] / ".streamlit" / "config.toml").read_text())
     assert config["server"]["maxUploadSize"] == 500
