@@ -71,7 +71,17 @@ def test_every_page_renders_without_exception():
         assert not at.exception, f"{page}: {at.exception}"
 
 
+def _skip_without_seeded(name: str = "mobilenet_v2") -> None:
+    """Tests that read real predictions need the weights scripts/setup.sh seeds; without them, say so."""
+    from vislab import catalog, weights
+
+    found = weights.status(name, catalog.source_of(name))
+    if not found.available:
+        pytest.skip(f"no seeded {name} weights here ({found.describe()}): run bash scripts/setup.sh")
+
+
 def test_home_shows_catalog_and_weights_status():
+    _skip_without_seeded()
     at = _app()
     frame = at.dataframe[0].value
     assert "mobilenet_v2" in set(frame["model"])
@@ -93,17 +103,26 @@ def test_home_preset_changes_freeze_page():
 
 
 def test_toggling_a_stage_changes_trainable_count():
+    from vislab import freezing, models
+
     at = _app()
     at.switch_page("pages/freeze.py").run()
+    model = models.build_architecture(at.session_state["model_name"])  # the default model, whichever it is
+    stage = [s for s in freezing.stages(model) if s.name != freezing.HEAD][-1]  # the last stage before the head
+    parts = [m for root in stage.modules for m in model.get_submodule(root).modules()]
+    bn = [m for m in parts if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    bn_params = sum(p.numel() for m in bn for p in m.parameters())
+    weights_only = sum(p.numel() for root in stage.modules for p in model.get_submodule(root).parameters()) - bn_params
+    assert bn and weights_only  # the check below needs a stage with BatchNorm and other weights
     before = _metric(at, "Trainable parameters")
-    at.toggle(key="train_features.18_0").set_value(True).run()
+    next(t for t in at.toggle if t.key.startswith(f"train_{stage.name}_")).set_value(True).run()
     count = lambda: int(_metric(at, "Trainable parameters").replace(",", ""))  # noqa: E731
     after = count()
-    assert after - int(before.replace(",", "")) == 320 * 1280  # the 1x1 conv; its BN is still `frozen`
+    assert after - int(before.replace(",", "")) == weights_only  # its BN is still `frozen`
     assert at.session_state["strategy"] == "custom"
-    at.segmented_control(key="bn_features.18_0").set_value("train").run()
-    assert count() - after == 2 * 1280  # BN gamma and beta now train too
-    assert _metric(at, "BN layers updating stats") == "1"
+    next(c for c in at.segmented_control if c.key.startswith(f"bn_{stage.name}_")).set_value("train").run()
+    assert count() - after == bn_params  # BN gamma and beta now train too
+    assert _metric(at, "BN layers updating stats") == str(len(bn))
 
 
 def test_zip_upload_shows_class_counts(synthetic):
@@ -160,6 +179,7 @@ def test_stop_ends_a_run_mid_epoch_and_keeps_best(synthetic):
 
 
 def test_cam_page_computes_methods_side_by_side():
+    _skip_without_seeded()  # "Egyptian cat" below is the pretrained model's answer
     at = _app()
     at.switch_page("pages/cam.py").run()
     at.multiselect(key="cam_methods").set_value(["CAM (classic)", "GradCAM", "EigenCAM"]).run()
