@@ -1,8 +1,9 @@
-"""vislab's entry point: it only routes (and fills the sidebar). Run with `streamlit run app.py`."""
+"""vislab's entry point: it only routes (finds this link's lab, fills the sidebar, saves the lab after the page).
+Run with `streamlit run app.py`."""
 
 import streamlit as st
 
-from pages import _state
+from pages import _jobs, _state
 
 st.set_page_config(page_title="vislab", page_icon=":material/biotech:", layout="wide")
 pages = st.navigation([
@@ -19,11 +20,17 @@ pages = st.navigation([
     st.Page("pages/export.py", title="Export & Netron", icon=":material/account_tree:"),
     st.Page("pages/concepts.py", title="Concepts", icon=":material/school:"),
 ])
-_state.init_state()
 _state.clean_work_dirs()
+_state.init_state()
+_state.open_lab()  # the lab of this link (or a new one); a bad link stops here with a message
 slot = st.sidebar.empty()
-_state.sidebar(slot.container())  # drawn first: a page that calls st.stop() ends the run, and with it anything
-try:                              # drawn after, so this is what such a page shows
+_state.sidebar(slot.container(), _jobs.sidebar_line())  # drawn first: a page that calls st.stop() ends the run,
+try:                                                     # and with it anything drawn after
     pages.run()  # Streamlit keeps an unexpected error inside this page (see client.showErrorDetails)
-finally:  # again after the page, replacing the first, so it shows what the page just changed
-    _state.sidebar(slot.container())
+finally:  # after the page: keep what it changed in the lab, and redraw the sidebar with it
+    _state.persist()
+    _state.sidebar(slot.container(), _jobs.sidebar_line())
+    if st.sidebar.button("New lab", key="new_lab",
+                         help="Start an empty lab in this tab. The current one stays under its own link."):
+        _state.new_lab()
+        st.rerun()

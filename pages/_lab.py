@@ -1,8 +1,9 @@
-"""The one place that knows Streamlit: cached resources, session state, the training job, the sidebar.
+"""The Streamlit layer that needs models: cached resources, the session's working model, datasets, views.
 
 Pages import from here and from `vislab`; no torch math happens in a page. The pretrained model is cached
 once per process (`st.cache_resource`) and never trained in place: each browser session works on its own
-copy, kept in `st.session_state`.
+copy, kept in `st.session_state`. Training runs in worker processes (pages/_jobs.py); what the session
+chose is kept in its lab (pages/_state.py).
 """
 
 from __future__ import annotations
@@ -10,16 +11,19 @@ from __future__ import annotations
 import io
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
 import torch
 
-from pages._state import (BN, DATASET, HEAD, JOB, MODEL, PLAN, PLOTLY_CONFIG, SESSION_ID, STRATEGY, THAW_LAST,  # noqa: F401
-                          WORKING, chart, clean_work_dirs, init_state, job_label, sidebar)
-from vislab import catalog, data, experiment, freezing, heads, models, paths, training, weights
+from pages._state import (AUGMENT, BN, COMPARE_SHOWN, ZIP_FOLDER, DATASET, HEAD, LAST_RUN, MODEL, PENDING_DATASET, PLAN, PLAN_VERSION,  # noqa: F401
+                          PLOTLY_CONFIG, REOPENED, STRATEGY, THAW_LAST, WORKING, chart, clean_work_dirs,
+                          current_lab, sidebar)
+from pages import _state
+from vislab import catalog, data, experiment, freezing, models, paths, training, weights
 from vislab.freezing import FreezePlan
+
 
 @dataclass
 class Dataset:
@@ -39,15 +43,59 @@ class Dataset:
         used = self.used
         return data.split(used.items, self.val_frac, self.seed, used.fixed_val)
 
+    def to_state(self, lab) -> dict:
+        """What the lab keeps (small); the report itself goes to the lab's dataset.json once per report."""
+        key = f"{self.report.root}|{len(self.report.items)}|{id(self.report)}"
+        if getattr(self, "_saved_key", None) != key:
+            lab.write_dataset(data.report_to_dict(self.report))
+            self._saved_key = key
+        return {"label": self.label, "per_class": self.per_class, "val_frac": self.val_frac, "seed": self.seed,
+                "root": self.report.root, "images": len(self.report.items)}
+
+
+def init_state() -> None:
+    """Session defaults, and what the lab saved that needs the heavy libraries (dataset, augmentations)."""
+    _state.init_state()
+    restore()
+
+
+def restore() -> None:
+    ss = st.session_state
+    aug = ss.get(AUGMENT)
+    if isinstance(aug, tuple):
+        from vislab.transforms import Augment
+
+        try:
+            ss[AUGMENT] = Augment(**aug[1])
+        except TypeError:
+            ss.pop(AUGMENT, None)
+    pending = ss.pop(PENDING_DATASET, None)
+    if not pending:
+        return
+    saved = current_lab().read_dataset()
+    try:
+        report = data.report_from_dict(saved) if saved else None
+    except (KeyError, TypeError, ValueError):
+        report = None
+    if report is None or not Path(report.root).is_dir() or not all(Path(p).is_file() for p, _ in report.items[:5]):
+        st.warning(f"The dataset this lab used ({pending.get('label', 'saved')}) is no longer on this server: "
+                   "pick it again on the Data page.")
+        ss.pop(DATASET, None)
+        return
+    ss[DATASET] = Dataset(report, pending.get("label", "saved dataset"), pending.get("per_class"),
+                          float(pending.get("val_frac", 0.2)), int(pending.get("seed", 0)))
+    ss[DATASET]._saved_key = f"{report.root}|{len(report.items)}|{id(report)}"
+    ss.pop(WORKING, None)
+
 
 def session_runs() -> Path:
-    """This browser session's runs: other people's runs on a shared lab are not listed or opened."""
-    return paths.runs_dir() / st.session_state[SESSION_ID]
+    """This lab's runs: other labs' runs on a shared server are never listed or opened."""
+    return current_lab().runs_dir
 
 
 def session_dir() -> Path:
-    """This browser session's own scratch folder (uploads, extracted zips)."""
-    folder = paths.work_dir() / st.session_state[SESSION_ID]
+    """This lab's own folder for uploads and extracted zips (kept across reloads and restarts)."""
+    folder = current_lab().data_dir
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -132,31 +180,41 @@ def num_classes() -> int:
     return len(ds.report.classes) if ds else 2
 
 
+def session_spec(strategy: str | None = None) -> experiment.Spec:
+    """The session's choices as an experiment spec (what the working model and a job are built from)."""
+    ss = st.session_state
+    ds = ss.get(DATASET)
+    strategy = strategy or ss[STRATEGY]
+    return experiment.Spec(model=ss[MODEL], strategy=strategy if strategy in freezing.STRATEGIES else "custom",
+                           thaw_last=int(ss[THAW_LAST]), bn=None if strategy == "scratch" else ss[BN],
+                           head=ss[HEAD], weights="auto", val_frac=ds.val_frac if ds else 0.2,
+                           train=training.TrainConfig(seed=ds.seed if ds else 0))
+
+
 def working():
     """(model, info): this session's copy of the pretrained model, with a head for its dataset's classes."""
     ss = st.session_state
     key = (ss[MODEL], ss[HEAD], num_classes(), _weights_key(ss[MODEL]), ss[STRATEGY] == "scratch")
     cached = ss.get(WORKING)
     if cached is None or cached[0] != key:
-        ds = ss.get(DATASET)
-        training.seed_everything(ds.seed if ds else 0)  # the new head's init is reproducible too
-        if ss[STRATEGY] == "scratch":
-            model, info = models.create_model(ss[MODEL], num_classes(), ss[HEAD], "random")
-        else:
-            base, base_info = pretrained()
-            model = training.clone_model(base)
-            heads.swap_head(model, num_classes(), ss[HEAD])
-            info = models.ModelInfo(base_info.name, base_info.source, heads.head_name(model), ss[HEAD],
-                                    num_classes(), base_info.data_config, base_info.weights, list(base_info.notes))
+        spec = session_spec("scratch" if ss[STRATEGY] == "scratch" else "head")
+        base, base_info = pretrained() if spec.strategy != "scratch" else (None, None)
+        model, info, _ = experiment.prepare(spec, num_classes(), base, base_info)  # the one job builder
         ss[WORKING] = (key, model, info)
     _, model, info = ss[WORKING]
     plan = ss.get(PLAN)
+    if isinstance(plan, dict):  # saved in the lab: rebuild it for this model
+        try:
+            plan = FreezePlan.from_dict(plan)
+        except (KeyError, TypeError, ValueError):
+            plan = None
+        ss[PLAN] = plan
     names = {s.name for s in freezing.stages(model)}
     if plan is None or set(plan.trainable) != names:  # no plan yet, or one for another model
         strategy = ss[STRATEGY] if ss[STRATEGY] in freezing.STRATEGIES else "head"
         bn = None if strategy == "scratch" else ss[BN]
         ss[PLAN] = freezing.preset(model, strategy, max(1, min(ss[THAW_LAST], len(names) - 1)), bn)[-1]
-    freezing.apply(model, ss[PLAN])
+    freezing.apply(model, ss[PLAN], strict=False)
     return model, info
 
 
@@ -180,83 +238,6 @@ def set_model(name: str, head: str | None = None) -> None:
             ss[HEAD] = head
         ss.pop(PLAN, None)
         ss.pop(WORKING, None)
-
-
-# ---- the training job: a thread per session, polled by the Train page --------------------------------
-@dataclass
-class TrainJob:
-    spec: experiment.Spec
-    total_epochs: int
-    stop: threading.Event = field(default_factory=threading.Event)
-    status: str = "running"  # running | done | stopped | error
-    message: str = ""
-    epoch: int = 0
-    batch: int = 0
-    batches: int = 0
-    loss: float = 0.0
-    phase: str = ""
-    metrics: list[dict] = field(default_factory=list)
-    cache: list[str] = field(default_factory=list)  # per phase: "features cached: prefix run once, N s" or why not
-    started: float = field(default_factory=time.perf_counter)
-    finished: float | None = None
-    result: experiment.Result | None = None
-    predictions: object = None  # evaluation.Predictions on the validation split
-    thread: threading.Thread | None = None
-
-    def on_event(self, e: training.Event) -> None:
-        if e.kind == "batch":
-            self.epoch, self.batch, self.batches, self.loss, self.phase = e.epoch, e.batch, e.batches, e.loss, e.phase
-        elif e.kind == "epoch":
-            self.metrics.append(e.metrics)
-        elif e.kind == "cache":
-            self.cache.append(e.message)
-        elif e.kind == "end" and e.message not in ("done", "stopped"):
-            self.message = e.message
-
-    @property
-    def running(self) -> bool:
-        return self.status == "running"
-
-
-def start_training(spec: experiment.Spec, ds: Dataset) -> TrainJob:
-    """Train a copy of the working model (its plan as the last phase) in a background thread."""
-    from vislab import evaluation
-
-    model, info = working()
-    plan = st.session_state[PLAN]
-    model = training.clone_model(model)  # the working copy keeps its (pretrained) weights for the next run
-    info = models.ModelInfo(info.name, info.source, info.head, info.head_kind, info.num_classes,
-                            info.data_config.with_size(spec.img_size), info.weights, list(info.notes))
-    if spec.strategy == "two-phase":
-        head_only = freezing.plan_for(model, set(), "eval")
-        phases = training.phases_for("two-phase", [head_only, plan], spec.train.epochs, spec.train.lr,
-                                     spec.train.phase2_lr_factor)
-    else:
-        phases = [training.Phase(plan, spec.train.epochs, spec.train.lr, spec.strategy)]
-    job = TrainJob(spec, sum(p.epochs for p in phases))
-    run_dir = session_runs() / f"{time.strftime('%Y%m%d-%H%M%S')}_{spec.model}_{spec.strategy}"
-    report = ds.used
-
-    def work():
-        try:
-            result = experiment.train(spec, report, run_dir, job.on_event, job.stop, prepared=(model, info, phases))
-            job.result = result
-            if result.history.epochs:
-                job.predictions = evaluation.predict(result.model.cpu(), result.val_items, info.data_config)
-            job.status = "stopped" if result.history.stopped else "done"
-        except torch.OutOfMemoryError:
-            job.status, job.message = "error", "out of memory: use a smaller batch size or image size"
-        except ValueError as exc:  # bad settings the library explains (a size the model cannot take, ...)
-            job.status, job.message = "error", str(exc)
-        except Exception as exc:  # shown on the page; the app and the session survive
-            job.status, job.message = "error", f"{type(exc).__name__}: {exc}"
-        finally:
-            job.finished = time.perf_counter()
-
-    job.thread = threading.Thread(target=work, name=f"vislab-train-{st.session_state[SESSION_ID]}", daemon=True)
-    job.thread.start()
-    st.session_state[JOB] = job
-    return job
 
 
 # ---- small rendering helpers -------------------------------------------------------------------------
@@ -300,14 +281,15 @@ def pick_images(key: str, max_n: int = 8, default_n: int = 1) -> list[tuple[str,
         return [(n, photo(n)) for n in names]
     if source == "validation images":
         _, val = ds.split()
-        job = st.session_state.get(JOB)
+        current = current_run()
+        preds = current[2] if current else None
         order = list(range(len(val)))
-        if job and job.predictions is not None and st.toggle("top losses first", True, key=f"{key}_toplosses"):
+        if preds is not None and st.toggle("top losses first", True, key=f"{key}_toplosses"):
             from vislab import evaluation
 
             by_path = {p: i for i, (p, _) in enumerate(val)}
-            order = [by_path[job.predictions.paths[i]] for i in evaluation.top_losses(job.predictions, len(val))
-                     if job.predictions.paths[i] in by_path]
+            order = [by_path[preds.paths[i]] for i in evaluation.top_losses(preds, len(val))
+                     if preds.paths[i] in by_path]
         n = st.slider("How many", 1, min(max_n, len(val)), min(default_n, len(val)), key=f"{key}_n")
         picked = [val[i] for i in order[:n]]
         return [(f"{ds.report.classes[y]}: {Path(p).name}", load_image(p)) for p, y in picked]
@@ -339,18 +321,54 @@ def class_names(name: str, num: int) -> list[str]:
     return names(name, num)
 
 
-def trained_view() -> ViewModel | None:
-    """The session's fine-tuned model: the last finished run, or a reopened one."""
+def current_run():
+    """(model, Run, Predictions or None) of the lab's run in view: a reopened one, else the latest finished
+    training run of the lab (also one from before a reload or a restart); None when there is none."""
+    from vislab import runs
+    from pages import _jobs
+
     ss = st.session_state
-    job = ss.get(JOB)
-    if job and job.result and not job.running and job.result.history.epochs:
-        r = job.result
-        return ViewModel(f"fine-tuned ({r.run_dir.name if r.run_dir else 'last run'})", r.model.cpu().eval(),
-                         r.info.data_config, r.classes, True)
-    if ss.get("reopened"):
-        m, run, _ = ss["reopened"]
-        return ViewModel(f"fine-tuned ({run.name})", m, run.data_config, run.classes, True)
+    names = [ss.get(REOPENED), ss.get(LAST_RUN)]
+    names += [j.id for j in _jobs.lab_jobs("train") if j.state in ("done", "stopped", "interrupted")]
+    for name in names:
+        if not name:
+            continue
+        folder = session_runs() / name
+        if not folder.is_dir() or _jobs.jobs.Job(folder).active:
+            continue
+        try:
+            model, run = _jobs.load_run(folder)
+        except (FileNotFoundError, RuntimeError, ValueError, KeyError, OSError):
+            continue
+        return model, run, runs.load_predictions(folder)
     return None
+
+
+def predict_saved_split(model, run):
+    """Validation predictions of a run saved without them (older runs), from its split.json, once."""
+    import os
+
+    from vislab import evaluation, runs
+
+    folder = run.path.parent if run.path.name == runs.CHECKPOINT else run.path  # an interrupted run's own folder
+    split = runs.load_split(folder)
+    if not split or not all(os.path.exists(p) for p, _ in split[1]):
+        return None
+    with model_lock(model):
+        preds = evaluation.predict(model, split[1], run.data_config)
+    if folder == run.path:
+        runs.save_predictions(folder, preds)
+    return preds
+
+
+def trained_view() -> ViewModel | None:
+    """The lab's fine-tuned model: a reopened run, else its latest finished run."""
+    current = current_run()
+    if current is None:
+        return None
+    model, run, _ = current
+    name = run.path.parent.name if run.path.name == "checkpoint" else run.name
+    return ViewModel(f"fine-tuned ({name})", model, run.data_config, run.classes, True)
 
 
 def view_models(key: str, allow_both: bool = True) -> list[ViewModel]:
@@ -360,8 +378,9 @@ def view_models(key: str, allow_both: bool = True) -> list[ViewModel]:
                     class_names(info.name, info.num_classes), info.pretrained)
     tuned = trained_view()
     options = ["pretrained"] + (["fine-tuned"] + (["side by side"] if allow_both else []) if tuned else [])
-    choice = st.radio("Model", options, horizontal=True, key=f"{key}_models",
-                      help="Train a model on the Train page (or reopen a run) to compare it with the pretrained one")
+    choice = st.radio("Model", options, index=1 if tuned else 0, horizontal=True, key=f"{key}_models",
+                      help="Train a model on the Train page (or reopen a run) to compare it with the pretrained one. "
+                           "Once a run exists, the fine-tuned model is shown first.")
     chosen = {"pretrained": [pre], "fine-tuned": [tuned], "side by side": [pre, tuned]}[choice]
     for vm in chosen:
         if not vm.real_weights:
@@ -389,7 +408,7 @@ def set_modules_trainable(names: list[str], on: bool) -> None:
     if ss[STRATEGY] != "two-phase":
         ss[STRATEGY] = "custom"
     freezing.apply(model, plan)
-    ss["plan_version"] = ss.get("plan_version", 0) + 1
+    ss[PLAN_VERSION] = ss.get(PLAN_VERSION, 0) + 1
 
 
 @st.cache_data(show_spinner="Tracing the execution order…", max_entries=8)
@@ -428,7 +447,7 @@ def session_key() -> str:
     from streamlit.runtime.scriptrunner import get_script_run_ctx
 
     ctx = get_script_run_ctx()
-    return ctx.session_id if ctx else st.session_state[SESSION_ID]
+    return ctx.session_id if ctx else st.session_state[_state.LAB]
 
 
 def netron_for(file: Path):
@@ -486,58 +505,6 @@ def _forward_seconds(key: tuple, _model) -> float:
 def forward_seconds(model, input_size: tuple) -> float:
     """Seconds of one image's forward pass through `model` on this machine (measured once, cached)."""
     return _forward_seconds((id(model), input_size), model)
-
-
-# ---- the comparison job (Compare page) -----------------------------------------------------------------
-@dataclass
-class CompareJob:
-    configs: list
-    epochs: int
-    stop: threading.Event = field(default_factory=threading.Event)
-    status: str = "running"  # running | done | stopped | error
-    message: str = ""
-    current: str = ""
-    done_runs: int = 0
-    epoch: int = 0
-    batch: int = 0
-    batches: int = 0
-    rows: list = field(default_factory=list)
-    folder: Path | None = None
-    thread: threading.Thread | None = None
-
-    @property
-    def running(self) -> bool:
-        return self.status == "running"
-
-    def on_event(self, name: str, e) -> None:
-        self.current = name
-        if e.kind == "batch":
-            self.epoch, self.batch, self.batches = e.epoch, e.batch, e.batches
-        elif e.kind == "end":
-            self.done_runs += 1
-
-
-def start_compare(configs: list, ds: Dataset, epochs: int, img_size: int | None, batch: int) -> CompareJob:
-    from vislab import compare
-
-    ss = st.session_state
-    job = CompareJob(configs, epochs)
-    job.folder = session_runs() / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    report = ds.used
-    name = ss[MODEL]
-
-    def work():
-        try:
-            job.rows = compare.run(name, report, configs, epochs, job.folder, img_size=img_size, batch_size=batch,
-                                   seed=ds.seed, on_event=job.on_event, stop=job.stop)
-            job.status = "stopped" if job.stop.is_set() else "done"
-        except Exception as exc:  # shown on the page
-            job.status, job.message = "error", f"{type(exc).__name__}: {exc}"
-
-    job.thread = threading.Thread(target=work, name="vislab-compare", daemon=True)
-    job.thread.start()
-    ss["compare_job"] = job
-    return job
 
 
 # ---- cached forward passes of the views (a slider move must not rerun the model) -----------------------

@@ -1,28 +1,44 @@
-"""The light part of the Streamlit layer: session keys, defaults, the sidebar and chart helper.
+"""The light part of the Streamlit layer: the lab of this link, session keys, the sidebar and chart helper.
 
-It imports no torch, so the first page can start drawing before the heavy libraries load;
-`pages/_lab.py` has everything that needs models.
+It imports no torch, so the first page can start drawing before the heavy libraries load; `pages/_lab.py`
+has everything that needs models, `pages/_jobs.py` the background jobs.
+
+A browser session works in a *lab* (vislab.labs): its id is in the URL (`?lab=<32 hex digits>`), and the
+choices below are written to the lab's folder at the end of every script run and read back by any session
+that opens the same link (a reload, a second tab, the same link after a server restart).
 """
 
 from __future__ import annotations
 
-import uuid
+import json
 
 import streamlit as st
 
-from vislab import catalog, paths
+from vislab import catalog, labs, paths
 
-# ---- session state keys -------------------------------------------------------------------------------
+# ---- session state keys (every key the pages share lives here) ------------------------------------------
 MODEL = "model_name"  # catalog or any timm / torchvision name
 HEAD = "head_kind"  # "linear" | "mlp"
-DATASET = "dataset"  # Dataset below, or absent
-PLAN = "plan"  # FreezePlan of the working model
+DATASET = "dataset"  # _lab.Dataset, or absent
+PLAN = "plan"  # FreezePlan of the working model (a dict while it waits to be rebuilt, after a reload)
 STRATEGY = "strategy"  # the preset the plan came from, or "custom"
 THAW_LAST = "thaw_last"
 BN = "bn_thawed"
-JOB = "job"  # TrainJob
+AUGMENT = "augment"  # transforms.Augment of the Data page
+ZIP_FOLDER = "zip_folder"  # the extracted zip in use (inside the lab's data folder)
+PLAN_VERSION = "plan_version"  # bumped when the plan changes, so the Freeze page's widgets redraw
+LAST_RUN = "last_run"  # name of the lab's run shown as "the current run" (its folder under runs/)
+REOPENED = "reopened"  # name of a run reopened from the list
+COMPARE_SHOWN = "compare_shown"  # name of the comparison shown on the Compare page
+LR_SWEEP = "lr_sweep"  # the LR finder's last result
 WORKING = "working"  # (key, model, info): the session's own copy with a head for its classes
-SESSION_ID = "session_id"
+LAB = "lab_id"  # the lab of this browser session
+_SAVED = "_lab_saved"  # the JSON last written to / read from the lab, to write only on change
+_MTIME = "_lab_mtime"  # state.json's mtime when last read or written (another tab's change shows up)
+_DATASET_SAVED = "_lab_dataset"  # the dataset.json content last written / read (id of the report)
+PENDING_DATASET = "_lab_pending_dataset"  # a saved dataset to restore (needs torch: done in _lab)
+
+PERSISTED = (MODEL, HEAD, STRATEGY, THAW_LAST, BN, LAST_RUN, REOPENED, COMPARE_SHOWN, ZIP_FOLDER)
 
 
 def init_state() -> None:
@@ -32,7 +48,131 @@ def init_state() -> None:
     ss.setdefault(STRATEGY, "head")
     ss.setdefault(THAW_LAST, 1)
     ss.setdefault(BN, "eval")
-    ss.setdefault(SESSION_ID, uuid.uuid4().hex[:12])
+
+
+# ---- the lab of this link ----------------------------------------------------------------------------------
+def current_lab() -> labs.Lab:
+    return labs.Lab(st.session_state[LAB])
+
+
+def open_lab() -> None:
+    """Find this session's lab from the URL (or start one), and load its saved choices when they are new to
+    this session. A malformed, unknown or damaged lab link stops the page with a message and a fresh lab."""
+    ss = st.session_state
+    wanted = st.query_params.get("lab")
+    if wanted is None and ss.get(LAB):  # a page switch dropped the query string: put it back
+        st.query_params["lab"] = ss[LAB]
+        wanted = ss[LAB]
+    if wanted is None:
+        lab = labs.create()
+        st.query_params["lab"] = lab.id
+        _adopt(lab, {})
+        return
+    if ss.get(LAB) == wanted:
+        lab = current_lab()
+        if lab.state_mtime() != ss.get(_MTIME):  # another tab (or server) changed it: read it again
+            try:
+                _adopt(lab, lab.read_state())
+            except labs.LabError as exc:
+                _refuse(str(exc))
+        return
+    try:
+        lab = labs.open_lab(wanted)
+        state = lab.read_state()
+    except labs.LabError as exc:
+        _refuse(str(exc))
+        return
+    _adopt(lab, state)
+
+
+def _refuse(message: str) -> None:
+    st.error(f"**This lab link cannot be opened.** {message}")
+    st.caption("Nothing was read or written for it. A new lab starts empty; labs you created are under their "
+               "own links.")
+    if st.button("Start a new lab", type="primary", key="new_lab_after_error"):
+        lab = labs.create()
+        st.session_state.clear()
+        st.query_params.clear()
+        st.query_params["lab"] = lab.id
+        st.rerun()
+    st.stop()
+
+
+def new_lab() -> None:
+    """The sidebar's "New lab": a fresh, empty lab in this tab (the old one stays under its own link)."""
+    lab = labs.create()
+    keep = {k: v for k, v in st.session_state.items() if k.startswith("FormSubmitter")}
+    st.session_state.clear()
+    st.session_state.update(keep)
+    st.query_params.clear()
+    st.query_params["lab"] = lab.id
+
+
+def _adopt(lab: labs.Lab, state: dict) -> None:
+    """Make `lab` this session's and its saved `state` the session's choices."""
+    ss = st.session_state
+    changed_model = any(state.get(k, ss.get(k)) != ss.get(k) for k in (MODEL, HEAD))
+    ss[LAB] = lab.id
+    for key in PERSISTED:
+        if key in state:
+            ss[key] = state[key]
+        elif key in (LAST_RUN, REOPENED, COMPARE_SHOWN, ZIP_FOLDER):
+            ss.pop(key, None)
+    init_state()
+    if changed_model:
+        ss.pop(WORKING, None)
+    if state.get("plan"):
+        ss[PLAN] = state["plan"]  # a dict: _lab.working() rebuilds the FreezePlan (needs torch)
+        ss[PLAN_VERSION] = ss.get(PLAN_VERSION, 0) + 1
+    if state.get("augment") is not None:
+        ss[AUGMENT] = ("dict", state["augment"])  # rebuilt by _lab.restore() (transforms imports torch)
+    ds = state.get("dataset")
+    if ds and json.dumps(ds, sort_keys=True) != ss.get(_DATASET_SAVED):
+        ss[PENDING_DATASET] = ds
+    elif not ds:
+        ss.pop(DATASET, None)
+        ss.pop(PENDING_DATASET, None)
+    ss[_SAVED] = json.dumps(state_of(ss, state.get("dataset")), sort_keys=True)
+    ss[_DATASET_SAVED] = json.dumps(ds, sort_keys=True) if ds else None
+    ss[_MTIME] = lab.state_mtime()
+
+
+def state_of(ss, dataset: dict | None = None) -> dict:
+    """What a lab keeps of a session: small, plain JSON."""
+    out = {k: ss[k] for k in PERSISTED if k in ss}
+    plan = ss.get(PLAN)
+    if plan is not None:
+        out["plan"] = plan if isinstance(plan, dict) else plan.to_dict()
+    aug = ss.get(AUGMENT)
+    if aug is not None:
+        out["augment"] = aug[1] if isinstance(aug, tuple) else aug.to_dict()
+    if dataset is not None:
+        out["dataset"] = dataset
+    return out
+
+
+def persist() -> None:
+    """Write the session's choices to its lab when they changed (called at the end of every script run)."""
+    ss = st.session_state
+    if not ss.get(LAB):
+        return
+    lab = current_lab()
+    ds = ss.get(DATASET)
+    dataset = None
+    if ds is not None:
+        dataset = ds.to_state(lab)
+    elif ss.get(PENDING_DATASET):
+        dataset = ss[PENDING_DATASET]
+    state = state_of(ss, dataset)
+    text = json.dumps(state, sort_keys=True)
+    if text == ss.get(_SAVED):
+        return
+    if not lab.folder.is_dir():  # removed by age while open, or by hand: start it again under the same id
+        lab.folder.mkdir(parents=True, exist_ok=True)
+    lab.write_state(state)
+    ss[_SAVED] = text
+    ss[_DATASET_SAVED] = json.dumps(dataset, sort_keys=True) if dataset else None
+    ss[_MTIME] = lab.state_mtime()
 
 
 PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
@@ -43,32 +183,29 @@ def chart(fig, key: str | None = None) -> None:
     st.plotly_chart(fig, width="stretch", config=PLOTLY_CONFIG, key=key)
 
 
-def sidebar(where) -> None:
+def sidebar(where, job_line: str = "—") -> None:
     """The current model, dataset, strategy and run, in the given sidebar container."""
     ss = st.session_state
     ds = ss.get(DATASET)
+    pending = ss.get(PENDING_DATASET)
+    data_line = (f"{ds.label} · {len(ds.used.items)} images" if ds else
+                 f"{pending.get('label', 'saved dataset')}" if pending else "— (pick on Data)")
     where.markdown("### Current lab")
     where.markdown(
         f"**Model** `{ss[MODEL]}` ({ss[HEAD]} head)  \n"
-        f"**Data** {ds.label + f' · {len(ds.used.items)} images' if ds else '— (pick on Data)'}  \n"
+        f"**Data** {data_line}  \n"
         f"**Strategy** {ss[STRATEGY]}  \n"
-        f"**Run** {job_label(ss.get(JOB))}"
+        f"**Run** {job_line}"
     )
-
-
-def job_label(job) -> str:
-    if job is None:
-        return "—"
-    if job.running:
-        return f"training, epoch {job.epoch}/{job.total_epochs}"
-    if job.result and job.result.run_dir:
-        return f"{job.status}: `{job.result.run_dir.name}`"
-    return job.status
+    if ss.get(LAB):
+        where.caption(f"Lab `{ss[LAB][:8]}…` — bookmark this page's address to come back to it (it holds your "
+                      "data, settings and runs, also after a server restart).")
 
 
 @st.cache_resource
 def clean_work_dirs() -> bool:
-    """Once per app start: remove the scratch folders (uploads, extracted zips) that old sessions left."""
+    """Once per app start: remove the scratch folders the CLI does not own, and labs unused for longer than
+    `VISLAB_LAB_DAYS` (default 30) days."""
     import shutil
 
     root = paths.work_dir()
@@ -76,6 +213,5 @@ def clean_work_dirs() -> bool:
         for child in root.iterdir():
             if child.is_dir() and child.name != "cli":  # the CLI's own folder may be in use
                 shutil.rmtree(child, ignore_errors=True)
+    labs.clean_old()
     return True
-
-

@@ -1,11 +1,9 @@
-import io
-
 import numpy as np
 import streamlit as st
 import torch
 
-from pages import _lab
-from vislab import cam, compare, features, freezing, plots
+from pages import _jobs, _lab
+from vislab import cam, compare, features, freezing, jobs, plots
 from vislab.transforms import crop_seen, eval_transform, load_image
 
 _lab.init_state()
@@ -15,8 +13,9 @@ st.markdown("Queue several configurations on the **same data split and seed**, r
             "and read them off one screen: what does thawing one more stage, or BatchNorm in `eval`, change?")
 
 ds: _lab.Dataset | None = ss.get(_lab.DATASET)
-job: _lab.CompareJob | None = ss.get("compare_job")
-running = bool(job and job.running)
+active = _jobs.active_job("compare")  # the lab's comparison in progress, read from disk
+busy = _jobs.active_job()  # any job of this lab (one at a time per lab)
+running = busy is not None
 if ds is None or not ds.used.usable:
     st.info("Pick a dataset on the **Data** page first (the bundled sample works offline).")
 else:
@@ -48,60 +47,72 @@ else:
         if len({c.name for c in configs}) != len(configs) or not configs:
             st.error("Give every configuration its own name.")
         else:
-            job = _lab.start_compare(configs, ds, int(epochs), int(size), int(batch))
-            running = True
-    if b2.button("Stop", disabled=not running):
-        job.stop.set()
+            from dataclasses import asdict
+
+            try:
+                _jobs.submit("compare", f"compare-{ss[_lab.MODEL]}", {
+                    "model": ss[_lab.MODEL], "report": _lab.data.report_to_dict(ds.used),
+                    "configs": [asdict(c) for c in configs], "epochs": int(epochs), "img_size": int(size),
+                    "batch_size": int(batch), "seed": ds.seed})
+                st.rerun()
+            except (jobs.JobError, ValueError) as exc:
+                st.warning(str(exc))
+    if b2.button("Stop", disabled=active is None, key="compare_stop"):
+        _jobs.stop(active)
+    if busy is not None and active is None:
+        st.caption("This lab's training job is running: a comparison can start when it ends.")
 
 
-@st.fragment(run_every=1.0 if running else None)
+@st.fragment(run_every=1.0 if active is not None else None)
 def progress():
-    job = ss.get("compare_job")
+    job = _jobs.active_job("compare")
     if job is None:
+        if ss.get("_compare_active"):  # it just ended: show it
+            ss[_lab.COMPARE_SHOWN] = ss.pop("_compare_active")
+            st.rerun(scope="app")
         return
-    if job.running:
-        total = len(job.configs)
-        st.progress(min(job.done_runs / total, 1.0), text=f"run {min(job.done_runs + 1, total)} of {total}: "
-                    f"{job.current}")
-        st.progress(min(job.batch / max(job.batches, 1), 1.0),
-                    text=f"epoch {job.epoch}/{job.epochs} · batch {job.batch}/{job.batches}")
-    elif ss.get("_shown_compare") is not job:
-        ss["_shown_compare"] = job
-        st.rerun(scope="app")
+    ss["_compare_active"] = job.id
+    if job.state == "queued":
+        n = _jobs.ahead(job)
+        st.info(f"**Queued: {n} job{'s' if n != 1 else ''} ahead of you.** It starts by itself.")
+        return
+    p = job.progress()
+    total = max(p.get("runs", len(job.spec().get("configs", [])) or 1), 1)
+    st.progress(min(p.get("runs_done", 0) / total, 1.0),
+                text=f"run {min(p.get('runs_done', 0) + 1, total)} of {total}: {p.get('run', '')}")
+    _, text = _jobs.progress_text(job)
+    st.caption(text)
 
 
 progress()
-if job is not None and not job.running:
-    if job.status == "error":
-        st.error(f"The comparison failed: {job.message}")
-    elif job.rows:
-        ss["compare_rows"] = (ss[_lab.MODEL], ds.report.classes if ds else [], job.rows, job.folder)
 
 st.divider()
-saved = sorted(_lab.session_runs().glob("compare-*/comparison.json"), reverse=True)
+saved = [j for j in _jobs.lab_jobs("compare") if (j.folder / "comparison.json").is_file()]
+failed = [j for j in _jobs.lab_jobs("compare") if j.state == "error"]
+if failed and failed[0].id == ss.get(_lab.COMPARE_SHOWN):
+    st.error(f"The comparison failed: {failed[0].status().get('message')}")
 if saved:
-    pick = st.selectbox("Reload a saved comparison", [p.parent.name for p in saved], key="compare_reload")
-    if st.button("Reload"):
-        try:
-            name, classes, rows = compare.load(_lab.session_runs() / pick)
-            ss["compare_rows"] = (name, classes, rows, _lab.session_runs() / pick)
-        except (OSError, ValueError, KeyError) as exc:
-            st.error(f"Cannot reload {pick}: {exc}")
+    names = [j.id for j in saved]
+    pick = st.selectbox("Saved comparisons of this lab", names, key="compare_reload",
+                        index=names.index(ss[_lab.COMPARE_SHOWN]) if ss.get(_lab.COMPARE_SHOWN) in names else 0)
+    if st.button("Show"):
+        ss[_lab.COMPARE_SHOWN] = pick
+loaded = None
+if ss.get(_lab.COMPARE_SHOWN) and (_lab.session_runs() / ss[_lab.COMPARE_SHOWN] / "comparison.json").is_file():
+    try:
+        loaded = _jobs.load_comparison(_lab.session_runs() / ss[_lab.COMPARE_SHOWN])
+    except (OSError, ValueError, KeyError) as exc:
+        st.error(f"Cannot reload {ss[_lab.COMPARE_SHOWN]}: {exc}")
 
-loaded = ss.get("compare_rows")
 if loaded:
     model_name, classes, rows, folder = loaded
     st.subheader(f"{len(rows)} runs of `{model_name}`")
     _lab.chart(plots.compare_curves([(r.config.name, r.metrics) for r in rows]), key="cmp_curves")
     summary = [r.summary() for r in rows]
     st.dataframe(summary, hide_index=True, width="stretch")
-    csv_buf = io.StringIO()
-    import csv as _csv
-
-    writer = _csv.DictWriter(csv_buf, fieldnames=compare.COLUMNS)
-    writer.writeheader()
-    writer.writerows(summary)
-    st.download_button("Download the table (CSV)", csv_buf.getvalue(), "comparison.csv", "text/csv")
+    csv_file = folder / "comparison.csv"  # written by vislab.compare.save
+    if csv_file.is_file():
+        st.download_button("Download the table (CSV)", csv_file.read_bytes(), "comparison.csv", "text/csv")
     for line in {c for r in rows for c in r.cache}:
         st.caption(line)
     cols = st.columns(min(len(rows), 4))

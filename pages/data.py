@@ -1,6 +1,4 @@
 import dataclasses
-import shutil
-import time
 from pathlib import Path
 
 import streamlit as st
@@ -31,30 +29,32 @@ if source == "Bundled textile sample":
 elif source == "A .zip of class folders":
     st.caption(f"Layout: `<class name>/<image files>` (one top folder is fine). Up to {limit} MB.")
     up = st.file_uploader("Dataset .zip", type=["zip"], key="zip_upload")
-    if up is not None and st.button("Read the zip", type="primary"):
+    fresh = up is not None and ss.get("_zip_read") != up.file_id  # read as soon as it is chosen
+    again = up is not None and st.button("Read the zip again", key="zip_read",
+                                         help="It was read when chosen; read it again (e.g. after a fix)")
+    if up is not None and (fresh or again):
+        ss["_zip_read"] = up.file_id
         archive = _lab.session_dir() / (data.safe_name(Path(up.name).stem)[:60] or "upload")
         archive = archive.with_name(archive.name + ".zip")  # messages name the user's own file
         archive.write_bytes(up.getvalue())
-        folder = _lab.session_dir() / f"zip-{time.time_ns()}"  # a new folder: the current dataset stays intact
+        folder = _lab.session_dir() / "zips"  # extracted by content: the same zip is one folder, reused
         report = None
         try:
-            report = data.load_dataset(archive, folder)
+            with st.spinner(f"Reading {up.name}…"):
+                report = data.load_dataset(archive, folder)
         except data.DataError as exc:
-            shutil.rmtree(folder, ignore_errors=True)
             st.error(f"Cannot use this zip: {exc}")
         finally:
             archive.unlink(missing_ok=True)
         if report is not None and not report.usable and ss.get(_lab.DATASET) is not None:
-            shutil.rmtree(folder, ignore_errors=True)  # the dataset in use stays
             st.error("Cannot use this zip: " + "; ".join(report.errors) + ". The current dataset is kept.")
             report = None
-        if report is not None:
-            old = ss.get("zip_folder")
-            if old:
-                shutil.rmtree(old, ignore_errors=True)
-            ss["zip_folder"] = str(folder)
+        if report is not None:  # earlier zips stay: the lab's runs may still show their images
+            ss[_lab.ZIP_FOLDER] = report.root
             ss[_lab.DATASET] = _lab.Dataset(report, f"zip {up.name}")
             ss.pop(_lab.WORKING, None)
+    elif up is None:
+        st.caption("Choose a .zip: it is read as soon as it is chosen.")
 
 else:
     st.caption(f"Name each class and drop its images (JPEG, PNG, …; up to {limit} MB per upload).")
@@ -131,7 +131,7 @@ for i in shown:
 _lab.download_png(plots.image_grid(images, captions, cols=6, cell=140), "dataset_preview.png")
 
 st.subheader("Augmentations (training only)")
-aug = ss.get("augment", Augment())
+aug = ss.get(_lab.AUGMENT) or Augment()
 a = st.columns(5)
 aug = Augment(crop=a[0].toggle("random crop", aug.crop), hflip=a[1].toggle("h-flip", aug.hflip),
               vflip=a[2].toggle("v-flip", aug.vflip), rotate=a[3].toggle("rotate ±15°", aug.rotate),
@@ -143,7 +143,7 @@ if aug.any:
              "K: K fixed random views per image, epoch e trains on view e mod K; a frozen prefix then runs "
              "once on K x the images and training is cached (fast).")
     aug = dataclasses.replace(aug, views=int(views))
-ss["augment"] = aug
+ss[_lab.AUGMENT] = aug
 model, info = _lab.working()
 sample = load_image(train_items[0][0])
 tf = train_transform(info.data_config, aug)

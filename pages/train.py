@@ -1,12 +1,10 @@
-import os
-import time
+import dataclasses
 
 import streamlit as st
 from PIL import Image, UnidentifiedImageError
 
-from pages import _lab
-from vislab import evaluation, experiment, freezing, plots, runs, training
-from vislab.training import TrainConfig
+from pages import _jobs, _lab
+from vislab import evaluation, freezing, jobs, plots, runs, training
 from vislab.transforms import Augment, load_image, to_rgb
 
 _lab.init_state()
@@ -15,8 +13,9 @@ st.title("Train")
 
 ds: _lab.Dataset | None = ss.get(_lab.DATASET)
 model, info = _lab.working()
-job: _lab.TrainJob | None = ss.get(_lab.JOB)
-running = bool(job and job.running)
+active = _jobs.active_job("train")  # the lab's queued or running job, read from disk: any tab sees it
+running = active is not None
+active_spec = (active.spec().get("spec") or {}).get("train", {}) if active else {}
 
 
 def render_results(metrics, classes, predictions, cfg, trained_model, run_dir, key):
@@ -37,8 +36,8 @@ def render_results(metrics, classes, predictions, cfg, trained_model, run_dir, k
     for i in worst:
         p, y, k = predictions.paths[i], predictions.labels[i], predictions.predicted[i]
         imgs.append(load_image(p))
-        caps.append(f"true {classes[y]} · pred {classes[k]}\n"
-                    f"p={predictions.probs[i, k]:.2f} loss {predictions.losses[i]:.2f}")
+        caps.append(f"true: {classes[y]}\npred: {classes[k]} (p={predictions.probs[i, k]:.2f})\n"
+                    f"loss {predictions.losses[i]:.2f}")
         colours.append("#B00020" if k != y else "#006400")
     grid = plots.image_grid(imgs, caps, cols=6, cell=170, colours=colours)
     st.image(grid, width="stretch")
@@ -66,11 +65,13 @@ if ds is None or not ds.used.usable:
 else:
     default_size = info.data_config.size
     c = st.columns(6)
-    epochs = c[0].number_input("Epochs", 1, 200, 3, disabled=running)
+    # while this lab's job runs, the (disabled) boxes show what it runs with, not the defaults
+    epochs = c[0].number_input("Epochs", 1, 200, int(active_spec.get("epochs", 3)), disabled=running)
     if "train_lr_next" in ss:  # "use the suggestion" from the LR finder below, applied before the widget exists
         ss["train_lr"] = ss.pop("train_lr_next")
     lr = c[1].number_input("Learning rate", 1e-7, 1.0, 1e-3, format="%.1e", disabled=running, key="train_lr")
-    batch = c[2].select_slider("Batch size", [4, 8, 16, 32, 64, 128], 32, disabled=running)
+    batch = c[2].select_slider("Batch size", [4, 8, 16, 32, 64, 128], int(active_spec.get("batch_size", 32)),
+                               disabled=running)
     size = c[3].select_slider("Image size", sorted({64, 96, 128, 160, 192, 224, 256, default_size}),
                               default_size, disabled=running)
     found = training.devices_found()
@@ -91,18 +92,30 @@ else:
     if strategy == "two-phase" and epochs < 2:
         st.warning("Two-phase needs at least 2 epochs.")
     b1, b2, _ = st.columns([1, 1, 4])
-    if b1.button("Start training", type="primary", disabled=running or (strategy == "two-phase" and epochs < 2)):
-        spec = experiment.Spec(model=ss[_lab.MODEL], strategy=strategy if strategy in freezing.STRATEGIES
-                               else "custom", head=ss[_lab.HEAD], img_size=size if size != default_size else None,
-                               val_frac=ds.val_frac, per_class=None, augment=ss.get("augment") or Augment(),
-                               train=TrainConfig(epochs=int(epochs), lr=float(lr), batch_size=int(batch),
-                                                 seed=ds.seed, device=device, phase2_lr_factor=float(factor),
-                                                 layer_decay=None if decay == 1.0 else float(decay)))
-        job = _lab.start_training(spec, ds)
-        running = True
-    if b2.button("Stop", disabled=not running):
-        job.stop.set()
-        st.toast("Stopping after this batch…")
+    start_help = "This lab already has a job; it must end (or be stopped) first." if running else None
+    if b1.button("Start training", type="primary", disabled=running or (strategy == "two-phase" and epochs < 2),
+                 help=start_help):
+        spec = _lab.session_spec()
+        spec = dataclasses.replace(
+            spec, img_size=size if size != default_size else None, augment=ss.get(_lab.AUGMENT) or Augment(),
+            train=dataclasses.replace(spec.train, epochs=int(epochs), lr=float(lr), batch_size=int(batch),
+                                      device=device, phase2_lr_factor=float(factor),
+                                      layer_decay=None if decay == 1.0 else float(decay)))
+        plan = ss[_lab.PLAN]
+        try:
+            active = _jobs.submit("train", f"{spec.model}_{strategy}", {
+                "spec": spec.to_dict(), "report": _lab.data.report_to_dict(ds.used),
+                "plan": plan.to_dict()},  # the session's plan is the truth (presets, overrides, BN modes)
+                device=device)
+            st.rerun()  # redraw with Start disabled and the live progress polling
+        except jobs.JobError as exc:  # a second tab or a double click: the lab's job is already there
+            st.warning(str(exc))
+            active = _jobs.active_job("train")
+            running = active is not None
+    stop_label = "Cancel" if active is not None and active.state == "queued" else "Stop"
+    if b2.button(stop_label, disabled=not running, key="train_stop"):
+        _jobs.stop(active)
+        st.toast("Stopping after this batch…" if stop_label == "Stop" else "Cancelled.")
     with st.expander("Learning-rate finder"):
         st.caption("Raises the learning rate exponentially over ~100 batches of the current plan and records the "
                    "loss; a good rate sits where the loss falls fastest. The model is left as it was.")
@@ -122,69 +135,119 @@ else:
 
 @st.fragment(run_every=1.0 if running else None)
 def live():
-    job: _lab.TrainJob | None = ss.get(_lab.JOB)
+    """Progress of the lab's job, polled from its files once a second (only this fragment reruns)."""
+    job = _jobs.active_job("train")
     if job is None:
+        if ss.get("_shown_active"):  # it just ended: redraw the whole page once, with the results
+            ss.pop("_shown_active")
+            st.rerun(scope="app")
         return
-    if job.running:
-        done = (job.epoch - 1 + job.batch / max(job.batches, 1)) / max(job.total_epochs, 1)
-        st.progress(min(max(done, 0.0), 1.0),
-                    text=f"epoch {job.epoch}/{job.total_epochs} ({job.phase}) · batch {job.batch}/{job.batches}"
-                         f" · loss {job.loss:.3f} · {time.perf_counter() - job.started:.0f} s")
-        for line in job.cache:
-            st.caption(line)
-        if job.metrics:
-            _lab.chart(plots.curves(job.metrics), key="live_curves")
-        else:
-            st.caption("Curves appear after the first epoch.")
-    elif ss.get("_shown_job") is not job:  # it just finished: redraw the whole page once, with results
-        ss["_shown_job"] = job
-        st.rerun(scope="app")
+    ss["_shown_active"] = job.id
+    if job.state == "queued":
+        n = _jobs.ahead(job)
+        st.info(f"**Queued: {n} job{'s' if n != 1 else ''} ahead of you** (the server trains "
+                f"{jobs.max_jobs()} at a time per device, in order). It starts by itself; Cancel takes it out.")
+        return
+    done, text = _jobs.progress_text(job)
+    st.progress(done, text=text)
+    if job.stop_requested:
+        st.caption("Stopping after this batch…")
+    for line in job.cache_lines():
+        st.caption(line)
+    metrics = job.metrics()
+    if metrics:
+        _lab.chart(plots.curves(metrics), key="live_curves")
+    else:
+        st.caption("Curves appear after the first epoch.")
 
 
 live()
 
-if job is not None and not job.running:
-    if job.status == "error":
-        st.error(f"Training failed: {job.message}")
+current = _jobs.lab_jobs("train")
+shown = next((j for j in current if j.id == ss.get(_lab.LAST_RUN)), None) if ss.get(_lab.LAST_RUN) else None
+if shown is not None and not shown.active:
+    status = shown.status()
+    state = status.get("state")
+    if state == "error":
+        st.error(f"Training failed: {status.get('message')}")
+    elif state == "cancelled":
+        st.info(f"The last job was cancelled ({status.get('message', '')}).")
     else:
-        seconds = [m["seconds"] for m in job.metrics]
-        msg = (f"{'Stopped' if job.status == 'stopped' else 'Done'}: {len(job.metrics)} epochs, "
-               f"{sum(seconds) / max(len(seconds), 1):.1f} s per epoch")
-        if job.result and job.result.history.epochs:
-            h = job.result.history
-            msg += f", best val acc {h.best_val_acc:.1%} (epoch {h.best_epoch}, weights kept)"
-        (st.warning if job.message else st.success)(msg + (f". {job.message}" if job.message else ""))
-        for line in job.cache:
+        metrics = shown.metrics()
+        line = _jobs.totals(shown)
+        try:
+            trained, run = _jobs.load_run(shown.folder)
+        except (FileNotFoundError, RuntimeError, ValueError, KeyError, OSError) as exc:
+            trained, run = None, None
+            line += f" (no weights to show: {exc})"
+        word = {"done": "Done", "stopped": "Stopped", "interrupted": "Interrupted"}.get(state, state)
+        msg = f"{word}: {line}"
+        if run is not None and run.metrics:
+            best = max(run.metrics, key=lambda m: m["val_acc"])
+            msg += f", best val acc {best['val_acc']:.1%} (epoch {best['epoch']}, weights kept)"
+        if state == "interrupted":
+            msg += (". The worker ended before the run finished; its best epoch so far is kept: reopen it below or "
+                    "continue it with Resume")
+        (st.warning if status.get("message") or state != "done" else st.success)(
+            msg + (f". {status['message']}" if status.get("message") and state != "interrupted" else ""))
+        for line in shown.cache_lines():
             st.caption(line)
-        if job.result and job.metrics:
-            render_results(job.metrics, job.result.classes, job.predictions, job.result.info.data_config,
-                           job.result.model, job.result.run_dir, "job")
+        if run is not None:
+            render_results(run.metrics or metrics, run.classes, runs.load_predictions(shown.folder),
+                           run.data_config, trained, shown.folder, "job")
 
 st.divider()
-st.subheader("Saved runs")
-saved = runs.list_runs(_lab.session_runs())
-if not saved:
-    st.caption(f"No runs in this browser session yet. Each run is saved to `{_lab.session_runs()}` "
-               "(open older ones with `vislab.runs.load(folder)` or `vislab export --run`).")
+st.subheader("Runs of this lab")
+every = [j for j in _jobs.lab_jobs("train")]
+if not every:
+    st.caption(f"No runs in this lab yet. Each run is saved to `{_lab.session_runs()}`, kept across reloads and "
+               "server restarts (open one elsewhere with `vislab.runs.load(folder)` or `vislab export --run`).")
 else:
-    table = [{"run": r.name, "model": r.config.get("model"), "strategy": r.config.get("strategy"),
-              "epochs": len(r.metrics), "best val acc": r.best_val_acc, "saved": r.config.get("saved")}
-             for r in saved]
-    st.dataframe(table, hide_index=True, width="stretch")
-    pick = st.selectbox("Reopen a run", [r.name for r in saved], key="reopen_pick")
-    if st.button("Reopen"):
+    table = []
+    for j in every:
+        status = j.status()
         try:
-            m, run = runs.load(_lab.session_runs() / pick)
-        except (FileNotFoundError, RuntimeError, ValueError) as exc:
-            st.error(f"Cannot reopen {pick}: {exc}")
+            cfg = runs.read_config(j.folder)
+        except (OSError, ValueError):
+            cfg = {}
+        spec = (j.spec().get("spec") or {}) if (j.folder / "job.json").is_file() else {}
+        accs = [m["val_acc"] for m in (runs.read_metrics(j.folder) or j.metrics())]
+        table.append({"run": j.id, "status": status.get("state"), "model": cfg.get("model") or spec.get("model"),
+                      "strategy": cfg.get("strategy") or spec.get("strategy"), "epochs": len(accs),
+                      "best val acc": max(accs) if accs else None,
+                      "started": cfg.get("saved") or j.id[:15].replace("_", " ")})
+    st.dataframe(table, hide_index=True, width="stretch")
+    openable = [r["run"] for r in table if r["status"] in ("done", "stopped", "interrupted")]
+    if openable:
+        c1, c2, c3 = st.columns([3, 1, 1])
+        pick = c1.selectbox("Reopen a run", openable, key="reopen_pick")
+        if c2.button("Reopen"):
+            ss[_lab.REOPENED] = pick
+        picked_state = next(r["status"] for r in table if r["run"] == pick)
+        more = c3.number_input("more epochs", 1, 100, 3, key="resume_epochs", disabled=running)
+        if st.button(f"Resume {pick} for {int(more)} more epochs", disabled=running or ds is None,
+                     help="Continue from its kept (best) weights with its settings on the current dataset (same "
+                          "classes); a new run folder is made"):
+            spec = (jobs.Job(_lab.session_runs() / pick).spec().get("spec") or _lab.session_spec().to_dict())
+            spec = {**spec, "train": {**spec.get("train", {}), "epochs": int(more)}}
+            try:
+                _jobs.submit("train", f"{pick[:40]}_resumed", {
+                    "spec": spec, "report": _lab.data.report_to_dict(ds.used) if ds else None,
+                    "resume": str(_lab.session_runs() / pick)})
+                st.rerun()
+            except jobs.JobError as exc:
+                st.warning(str(exc))
+        if picked_state == "interrupted":
+            st.caption(f"`{pick}` was interrupted: its best checkpoint so far opens and resumes.")
+    reopened = ss.get(_lab.REOPENED)
+    if reopened and (_lab.session_runs() / reopened).is_dir():
+        try:
+            m, run = _jobs.load_run(_lab.session_runs() / reopened)
+        except (FileNotFoundError, RuntimeError, ValueError, KeyError, OSError) as exc:
+            st.error(f"Cannot reopen {reopened}: {exc}")
         else:
-            split = runs.load_split(run.path)
-            preds = None
-            if split and all(os.path.exists(p) for p, _ in split[1]):
-                preds = evaluation.predict(m, split[1], run.data_config)
-            ss["reopened"] = (m, run, preds)
-    if ss.get("reopened"):
-        m, run, preds = ss["reopened"]
-        st.markdown(f"**{run.name}** — `{run.config['model']}`, strategy {run.config['strategy']}, "
-                    f"{len(run.metrics)} epochs")
-        render_results(run.metrics, run.classes, preds, run.data_config, m, run.path, "reopened")
+            preds = runs.load_predictions(_lab.session_runs() / reopened) or _lab.predict_saved_split(m, run)
+            st.markdown(f"**{reopened}** — `{run.config['model']}`, strategy {run.config['strategy']}, "
+                        f"{len(run.metrics)} epochs")
+            render_results(run.metrics, run.classes, preds, run.data_config, m, _lab.session_runs() / reopened,
+                           "reopened")

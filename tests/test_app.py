@@ -51,17 +51,30 @@ def _chart_titles(at) -> list[str]:
     return titles
 
 
+def _job(at, key: str = "last_run"):
+    """The lab's job the session last started (vislab.jobs.Job, read from its folder)."""
+    from vislab import jobs, labs
+
+    return jobs.Job(labs.Lab(at.session_state["lab_id"]).runs_dir / at.session_state[key])
+
+
+def _wait(job, timeout: float = 120):
+    deadline = time.time() + timeout
+    while job.active and time.time() < deadline:
+        time.sleep(0.3)
+    assert not job.active, f"job still {job.state} after {timeout} s"
+    return job
+
+
 def _train_on_page(at, size: int, epochs: int = 1):
     """Start training on the Train page and wait for the background job; returns it."""
     at.switch_page("pages/train.py").run()
     at.number_input[0].set_value(epochs).run()
     at.select_slider[1].set_value(size).run()  # image size
     next(b for b in at.button if b.label == "Start training").click().run()
-    deadline = time.time() + 120
-    while at.session_state["job"].running and time.time() < deadline:
-        time.sleep(0.5)
+    job = _wait(_job(at))
     at.run()
-    return at.session_state["job"]
+    return job
 
 
 def test_every_page_renders_without_exception():
@@ -149,11 +162,12 @@ def test_one_epoch_on_a_tiny_model_gives_curves_and_confusion(synthetic):
     _upload_zip(at, _zip_of(synthetic))
     job = _train_on_page(at, 64)
     assert not at.exception
-    assert job.status == "done", job.message
+    assert job.state == "done", job.status()
     titles = _chart_titles(at)
     assert "Training curves" in titles and "Confusion matrix (validation)" in titles
-    assert job.result.run_dir.is_dir() and (job.result.run_dir / "model.safetensors").is_file()
+    assert (job.folder / "model.safetensors").is_file() and (job.folder / "predictions.json").is_file()
     assert any("best val acc" in s.value for s in at.success)
+    assert any("s in all" in s.value and " 0.0 s per epoch" not in s.value for s in at.success)
 
 
 def test_stop_ends_a_run_mid_epoch_and_keeps_best(synthetic):
@@ -165,17 +179,19 @@ def test_stop_ends_a_run_mid_epoch_and_keeps_best(synthetic):
     at.select_slider[0].set_value(4).run()  # batch size 4: many batches per epoch
     at.select_slider[1].set_value(64).run()
     next(b for b in at.button if b.label == "Start training").click().run()
-    job = at.session_state["job"]
-    deadline = time.time() + 60
-    while not job.metrics and time.time() < deadline:  # let one epoch finish, so there is a best
-        time.sleep(0.2)
-    next(b for b in at.button if b.label == "Stop").click().run()
-    while job.running and time.time() < deadline:
+    job = _job(at)
+    assert next(b for b in at.button if b.label == "Start training").disabled  # one job per lab
+    deadline = time.time() + 90
+    while not job.metrics() and time.time() < deadline:  # let one epoch finish, so there is a best
         time.sleep(0.2)
     at.run()
-    assert job.status == "stopped" and 1 <= len(job.metrics) < 200
-    assert (job.result.run_dir / "model.safetensors").is_file()
-    assert any("Stopped" in s.value for s in at.success)
+    assert (job.folder / "checkpoint" / "model.safetensors").is_file()  # the best epoch so far, kept as it goes
+    next(b for b in at.button if b.key == "train_stop").click().run()
+    _wait(job, 60)
+    at.run()
+    assert job.state == "stopped" and 1 <= len(job.metrics()) < 200
+    assert (job.folder / "model.safetensors").is_file()
+    assert any("Stopped" in s.value for s in list(at.warning) + list(at.success))
 
 
 def test_cam_page_computes_methods_side_by_side():
@@ -289,7 +305,7 @@ def test_a_crash_inside_a_view_is_one_message_and_the_app_survives(monkeypatch):
 
 
 def test_two_sessions_never_see_each_others_state_or_files(synthetic):
-    """Two browsers on one lab: different freeze plans, separate models, work folders and runs."""
+    """Two browsers, two labs: different freeze plans, separate models, data folders and runs."""
     a, b = _app(), _app()
     blob = _zip_of(synthetic)
     for at, strategy in ((a, "head"), (b, "partial")):
@@ -302,40 +318,40 @@ def test_two_sessions_never_see_each_others_state_or_files(synthetic):
         at.number_input[0].set_value(1).run()
         at.select_slider[1].set_value(64).run()
         next(x for x in at.button if x.label == "Start training").click().run()
+    ja, jb = _wait(_job(a)), _wait(_job(b))
     for at in (a, b):
-        deadline = time.time() + 90
-        while at.session_state["job"].running and time.time() < deadline:
-            time.sleep(0.3)
         at.run()
-    ja, jb = a.session_state["job"], b.session_state["job"]
-    assert ja.status == jb.status == "done"
+    assert ja.state == jb.state == "done"
     assert a.session_state["plan"].trainable != b.session_state["plan"].trainable
-    assert ja.result.model is not jb.result.model
     assert a.session_state["working"][1] is not b.session_state["working"][1]
-    assert ja.result.run_dir.parent != jb.result.run_dir.parent  # each session's own runs folder
+    assert ja.folder.parent != jb.folder.parent  # each lab's own runs folder
+    assert a.session_state["dataset"].report.root != b.session_state["dataset"].report.root  # own uploads
     for at, mine, theirs in ((a, ja, jb), (b, jb, ja)):
         listed = set(at.dataframe[-1].value["run"])
-        assert mine.result.run_dir.name in listed and theirs.result.run_dir.name not in listed
-    sa, sb = a.session_state["session_id"], b.session_state["session_id"]
-    assert sa != sb
+        assert mine.id in listed and theirs.id not in listed
+    assert a.session_state["lab_id"] != b.session_state["lab_id"]
 
 
-def test_out_of_memory_during_training_gives_advice_and_the_app_keeps_working(synthetic, monkeypatch):
-    from vislab import experiment
+def test_out_of_memory_in_a_worker_gives_advice_and_the_app_keeps_working(synthetic, monkeypatch):
+    """The worker's error (here an OOM raised inside training, run in-process) reaches the page as advice."""
+    from vislab import experiment, jobs
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(experiment, "train", oom)
     at = _app()
     _pick_model(at, "test_resnet")
     _upload_zip(at, _zip_of(synthetic))
     at.switch_page("pages/train.py").run()
+    from pages import _jobs
+
+    monkeypatch.setattr(_jobs.queue(), "submit", lambda job, device="cpu": job)  # keep it out of the queue
     next(b for b in at.button if b.label == "Start training").click().run()
-    job = at.session_state["job"]
-    job.thread.join(30)
+    job = _job(at)
+    monkeypatch.setattr(experiment, "train", oom)
+    assert jobs.run_worker(job.folder) == 1
     at.run()
-    assert job.status == "error" and "smaller batch size or image size" in job.message
+    assert job.state == "error" and "smaller batch size or image size" in job.status()["message"]
     assert any("smaller batch size" in e.value for e in at.error) and not at.exception
     at.switch_page("pages/freeze.py").run()
     assert not at.exception
@@ -350,13 +366,15 @@ def test_compare_page_runs_four_strategies_and_shows_them_together(synthetic):
     at.select_slider(key="compare_size").set_value(64).run()
     at.select_slider(key="compare_batch").set_value(8).run()
     next(b for b in at.button if b.label == "Run comparison").click().run()
-    job = at.session_state["compare_job"]
-    deadline = time.time() + 120
-    while job.running and time.time() < deadline:
-        time.sleep(0.3)
+    from vislab import jobs, labs
+
+    job = jobs.list_jobs(labs.Lab(at.session_state["lab_id"]).runs_dir)[0]
+    _wait(job, 180)
     at.run()
-    assert job.status == "done" and not at.exception and not at.error
-    assert [r.config.name for r in job.rows] == ["head", "partial", "full", "scratch"]
+    at.run()
+    assert job.state == "done" and not at.exception and not at.error, job.status()
+    rows = json.loads((job.folder / "comparison.json").read_text())["rows"]
+    assert [r["config"]["name"] for r in rows] == ["head", "partial", "full", "scratch"]
     titles = _chart_titles(at)
     assert "Strategies compared" in titles and "head: confusion" in titles
     assert any(t.startswith("Grad-CAM at") for t in titles)
@@ -402,9 +420,9 @@ def test_augmented_views_set_on_the_data_page_are_cached_by_training(synthetic):
     assert at.session_state["augment"].views == 2 and at.session_state["augment"].hflip
     assert any("2 fixed random view(s)" in c.value for c in at.caption)
     job = _train_on_page(at, 64, epochs=2)
-    assert job.status == "done", job.message
-    assert job.cache and job.cache[0].startswith("features cached"), job.cache
-    assert json.loads((job.result.run_dir / "config.json").read_text())["augment"]["views"] == 2
+    assert job.state == "done", job.status()
+    assert job.cache_lines() and job.cache_lines()[0].startswith("features cached"), job.cache_lines()
+    assert json.loads((job.folder / "config.json").read_text())["augment"]["views"] == 2
 
 
 def test_an_unusable_zip_keeps_the_dataset_in_use(synthetic):
@@ -439,8 +457,9 @@ def test_side_by_side_feature_maps_after_training_at_another_size(synthetic):
     _pick_model(at, "test_resnet")
     _upload_zip(at, _zip_of(synthetic))
     job = _train_on_page(at, 64)
-    assert job.status == "done", job.message
+    assert job.state == "done", job.status()
     at.switch_page("pages/features.py").run()
+    assert at.radio(key="feat_models").value == "fine-tuned"  # once a run exists, it is the default
     at.radio(key="feat_models").set_value("side by side").run()
     assert not at.exception, at.exception
     assert any("Relative change" in m.label for m in at.metric)
@@ -451,8 +470,8 @@ def test_a_vit_trains_on_the_train_page_at_another_size(synthetic):
     _pick_model(at, "test_vit")
     _upload_zip(at, _zip_of(synthetic))
     job = _train_on_page(at, 64)
-    assert job.status == "done", job.message
-    assert job.result.info.data_config.size == 64
+    assert job.state == "done", job.status()
+    assert json.loads((job.folder / "config.json").read_text())["data_config"]["input_size"][-1] == 64
 
 
 def test_attention_page_says_why_swin_has_no_maps():

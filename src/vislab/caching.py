@@ -15,6 +15,7 @@ import contextlib
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -177,10 +178,12 @@ def _fingerprint(model: nn.Module, prefix: Prefix) -> tuple:
 
 
 def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, device: torch.device,
-          seed: int, stop=None, pool: dict | None = None) -> tuple[Cache | None, str]:
+          seed: int, stop=None, pool: dict | None = None,
+          on_progress: Callable[[int, int], None] | None = None) -> tuple[Cache | None, str]:
     """Cache the prefix outputs of both splits, or (None, why not) when it does not apply.
 
-    `pool` (a dict kept by the caller) shares features between runs with the same frozen prefix and data."""
+    `pool` (a dict kept by the caller) shares features between runs with the same frozen prefix and data.
+    `on_progress(done, total)` is called after each batch with the images run through the prefix so far."""
     start = time.perf_counter()
     probe = val_loader.dataset
     first_x = torch.stack([probe[i][0] for i in range(min(4, len(probe)))]).to(device)  # not a whole batch
@@ -200,6 +203,7 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
     try:
         sample = prefix_outputs(model, prefix, first_x[:1])  # (1, ...) one image's features
         n_images = len(train_loader.dataset) + len(val_loader.dataset)
+        done = 0
         nbytes = n_images * sample.numel() * sample.element_size()
         if nbytes > DISK_LIMIT_BYTES:
             return None, f"cached features would take {nbytes / 2**30:.0f} GiB"
@@ -218,6 +222,9 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
                 store[at:at + len(out)] = out if spill is None else out.cpu()
                 at += len(out)
                 ys.append(y)
+                done += len(out)
+                if on_progress is not None:
+                    on_progress(done, n_images)
             feats[split] = (store, torch.cat(ys))
     finally:
         model.train(was)

@@ -187,10 +187,10 @@ def cmd_train(args) -> int:
           f"{len(rep.moving_bn_buffers)} BatchNorm layers update their running stats")
     print(f"input {info.data_config.input_size[1]}x{info.data_config.input_size[2]}, "
           f"{len(report.classes)} classes, {len(data.subset(report, args.per_class, args.seed).items)} images")
-    del model
     stop = threading.Event()
-    try:
-        result = experiment.train(spec, report, out, _Progress(), stop)
+    try:  # the model prepared above is the one trained (one build), its best epoch kept as it goes
+        result = experiment.train(spec, report, out, _Progress(), stop, prepared=(model, info, phases),
+                                  checkpoints=True)
     except KeyboardInterrupt:
         stop.set()
         raise CliError("interrupted")

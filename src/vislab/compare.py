@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from vislab import data, evaluation, experiment, freezing, runs
-from vislab.training import Event, Phase, TrainConfig
+from vislab.training import Event, TrainConfig
 
 COLUMNS = ("run", "strategy", "head", "bn", "lr", "final val acc", "best val acc", "final val loss",
            "train seconds", "trainable params", "BN layers moved")
@@ -72,9 +72,10 @@ def run(model_name: str, report: data.DataReport, configs: list[Config], epochs:
         img_size: int | None = None, batch_size: int = 32, seed: int = 0, per_class: int | None = None,
         on_event: Callable[[str, Event], None] | None = None, stop: threading.Event | None = None) -> list[Row]:
     """Train each configuration in turn on the same split and seed; write `comparison.csv/json` to `out`."""
-    names = [c.name for c in configs]
-    if len(set(names)) != len(names):
-        raise ValueError("each configuration needs its own name")
+    names = [data.safe_name(c.name).casefold() for c in configs]
+    if len(set(names)) != len(names) or not all(names):
+        raise ValueError("each configuration needs its own name (letters or digits; names that differ only "
+                         "in case or punctuation count as one)")
     report = data.subset(report, per_class, seed)
     pool: dict = {}
     rows: list[Row] = []
@@ -86,15 +87,13 @@ def run(model_name: str, report: data.DataReport, configs: list[Config], epochs:
                                img_size=img_size, per_class=None,
                                train=TrainConfig(epochs=epochs, lr=config.lr, batch_size=batch_size, seed=seed,
                                                  layer_decay=config.layer_decay))
-        prepared = experiment.prepare(spec, len(report.classes))
         if config.plan is not None:  # a hand-made plan (the Freeze page's) replaces the preset's phases
-            plan = freezing.FreezePlan.from_dict(config.plan)
-            freezing.apply(prepared[0], plan)
-            prepared = (prepared[0], prepared[1], [Phase(plan, epochs, config.lr, config.name)])
+            spec.strategy = "custom"
+        prepared = experiment.prepare(spec, len(report.classes), plan=config.plan)
         trainable = freezing.report(prepared[0]).trainable_params
         before = _bn_stats(prepared[0])
         start = time.perf_counter()
-        result = experiment.train(spec, report, Path(out) / config.name if out else None,
+        result = experiment.train(spec, report, Path(out) / (data.safe_name(config.name) or "run") if out else None,
                                   (lambda e, n=config.name: on_event(n, e)) if on_event else None, stop,
                                   prepared=prepared, cache_pool=pool)
         seconds = time.perf_counter() - start

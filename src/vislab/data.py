@@ -72,6 +72,21 @@ class DataReport:
         return "\n".join(lines)
 
 
+def report_to_dict(report: DataReport) -> dict:
+    """A DataReport as plain JSON data (a lab keeps it; a job's worker gets it without scanning again)."""
+    return {"root": report.root, "classes": list(report.classes), "items": [[p, y] for p, y in report.items],
+            "skipped": [list(s) for s in report.skipped], "warnings": list(report.warnings),
+            "errors": list(report.errors),
+            "fixed_val": sorted(report.fixed_val) if report.fixed_val is not None else None}
+
+
+def report_from_dict(d: dict) -> DataReport:
+    fixed = d.get("fixed_val")
+    return DataReport(str(d["root"]), [str(c) for c in d["classes"]], [(str(p), int(y)) for p, y in d["items"]],
+                      [tuple(s) for s in d.get("skipped", [])], list(d.get("warnings", [])),
+                      list(d.get("errors", [])), frozenset(fixed) if fixed is not None else None)
+
+
 def _hidden(path: Path) -> bool:
     return any(part.startswith(".") or part == "__MACOSX" for part in path.parts)
 

@@ -1,12 +1,14 @@
 """A whole fine-tuning job from one spec: model, freeze plans, data, training, and the run folder.
 
-The CLI and the Train page both call `train`; neither builds the pieces itself.
+`prepare` is the one job builder: it makes the model and its phases for the CLI, the Train page's working
+model, the background jobs (jobs.py) and compare. `train` runs what it built and writes the run folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +35,14 @@ class Spec:
     augment: Augment = field(default_factory=Augment)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Spec:
+        d = dict(d)
+        return cls(**{**d, "augment": Augment(**d.get("augment", {})), "train": TrainConfig(**d.get("train", {}))})
+
 
 @dataclass
 class Result:
@@ -44,8 +54,13 @@ class Result:
     val_items: list[tuple[str, int]]
 
 
-def prepare(spec: Spec, num_classes: int, base: nn.Module | None = None, info: models.ModelInfo | None = None):
-    """The model to train and its phases. `base` (a cached pretrained model with its original head) is copied."""
+def prepare(spec: Spec, num_classes: int, base: nn.Module | None = None, info: models.ModelInfo | None = None,
+            plan: freezing.FreezePlan | dict | None = None):
+    """The model to train and its phases. `base` (a cached pretrained model with its original head) is copied.
+
+    `plan` (a hand-made FreezePlan, the Freeze page's) replaces the preset's plan of the last phase: a
+    "custom" strategy trains that plan alone; "two-phase" trains the head, then that plan.
+    """
     training.seed_everything(spec.train.seed)  # the new head's (and scratch model's) init is part of the run
     if spec.strategy == "scratch":
         model, info = models.create_model(spec.model, num_classes, spec.head, "random")
@@ -54,14 +69,24 @@ def prepare(spec: Spec, num_classes: int, base: nn.Module | None = None, info: m
 
         model = training.clone_model(base)
         swap_head(model, num_classes, spec.head)
-        info = models.ModelInfo(info.name, info.source, head_name(model), spec.head, num_classes,
-                                info.data_config, info.weights, list(info.notes))
+        info = dataclasses.replace(info, head=head_name(model), head_kind=spec.head, num_classes=num_classes,
+                                   notes=list(info.notes))
     else:
         model, info = models.create_model(spec.model, num_classes, spec.head, spec.weights)
     if spec.img_size and spec.img_size != info.data_config.size:
         models.fit_input_size(model, spec.model, spec.img_size)  # ViTs resample; fixed-size models refuse
     info.data_config = info.data_config.with_size(spec.img_size)
-    plans = freezing.preset(model, spec.strategy, spec.thaw_last, spec.bn)
+    if isinstance(plan, dict):
+        plan = freezing.FreezePlan.from_dict(plan)
+    if spec.strategy in freezing.STRATEGIES:
+        plans = freezing.preset(model, spec.strategy, spec.thaw_last, spec.bn)
+    elif plan is None:
+        raise ValueError(f"strategy '{spec.strategy}' needs a freeze plan (one of {', '.join(freezing.STRATEGIES)} "
+                         "builds its own)")
+    else:
+        plans = [plan]
+    if plan is not None:
+        plans[-1] = plan
     phases = training.phases_for(spec.strategy, plans, spec.train.epochs, spec.train.lr,
                                  spec.train.phase2_lr_factor)
     freezing.apply(model, phases[0].plan)  # the model shows what the first phase will train
@@ -78,8 +103,13 @@ def train(
     base_info: models.ModelInfo | None = None,
     prepared: tuple | None = None,
     cache_pool: dict | None = None,
+    checkpoints: bool = False,
+    predictions: bool = False,
 ) -> Result:
-    """Train per `spec`; `prepared` = (model, info, phases) trains that model as is (the UI's own plan)."""
+    """Train per `spec`; `prepared` = (model, info, phases) trains that model as is (the UI's own plan).
+
+    With `checkpoints`, `out/checkpoint/` keeps the best epoch so far (an interrupted run is not lost); with
+    `predictions`, the run folder also gets the validation predictions of the kept weights."""
     if not report.usable:
         raise data.DataError("; ".join(report.errors))
     report = data.subset(report, spec.per_class, spec.train.seed)
@@ -102,29 +132,42 @@ def train(
     cfg_train = dataclasses.replace(spec.train, cache=spec.train.cache and not fresh_views)
     why_off = ("random augmentation draws new views every epoch, so the full loop runs (cache K fixed "
                "augmented views per image to use the cache)" if fresh_views and spec.train.cache else "turned off")
+    config = {
+        "model": spec.model, "source": info.source, "head_kind": spec.head, "head": info.head,
+        "num_classes": len(report.classes), "data_config": cfg.to_dict(), "strategy": spec.strategy,
+        "thaw_last": spec.thaw_last, "bn": spec.bn, "weights": info.weights.source or "random",
+        "weights_file": str(info.weights.path) if info.weights.path else None,
+        "plans": [p.plan.to_dict() for p in phases], "phases": [
+            {"name": p.name, "epochs": p.epochs, "lr": p.lr} for p in phases],
+        "train": spec.train.to_dict(), "augment": spec.augment.to_dict(), "val_frac": spec.val_frac,
+        "per_class": spec.per_class, "data": report.root, "train_size": len(train_items),
+        "val_size": len(val_items),
+    }
+
+    def keep_best(h: training.History) -> None:  # the best epoch so far, in case the process dies
+        runs.save_checkpoint(out, h.best_state, {**config, "best_epoch": h.best_epoch, "checkpoint": True},
+                             h.epochs, report.classes)
+
+    if out is not None and checkpoints:
+        runs.save_split(out, train_items, val_items)
     history = training.fit(model, train_loader, val_loader, phases, cfg_train, on_event, stop, cache_pool,
-                           why_off)
+                           why_off, keep_best if out is not None and checkpoints else None)
     run_dir = None
     if out is not None and history.epochs:
-        config = {
-            "model": spec.model, "source": info.source, "head_kind": spec.head, "head": info.head,
-            "num_classes": len(report.classes), "data_config": cfg.to_dict(), "strategy": spec.strategy,
-            "thaw_last": spec.thaw_last, "bn": spec.bn, "weights": info.weights.source or "random",
-            "weights_file": str(info.weights.path) if info.weights.path else None,
-            "plans": [p.plan.to_dict() for p in phases], "phases": [
-                {"name": p.name, "epochs": p.epochs, "lr": p.lr} for p in phases],
-            "train": spec.train.to_dict(), "augment": spec.augment.to_dict(), "val_frac": spec.val_frac,
-            "per_class": spec.per_class, "data": report.root, "train_size": len(train_items),
-            "val_size": len(val_items), "best_epoch": history.best_epoch, "stopped": history.stopped,
-            "feature_cache": history.cache,
-        }
+        config.update({"best_epoch": history.best_epoch, "stopped": history.stopped,
+                       "feature_cache": history.cache})
+        runs.save_split(out, train_items, val_items)
+        if predictions:
+            from vislab import evaluation
+
+            runs.save_predictions(out, evaluation.predict(model.cpu(), val_items, cfg, spec.train.batch_size))
         run_dir = runs.save(out, model.cpu(), config, history.epochs, report.classes)
-        runs.save_split(run_dir, train_items, val_items)
+        shutil.rmtree(run_dir / runs.CHECKPOINT, ignore_errors=True)  # the run is complete: its files say all
     return Result(model, info, history, run_dir, report.classes, val_items)
 
 
 def spec_dict(spec: Spec) -> dict:
-    return asdict(spec)
+    return spec.to_dict()
 
 
 def resume(run_dir: str | Path, report: data.DataReport, epochs: int, out: str | Path | None,
@@ -147,6 +190,8 @@ def resume(run_dir: str | Path, report: data.DataReport, epochs: int, out: str |
                 per_class=cfg.get("per_class"), train=train_cfg, augment=Augment(**cfg.get("augment", {})))
     info = models.ModelInfo(cfg["model"], cfg["source"], cfg["head"], cfg["head_kind"], len(run.classes),
                             run.data_config, WeightsStatus(cfg["model"], None, None), [f"resumed from {run.path}"])
+    if cfg.get("checkpoint"):
+        info.notes.append(f"the run was interrupted: continuing from its best epoch ({cfg.get('best_epoch')})")
     last_lr = cfg["phases"][-1]["lr"] if cfg.get("phases") else train_cfg.lr
     phases = [training.Phase(FreezePlan.from_dict(cfg["plans"][-1]), epochs, last_lr, "resumed")]
     result = train(spec, report, out, on_event, stop, prepared=(model, info, phases))

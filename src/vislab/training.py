@@ -53,7 +53,8 @@ class Phase:
 
 @dataclass
 class Event:
-    """What the progress callback receives: kind is 'batch', 'epoch', 'phase', 'cache' or 'end'."""
+    """What the progress callback receives: kind is 'batch', 'epoch', 'phase', 'caching' (the frozen prefix
+    is running: `batch` of `batches` images done), 'cache' (how the prefix was run) or 'end'."""
 
     kind: str
     epoch: int = 0  # 1-based over the whole run
@@ -190,10 +191,13 @@ def fit(
     stop: threading.Event | None = None,
     cache_pool: dict | None = None,
     why_no_cache: str = "turned off",
+    on_best: Callable[[History], None] | None = None,
 ) -> History:
     """Train through the phases; returns per-epoch metrics and the best state (by val acc, then loss).
 
-    `cache_pool` lets several runs on the same data share cached frozen-prefix features (caching.build)."""
+    `cache_pool` lets several runs on the same data share cached frozen-prefix features (caching.build).
+    `on_best(history)` is called each time an epoch becomes the best so far (`history.best_state` holds it),
+    so a caller can keep a checkpoint that survives a crash."""
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     model.to(device)
@@ -214,21 +218,25 @@ def fit(
         cache, why = None, why_no_cache
         if cfg.cache:
             with torch.random.fork_rng(devices=[]):  # building it must not shift the dropout RNG stream
-                cache, why = caching.build(model, train_loader, val_loader, device, cfg.seed, stop, cache_pool)
+                def caching_progress(done, total, e=epoch, name=phase.name):
+                    emit(Event("caching", e, total_epochs, done, total, phase=name))
+
+                cache, why = caching.build(model, train_loader, val_loader, device, cfg.seed, stop, cache_pool,
+                                           caching_progress)
         history.cache.append(cache.describe() if cache else f"no feature cache: {why}")
         emit(Event("cache", epoch, total_epochs, phase=phase.name, message=history.cache[-1]))
         with caching.stubbed(model, cache.prefix) if cache else contextlib.nullcontext() as originals:
             snapshot = (lambda: caching.full_state_dict(model, originals)) if cache else model.state_dict
             epoch = _run_phase(model, phase, cache.train if cache else train_loader,
                                cache.val if cache else val_loader, optimizer, scheduler, scaler, criterion,
-                               cfg, device, history, epoch, total_epochs, emit, stop, snapshot)
+                               cfg, device, history, epoch, total_epochs, emit, stop, snapshot, on_best)
         if history.stopped:
             break
     return _finish(model, history, emit, total_epochs)
 
 
 def _run_phase(model, phase, train_loader, val_loader, optimizer, scheduler, scaler, criterion, cfg, device,
-               history, epoch, total_epochs, emit, stop, snapshot) -> int:
+               history, epoch, total_epochs, emit, stop, snapshot, on_best=None) -> int:
     """The epochs of one phase; returns the last epoch number. `snapshot()` gives the full state_dict."""
     fmt = caching.memory_format_of(model)
     for _ in range(phase.epochs):
@@ -276,6 +284,8 @@ def _run_phase(model, phase, train_loader, val_loader, optimizer, scheduler, sca
         if better and math.isfinite(val_loss):
             history.best_val_acc, history.best_epoch = val_acc, epoch
             history.best_state = {k: v.detach().to("cpu", copy=True) for k, v in snapshot().items()}
+            if on_best is not None:
+                on_best(history)
         emit(Event("epoch", epoch, total_epochs, metrics=metrics, phase=phase.name))
         if stop.is_set():
             history.stopped = True

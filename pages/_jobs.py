@@ -1,0 +1,195 @@
+"""Background jobs for the pages: the server's one queue, submitting a lab's training or comparison, and
+reading a job's progress and results back from its folder (vislab.jobs).
+
+Nothing here trains: the queue starts a worker process per job. A page only writes a job folder, asks the
+queue to run it, and reads files, so a reload, a second tab or a restarted server shows the same job.
+It imports no torch at module level (the sidebar uses it on every page).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import streamlit as st
+
+from pages._state import LAB, LAST_RUN, current_lab
+from vislab import jobs, labs
+
+
+@st.cache_resource
+def queue() -> jobs.LocalQueue:
+    """The one queue of this server (every session's jobs). Jobs left queued by a previous server start
+    again; running ones whose worker died read as interrupted."""
+    import atexit
+
+    q = jobs.LocalQueue()
+    q.adopt(labs.labs_dir())
+    atexit.register(q.close)
+    return q
+
+
+def lab_jobs(kind: str | None = None) -> list[jobs.Job]:
+    """This lab's jobs and runs, newest first (other labs' are never listed)."""
+    if not st.session_state.get(LAB):
+        return []
+    found = jobs.list_jobs(current_lab().runs_dir)
+    return [j for j in found if kind is None or job_kind(j) == kind]
+
+
+def job_kind(job: jobs.Job) -> str:
+    if (job.folder / "comparison.json").is_file():
+        return "compare"
+    try:
+        return job.spec().get("kind", "train")
+    except ValueError:
+        return "train"
+
+
+def active_job(kind: str | None = None) -> jobs.Job | None:
+    """The lab's queued or running job (at most one), read from disk, so every tab sees it."""
+    for job in lab_jobs(kind):
+        if job.active:
+            return job
+    return None
+
+
+def new_folder(prefix: str) -> Path:
+    lab = current_lab()
+    lab.runs_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(100):
+        folder = lab.runs_dir / (f"{stamp}_{prefix}" + (f"-{n}" if n else ""))
+        if not folder.exists():
+            return folder
+    raise jobs.JobError("too many runs started this second")
+
+
+def submit(kind: str, prefix: str, payload: dict, device: str = "cpu") -> jobs.Job:
+    """Queue a job for this lab; JobError when the lab already has one (a double click, a second tab)."""
+    from vislab.data import safe_name
+
+    q = queue()  # first: a new queue adopts queued jobs it finds, and must not find this one half-made
+    if active_job() is not None:
+        raise jobs.JobError("this lab already has a job queued or running: wait for it, or stop it first")
+    job = jobs.create(new_folder(safe_name(prefix)[:80] or kind), kind, {**payload, "device": device},
+                      lab=st.session_state[LAB])
+    try:
+        q.submit(job, device)
+    except jobs.JobError:
+        job.write_status(state="cancelled", message="not started: this lab already had a job")
+        raise
+    if kind == "train":
+        st.session_state[LAST_RUN] = job.id
+    return job
+
+
+def stop(job: jobs.Job) -> None:
+    """Stop a running job (it keeps its best epoch) or cancel a queued one."""
+    queue().cancel(job)
+
+
+def ahead(job: jobs.Job) -> int:
+    return queue().ahead(job)
+
+
+def describe(job: jobs.Job | None) -> str:
+    """One line for the sidebar."""
+    if job is None:
+        return "—"
+    st_ = job.status()
+    state = st_.get("state")
+    if state == "queued":
+        return f"queued, {ahead(job)} ahead"
+    if state == "running":
+        p = job.progress()
+        if p.get("stage") == "caching":
+            return f"caching features {p.get('cached', 0)}/{p.get('to_cache', 0)}"
+        if p.get("epoch"):
+            return f"training, epoch {p['epoch']}/{p.get('epochs', '?')}"
+        return "starting"
+    return f"{state}: `{job.id}`"
+
+
+def sidebar_line() -> str:
+    """The lab's active job, else its current run."""
+    if not st.session_state.get(LAB):
+        return "—"
+    job = active_job()
+    if job is None and st.session_state.get(LAST_RUN):
+        folder = current_lab().runs_dir / st.session_state[LAST_RUN]
+        job = jobs.Job(folder) if folder.is_dir() else None
+    return describe(job)
+
+
+def progress_text(job: jobs.Job) -> tuple[float, str]:
+    """(fraction done, the line under the bar) for a running training job."""
+    p = job.progress()
+    seconds = time.time() - p.get("started", time.time())
+    stage = p.get("stage")
+    if stage == "starting" or not stage:
+        return 0.0, f"starting the worker and loading the model · {seconds:.0f} s"
+    if stage == "caching":
+        done, total = p.get("cached", 0), max(p.get("to_cache", 1), 1)
+        return done / total * 0.999, (f"caching features: {done}/{total} images through the frozen layers "
+                                      f"(once; the epochs then train from them) · {seconds:.0f} s")
+    epoch, epochs = p.get("epoch", 0), max(p.get("epochs", 1), 1)
+    batch, batches = p.get("batch", 0), max(p.get("batches", 1), 1)
+    done = (max(epoch - 1, 0) + batch / batches) / epochs
+    phase = f" ({p['phase']})" if p.get("phase") else ""
+    return min(max(done, 0.0), 1.0), (f"epoch {epoch}/{epochs}{phase} · batch {batch}/{batches} · loss "
+                                      f"{p.get('loss', 0.0):.3f} · {seconds:.0f} s")
+
+
+def totals(job: jobs.Job) -> str:
+    """Honest timing of a finished job: per epoch, and in all (start-up and the caching pass included)."""
+    st_ = job.status()
+    metrics = job.metrics()
+    line = ""
+    if metrics:
+        per = sum(m["seconds"] for m in metrics) / len(metrics)
+        n = len(metrics)
+        line = f"{n} epoch{'s' if n != 1 else ''}, {per:.1f} s per epoch" if per >= 0.1 else \
+            f"{n} epoch{'s' if n != 1 else ''}, {per * 1000:.0f} ms per epoch"
+    if st_.get("started") and st_.get("finished"):
+        line += (", " if line else "") + f"{st_['finished'] - st_['started']:.0f} s in all (start-up and the " \
+                                          f"feature-caching pass included)"
+    return line
+
+
+@st.cache_resource(max_entries=8, show_spinner="Loading the run…")
+def _load_run(path: str, mtime: int):
+    from vislab import runs
+
+    return runs.load(path)
+
+
+def load_run(folder: Path):
+    """(model, Run) of a run folder of this lab, cached per file version."""
+    from vislab import runs
+
+    lab = current_lab()
+    if not lab.inside(folder):
+        raise FileNotFoundError("that run is not in this lab")
+    model_file = folder / "model.safetensors"
+    if not model_file.is_file():
+        ck = runs.checkpoint_of(folder)
+        if ck is None:
+            raise FileNotFoundError(f"{folder.name} has no saved weights (it ended before its first epoch)")
+        model_file = ck / "model.safetensors"
+    return _load_run(str(folder), model_file.stat().st_mtime_ns)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the comparison…")
+def _load_comparison(path: str, mtime: int):
+    from vislab import compare
+
+    return compare.load(path)
+
+
+def load_comparison(folder: Path):
+    """(model name, classes, rows, folder) of a saved comparison of this lab, cached per file version."""
+    if not current_lab().inside(folder):
+        raise FileNotFoundError("that comparison is not in this lab")
+    name, classes, rows = _load_comparison(str(folder), (folder / "comparison.json").stat().st_mtime_ns)
+    return name, classes, rows, folder

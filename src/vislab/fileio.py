@@ -1,0 +1,50 @@
+"""Small file helpers every module shares: atomic writes (a reader or a kill never sees half a file) and
+file digests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_bytes(path: str | Path, blob: bytes) -> Path:
+    """Write `blob` to `path` atomically: a temporary file in the same folder, fsynced, then renamed over."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, obj, indent: int | None = 2) -> Path:
+    """`obj` as JSON at `path`, atomically."""
+    return write_bytes(path, json.dumps(obj, indent=indent).encode())
+
+
+def read_json(path: str | Path, default=None):
+    """The JSON at `path`; `default` when the file is missing. A damaged file raises ValueError."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return default
+    return json.loads(text)  # json.JSONDecodeError is a ValueError
+
+
+def digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in 1 MiB blocks."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
