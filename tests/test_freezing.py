@@ -172,3 +172,18 @@ def test_frozen_stages_drop_nothing_trained_ones_still_do():
                                           "modules": {"features.2": True}})
     freezing.apply(net, over)  # a single-module override thaws a block: its drops come back
     assert not any(m._vislab_still for m in frozen)
+
+
+def test_training_mode_puts_every_modules_own_flag_back():
+    from vislab.modes import training_mode
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Dropout())
+    model.train()
+    model[1].eval()  # a BatchNorm someone set to eval on its own: model.train(was) would switch it back on
+    with training_mode(model, False):
+        assert not any(m.training for m in model.modules())
+    assert model.training and not model[1].training and model[2].training
+    with pytest.raises(RuntimeError), training_mode(model, True):
+        assert model[1].training
+        raise RuntimeError("inside the block")
+    assert model.training and not model[1].training  # put back after an error too

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from vislab import freezing
+from vislab.modes import training_mode
 
 
 @torch.no_grad()
@@ -23,15 +24,13 @@ def output_shapes(model: nn.Module, input_size: tuple[int, int, int]) -> dict[st
             elif isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
                 shapes[name] = tuple(out[0].shape[1:])
         handles.append(module.register_forward_hook(hook))
-    was_training = model.training
     device = next(model.parameters()).device
     try:
-        model.eval()
-        model(torch.zeros(1, *input_size, device=device))  # (1, C, H, W)
+        with training_mode(model, False):
+            model(torch.zeros(1, *input_size, device=device))  # (1, C, H, W)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return shapes
 
 

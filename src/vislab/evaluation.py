@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from vislab.data import ImageDataset
 from vislab.models import DataConfig
+from vislab.modes import training_mode
 from vislab.transforms import eval_transform
 
 
@@ -32,17 +33,22 @@ class Predictions:
         return float((self.predicted == self.labels).mean()) if len(self.labels) else 0.0
 
 
+def eval_loader(items: list[tuple[str, int]], cfg: DataConfig, batch_size: int = 32) -> DataLoader:
+    """(images, labels) batches of image files [(path, label)] in order, through the model's eval transform."""
+    return DataLoader(ImageDataset(items, eval_transform(cfg)), batch_size=batch_size, shuffle=False)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, items: list[tuple[str, int]], cfg: DataConfig, batch_size: int = 32,
             device: str | torch.device = "cpu") -> Predictions:
-    model.eval().to(device)
-    loader = DataLoader(ImageDataset(items, eval_transform(cfg)), batch_size=batch_size, shuffle=False)
+    model.to(device)
     probs, losses, labels = [], [], []
-    for x, y in loader:
-        logits = model(x.to(device)).float().cpu()  # (B, K)
-        probs.append(logits.softmax(1))
-        losses.append(nn.functional.cross_entropy(logits, y, reduction="none"))
-        labels.append(y)
+    with training_mode(model, False):
+        for x, y in eval_loader(items, cfg, batch_size):
+            logits = model(x.to(device)).float().cpu()  # (B, K)
+            probs.append(logits.softmax(1))
+            losses.append(nn.functional.cross_entropy(logits, y, reduction="none"))
+            labels.append(y)
     k = getattr(model, "num_classes", None)
     empty = np.zeros((0, k or 0))
     return Predictions([p for p, _ in items], torch.cat(labels).numpy() if labels else np.zeros(0, int),
@@ -71,9 +77,10 @@ def top_losses(pred: Predictions, k: int = 12) -> list[int]:
 def classify(model: nn.Module, img: Image.Image, cfg: DataConfig, classes: list[str], k: int = 5,
              device: str | torch.device = "cpu") -> list[tuple[str, float]]:
     """Top-k (class name, probability) for one image."""
-    model.eval().to(device)
+    model.to(device)
     x = eval_transform(cfg)(img.convert("RGB")).unsqueeze(0).to(device)  # (1, 3, H, W)
-    probs = model(x).float().softmax(1)[0].cpu()
+    with training_mode(model, False):
+        probs = model(x).float().softmax(1)[0].cpu()
     top = probs.topk(min(k, len(probs)))
     return [(classes[i] if i < len(classes) else str(i), float(p)) for p, i in zip(top.values, top.indices)]
 

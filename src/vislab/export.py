@@ -40,6 +40,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from vislab.modes import training_mode
+
 FORMATS = ("torchscript", "onnx", "pt2")
 SUFFIX = {"torchscript": ".pt", "onnx": ".onnx", "pt2": ".pt2"}
 # Default tolerances on the max absolute difference of the outputs (logits). TorchScript and pt2 run the same
@@ -87,15 +89,6 @@ def _device(model: nn.Module) -> torch.device:
 def _random_inputs(input_size, batch: int, seed: int, device: torch.device) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)  # private generator: the global RNG is left alone
     return torch.randn((batch, *input_size), generator=g).to(device)  # (B, C, H, W), like normalised images
-
-
-def _training_flags(model: nn.Module) -> dict[nn.Module, bool]:
-    return {m: m.training for m in model.modules()}
-
-
-def _restore_training(flags: dict[nn.Module, bool]) -> None:
-    for m, training in flags.items():  # per module: a sub-block set to eval on its own stays so
-        m.training = training
 
 
 # ----------------------------------------------------------------------------------------------- writers
@@ -245,17 +238,15 @@ def export_model(model: nn.Module, input_size: tuple[int, int, int], path: str |
     if real_inputs is not None:
         checks.append(("real images", real_inputs.to(device)))
     result = ExportResult(fmt, None, tol=tol)
-    flags = _training_flags(model)
-    model.eval()
     try:
-        _export_and_check(model, fmt, partial, example, checks, result, meta or {})
+        with training_mode(model, False):
+            _export_and_check(model, fmt, partial, example, checks, result, meta or {})
         if result.ok:
             os.replace(partial, path)
             result.path, result.size_bytes = path, path.stat().st_size
         else:
             result.reason += _hint(result)
     finally:
-        _restore_training(flags)
         shutil.rmtree(workdir, ignore_errors=True)
     return result
 
@@ -299,14 +290,9 @@ def _graph_order(model: nn.Module, input_size) -> list[str]:
     """Leaves in the order the torch.export graph runs their first op."""
     leaves = _leaves(model)
     x = _random_inputs(input_size, 1, seed=0, device=_device(model))
-    flags = _training_flags(model)
-    model.eval()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # export's own notes; this is only for the layer order
-            graph = torch.export.export(model, (x,)).graph
-    finally:
-        _restore_training(flags)
+    with training_mode(model, False), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # export's own notes; this is only for the layer order
+        graph = torch.export.export(model, (x,)).graph
     order: dict[str, int] = {}
     for node in graph.nodes:
         stack = node.meta.get("nn_module_stack") or {}  # {key: (dotted module name, type)}, outermost first
@@ -329,15 +315,12 @@ def _hook_order(model: nn.Module, input_size) -> list[str]:
         return hook
 
     handles = [m.register_forward_pre_hook(record(n)) for n, m in _leaves(model).items()]
-    flags = _training_flags(model)
-    model.eval()
     try:
-        with torch.no_grad():
+        with training_mode(model, False), torch.no_grad():
             model(_random_inputs(input_size, 1, seed=0, device=_device(model)))
     finally:
         for h in handles:
             h.remove()
-        _restore_training(flags)
     return list(seen)
 
 

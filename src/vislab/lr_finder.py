@@ -18,6 +18,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from vislab import caching, training
+from vislab.modes import training_mode
 
 
 @dataclass
@@ -34,9 +35,8 @@ def lr_find(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, 
     """Sweep the learning rate from `start` to `end` over up to `steps` batches (cycling the loader)."""
     dev = training.pick_device(device)
     saved = copy.deepcopy(model.state_dict())
-    was = model.training
     model.to(dev)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), training_mode(model, True):  # the sweep trains; flags back after
         torch.manual_seed(seed)
         cache, why = caching.build(model, train_loader, val_loader, dev, seed)
         loader = cache.train if cache else train_loader
@@ -45,7 +45,6 @@ def lr_find(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, 
                 lrs, losses = _sweep(model, loader, dev, start, end, steps, beta, weight_decay)
         finally:
             model.load_state_dict(saved)
-            model.train(was)
     return LRSweep(lrs, losses, suggest(lrs, losses), cache.describe() if cache else f"no feature cache: {why}")
 
 

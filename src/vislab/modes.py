@@ -1,0 +1,24 @@
+"""A model's train / eval flags, set for one block of code and put back afterwards, module by module."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch.nn as nn
+
+
+@contextmanager
+def training_mode(model: nn.Module, on: bool) -> Iterator[nn.Module]:
+    """`model.train(on)` inside the block; afterwards every module gets its own flag back.
+
+    Per module, not `model.train(was)`: a block someone set to eval on its own (a frozen BatchNorm, a
+    stilled dropout) stays in eval, where a model-wide `train(was)` would switch it back on.
+    """
+    flags = {m: m.training for m in model.modules()}
+    model.train(on)
+    try:
+        yield model
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
