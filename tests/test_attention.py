@@ -3,8 +3,8 @@ import pytest
 import timm
 import torch
 
-from vislab import attention, models
-from vislab.features import ViewNotApplicable
+from vislab import attention, models, views
+from vislab.views import ViewNotApplicable
 
 
 def _no_hooks(model):
@@ -147,3 +147,14 @@ def test_cnn_is_not_applicable():
     assert not attention.has_attention(model)
     with pytest.raises(ViewNotApplicable, match="vit_tiny_patch16_224"):
         attention.attention_maps(model, torch.randn(1, 3, 64, 64))
+
+
+def test_fit_map_is_bilinear_then_min_max_like_the_page_had_it():
+    m = np.random.default_rng(0).random((4, 5))  # a (gh, gw) patch grid
+    t = torch.nn.functional.interpolate(torch.as_tensor(m, dtype=torch.float32)[None, None], size=(32, 40),
+                                        mode="bilinear", align_corners=False)[0, 0].numpy()
+    want = (t - t.min()) / (t.max() - t.min())  # written out here, as pages/attention.py computed it
+    got = views.fit_map(m, (32, 40))
+    assert got.shape == (32, 40) and got.min() == 0 and got.max() == 1
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert not views.fit_map(np.ones((3, 3)), (8, 8)).any()  # a flat map shows nothing, not NaN

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from vislab import features, freezing, models
-from vislab.features import ViewNotApplicable
+from vislab.views import ViewNotApplicable
 
 
 def _no_hooks(model):

@@ -4,7 +4,7 @@ import timm
 import torch
 
 from vislab import models, se
-from vislab.features import ViewNotApplicable
+from vislab.views import ViewNotApplicable
 from vislab.weights import WeightsError
 
 # model -> SE block type it exercises
@@ -121,3 +121,8 @@ def test_real_trained_gates_differ_between_images():
     diffs = [np.abs(g[0] - g[1]).max() for g in gates.gates]
     assert max(diffs) > 0.1, diffs  # trained gates react to the image content
     assert all(((g >= 0) & (g <= 1)).all() for g in gates.gates)
+
+
+def test_mean_difference_ignores_the_padding_of_narrow_blocks():
+    gates = se.SEGates(["a", "b"], [np.array([[0.2, 0.8], [0.4, 0.8]]), np.array([[0.1, 0.5, 0.9], [0.1, 0.5, 0.9]])])
+    np.testing.assert_allclose(gates.mean_difference(0, 1), [0.1, 0.0])  # (|0.2-0.4| + 0) / 2; identical rows

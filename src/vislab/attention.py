@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from vislab.features import ViewNotApplicable, forward_with_hooks
+from vislab.views import ViewNotApplicable, forward_with_hooks
 
 ATTENTION_MODELS = ("vit_tiny_patch16_224",)  # catalog models with self-attention, for error messages
 HEAD_FUSIONS = ("mean", "max", "min")

@@ -1,53 +1,22 @@
 """Looking inside a CNN: first-layer filters, feature maps, and how much training moved them.
 
-The course's "visualizing CNNs" views. Every function here takes a plain nn.Module; hooks live only for
-the duration of one call (removed in `finally`), and the model's training flag is restored afterwards.
-`ViewNotApplicable` is the one error every view module raises for a model that lacks what it shows.
+The course's "visualizing CNNs" views. Every function here takes a plain nn.Module and runs it through
+`views.forward_with_hooks` (hooks removed, training flags put back); a model without what a view shows
+raises `views.ViewNotApplicable` (importable from here too).
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-
-class ViewNotApplicable(ValueError):
-    """The model has nothing this view can show (no SE blocks, no attention, no RGB convolution, ...)."""
-
-    def __init__(self, what: str, model: nn.Module, try_models: tuple[str, ...] = (), why: str | None = None):
-        hint = f" Try a catalog model that has it: {', '.join(try_models)}." if try_models else ""
-        super().__init__(f"{why or f'{type(model).__name__} has no {what}.'}{hint}")
-
+from vislab.se import find_se_blocks
+from vislab.views import ViewNotApplicable, forward_with_hooks
 
 _NORMS_2D = (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)  # plus any class named *Norm2d
-
-
-@contextmanager
-def inference(model: nn.Module):
-    """Eval mode and no_grad for one block of code; the training flag of every module is put back."""
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
-
-
-def forward_with_hooks(model: nn.Module, hooks: list[tuple[nn.Module, object]], x: torch.Tensor) -> None:
-    """One eval-mode forward without gradients with temporary forward hooks [(module, hook)], always removed."""
-    handles = [module.register_forward_hook(hook) for module, hook in hooks]
-    try:
-        with inference(model):
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
@@ -125,8 +94,6 @@ def conv_layers(model: nn.Module) -> list[str]:
     The 1x1 convolutions inside Squeeze-and-Excitation blocks act on pooled (C, 1, 1) vectors, so they
     are left out. LayerNorm2d-style layers (timm's ConvNeXt) count; channels-last LayerNorm does not.
     """
-    from vislab.se import find_se_blocks  # se imports ViewNotApplicable from here
-
     se_blocks = tuple(f"{b}." for b in find_se_blocks(model))
     names = []
     for name, module in model.named_modules():

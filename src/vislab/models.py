@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 
 from vislab import catalog, heads, weights
+from vislab.build import build_architecture
+from vislab.modes import training_mode
 from vislab.weights import WeightsError, WeightsStatus
 
 WEIGHT_CHOICES = ("auto", "pretrained", "random")
@@ -62,30 +64,6 @@ class ModelInfo:
         return self.weights.available
 
 
-def build_architecture(name: str, num_classes: int | None = None) -> nn.Module:
-    """The bare architecture with random weights (`num_classes` None keeps the library's default head)."""
-    source = catalog.source_of(name)
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    if source == "timm":
-        import timm
-
-        return timm.create_model(name, pretrained=False, **kwargs)
-    from torchvision.models import get_model
-
-    return _without_aux(get_model(name, weights=None, **kwargs))
-
-
-def _without_aux(model: nn.Module) -> nn.Module:
-    """GoogLeNet / Inception v3 without their auxiliary classifiers (training-only branches that return a
-    tuple): the model returns logits in train and eval mode alike, as torchvision's pretrained ones do."""
-    if getattr(model, "aux_logits", False):
-        model.aux_logits = False
-        for name in ("aux1", "aux2", "AuxLogits"):
-            if hasattr(model, name):
-                setattr(model, name, None)
-    return model
-
-
 def fit_input_size(model: nn.Module, name: str, size: int, check: bool = True) -> None:
     """Make the model take size x size images. timm's `set_input_size` resamples a ViT's or Swin's position
     embeddings; a convolutional network needs nothing. With `check`, one forward at that size proves it,
@@ -99,16 +77,12 @@ def fit_input_size(model: nn.Module, name: str, size: int, check: bool = True) -
                 raise ValueError(f"{name} cannot take {size}x{size} input: {str(exc).splitlines()[0]}") from None
     if not check:
         return
-    was = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with training_mode(model, False), torch.no_grad():
             model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
     except Exception as exc:
         raise ValueError(f"{name} cannot take {size}x{size} input ({str(exc).splitlines()[0][:200]}): use "
                          "its own input size") from None
-    finally:
-        model.train(was)
 
 
 def data_config(model: nn.Module, name: str, source: str, weights_file: Path | None = None) -> DataConfig:
@@ -119,7 +93,7 @@ def data_config(model: nn.Module, name: str, source: str, weights_file: Path | N
         cfg = resolve_model_data_config(model)
         return DataConfig(tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"]),
                           cfg["interpolation"], float(cfg["crop_pct"]))
-    enum = weights._torchvision_weights(name)
+    enum = weights.torchvision_weights(name)
     used = [w for w in enum if weights_file is not None and w.url.rsplit("/", 1)[-1] == weights_file.name]
     preset = (used or enum)[0].transforms()  # ImageClassification of the weights in use, else DEFAULT
     crop, resize = preset.crop_size[0], preset.resize_size[0]
@@ -140,7 +114,7 @@ def _load_timm(name: str, file: Path, file_classes: int | None) -> nn.Module:
 def _load_torchvision(name: str, status: WeightsStatus, file_classes: int | None) -> nn.Module:
     if status.source in ("hub", "seeded") and status.path.suffix != ".safetensors":
         # torchvision's own loading path, pointed at the folder that holds the file
-        for w in weights._torchvision_weights(name):
+        for w in weights.torchvision_weights(name):
             if w.url.rsplit("/", 1)[-1] == status.path.name:
                 state = torch.hub.load_state_dict_from_url(w.url, model_dir=str(status.path.parent),
                                                            map_location="cpu", weights_only=True)

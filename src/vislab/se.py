@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from vislab.features import ViewNotApplicable, forward_with_hooks
+from vislab.views import ViewNotApplicable, forward_with_hooks
 
 SE_TYPES = {  # class name -> attribute holding the gate activation
     "SqueezeExcitation": "scale_activation",
@@ -101,6 +101,10 @@ class SEGates:
     def matrix(self, row: int = 0) -> np.ndarray:
         """(blocks, max C) of one image (or class), NaN where a block has fewer channels."""
         return pad_rows([g[row] for g in self.gates])
+
+    def mean_difference(self, a: int = 0, b: int = 1) -> np.ndarray:
+        """(blocks,) mean |gate(a) - gate(b)| over each block's channels: 0 where a block ignores the image."""
+        return np.nanmean(np.abs(self.matrix(a) - self.matrix(b)), axis=1)
 
 
 def _gate_hooks(model: nn.Module, blocks: list[str], store: dict) -> list:

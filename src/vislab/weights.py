@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from vislab import paths
+from vislab import catalog, paths
+from vislab.build import build_architecture
+from vislab.heads import head_name
 
 SOURCES = ("imported", "hub", "seeded")
 
@@ -68,7 +70,7 @@ def _write_manifest(manifest: dict) -> None:
 
 # -- where the real loaders look ---------------------------------------------------------------------------
 
-def _torchvision_weights(name: str) -> list:
+def torchvision_weights(name: str) -> list:
     """The model's weight enums, DEFAULT first."""
     from torchvision.models import get_model_weights
 
@@ -105,7 +107,7 @@ def _timm_cached(name: str) -> Path | None:
 def hub_file(name: str, source: str) -> Path | None:
     """A weight file of `name` in the real download caches, or None."""
     if source == "torchvision":
-        for w in _torchvision_weights(name):
+        for w in torchvision_weights(name):
             hit = _find_checkpoint(w.url)
             if hit:
                 return hit
@@ -183,9 +185,6 @@ def check_fits(model: nn.Module, state: dict[str, torch.Tensor], skip_prefix: st
 
 def guess_architecture(state: dict[str, torch.Tensor], candidates: list[str] | None = None) -> str | None:
     """The catalog model whose tensor names and shapes best match a state_dict (90% or more), else None."""
-    from vislab import catalog
-    from vislab.models import build_architecture
-
     have = {(k, tuple(v.shape)) for k, v in state.items() if not k.endswith("num_batches_tracked")}
     best, best_score = None, 0.0
     for name in candidates or catalog.names():
@@ -209,9 +208,6 @@ def sha256(path: Path) -> str:
 def import_file(file: str | Path, name: str) -> WeightsStatus:
     """Check a user's weight file against `name`'s architecture and keep a safetensors copy of it."""
     from safetensors.torch import save_file
-
-    from vislab.heads import head_name
-    from vislab.models import build_architecture
 
     state = read_state_dict(file)
     model = build_architecture(name, num_classes=None)
@@ -242,7 +238,7 @@ def pull(name: str, source: str) -> WeightsStatus:
     """Online: download the default pretrained weights with torchvision's / timm's own code."""
     try:
         if source == "torchvision":
-            _torchvision_weights(name)[0].get_state_dict(progress=True)
+            torchvision_weights(name)[0].get_state_dict(progress=True)
         else:
             import timm
 
