@@ -1,10 +1,9 @@
 import numpy as np
 import streamlit as st
-import torch
 
 from pages import _lab
-from vislab import attention, features, plots
-from vislab.transforms import crop_seen, eval_transform
+from vislab import attention, plots, views
+from vislab.transforms import crop_seen
 
 _lab.init_state()
 ss = st.session_state
@@ -16,8 +15,8 @@ st.markdown("A Vision Transformer cuts the image into patches and lets every tok
 
 vm = _lab.view_models("attn", allow_both=False)[0]
 if not attention.has_attention(vm.model):
-    st.error(str(features.ViewNotApplicable("self-attention layers", vm.model, ("vit_tiny_patch16_224",),
-                                            attention.why_not(vm.model))))
+    st.error(str(views.ViewNotApplicable("self-attention layers", vm.model, attention.ATTENTION_MODELS,
+                                         attention.why_not(vm.model))))
     if st.button("Switch to vit_tiny_patch16_224"):
         _lab.set_model("vit_tiny_patch16_224")
         st.rerun()
@@ -28,7 +27,7 @@ if not images:
     st.stop()
 label, img = images[0]
 cfg = vm.data_config
-x = eval_transform(cfg)(img)[None]  # (1, 3, H, W)
+x = views.batch([img], cfg)  # (1, 3, H, W)
 maps = _lab.cached_view("attention", vm.model, images, (), lambda: attention.attention_maps(vm.model, x))
 # per layer (1, heads, N, N); the sliders below only re-fuse these maps
 grid = attention.patch_grid(vm.model, x)
@@ -44,21 +43,15 @@ discard = c2.slider("Rollout: discard lowest", 0.0, 0.99, 0.9, 0.01, key="attn_d
                     help="Fraction of the weakest attention weights dropped in each layer before rollout")
 opacity = c3.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key="attn_opacity")
 roll = attention.rollout(maps, grid, prefix, fusion, discard)
-
-
-def up(m: np.ndarray) -> np.ndarray:
-    t = torch.nn.functional.interpolate(torch.as_tensor(m, dtype=torch.float32)[None, None], size=crop.shape[:2],
-                                        mode="bilinear", align_corners=False)[0, 0].numpy()
-    return (t - t.min()) / (t.max() - t.min() + 1e-12)
-
-
+size = crop.shape[:2]  # patch-grid maps are laid over the crop, resized and scaled to [0, 1]
 mean_last = cls[-1].mean(0)
-_lab.chart(plots.cam_panels([("the crop the model saw", crop, None), (f"rollout ({fusion}, discard {discard:.2f})",
-                                                                     crop, up(roll)),
-                             ("last layer, heads averaged", crop, up(mean_last))], opacity, "Inferno"),
+_lab.chart(plots.cam_panels([("the crop the model saw", crop, None),
+                             (f"rollout ({fusion}, discard {discard:.2f})", crop, views.fit_map(roll, size)),
+                             ("last layer, heads averaged", crop, views.fit_map(mean_last, size))], opacity, "Inferno"),
            key="attn_main")
 layer = st.slider("Layer", 1, len(maps), len(maps), key="attn_layer") - 1
 heads = cls[layer]
-_lab.chart(plots.cam_panels([(f"head {h}", crop, up(heads[h])) for h in range(len(heads))], opacity, "Inferno",
-                            cols=min(6, len(heads)), title=f"Class-token attention, layer {layer + 1}, per head"),
+_lab.chart(plots.cam_panels([(f"head {h}", crop, views.fit_map(heads[h], size)) for h in range(len(heads))],
+                            opacity, "Inferno", cols=min(6, len(heads)),
+                            title=f"Class-token attention, layer {layer + 1}, per head"),
            key="attn_heads")

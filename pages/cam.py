@@ -1,10 +1,9 @@
 import numpy as np
 import streamlit as st
-import torch
 
 from pages import _lab
-from vislab import cam, plots
-from vislab.transforms import crop_seen, eval_transform
+from vislab import cam, plots, views
+from vislab.transforms import crop_seen
 
 _lab.init_state()
 ss = st.session_state
@@ -23,7 +22,7 @@ ref = vms[0]
 layers = cam.layer_choices(ref.model)
 default = _lab.cam_layer(ref.model, ss[_lab.MODEL])
 c1, c2, c3 = st.columns([3, 2, 2])
-methods = c1.multiselect("Methods", ["CAM (classic)"] + list(cam.METHODS), default=["CAM (classic)", "GradCAM", "GradCAM++", "LayerCAM"], key="cam_methods")
+methods = c1.multiselect("Methods", [cam.CLASSIC] + list(cam.METHODS), default=[cam.CLASSIC, "GradCAM", "GradCAM++", "LayerCAM"], key="cam_methods")
 layer = c2.selectbox("Target layer", layers if default in layers else [default] + layers,
                      index=(layers.index(default) if default in layers else 0), key="cam_layer",
                      help="Default: the catalog's natural layer (the last feature maps)")
@@ -37,7 +36,7 @@ target_mode = c4.radio("Explain", ["predicted class", "one of the top 5", "a cla
                        key="cam_target_mode")
 class_pick = None
 if target_mode == "one of the top 5":
-    x0 = eval_transform(ref.data_config)(images[0][1])[None]  # (1, 3, H, W): the first image decides the list
+    x0 = views.batch([images[0][1]], ref.data_config)  # (1, 3, H, W): the first image decides the list
     probs, idx = _lab.cached_view("topk", ref.model, images[:1], (), lambda: cam.predict_topk(ref.model, x0, 5))
     top = [(ref.classes[j], float(p)) for p, j in zip(probs[0], idx[0])]
     class_pick = c5.selectbox("Class", [n for n, _ in top], key="cam_topk_class",
@@ -66,37 +65,22 @@ if st.button("Compute", type="primary"):
     progress = st.progress(0.0, text="starting…")
     stop = st.button("Stop", key="cam_stop")  # a click reruns the page, which ends the loop between images
     for vm in vms:
-        cfg = vm.data_config
-        x = torch.stack([eval_transform(cfg)(img) for _, img in images])  # (B, 3, H, W)
-        crops = [np.asarray(crop_seen(img, cfg)) for _, img in images]
+        x = views.batch([img for _, img in images], vm.data_config)  # (B, 3, H, W)
+        crops = [np.asarray(crop_seen(img, vm.data_config)) for _, img in images]
+        which = f" · {vm.label}" if len(vms) > 1 else ""
         with _lab.model_lock(vm.model):
-            probs, idx = cam.predict_topk(vm.model, x, 5)
-            if class_pick is not None and class_pick in vm.classes:
-                classes = [vm.classes.index(class_pick)] * len(images)
-            else:
-                classes = [int(i[0]) for i in idx]
-            out["topk"].append((vm.label, [[(vm.classes[j], float(p)) for p, j in zip(pr, ix)]
-                                           for pr, ix in zip(probs, idx)]))
-            for lyr in [layer] + extra_layers:
-                for method in methods:
-                    tag = f"{method} · {lyr}" + (f" · {vm.label}" if len(vms) > 1 else "")
-                    try:
-                        if method == "CAM (classic)":
-                            res = cam.classic(vm.model, x, classes, layer=default)
-                        else:
-                            res = cam.run(vm.model, x, [method], lyr, classes,
-                                          on_progress=lambda m, i, n: progress.progress(
-                                              i / n, text=f"{m}: image {i + 1} of {n}"))[0]
-                    except (cam.CamNotApplicable, ValueError, RuntimeError) as exc:
-                        out["errors"].append(f"{tag}: {exc}")
-                        continue
-                    scores = cam.road_score(vm.model, x[:len(res.maps)], res.maps, classes) if road else None
-                    for b in range(len(res.maps)):
-                        title = f"{res.method} · {res.layer}" + (f" · {vm.label}" if len(vms) > 1 else "")
-                        title += f"<br>{vm.classes[classes[b]][:24]} · {res.seconds:.2f} s"
-                        if scores is not None:
-                            title += f" · ROAD {scores[b]:+.3f}"
-                        out["panels"].append((b, title, crops[b], res.maps[b]))
+            found = cam.explain(vm.model, x, vm.classes, methods, [layer] + extra_layers, target=class_pick,
+                                classic_layer=default, road=road, on_progress=lambda m, i, n: progress.progress(
+                                    i / n, text=f"{m}: image {i + 1} of {n}"))
+        out["topk"].append((vm.label, found.topk))
+        out["errors"] += [f"{tag}{which}: {why}" for tag, why in found.errors]
+        for res, scores in zip(found.results, found.road):
+            for b in range(len(res.maps)):
+                title = (f"{res.method} · {res.layer}{which}"
+                         f"<br>{vm.classes[found.classes[b]][:24]} · {res.seconds:.2f} s")
+                if scores is not None:
+                    title += f" · ROAD {scores[b]:+.3f}"
+                out["panels"].append((b, title, crops[b], res.maps[b]))
     progress.progress(1.0, text="done")
     ss["cam_out"] = out
 

@@ -1,10 +1,9 @@
 import numpy as np
 import streamlit as st
-import torch
 
 from pages import _lab
-from vislab import features, plots, se
-from vislab.transforms import crop_seen, eval_transform
+from vislab import evaluation, plots, se, views
+from vislab.transforms import crop_seen
 
 _lab.init_state()
 ss = st.session_state
@@ -17,7 +16,7 @@ vms = _lab.view_models("se", allow_both=False)
 vm = vms[0]
 blocks = se.find_se_blocks(vm.model)
 if not blocks:
-    st.error(str(features.ViewNotApplicable("Squeeze-and-Excitation blocks", vm.model, se.SE_MODELS)))
+    st.error(str(views.ViewNotApplicable("Squeeze-and-Excitation blocks", vm.model, se.SE_MODELS)))
     if st.button("Switch to mobilenet_v3_small (SE blocks, real weights offline)"):
         _lab.set_model("mobilenet_v3_small")
         st.rerun()
@@ -28,7 +27,7 @@ if not images:
     st.info("Pick one image, or two to compare.")
     st.stop()
 cfg = vm.data_config
-x = torch.stack([eval_transform(cfg)(img) for _, img in images])  # (B, 3, H, W)
+x = views.batch([img for _, img in images], cfg)  # (B, 3, H, W)
 gates = _lab.cached_view("se", vm.model, images, (), lambda: se.se_gates(vm.model, x))
 
 st.caption(f"{len(gates.blocks)} SE blocks in `{vm.label}`; rows are blocks (input side at the top), columns "
@@ -40,8 +39,7 @@ for i, ((label, img), col) in enumerate(zip(images, cols)):
         _lab.chart(plots.heatmap(gates.matrix(i), "channel", gates.blocks, f"Gates · {label}"), key=f"se_hm_{i}")
 
 if len(images) == 2:
-    diff = np.abs(gates.matrix(0) - gates.matrix(1))
-    per_block = np.nanmean(diff, axis=1)
+    per_block = gates.mean_difference(0, 1)
     st.markdown("**Do the gates depend on the image?** Mean |gate(image 1) − gate(image 2)| per block: " +
                 ", ".join(f"`{b}` {d:.3f}" for b, d in zip(gates.blocks, per_block)))
     constant = [b for b, d in zip(gates.blocks, per_block) if d < 1e-6]
@@ -69,12 +67,8 @@ ds = ss.get(_lab.DATASET)
 if tuned is not None and ds is not None and se.find_se_blocks(tuned.model):
     st.subheader("Mean gate per class (validation set, fine-tuned model)")
     if st.button("Compute class means"):
-        from vislab.data import ImageDataset
-        from torch.utils.data import DataLoader
-
         _, val = ds.split()
-        loader = DataLoader(ImageDataset(val, eval_transform(tuned.data_config)), batch_size=32)
-        means = se.class_mean_gates(tuned.model, loader, len(tuned.classes))
+        means = se.class_mean_gates(tuned.model, evaluation.eval_loader(val, tuned.data_config), len(tuned.classes))
         last = len(means.blocks) - 1
         _lab.chart(plots.heatmap(np.stack([means.gates[last][c] for c in range(len(tuned.classes))]), "channel",
                                  tuned.classes, f"{means.blocks[last]}: mean gate per class"), key="se_class")

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from pytorch_grad_cam import GradCAM, HiResCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from vislab import cam, models, weights
+from vislab import cam, models, views, weights
 
 
 class TinyGapNet(nn.Module):
@@ -78,7 +78,7 @@ def test_fast_path_matches_grad_cam_called_the_usual_way(method, cls):
     with cls(model=model, target_layers=[model.get_submodule(layer)]) as reference:
         expected = reference(x, targets=[ClassifierOutputTarget(1), ClassifierOutputTarget(2)])
     fast = cam.run(model, x, ["GradCAM", method], layer, [1, 2])[-1]  # second method reuses the first's pass
-    np.testing.assert_allclose(fast.maps, cam._normalise(expected), atol=1e-4)
+    np.testing.assert_allclose(fast.maps, views.normalise_maps(expected), atol=1e-4)
 
 
 def test_vit_reshape_uses_the_models_grid():
@@ -131,3 +131,27 @@ def _to_tensor(img, cfg):
 
     t = TF.to_tensor(img)
     return TF.normalize(t, cfg.mean, cfg.std)[None]  # (1, 3, H, W)
+
+
+def test_explain_runs_classic_cam_once_and_lists_what_does_not_apply():
+    model, _ = models.create_model("test_resnet", 3, weights_choice="random")
+    x, names = torch.randn(2, 3, 64, 64), ["ant", "bee", "cat"]
+    layers = ["layer4", "layer3"]  # the target layer and one to compare with
+    found = cam.explain(model, x, names, [cam.CLASSIC, "GradCAM"], layers, target="bee", classic_layer="layer4")
+    assert [(r.method, r.layer) for r in found.results] == [("CAM", "layer4"), ("GradCAM", "layer4"),
+                                                            ("GradCAM", "layer3")]  # classic once, not per layer
+    assert found.classes == [1, 1] and not found.errors and found.road == [None, None, None]
+    assert [len(t) for t in found.topk] == [3, 3] and {n for n, _ in found.topk[0]} == set(names)
+    own = cam.explain(model, x, names, ["GradCAM"], layers[:1], target="not a class").classes
+    assert own == [names.index(t[0][0]) for t in found.topk]  # an unknown target: each image's own top class
+    mlp, _ = models.create_model("test_resnet", 3, head="mlp", weights_choice="random")
+    refused = cam.explain(mlp, x, names, [cam.CLASSIC, "GradCAM"], layers, road=True)
+    assert [tag for tag, _ in refused.errors] == ["CAM (classic) · layer4"]  # one error, and Grad-CAM still runs
+    assert "not one linear layer" in refused.errors[0][1] and len(refused.results) == 2
+    assert all(s.shape == (2,) for s in refused.road)
+    assert _no_hooks(model) and _no_hooks(mlp)
+
+
+def test_cam_refusals_are_view_refusals():
+    assert issubclass(cam.CamNotApplicable, views.ViewNotApplicable)
+    assert str(cam.CamNotApplicable("no maps here")) == "no maps here"

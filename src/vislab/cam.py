@@ -24,16 +24,22 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from vislab import catalog
 from vislab.heads import head_name
+from vislab.modes import training_mode
+from vislab.views import ViewNotApplicable, normalise_maps
 
 METHODS = {
     "GradCAM": GradCAM, "GradCAM++": GradCAMPlusPlus, "XGradCAM": XGradCAM, "HiResCAM": HiResCAM,
     "LayerCAM": LayerCAM, "EigenCAM": EigenCAM, "ScoreCAM": ScoreCAM, "AblationCAM": AblationCAM,
 }
 SLOW = ("ScoreCAM", "AblationCAM")  # one forward pass per channel of the target layer, per image
+CLASSIC = "CAM (classic)"  # classic CAM's name next to METHODS (its layer is fixed: the maps before GAP)
 
 
-class CamNotApplicable(ValueError):
+class CamNotApplicable(ViewNotApplicable):
     """This CAM cannot be computed for this model; the message says why and what would work."""
+
+    def __init__(self, why: str):
+        super().__init__("class activation maps", None, why=why)
 
 
 @dataclass
@@ -43,6 +49,17 @@ class CamResult:
     maps: np.ndarray  # (B, H, W) in [0, 1], at the model's input size
     targets: list[int]  # the class each map explains
     seconds: float
+
+
+@dataclass
+class Explanation:
+    """What `explain` found for one model and a batch of images."""
+
+    topk: list[list[tuple[str, float]]]  # per image: the model's top 5 (class name, probability)
+    classes: list[int]  # per image: the class its maps explain
+    results: list[CamResult]  # one per (layer, method) that ran, layers outer; classic CAM only once
+    road: list[np.ndarray | None]  # per result: grad-cam's ROAD score per image, None when not asked for
+    errors: list[tuple[str, str]]  # ("method · layer", why) for each that could not run
 
 
 def is_vit(model: nn.Module) -> bool:
@@ -145,14 +162,12 @@ def _last_spatial_layer(model: nn.Module, input_size) -> str:
 
     handles = [m.register_forward_hook(lambda mod, a, out, n=n: order.append((n, out)) if spatial(out) else None)
                for n, m in model.named_modules() if n]
-    was = model.training
     try:
-        model.eval()
-        model(torch.zeros(1, *input_size, device=next(model.parameters()).device))
+        with training_mode(model, False):
+            model(torch.zeros(1, *input_size, device=next(model.parameters()).device))
     finally:
         for h in handles:
             h.remove()
-        model.train(was)
     if not order:
         raise CamNotApplicable("the model has no layer with spatial feature maps")
     last = order[-1][1]
@@ -204,10 +219,8 @@ def run(model: nn.Module, x: torch.Tensor, methods: list[str], layer: str, class
         raise ValueError("one target class per image is needed")
     target_layer = model.get_submodule(layer)
     reshape = vit_reshape(model) if is_vit(model) else (_nhwc_to_nchw if is_nhwc(model) else None)
-    was = model.training
-    model.eval()
     results: list[CamResult] = []
-    try:
+    with training_mode(model, False):
         shared = None  # (activations, gradients) of the first gradient method, reused by the others
         for name in methods:
             cls = METHODS[name]
@@ -236,19 +249,9 @@ def run(model: nn.Module, x: torch.Tensor, methods: list[str], layer: str, class
                     with torch.no_grad():
                         maps = cam(x, targets=_targets(classes))
             model.zero_grad(set_to_none=True)  # grad-cam's backward leaves .grad on parameters
-            results.append(CamResult(name, layer, _normalise(maps), list(classes[:len(maps)]),
-                                     time.perf_counter() - start))
-    finally:
-        model.train(was)
+            results.append(CamResult(name, layer, normalise_maps(maps), list(classes[:len(maps)]),
+                                     time.perf_counter() - start))  # grad-cam scales them too; a flat map -> 0
     return results
-
-
-def _normalise(maps: np.ndarray) -> np.ndarray:
-    """Each map scaled to [0, 1] (grad-cam already does this; a flat map becomes all zeros)."""
-    maps = np.nan_to_num(np.asarray(maps, dtype=np.float32))
-    lo = maps.min(axis=(1, 2), keepdims=True)
-    hi = maps.max(axis=(1, 2), keepdims=True)
-    return np.where(hi > lo, (maps - lo) / np.maximum(hi - lo, 1e-12), 0.0).astype(np.float32)
 
 
 def _final_linear(model: nn.Module) -> nn.Linear:
@@ -276,13 +279,11 @@ def classic(model: nn.Module, x: torch.Tensor, classes: list[int], layer: str | 
     layer = layer or _last_spatial_layer(model, tuple(x.shape[1:]))
     feats: list[torch.Tensor] = []
     handle = model.get_submodule(layer).register_forward_hook(lambda m, a, out: feats.append(out))
-    was = model.training
     try:
-        model.eval()
-        logits = model(x)  # (B, K)
+        with training_mode(model, False):
+            logits = model(x)  # (B, K)
     finally:
         handle.remove()
-        model.train(was)
     a = feats[-1].float()  # (B, C, h, w)
     if is_nhwc(model) and a.ndim == 4:  # Swin: (B, h, w, C)
         a = a.permute(0, 3, 1, 2)
@@ -297,19 +298,15 @@ def classic(model: nn.Module, x: torch.Tensor, classes: list[int], layer: str | 
     w = linear.weight[torch.as_tensor(classes)]  # (B, C)
     cams = torch.einsum("bc,bchw->bhw", w, a)  # (B, h, w)
     up = F.interpolate(cams[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    maps = _normalise(up.clamp(min=0).cpu().numpy())
+    maps = normalise_maps(up.clamp(min=0).cpu().numpy())
     return CamResult("CAM", layer, maps, list(classes), time.perf_counter() - start)
 
 
 @torch.no_grad()
 def predict_topk(model: nn.Module, x: torch.Tensor, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities (B, k), class indices (B, k)), model in eval mode."""
-    was = model.training
-    model.eval()
-    try:
+    with training_mode(model, False):
         probs = model(x).float().softmax(1)
-    finally:
-        model.train(was)
     top = probs.topk(min(k, probs.shape[1]), dim=1)
     return top.values.cpu().numpy(), top.indices.cpu().numpy()
 
@@ -318,11 +315,41 @@ def road_score(model: nn.Module, x: torch.Tensor, maps: np.ndarray, classes: lis
     """grad-cam's ROAD (remove and debias) combined score per image: higher means a more faithful map."""
     from pytorch_grad_cam.metrics.road import ROADCombined
 
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            scores = ROADCombined(percentiles=[20, 40, 60, 80])(x, maps, _targets(classes), model)
-    finally:
-        model.train(was)
+    with training_mode(model, False), torch.no_grad():
+        scores = ROADCombined(percentiles=[20, 40, 60, 80])(x, maps, _targets(classes), model)
     return np.asarray(scores, dtype=np.float32).reshape(-1)
+
+
+def explain(model: nn.Module, x: torch.Tensor, class_names: list[str], methods: list[str], layers: list[str],
+            target: str | None = None, classic_layer: str | None = None, road: bool = False,
+            on_progress=None) -> Explanation:
+    """The CAM page's job for one model: its top 5 for each image of `x` (B, 3, H, W), then each method's maps
+    at each of `layers`, every image explained for `target` (a class name) or, without one (or when the
+    model does not know that class), for its own top class.
+
+    `methods` may include CLASSIC: it has one layer of its own (`classic_layer`, else the last spatial one),
+    so it runs once, not once per layer. A method that does not apply to the model is listed in `errors`
+    and the others still run. `road` adds grad-cam's ROAD faithfulness score per map.
+    """
+    probs, idx = predict_topk(model, x, 5)  # (B, 5) each
+    if target is not None and target in class_names:
+        classes = [class_names.index(target)] * len(x)
+    else:
+        classes = [int(i[0]) for i in idx]
+    topk = [[(class_names[j], float(p)) for p, j in zip(pr, ix)] for pr, ix in zip(probs, idx)]
+    out = Explanation(topk, classes, [], [], [])
+    for n, layer in enumerate(layers):
+        for method in methods:
+            if method == CLASSIC and n:
+                continue  # the same map again: classic CAM ignores the target layer
+            try:
+                if method == CLASSIC:
+                    res = classic(model, x, classes, layer=classic_layer)
+                else:
+                    res = run(model, x, [method], layer, classes, on_progress=on_progress)[0]
+            except (CamNotApplicable, ValueError, RuntimeError) as exc:
+                out.errors.append((f"{method} · {layer}", str(exc)))
+                continue
+            out.results.append(res)
+            out.road.append(road_score(model, x[:len(res.maps)], res.maps, classes) if road else None)
+    return out
