@@ -71,7 +71,7 @@ def test_fused_and_unfused_logits_agree_and_flags_restored(vit):
 
 
 def test_patch_grid_other_patch_and_image_sizes():
-    model = timm.create_model("vit_tiny_patch16_224", img_size=96, patch_size=8, num_classes=3)
+    model = timm.create_model("test_vit", img_size=96, patch_size=8, num_classes=3)  # not its own 16 px patches
     x = torch.randn(1, 3, 96, 96)
     grid = attention.patch_grid(model, x)
     assert grid == (12, 12)

@@ -1,10 +1,13 @@
 """Models outside the catalog: heads, stages, CAM layers, attention refusals and input sizes behave."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from vislab import attention, cam, caching, data, experiment, features, freezing, heads, models, runs
+from vislab import attention, cam, caching, data, experiment, features, freezing, heads, models, runs, views
 from vislab.training import TrainConfig
 
 
@@ -77,13 +80,25 @@ def test_stochastic_depth_counts_as_random():
 
 
 def test_swin_cam_uses_channels_last_maps_and_attention_says_why_not():
-    model, _ = models.create_model("swin_tiny_patch4_window7_224", 3, "linear", "random")
+    import timm
+
+    # timm's own Swin class (NHWC stages, WindowAttention), shrunk: one block per stage, 64 px, 2x2 windows
+    model = timm.create_model("swin_tiny_patch4_window7_224", embed_dim=16, depths=(1, 1, 1, 1),
+                              num_heads=(1, 1, 1, 1), img_size=64, window_size=2)
+    heads.swap_head(model, 3)
+    assert cam.is_nhwc(model) and not attention.has_attention(model)
     layer = cam.default_layer(model)
     assert layer == "norm" and layer in cam.layer_choices(model)
-    out = cam.run(model, torch.randn(1, 3, 224, 224), ["GradCAM"], layer, [0])[0]
-    assert out.maps.shape == (1, 224, 224) and out.maps.std() > 0
+    x = torch.randn(1, 3, 64, 64)
+    out = cam.run(model, x, ["GradCAM"], layer, [0])[0]
+    assert out.maps.shape == (1, 64, 64) and out.maps.std() > 0
+    # grad-cam called the usual way, with the (B, H, W, C) -> (B, C, H, W) reshape its docs give for Swin
+    with GradCAM(model=model, target_layers=[model.get_submodule(layer)],
+                 reshape_transform=lambda t: t.permute(0, 3, 1, 2)) as reference:
+        expected = reference(x, targets=[ClassifierOutputTarget(0)])
+    np.testing.assert_allclose(out.maps, views.normalise_maps(expected), atol=1e-4)
     with pytest.raises(features.ViewNotApplicable, match="local windows"):
-        attention.attention_maps(model, torch.randn(1, 3, 224, 224))
+        attention.attention_maps(model, torch.randn(1, 3, 64, 64))
 
 
 def test_a_vit_trains_at_another_size_and_reloads(synthetic, tmp_path):
