@@ -253,7 +253,7 @@ def apply(model: nn.Module, plan: FreezePlan, strict: bool = True) -> None:
     for name, on in plan.modules.items():
         model.get_submodule(name).requires_grad_(on)
     owner = _stage_of_modules(model)
-    trainable = {st.name: plan.trainable.get(st.name, False) for st in stages(model)}
+    trainable = {stage.name: plan.trainable.get(stage.name, False) for stage in stages(model)}
     for name, module in model.named_modules():
         if is_stochastic(module):  # off in frozen stages, as Keras' base_model(x, training=False)
             if not hasattr(module, "_vislab_still"):
