@@ -137,13 +137,17 @@ def _adopt(lab: labs.Lab, state: dict) -> None:
     ss[_MTIME] = lab.state_mtime()
 
 
+def _get(ss, key, default=None):
+    return ss[key] if key in ss else default
+
+
 def state_of(ss, dataset: dict | None = None) -> dict:
     """What a lab keeps of a session: small, plain JSON."""
     out = {k: ss[k] for k in PERSISTED if k in ss}
-    plan = ss.get(PLAN)
+    plan = _get(ss, PLAN)
     if plan is not None:
         out["plan"] = plan if isinstance(plan, dict) else plan.to_dict()
-    aug = ss.get(AUGMENT)
+    aug = _get(ss, AUGMENT)
     if aug is not None:
         out["augment"] = aug[1] if isinstance(aug, tuple) else aug.to_dict()
     if dataset is not None:
@@ -151,21 +155,36 @@ def state_of(ss, dataset: dict | None = None) -> dict:
     return out
 
 
-def persist() -> None:
+def raw_state():
+    """The session's state without Streamlit's yield checks. After a page calls `st.stop()`, every access
+    through `st.session_state` raises StopException again, so app.py's `finally` could not save the lab of a
+    page that stopped early (the Data page before a dataset, the SE page with a non-SE model). Falls back to
+    `st.session_state` where Streamlit's internals differ."""
+    try:
+        from streamlit.runtime.state.session_state_proxy import get_session_state
+
+        raw = get_session_state()._state
+        raw[LAB] if LAB in raw else None  # noqa: B018 - the mapping protocol this module uses
+        return raw
+    except Exception:
+        return st.session_state
+
+
+def persist(ss=None) -> None:
     """Write the session's choices to its lab when they changed (called at the end of every script run)."""
-    ss = st.session_state
-    if not ss.get(LAB):
+    ss = st.session_state if ss is None else ss
+    if not _get(ss, LAB):
         return
-    lab = current_lab()
-    ds = ss.get(DATASET)
+    lab = labs.Lab(ss[LAB])
+    ds = _get(ss, DATASET)
     dataset = None
     if ds is not None:
         dataset = ds.to_state(lab)
-    elif ss.get(PENDING_DATASET):
+    elif _get(ss, PENDING_DATASET):
         dataset = ss[PENDING_DATASET]
     state = state_of(ss, dataset)
     text = json.dumps(state, sort_keys=True)
-    if text == ss.get(_SAVED):
+    if text == _get(ss, _SAVED):
         return
     if not lab.folder.is_dir():  # removed by age while open, or by hand: start it again under the same id
         lab.folder.mkdir(parents=True, exist_ok=True)

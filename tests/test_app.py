@@ -30,7 +30,12 @@ def _upload_zip(at, blob: bytes, name: str = "shapes.zip") -> None:
     at.switch_page("pages/data.py").run()
     at.radio(key="data_source").set_value("A .zip of class folders").run()
     at.get("file_uploader")[0].set_value((name, blob, "application/zip")).run()
-    at.button[0].click().run()
+    at.button(key="zip_read").click().run()
+
+
+def _page_button(at):
+    """The page's first button (the sidebar's "New lab" comes before every page's own)."""
+    return next(b for b in at.button if b.key != "new_lab")
 
 
 def _pick_model(at, name: str) -> None:
@@ -107,7 +112,7 @@ def test_home_preset_changes_freeze_page():
     head_only = _metric(at, "Trainable parameters")
     at.switch_page("pages/home.py").run()
     at.radio(key="adv_size").set_value("large").run()
-    at.button[0].click().run()  # "Apply the two-phase preset"
+    _page_button(at).click().run()  # "Apply the two-phase preset"
     assert at.session_state["strategy"] == "two-phase"
     at.switch_page("pages/freeze.py").run()
     assert not at.exception
@@ -226,7 +231,7 @@ def test_se_page_not_applicable_then_real_se_model():
     at = _app()
     at.switch_page("pages/se.py").run()
     assert not at.exception and "no Squeeze-and-Excitation blocks" in at.error[0].value
-    at.button[0].click().run()  # switch to mobilenet_v3_small
+    _page_button(at).click().run()  # switch to mobilenet_v3_small
     assert not at.exception and at.session_state["model_name"] == "mobilenet_v3_small"
     titles = _chart_titles(at)
     assert "Gates · cat" in titles and "Gates · coffee" in titles
@@ -296,7 +301,7 @@ def test_a_crash_inside_a_view_is_one_message_and_the_app_survives(monkeypatch):
     monkeypatch.setattr(features, "filter_grid", boom)
     at = _app()
     at.switch_page("pages/data.py").run()
-    at.button[0].click().run()  # use the sample: session state to keep
+    _page_button(at).click().run()  # use the sample: session state to keep
     at.switch_page("pages/features.py").run()
     assert len(at.exception) == 1  # an error box on that page only
     at.switch_page("pages/home.py").run()
@@ -435,7 +440,7 @@ def test_an_unusable_zip_keeps_the_dataset_in_use(synthetic):
         for p in sorted(first.glob("*.png")):
             zf.write(p, f"only/{first.name}/{p.name}")
     at.get("file_uploader")[0].set_value(("one_class.zip", buf.getvalue(), "application/zip")).run()
-    at.button[0].click().run()
+    at.button(key="zip_read").click().run()
     assert not at.exception
     assert any("current dataset is kept" in e.value for e in at.error)
     assert any("24 images, 3 classes" in m.value for m in at.markdown)
