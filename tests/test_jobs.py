@@ -1,0 +1,173 @@
+"""Background jobs: worker processes, the file protocol, the queue, stop, crash and restart."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vislab import data, experiment, jobs, labs, runs
+from vislab.training import TrainConfig
+
+
+def _spec(epochs=2, batch=8, **kw) -> experiment.Spec:
+    return experiment.Spec(model="test_resnet", strategy="head", weights="auto", img_size=64,
+                           train=TrainConfig(epochs=epochs, batch_size=batch, seed=3), **kw)
+
+
+def _job(synthetic, lab=None, spec=None, name="run", **payload) -> jobs.Job:
+    lab = lab or labs.create()
+    report = data.scan_folder(synthetic)
+    return jobs.create(lab.runs_dir / name, "train", {"spec": (spec or _spec()).to_dict(),
+                                                      "report": data.report_to_dict(report), **payload}, lab=lab.id)
+
+
+@pytest.fixture
+def queue():
+    q = jobs.LocalQueue(pools={"cpu": 1}, poll_s=0.05)
+    yield q
+    q.close(timeout=10)
+
+
+def _wait_for(cond, timeout=60, every=0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return True
+        time.sleep(every)
+    return False
+
+
+def test_a_job_in_a_worker_process_equals_training_in_process(synthetic, tmp_path, queue):
+    job = _job(synthetic)
+    queue.submit(job)
+    status = queue.wait(job, 180)
+    assert status["state"] == "done", (status, (job.folder / "worker.log").read_text()[-2000:])
+    assert status["pid"] != os.getpid()  # it trained in another process
+    report = data.scan_folder(synthetic)
+    local = experiment.train(_spec(), report, tmp_path / "local")
+    worker_model, run = runs.load(job.folder)
+    assert [m["val_acc"] for m in run.metrics] == [m["val_acc"] for m in local.history.epochs]
+    for (k, a), b in zip(worker_model.state_dict().items(), local.model.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), k
+    # progress events arrived in order, and the files say what the page shows
+    kinds = [e["kind"] for e in job.events()]
+    assert kinds[0] == "phase" and kinds[1] == "cache" and kinds[-1] == "end"
+    assert [e["epoch"] for e in job.events() if e["kind"] == "epoch"] == [1, 2]
+    assert job.cache_lines()[0].startswith("features cached")
+    assert runs.load_predictions(job.folder).paths == [p for p, _ in local.val_items]
+    assert not (job.folder / "checkpoint").exists()  # a finished run is its own files
+
+
+def test_stop_ends_the_worker_and_keeps_the_best_epoch(synthetic, queue):
+    job = _job(synthetic, spec=_spec(epochs=300, batch=4))
+    queue.submit(job)
+    assert _wait_for(lambda: len(job.metrics()) >= 1, 120), job.status()
+    queue.cancel(job)  # a running job: asked to stop
+    status = queue.wait(job, 60)
+    assert status["state"] == "stopped"
+    assert 1 <= len(runs.read_metrics(job.folder)) < 300
+    model, run = runs.load(job.folder)
+    assert run.config["stopped"] is True
+
+
+def test_the_queue_runs_one_job_at_a_time_in_order_and_one_per_lab(synthetic, queue):
+    a, b, c = (_job(synthetic, name=f"run{i}", spec=_spec(epochs=1)) for i in range(3))
+    lab_a = labs.Lab(a.spec()["lab"])
+    for j in (a, b, c):
+        queue.submit(j)
+    assert queue.ahead(c) == 2 and queue.ahead(b) == 1  # one running or about to, one queued before
+    twin = jobs.create(lab_a.runs_dir / "twin", "train", a.spec(), lab=lab_a.id)
+    with pytest.raises(jobs.JobError, match="already has a job"):  # a double click, a second tab
+        queue.submit(twin)
+    queue.cancel(c)
+    assert c.state == "cancelled"
+    for j in (a, b):
+        assert queue.wait(j, 180)["state"] == "done"
+    sa, sb = a.status(), b.status()
+    assert sa["finished"] <= sb["started"]  # FIFO and never two at once on one CPU slot
+    assert not (c.folder / "model.safetensors").exists()
+
+
+def test_a_worker_killed_mid_training_leaves_an_interrupted_run_that_resumes(synthetic, tmp_path, queue):
+    job = _job(synthetic, spec=_spec(epochs=300, batch=4))
+    queue.submit(job)
+    assert _wait_for(lambda: len(job.metrics()) >= 2, 120), job.status()
+    os.kill(job.status()["pid"], signal.SIGKILL)  # as if it ran out of memory
+    assert _wait_for(lambda: "ended unexpectedly" in job.status().get("message", ""), 30), job.status()
+    assert job.state == "interrupted" and "killed" in job.status()["message"]
+    ck = runs.checkpoint_of(job.folder)
+    assert ck is not None and runs.complete(ck)
+    model, run = runs.load(job.folder)  # the interrupted run opens from its best epoch
+    assert run.config["checkpoint"] and run.config["best_epoch"] >= 1
+    out = tmp_path / "resumed"
+    cli = subprocess.run([sys.executable, "-m", "vislab", "train", "--data", str(synthetic), "--resume",
+                          str(job.folder), "--epochs", "1", "--out", str(out)], capture_output=True, text=True,
+                         timeout=300, env={**os.environ})
+    assert cli.returncode == 0, cli.stderr
+    assert "interrupted" in cli.stdout or "resuming" in cli.stdout
+    resumed = json.loads((out / "config.json").read_text())
+    assert Path(resumed["resumed_from"]) == job.folder.resolve() and runs.complete(out)
+    assert resumed["plans"] == run.config["plans"]  # its last freeze plan goes on
+
+
+def test_a_server_that_dies_takes_its_workers_with_it_and_the_run_reads_interrupted(synthetic, tmp_path):
+    job = _job(synthetic, spec=_spec(epochs=300, batch=4))
+    server = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from vislab import jobs\n"
+        "q = jobs.LocalQueue(pools={'cpu': 1}, poll_s=0.05); q.submit(jobs.Job(sys.argv[1]))\n"
+        "time.sleep(600)\n"), str(job.folder)], env={**os.environ})
+    try:
+        assert _wait_for(lambda: len(job.metrics()) >= 1, 120), job.status()
+        worker = job.status()["pid"]
+        server.kill()  # no goodbye: SIGKILL
+        server.wait(10)
+        assert _wait_for(lambda: not jobs._alive(worker), 20), "the worker outlived its server"
+        assert job.state == "interrupted" and runs.checkpoint_of(job.folder) is not None
+    finally:
+        server.kill()
+
+
+def test_a_restarted_queue_adopts_jobs_left_queued(synthetic):
+    job = _job(synthetic, spec=_spec(epochs=1))
+    q = jobs.LocalQueue(pools={"cpu": 1}, poll_s=0.05)
+    try:
+        assert q.adopt(labs.labs_dir()) == 1
+        assert q.wait(job, 180)["state"] == "done"
+        assert q.adopt(labs.labs_dir()) == 0  # done jobs are not run again
+    finally:
+        q.close()
+
+
+def test_a_job_that_fails_says_why_and_the_queue_goes_on(synthetic, queue):
+    bad = _job(synthetic, name="bad", spec=experiment.Spec(model="no_such_model_xyz", strategy="head",
+                                                           train=TrainConfig(epochs=1)))
+    good = _job(synthetic, name="good", spec=_spec(epochs=1))
+    queue.submit(bad)
+    queue.submit(good)
+    assert queue.wait(bad, 120)["state"] == "error"
+    assert "no_such_model_xyz" in bad.status()["message"]
+    assert queue.wait(good, 180)["state"] == "done"
+
+
+def test_progress_and_status_files_are_always_whole(synthetic, queue):
+    job = _job(synthetic, spec=_spec(epochs=3, batch=4))
+    queue.submit(job)
+    seen = set()
+    deadline = time.time() + 180
+    while job.active and time.time() < deadline:  # read as fast as the page could: never a torn file
+        for name in ("status.json", "progress.json"):
+            if (job.folder / name).is_file():
+                json.loads((job.folder / name).read_text())
+        seen.add(job.progress().get("stage"))
+    assert job.state == "done" and "training" in seen
+
+
+def test_the_worker_refuses_a_folder_without_a_job(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "vislab.jobs", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 2 and "job.json" in out.stderr
