@@ -164,3 +164,39 @@ def test_a_residual_block_is_never_cut_in_half():
     with torch.no_grad():
         model[5].weight.mul_(1e-3)  # tiny logits, as with a random head: the check is relative
     assert not caching.reproduces(model, bad, x)
+
+
+def test_caching_hands_every_module_its_own_train_flag_back():
+    """find_prefix, reproduces, build and the channels_last probe run in eval, then give each module its own
+    flag back (modes.training_mode): a layer set to eval on its own stays in eval, and a frozen stage's
+    stilled stochastic depth still drops nothing in the next training forward."""
+    import timm
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from vislab import freezing, training
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_convnext", num_classes=3, drop_path_rate=0.3)  # residual DropPath per block
+    freezing.apply(model, freezing.preset(model, "partial", thaw_last=1)[0])  # stages.3 and the head train
+    stilled = [model.get_submodule(n) for n in freezing.report(model).stilled if n.endswith("drop_path")]
+    model.train()
+    by_hand = model.stages[3].blocks[0].drop_path
+    by_hand.eval()  # a trained stage's layer set to eval on its own: model.train(was) would switch it back on
+    flags = lambda: {n: m.training for n, m in model.named_modules()}  # noqa: E731
+    before = flags()
+    x = torch.randn(8, 3, 64, 64)  # (B, 3, H, W)
+    ds = TensorDataset(x, torch.arange(8) % 3)
+    prefix = caching.find_prefix(model, x[:4])
+    assert flags() == before
+    assert caching.reproduces(model, prefix, x[:4])
+    assert flags() == before
+    cache, why = caching.build(model, DataLoader(ds, batch_size=4), DataLoader(ds, batch_size=4),
+                               torch.device("cpu"), seed=0)
+    assert cache is not None, why
+    assert flags() == before
+    training._memory_format(model, ds, torch.device("cpu"))
+    assert flags() == before
+    assert len(stilled) >= 3 and all(m.drop_prob > 0 for m in stilled) and not by_hand.training
+    with torch.no_grad():
+        a, b = (model.stages[:3](model.stem(x)) for _ in range(2))  # the frozen stages, in train mode
+    assert torch.equal(a, b)  # deterministic: their stochastic depth is still off

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from vislab import freezing
 from vislab.data import ViewSampler
 from vislab.heads import set_module
+from vislab.modes import training_mode
 
 MEMORY_LIMIT_BYTES = 1 << 30  # features up to 1 GiB stay in memory; larger ones spill to a file on disk
 DISK_LIMIT_BYTES = 32 << 30  # beyond this, caching is not worth it: the full loop
@@ -58,14 +59,12 @@ def find_prefix(model: nn.Module, x: torch.Tensor) -> Prefix | None:
     started: list[str] = []
     handles = [m.register_forward_pre_hook(lambda mod, a, n=n: started.append(n))
                for n, m in model.named_modules() if n]
-    was = model.training
     try:
-        model.eval()
-        model(x)
+        with training_mode(model, False):
+            model(x)
     finally:
         for h in handles:
             h.remove()
-        model.train(was)
     modules = dict(model.named_modules())
     boundary = next((n for n in started if _moving(modules[n])), None)
     if boundary is None:
@@ -132,9 +131,7 @@ def prefix_outputs(model: nn.Module, prefix: Prefix, x: torch.Tensor) -> torch.T
 @torch.no_grad()
 def reproduces(model: nn.Module, prefix: Prefix, x: torch.Tensor, atol: float = 1e-4) -> bool:
     """True when running the stubbed model on the cached tensor gives the full model's logits."""
-    was = model.training
-    try:
-        model.eval()
+    with training_mode(model, False):
         full = model(x)
         cached = prefix_outputs(model, prefix, x)
         with stubbed(model, prefix):
@@ -142,12 +139,10 @@ def reproduces(model: nn.Module, prefix: Prefix, x: torch.Tensor, atol: float = 
                 again = model(cached)
             except (RuntimeError, ValueError, AssertionError, TypeError, IndexError):
                 return False
-        if full.shape != again.shape:
-            return False
-        scale = float(full.abs().max()) if full.numel() else 0.0  # random-init logits can be tiny
-        return bool((full - again).abs().max() <= atol * scale + 1e-6)
-    finally:
-        model.train(was)
+    if full.shape != again.shape:
+        return False
+    scale = float(full.abs().max()) if full.numel() else 0.0  # random-init logits can be tiny
+    return bool((full - again).abs().max() <= atol * scale + 1e-6)
 
 
 @dataclass
@@ -196,11 +191,9 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
     if pool is not None and key in pool:
         feats, nbytes, spill = pool[key]
         return _cache(prefix, feats, train_loader, val_loader, seed, 0.0, nbytes, spill, shared=True), ""
-    was = model.training
-    model.eval()
     feats = {}
     fmt = memory_format_of(model)
-    try:
+    with training_mode(model, False):
         sample = prefix_outputs(model, prefix, first_x[:1])  # (1, ...) one image's features
         n_images = len(train_loader.dataset) + len(val_loader.dataset)
         done = 0
@@ -226,8 +219,6 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
                 if on_progress is not None:
                     on_progress(done, n_images)
             feats[split] = (store, torch.cat(ys))
-    finally:
-        model.train(was)
     if pool is not None:
         pool[key] = (feats, nbytes, spill)
     return _cache(prefix, feats, train_loader, val_loader, seed, time.perf_counter() - start, nbytes, spill), ""

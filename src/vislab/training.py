@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from vislab import caching, freezing
 from vislab.data import ViewSampler
 from vislab.freezing import FreezePlan
+from vislab.modes import training_mode
 
 
 @dataclass
@@ -302,18 +303,14 @@ def _memory_format(model: nn.Module, dataset, device: torch.device) -> torch.mem
     x = torch.stack([dataset[i][0] for i in range(min(2, len(dataset)))]).to(device)
     if x.ndim != 4:
         return torch.contiguous_format
-    was = model.training
     try:
         model.to(memory_format=torch.channels_last)
-        model.eval()
-        with torch.no_grad():
+        with training_mode(model, False), torch.no_grad():
             model(x.contiguous(memory_format=torch.channels_last))
         return torch.channels_last
     except Exception:
         model.to(memory_format=torch.contiguous_format)
         return torch.contiguous_format
-    finally:
-        model.train(was)
 
 
 def _finish(model: nn.Module, history: History, emit, total: int) -> History:
