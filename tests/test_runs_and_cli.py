@@ -109,6 +109,13 @@ def test_models_command_lists_catalog(capsys):
     out = capsys.readouterr().out
     for name in ("alexnet", "vgg16_bn", "resnet50", "mobilenet_v2", "vit_tiny_patch16_224", "convnext_atto"):
         assert name in out
+    from vislab import catalog, weights
+
+    rows = {line.split()[0]: line for line in out.splitlines()[1:-1]}
+    for e in catalog.CATALOG:  # each row ends with where its weights come from
+        status = weights.status(e.name, e.source)
+        assert rows[e.name].rstrip().endswith(f"{status.source} ({status.note})" if status.available and status.note
+                                              else status.source or "none: random init only"), rows[e.name]
 
 
 def test_training_is_seeded_and_reproducible(synthetic, tmp_path):

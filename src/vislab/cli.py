@@ -53,8 +53,9 @@ def cmd_models(args) -> int:
 
     print(f"{'model':<24}{'source':<13}{'family':<14}{'params':>8}  SE  attn  {'CAM layer':<16}weights")
     for e in catalog.CATALOG:
-        st = weights.status(e.name, e.source)
-        avail = f"{st.source} ({st.note})" if st.available and st.note else (st.source or "none: random init only")
+        status = weights.status(e.name, e.source)
+        avail = (f"{status.source} ({status.note})" if status.available and status.note
+                 else (status.source or "none: random init only"))
         print(f"{e.name:<24}{e.source:<13}{e.family:<14}{e.params / 1e6:>7.1f}M  "
               f"{'yes' if e.has_se else ' - ':<4}{'yes' if e.has_attention else ' - ':<6}{e.cam_layer:<16}{avail}")
     print("Any other torchvision or timm model name works too (weights: vislab weights import / pull).")
@@ -66,8 +67,8 @@ def cmd_weights(args) -> int:
 
     if args.action == "import":
         catalog.source_of(args.model)
-        st = weights.import_file(args.file, args.model)
-        print(f"imported {args.file} for {args.model}: {st.describe()}")
+        imported = weights.import_file(args.file, args.model)
+        print(f"imported {args.file} for {args.model}: {imported.describe()}")
     elif args.action == "pull":
         names = args.names or catalog.names()
         failed = 0
