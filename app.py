@@ -25,14 +25,25 @@ _state.init_state()
 _state.open_lab()  # the lab of this link (or a new one); a bad link stops here with a message
 raw = _state.raw_state()  # what persist() reads, even after a page's st.stop()
 slot = st.sidebar.empty()
+_state.sidebar(slot.container())  # drawn first: a page that calls st.stop() ends the run, and with it anything
+                                  # drawn after
+
+
+@st.fragment(run_every=2.0 if _jobs.active_job() else None)
+def run_line():
+    """The lab's job, live: this fragment alone reruns while a job is queued or running."""
+    st.markdown(f"**Run** {_jobs.sidebar_line()}")
+
+
+with st.sidebar:
+    run_line()
 if st.sidebar.button("New lab", key="new_lab", help="Start an empty lab in this tab. The current one stays under "
                      "its own link (bookmark it to come back)."):
     _state.new_lab()
     st.rerun()
-_state.sidebar(slot.container(), _jobs.sidebar_line())  # drawn first: a page that calls st.stop() ends the run,
-try:                                                     # and with it anything drawn after
+try:
     pages.run()  # Streamlit keeps an unexpected error inside this page (see client.showErrorDetails)
 finally:  # after the page: keep what it changed in the lab, and redraw the sidebar with it
     _state.persist(raw)
-    _state.sidebar(slot.container(), _jobs.sidebar_line())
+    _state.sidebar(slot.container())
 

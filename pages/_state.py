@@ -202,8 +202,9 @@ def chart(fig, key: str | None = None) -> None:
     st.plotly_chart(fig, width="stretch", config=PLOTLY_CONFIG, key=key)
 
 
-def sidebar(where, job_line: str = "—") -> None:
-    """The current model, dataset, strategy and run, in the given sidebar container."""
+def sidebar(where) -> None:
+    """The current model, dataset and strategy, in the given sidebar container (the run line is live: see
+    app.py)."""
     ss = st.session_state
     ds = ss.get(DATASET)
     pending = ss.get(PENDING_DATASET)
@@ -213,8 +214,7 @@ def sidebar(where, job_line: str = "—") -> None:
     where.markdown(
         f"**Model** `{ss[MODEL]}` ({ss[HEAD]} head)  \n"
         f"**Data** {data_line}  \n"
-        f"**Strategy** {ss[STRATEGY]}  \n"
-        f"**Run** {job_line}"
+        f"**Strategy** {ss[STRATEGY]}"
     )
     if ss.get(LAB):
         where.caption(f"Lab `{ss[LAB][:8]}…` — bookmark this page's address to come back to it (it holds your "

@@ -193,8 +193,8 @@ if shown is not None and not shown.active:
         for line in shown.cache_lines():
             st.caption(line)
         if run is not None:
-            render_results(run.metrics or metrics, run.classes, runs.load_predictions(shown.folder),
-                           run.data_config, trained, shown.folder, "job")
+            preds = runs.load_predictions(shown.folder) or _lab.predict_saved_split(trained, run)
+            render_results(run.metrics or metrics, run.classes, preds, run.data_config, trained, shown.folder, "job")
 
 st.divider()
 st.subheader("Runs of this lab")
@@ -215,7 +215,7 @@ else:
         table.append({"run": j.id, "status": status.get("state"), "model": cfg.get("model") or spec.get("model"),
                       "strategy": cfg.get("strategy") or spec.get("strategy"), "epochs": len(accs),
                       "best val acc": max(accs) if accs else None,
-                      "started": cfg.get("saved") or j.id[:15].replace("_", " ")})
+                      "saved": cfg.get("saved") or j.id[:15].replace("_", " ")})
     st.dataframe(table, hide_index=True, width="stretch")
     openable = [r["run"] for r in table if r["status"] in ("done", "stopped", "interrupted")]
     if openable:
