@@ -472,18 +472,11 @@ def current_netron():
 def find_lr(ds: Dataset, img_size: int, batch: int):
     """The LR finder on a copy of the working model and this session's data (see vislab.lr_finder)."""
     from vislab import lr_finder
-    from vislab.transforms import eval_transform
 
     model, info = working()
-    model = training.clone_model(model)
-    cfg = info.data_config.with_size(img_size)
-    models.fit_input_size(model, info.name, cfg.size)  # a ViT resamples; a fixed-size model says so
     train_items, val_items = ds.split()
-    tf = eval_transform(cfg)
-    loaders = training.make_loaders(data.ImageDataset(train_items, tf), data.ImageDataset(val_items, tf),
-                                    training.TrainConfig(batch_size=batch), torch.device("cpu"))
     with st.spinner("Sweeping learning rates…"):
-        return lr_finder.lr_find(model, *loaders, device="auto", steps=100, seed=ds.seed)
+        return lr_finder.for_model(model, info, train_items, val_items, img_size, batch, seed=ds.seed)
 
 
 # ---- failures and clean-up ------------------------------------------------------------------------------

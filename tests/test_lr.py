@@ -1,5 +1,7 @@
 """Per-stage learning rates and the LR finder."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -37,6 +39,29 @@ def test_lr_finder_sweeps_suggests_and_leaves_the_model_alone(synthetic):
     assert sweep.cached.startswith("features cached")
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_lr_finder_for_a_model_sweeps_a_resized_copy(synthetic):
+    """for_model builds the sweep's job itself (a copy at the chosen size, eval transforms, loaders): the same
+    sweep as lr_find on those pieces built by hand, and the model passed in keeps its weights and input size."""
+    model, info = models.create_model("test_vit", 3, weights_choice="random")  # 160 px: 64 px needs a resample
+    freezing.apply(model, freezing.preset(model, "head")[0])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tr, va = data.split(data.scan_folder(synthetic).items, 0.25, 0)
+    sweep = lr_finder.for_model(model, info, tr, va, img_size=64, batch=4, seed=2, device="cpu", steps=20)
+    assert tuple(model.patch_embed.img_size) == (160, 160)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    by_hand = training.clone_model(model)
+    models.fit_input_size(by_hand, info.name, 64)
+    tf = eval_transform(info.data_config.with_size(64))
+    loaders = training.make_loaders(data.ImageDataset(tr, tf), data.ImageDataset(va, tf),
+                                    training.TrainConfig(batch_size=4), torch.device("cpu"))
+    reference = lr_finder.lr_find(by_hand, *loaders, device="cpu", steps=20, seed=2)
+    assert sweep.lrs == reference.lrs and sweep.losses == pytest.approx(reference.losses, rel=1e-5)
+    fixed = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2 * 158 * 158, 3))
+    with pytest.raises(ValueError, match="fixed cannot take 64x64"):  # a fixed-size model says so, not a sweep
+        lr_finder.for_model(fixed, dataclasses.replace(info, name="fixed"), tr, va, img_size=64, batch=4, steps=2)
 
 
 def test_suggestion_is_the_steepest_descent():

@@ -2,7 +2,8 @@
 and a suggested rate where the loss falls fastest. The model is left exactly as it was.
 
 It trains what the current freeze plan trains, and uses the frozen-prefix cache when it applies, so on a
-frozen backbone the sweep costs about one pass over the images.
+frozen backbone the sweep costs about one pass over the images. `for_model` builds the sweep's own job (a
+copy of the model at the chosen size, eval transforms, loaders); `lr_find` sweeps loaders already built.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from vislab import caching, training
+from vislab import caching, data, models, training
 from vislab.modes import training_mode
+from vislab.transforms import eval_transform
 
 
 @dataclass
@@ -46,6 +48,20 @@ def lr_find(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, 
         finally:
             model.load_state_dict(saved)
     return LRSweep(lrs, losses, suggest(lrs, losses), cache.describe() if cache else f"no feature cache: {why}")
+
+
+def for_model(model: nn.Module, info: models.ModelInfo, train_items: list[tuple[str, int]],
+              val_items: list[tuple[str, int]], img_size: int, batch: int, seed: int = 0, device: str = "auto",
+              steps: int = 100) -> LRSweep:
+    """The sweep for `model` (with its freeze plan applied) on these images at `img_size`, run on a copy: the
+    model passed in keeps its weights and input size. Raises ValueError for a size the model cannot take."""
+    model = training.clone_model(model)
+    cfg = info.data_config.with_size(img_size)
+    models.fit_input_size(model, info.name, cfg.size)  # a ViT resamples; a fixed-size model says so
+    tf = eval_transform(cfg)  # no augmentation: the sweep compares rates, not views
+    loaders = training.make_loaders(data.ImageDataset(train_items, tf), data.ImageDataset(val_items, tf),
+                                    training.TrainConfig(batch_size=batch), torch.device("cpu"))
+    return lr_find(model, *loaders, device=device, steps=steps, seed=seed)
 
 
 def _sweep(model, loader, dev, start, end, steps, beta, weight_decay):
