@@ -482,17 +482,10 @@ def find_lr(ds: Dataset, img_size: int, batch: int):
 # ---- failures and clean-up ------------------------------------------------------------------------------
 @st.cache_data(show_spinner=False, max_entries=16)
 def _forward_seconds(key: tuple, _model) -> float:
-    import torch
+    from vislab import views
 
-    x = torch.zeros(16, *key[-1])  # (16, C, H, W)
-    with model_lock(_model), torch.no_grad():
-        was = _model.training
-        _model.eval()
-        _model(x[:2])  # warm-up
-        start = time.perf_counter()
-        _model(x)
-        _model.train(was)
-    return (time.perf_counter() - start) / 16
+    with model_lock(_model):
+        return views.forward_seconds(_model, key[-1])
 
 
 def forward_seconds(model, input_size: tuple) -> float:

@@ -200,3 +200,29 @@ def test_caching_hands_every_module_its_own_train_flag_back():
     with torch.no_grad():
         a, b = (model.stages[:3](model.stem(x)) for _ in range(2))  # the frozen stages, in train mode
     assert torch.equal(a, b)  # deterministic: their stochastic depth is still off
+
+
+def test_forward_seconds_times_one_batch_after_a_warm_up_and_puts_flags_back(monkeypatch):
+    """views.forward_seconds (the CAM page's cost estimate; here until views get their own test file): a warm-up
+    on 2 images, then n images timed once, per image; eval inside, each module's own flag back after."""
+    from vislab import views
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 2, 3)
+            self.drop = torch.nn.Dropout()
+
+        def forward(self, x):
+            seen.append((tuple(x.shape), self.training, self.drop.training, torch.is_grad_enabled()))
+            return self.drop(self.conv(x))
+
+    model = Probe().train()
+    model.drop.eval()  # set to eval on its own: stays so
+    clock = iter([100.0, 103.2])
+    monkeypatch.setattr(views.time, "perf_counter", lambda: next(clock))
+    assert views.forward_seconds(model, (3, 8, 8), n=16) == pytest.approx(0.2)
+    assert seen == [((2, 3, 8, 8), False, False, False), ((16, 3, 8, 8), False, False, False)]
+    assert model.training and model.conv.training and not model.drop.training

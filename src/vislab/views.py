@@ -1,6 +1,6 @@
 """What the view modules (features, se, attention, cam) share: the error for a model that lacks what a
-view shows, the batch of images a view runs on, eval-mode forwards with temporary hooks, and maps scaled
-for display.
+view shows, the batch of images a view runs on, eval-mode forwards with temporary hooks, the time one
+forward takes (what a slow view will cost), and maps scaled for display.
 
 Hooks live only for the duration of one call (removed in `finally`), and the training flag of every
 module is put back afterwards (`modes.training_mode`).
@@ -8,6 +8,7 @@ module is put back afterwards (`modes.training_mode`).
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -51,6 +52,21 @@ def forward_with_hooks(model: nn.Module, hooks: list[tuple[nn.Module, object]], 
     finally:
         for h in handles:
             h.remove()
+
+
+def forward_seconds(model: nn.Module, input_size: tuple[int, int, int], n: int = 16) -> float:
+    """Seconds of one image's eval forward through `model` on its device: a warm-up on 2 images, then one
+    timed batch of `n` (zeros: the time does not depend on the pixels)."""
+    param = next(model.parameters(), None)
+    x = torch.zeros(n, *input_size, device=param.device if param is not None else "cpu")  # (n, C, H, W)
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    with inference(model):
+        model(x[:2])  # warm-up: lazy init, allocator, kernel choice
+        sync()
+        start = time.perf_counter()
+        model(x)
+        sync()
+        return (time.perf_counter() - start) / n
 
 
 def normalise_maps(maps: np.ndarray) -> np.ndarray:
