@@ -1,9 +1,7 @@
-import torch
 import streamlit as st
 
 from pages import _lab
-from vislab import export, netron_server
-from vislab.transforms import eval_transform
+from vislab import export, netron_server, views
 
 _lab.init_state()
 ss = st.session_state
@@ -28,7 +26,7 @@ if st.button("Export and verify", type="primary"):
     folder.mkdir(exist_ok=True)
     strategy = ss[_lab.STRATEGY] if vm.label.startswith("fine-tuned") else "pretrained"
     name = export.export_name(ss[_lab.MODEL], strategy, fmt)
-    real = torch.stack([eval_transform(vm.data_config)(_lab.photo(p)) for p in ("cat", "coffee")])
+    real = views.batch([_lab.photo(p) for p in ("cat", "coffee")], vm.data_config)  # (2, 3, H, W)
     with st.spinner(f"Exporting {name} and checking it against the model…"), _lab.model_lock(vm.model):
         result = export.export_model(vm.model, size, folder / name, fmt, real_inputs=real,
                                      meta=export.metadata(ss[_lab.MODEL], vm.classes, vm.data_config))

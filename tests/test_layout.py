@@ -79,10 +79,7 @@ def test_the_cycle_finder_sees_lazy_and_indirect_cycles(tmp_path):
 ALLOWED = re.compile(r"torch\.(device|cuda|no_grad|inference_mode|Tensor|dtype|float\w*|int\w*|bool|Size|"
                      r"OutOfMemoryError)(\.|$)")
 MATH = re.compile(r"(torch|F|nn\.functional)\.")
-EXCLUDED = "_"  # pages/_*.py are shared helpers, not pages; _lab.py is being split up (issue 13): later
 NOT_YET = {  # pages that still batch images themselves: they move to views.batch with their own issue's work
-    "compare.py": "builds its Grad-CAM batch with torch.stack (views.batch does it)",
-    "export.py": "builds its check images with torch.stack (views.batch does it)",
 }
 
 
@@ -106,9 +103,10 @@ def tensor_math(source: str) -> list[str]:
 
 
 def _pages() -> list:
+    """Every pages/*.py, the pages' shared Streamlit helpers (pages/_*.py) included."""
     return [pytest.param(p, id=p.name, marks=[pytest.mark.xfail(strict=True, reason=NOT_YET[p.name])]
                          if p.name in NOT_YET else [])
-            for p in sorted(PAGES.glob("*.py")) if not p.name.startswith(EXCLUDED)]
+            for p in sorted(PAGES.glob("*.py"))]
 
 
 @pytest.mark.parametrize("page", _pages())
