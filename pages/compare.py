@@ -1,10 +1,9 @@
 import numpy as np
 import streamlit as st
-import torch
 
 from pages import _jobs, _lab
-from vislab import cam, compare, features, freezing, jobs, plots
-from vislab.transforms import crop_seen, eval_transform, load_image
+from vislab import cam, compare, features, freezing, jobs, plots, views
+from vislab.transforms import crop_seen, load_image
 
 _lab.init_state()
 ss = st.session_state
@@ -129,7 +128,7 @@ if loaded:
         cfg = ss.get(_lab.WORKING)[2].data_config.with_size(ss.get("compare_size")) if ss.get(_lab.WORKING) else None
         if cfg is not None:
             images = [(p, load_image(p)) for p, _ in picks]
-            x = torch.stack([eval_transform(cfg)(img) for _, img in images])  # (B, 3, H, W)
+            x = views.batch([img for _, img in images], cfg)  # (B, 3, H, W)
             crops = [np.asarray(crop_seen(img, cfg)) for _, img in images]
             layer = _lab.cam_layer(models_ok[0].model, model_name)
             panels = []
