@@ -80,7 +80,6 @@ ALLOWED = re.compile(r"torch\.(device|cuda|no_grad|inference_mode|Tensor|dtype|f
                      r"OutOfMemoryError)(\.|$)")
 MATH = re.compile(r"(torch|F|nn\.functional)\.")
 NOT_YET = {  # pages that still batch images themselves: they move to views.batch with their own issue's work
-    "export.py": "builds its check images with torch.stack (views.batch does it)",
 }
 
 
