@@ -1,14 +1,13 @@
 import datetime as dt
 import re
-import threading
-import urllib.request
+import urllib.parse
 import zipfile
 
 import pytest
 import torch
 import torch.nn as nn
 
-from vislab import cli, export, freezing, models, netron_server, runs
+from vislab import cli, export, freezing, models, netron_web, runs
 
 # (model, input size): the tiny timm test models at 64 px (test_vit only runs at its 160 px) and a torchvision one
 FAMILIES = [("test_resnet", 64), ("test_efficientnet", 64), ("test_convnext", 64), ("test_vit", 160),
@@ -211,47 +210,113 @@ def test_untraceable_model_falls_back_to_hooks_and_says_so():
     assert order == ["conv", "fc"] and source.startswith("forward hooks (torch.export failed")
 
 
-def _get(url: str) -> tuple[int, bytes]:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return response.status, response.read()
+def streamlit_get(registry, path: str) -> tuple[int, bytes]:
+    """GET `path` from Streamlit's own component routes (the handler `streamlit run` serves
+    /component/<name>/<file> with) over `registry`, through ASGI in this process: (status, body)."""
+    import asyncio
+
+    from starlette.applications import Starlette
+    from streamlit.web.server.starlette.starlette_routes import create_component_routes
+
+    app = Starlette(routes=create_component_routes(registry, ""))
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    raw, _, query = path.partition("?")
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": urllib.parse.unquote(raw), "raw_path": raw.encode(), "query_string": query.encode(),
+             "root_path": "", "headers": [(b"host", b"lab.example:8501")], "server": ("lab.example", 8501),
+             "client": ("192.0.2.7", 50000)}
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    return start["status"], b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
 
 
-def test_netron_serves_the_file_on_loopback_and_stops_cleanly(tmp_path):
+def _registered(*viewers):
+    """A real Streamlit component registry holding each viewer's folder, named as pages/_netron.py names it."""
+    from streamlit.components.lib.local_component_registry import LocalComponentRegistry
+    from streamlit.components.v1.custom_component import CustomComponent
+
+    registry = LocalComponentRegistry()
+    for v in viewers:
+        registry.register_component(CustomComponent(f"pages._netron.{v.token}", path=str(v.folder), url=None,
+                                                    module_name="pages._netron"))
+    return registry
+
+
+def test_a_netron_viewer_folder_holds_netrons_web_files_and_one_model(tmp_path):
     pytest.importorskip("netron", reason="netron not installed")
-    first, second = tmp_path / "first.onnx", tmp_path / "second.pt2"
-    first.write_bytes(b"first model bytes")
-    second.write_bytes(b"second model bytes")
-    (tmp_path / "secret.txt").write_text("not for netron")
-    with netron_server.start(first) as a, netron_server.start(second) as b:
-        assert a.address[0] == "127.0.0.1" and a.address != b.address
-        assert a.url == f"http://127.0.0.1:{a.address[1]}/" and a.running
-        status, page = _get(a.url)
-        assert status == 200 and b'<meta name="file" content="/data/first.onnx">' in page
-        assert _get(a.data_url) == (200, b"first model bytes")
-        assert _get(b.data_url) == (200, b"second model bytes")  # each server keeps its own file
-        assert _get(a.url + "data/first.onnx")[1] == b"first model bytes"
-        with pytest.raises(urllib.error.HTTPError, match="404"):  # only the file, not its folder
-            _get(a.url + "data/secret.txt")
-        assert netron_server.servers() == [a, b]
-        thread = a.thread
-    for server in (a, b):
-        assert not server.running and not netron_server.port_open(server.address)
-        assert not server.folder.exists()
-    assert not thread.is_alive()
-    assert not [t for t in threading.enumerate() if getattr(t, "address", None) in (a.address, b.address)]
-    assert netron_server.servers() == [] and first.read_bytes() == b"first model bytes"
-    a.stop()  # idempotent
+    exports = tmp_path / "lab" / "export"
+    exports.mkdir(parents=True)
+    (exports / "first.onnx").write_bytes(b"first model bytes")
+    (exports / "second.pt").write_bytes(b"second model bytes")
+    (exports / "secret.txt").write_text("another file of the lab")
+    web = {p.name for p in netron_web.web_files()}
+    assert "index.html" in web and "browser.js" in web and not any(n.endswith(".py") for n in web)
+    staging = netron_web.Staging(root=tmp_path)
+    try:
+        assert staging.root.stat().st_mode & 0o777 == 0o700  # private: not readable by other users
+        a, b = staging.viewer(exports / "first.onnx"), staging.viewer(exports / "second.pt")
+        assert a.token != b.token and re.fullmatch(r"[0-9a-f]{32}", a.token) and a.folder.parent == staging.root
+        assert {p.name for p in a.folder.iterdir()} == web | {"first.onnx"}  # the lab's other files: never
+        assert a.file.read_bytes() == b"first model bytes" and a.page == "index.html?url=first.onnx"
+        page = (a.folder / "index.html").read_text()
+        stock = (netron_web.package_dir() / "index.html").read_text()
+        assert '<meta name="date"' in stock and '<meta name="date"' not in page  # no 180-day lock-out
+        assert page.splitlines() == [line for line in stock.splitlines() if '<meta name="date"' not in line]
+        with pytest.raises(FileNotFoundError):
+            staging.viewer(exports / "missing.onnx")
+        (exports / "index.html").write_text("not a model")
+        with pytest.raises(ValueError, match="netron's own files"):
+            staging.viewer(exports / "index.html")
+        assert {p.name for p in staging.root.iterdir()} == {"web", a.token, b.token}  # the refused left nothing
+        a.close()
+        assert not a.folder.exists() and not a.open and b.open and (exports / "first.onnx").is_file()
+        a.close()  # idempotent
+    finally:
+        staging.close()
+    assert not staging.root.exists() and (exports / "second.pt").read_bytes() == b"second model bytes"
+    assert netron_web.hosted_url() == "https://netron.app"
 
 
-def test_netron_stop_all_and_hosted_link(tmp_path):
+def test_streamlit_serves_a_viewer_and_its_one_file_and_nothing_else(tmp_path):
+    """Through Streamlit's own component handler: the page, netron's scripts and the exported file answer
+    200; the lab's other files, another viewer's file, a path out of the folder, an unknown or closed viewer
+    answer 404 (or 400); and nothing served names a loopback address."""
     pytest.importorskip("netron", reason="netron not installed")
-    (tmp_path / "m.pt").write_bytes(b"x")
-    servers = [netron_server.start(tmp_path / "m.pt") for _ in range(2)]
-    netron_server.stop_all()
-    assert netron_server.servers() == [] and not any(s.running for s in servers)
-    assert netron_server.hosted_url() == "https://netron.app"
-    with pytest.raises(FileNotFoundError):
-        netron_server.start(tmp_path / "missing.onnx")
+    for lab in ("lab_a", "lab_b"):
+        (tmp_path / lab).mkdir()
+        (tmp_path / lab / f"{lab}.onnx").write_bytes(f"model of {lab}".encode())
+        (tmp_path / lab / "state.json").write_text("{}")
+    staging = netron_web.Staging(root=tmp_path)
+    try:
+        a, b = staging.viewer(tmp_path / "lab_a" / "lab_a.onnx"), staging.viewer(tmp_path / "lab_b" / "lab_b.onnx")
+        registry = _registered(a, b)
+        base = f"/component/pages._netron.{a.token}"
+        status, page = streamlit_get(registry, f"{base}/{a.page}")
+        assert status == 200 and b"<title>Netron</title>" in page
+        assert streamlit_get(registry, f"{base}/lab_a.onnx?cb=1") == (200, b"model of lab_a")
+        assert streamlit_get(registry, f"/component/pages._netron.{b.token}/lab_b.onnx") == (200, b"model of lab_b")
+        for other in ("lab_b.onnx", "state.json", "netron.py", "__init__.py", "web/index.html"):
+            assert streamlit_get(registry, f"{base}/{other}")[0] == 404, other
+        assert streamlit_get(registry, f"{base}/../pages._netron.{b.token}/lab_b.onnx")[0] == 400
+        assert streamlit_get(registry, f"{base}/%2e%2e/%2e%2e/lab_a/state.json")[0] == 400
+        assert streamlit_get(registry, f"/component/pages._netron.{'0' * 32}/lab_a.onnx")[0] == 404
+        served = [streamlit_get(registry, f"{base}/{p.name}") for p in sorted(a.folder.iterdir())]
+        assert all(status == 200 for status, _ in served) and len(served) == len(netron_web.web_files()) + 1
+        named = [p.name for p, (_, body) in zip(sorted(a.folder.iterdir()), served)
+                 if b"127.0.0.1" in body or (p.suffix in (".html", ".js") and b"localhost" in body)]
+        assert named == []  # netron's page opens the model relative to itself: no host is named in any code
+        a.close()
+        assert streamlit_get(registry, f"{base}/lab_a.onnx")[0] == 404
+        assert streamlit_get(registry, f"{base}/{a.page}")[0] == 404
+    finally:
+        staging.close()
 
 
 def test_cli_export_writes_the_file_and_prints_the_diff(tmp_path, capsys):
