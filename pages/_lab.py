@@ -418,57 +418,6 @@ def layer_order(key: tuple, _model) -> list[dict]:
     return export.layer_table(_model, key[-1])
 
 
-# ---- one Netron server per browser session --------------------------------------------------------------
-@st.cache_resource
-def _netron_servers() -> dict:
-    """session id -> NetronServer, shared by the process so servers of closed sessions can be stopped."""
-    import atexit
-
-    from vislab import netron_server
-
-    atexit.register(netron_server.stop_all)
-    return {}
-
-
-def _prune_netron() -> None:
-    """Stop the servers of browser sessions that have ended."""
-    from streamlit import runtime
-
-    servers = _netron_servers()
-    if not runtime.exists():
-        return
-    rt = runtime.get_instance()
-    for sid in list(servers):
-        if not rt.is_active_session(sid):
-            servers.pop(sid).stop()
-
-
-def session_key() -> str:
-    from streamlit.runtime.scriptrunner import get_script_run_ctx
-
-    ctx = get_script_run_ctx()
-    return ctx.session_id if ctx else st.session_state[_state.LAB]
-
-
-def netron_for(file: Path):
-    """Start (or replace) this session's Netron server on `file`."""
-    from vislab import netron_server
-
-    _prune_netron()
-    servers = _netron_servers()
-    old = servers.pop(session_key(), None)
-    if old is not None:
-        old.stop()
-    server = netron_server.start(file)
-    servers[session_key()] = server
-    return server
-
-
-def current_netron():
-    server = _netron_servers().get(session_key())
-    return server if server is not None and server.running else None
-
-
 def find_lr(ds: Dataset, img_size: int, batch: int):
     """The LR finder on a copy of the working model and this session's data (see vislab.lr_finder)."""
     from vislab import lr_finder

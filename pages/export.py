@@ -1,7 +1,7 @@
 import streamlit as st
 
-from pages import _lab
-from vislab import export, netron_server, views
+from pages import _lab, _netron
+from vislab import export, netron_web, views
 
 _lab.init_state()
 ss = st.session_state
@@ -33,9 +33,9 @@ if st.button("Export and verify", type="primary"):
     ss["export_result"] = result
     if result.ok and result.path:
         try:
-            _lab.netron_for(result.path)
-        except (OSError, RuntimeError) as exc:
-            st.error(f"Netron could not start: {exc}")
+            _netron.netron_for(result.path)
+        except (OSError, ValueError) as exc:
+            st.error(f"Netron could not be prepared: {exc}")
 
 result = ss.get("export_result")
 if result is not None:
@@ -52,14 +52,15 @@ if result is not None:
         st.warning("Warnings from torch while exporting (shown, not hidden):\n" +
                    "\n".join(f"- {w}" for w in result.warnings))
 
-server = _lab.current_netron()
-if server is not None:
+viewer = _netron.current_netron()
+if viewer is not None:
     st.subheader("Netron")
-    st.caption(f"Served by this lab at {server.url} (loopback only, stopped when you export again or leave). "
-               f"With internet you can also drop the downloaded file on {netron_server.hosted_url()}. "
+    st.caption("Netron's own viewer, served by this lab's server at its own address (no other port, so it "
+               "opens wherever this page opens), showing only this export; it goes when you export again or "
+               f"leave. With internet you can also drop the downloaded file on {netron_web.hosted_url()}. "
                "In Netron, Ctrl+U shows each node's name.")
-    st.link_button("Open Netron in a new tab", server.url)
-    st.iframe(server.url, height=720)
+    st.link_button("Open Netron in a new tab", viewer.url)
+    st.iframe(viewer.url, height=720)
 
 st.subheader("Layer names: execution order vs definition order")
 model, info = _lab.working()

@@ -257,25 +257,57 @@ def test_features_page_shows_filters_and_maps():
 
 
 def test_export_page_verifies_serves_netron_and_lists_layers():
+    """The exported file is verified and shown in Netron through the lab's own origin: the iframe is a path on
+    the page's origin (no host named), Streamlit serves the viewer and that one file, and the lab's other files,
+    or the viewer after "New lab" in the same tab, answer 404."""
+    from pages import _netron
+    from tests.test_export import _registered, streamlit_get
+
+    from vislab import labs
+
     at = _app()
     at.switch_page("pages/export.py").run()
     assert not at.exception
+    earlier = labs.Lab(at.session_state["lab_id"]).data_dir / "export"
+    earlier.mkdir(parents=True)
+    (earlier / "notes.txt").write_text("another file of the lab")
+    (earlier / "earlier.onnx").write_bytes(b"an earlier export")
     next(b for b in at.button if b.label == "Export and verify").click().run()
     assert not at.exception and not at.error
     result = at.session_state["export_result"]
     assert result.ok and result.verified and result.max_abs_diff <= result.tol and result.path.is_file()
     assert "deprecated" in at.warning[0].value  # torch.jit.trace's deprecation is shown, not hidden
-    from pages import _lab
-
-    servers = list(_lab._netron_servers().values())
-    assert servers and servers[-1].running
-    import urllib.request
-
-    with urllib.request.urlopen(servers[-1].data_url, timeout=5) as r:
-        assert r.status == 200 and r.read() == result.path.read_bytes()
-    servers[-1].stop()
+    shown = list(_netron._netron_servers().values())[-1]
+    assert shown.lab == at.session_state["lab_id"] and shown.component.name == f"pages._netron.{shown.viewer.token}"
+    url = f"/component/pages._netron.{shown.viewer.token}/index.html?url={result.path.name}"
+    assert shown.url == url and at.get("iframe")[0].proto.src == url
+    assert at.get("link_button")[0].proto.url == url  # "Open Netron in a new tab": the same path
+    sent = [str(p) for p in _protos(at._tree)]
+    assert any(url in p for p in sent) and not [p for p in sent if "127.0.0.1" in p]  # nothing names loopback
+    assert any("netron.app" in c.value for c in at.caption)  # the hosted fallback is still offered
+    assert result.path.parent == earlier
+    registry = _registered(shown.viewer)
+    folder = url.rsplit("/", 1)[0]
+    status, page = streamlit_get(registry, url)
+    assert status == 200 and b"<title>Netron</title>" in page
+    assert streamlit_get(registry, f"{folder}/{result.path.name}") == (200, result.path.read_bytes())
+    for other in ("notes.txt", "earlier.onnx", "state.json"):  # beside the export, and in the lab's folder
+        assert streamlit_get(registry, f"{folder}/{other}")[0] == 404
     frame = at.dataframe[-1].value
     assert {"run #", "print # ", "layer", "order differs", "state"} <= set(frame.columns)
+
+    at.button(key="new_lab").click().run()  # a fresh lab in the same tab (the same browser session)
+    at.switch_page("pages/export.py").run()
+    assert not at.exception and not at.get("iframe") and at.session_state["lab_id"] != shown.lab
+    assert streamlit_get(registry, f"{folder}/{result.path.name}")[0] == 404  # the old lab's viewer is gone
+
+
+def _protos(node):
+    """Every element proto of an AppTest tree."""
+    if getattr(node, "proto", None) is not None:
+        yield node.proto
+    for child in getattr(node, "children", {}).values():
+        yield from _protos(child)
 
 
 def test_lr_finder_on_the_train_page_sets_the_rate(synthetic):
