@@ -38,10 +38,12 @@ def params_by_stage(rows: list[dict]) -> go.Figure:
         if sel:
             fig.add_bar(x=[r["stage"] for r in sel], y=[r["params"] for r in sel], name=state,
                         marker_color=colour, hovertemplate="%{x}: %{y:,} parameters<extra></extra>")
-    fig.update_xaxes(categoryorder="array", categoryarray=[r["stage"] for r in rows], tickangle=-45)
+    fig.update_xaxes(categoryorder="array", categoryarray=[r["stage"] for r in rows], tickangle=-45,
+                     automargin=True)  # long stage names ("features.2") are shown whole, not clipped
     fig.update_yaxes(title="parameters", type="log" if max(r["params"] for r in rows) > 50 * max(
         1, min(r["params"] for r in rows)) else "linear")
-    return _layout(fig, "Parameters by stage")
+    _layout(fig, "Parameters by stage", height=420)
+    return fig.update_layout(legend=dict(orientation="h", y=1.0, yanchor="bottom", x=1, xanchor="right"))
 
 
 def stage_diagram(rows: list[dict], title: str = "") -> go.Figure:
@@ -176,23 +178,50 @@ def _font(size: int):
         return ImageFont.load_default(size=size)
 
 
+def _fit_lines(draw, text: str, font, width: int, max_lines: int) -> list[str]:
+    """`text` (its own line breaks kept) wrapped to `width` pixels, at most `max_lines` lines, the last one
+    ending in an ellipsis when something was cut: captions never run into the next cell."""
+    out: list[str] = []
+    for para in text.split("\n"):
+        line = ""
+        for ch in para:
+            if draw.textlength(line + ch, font=font) > width and line:
+                out.append(line)
+                line = ch
+            else:
+                line += ch
+        out.append(line)
+    if len(out) > max_lines:
+        out = out[:max_lines]
+        last = out[-1]
+        while last and draw.textlength(last + "…", font=font) > width:
+            last = last[:-1]
+        out[-1] = last + "…"
+    return out
+
+
 def image_grid(images: list[Image.Image], captions: list[str], cols: int = 4, cell: int = 180,
-               colours: list[str] | None = None) -> Image.Image:
-    """A captioned grid of images as one PIL image (for PNG download and slides)."""
+               colours: list[str] | None = None, max_lines: int = 3) -> Image.Image:
+    """A captioned grid of images as one PIL image (for PNG download and slides). Each caption is wrapped to
+    its cell's width (at most `max_lines` lines)."""
     rows = max(1, math.ceil(len(images) / cols))
-    pad, text_h = 8, 40
+    font = _font(13)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    wrapped = [_fit_lines(measure, cap, font, cell, max_lines) for cap in captions]
+    line_h = 16
+    text_h = 8 + line_h * max((len(w) for w in wrapped), default=1)
+    pad = 8
     grid = Image.new("RGB", (cols * (cell + pad) + pad, rows * (cell + text_h + pad) + pad), "white")
     draw = ImageDraw.Draw(grid)
-    font = _font(13)
-    for k, (img, cap) in enumerate(zip(images, captions)):
+    for k, (img, lines) in enumerate(zip(images, wrapped)):
         r, c = divmod(k, cols)
         x, y = pad + c * (cell + pad), pad + r * (cell + text_h + pad)
         thumb = img.copy()
         thumb.thumbnail((cell, cell))
         grid.paste(thumb, (x + (cell - thumb.width) // 2, y + (cell - thumb.height) // 2))
         colour = colours[k] if colours else "#111111"
-        for i, line in enumerate(cap.split("\n")[:2]):
-            draw.text((x, y + cell + 4 + i * 16), line[:32], fill=colour, font=font)
+        for i, line in enumerate(lines):
+            draw.text((x, y + cell + 4 + i * line_h), line, fill=colour, font=font)
     return grid
 
 

@@ -1,0 +1,299 @@
+"""A classroom on one server: N simultaneous browser users, each uploading a zip and training, through one queue.
+
+    .venv/bin/python bench/load.py                     # N = 1, 4, 8 (about 15 minutes on 2 CPU cores)
+    .venv/bin/python bench/load.py --users 3 --small   # the quick version the test suite runs
+
+Each user is a real headless Chromium context on one `streamlit run app.py`: it opens the app (its own lab),
+uploads a zip of class folders on the Data page, keeps head-only MobileNetV2, sets the epochs and starts
+training; every second user also turns on h-flip with no cached views, so their job runs the full loop. All
+press Start within a second of each other. Measured per N: each user's seconds from Start to the finished
+run on screen, the wall time from the first Start to the last result, page switches of an extra user while
+the jobs run, and the peak memory of the server process and of its workers. Targets (issue 12): slowest
+user <= 1.2 x N x the one-user time, wall <= 1.1 x N x the one-user time, page switch < 2 s, no errors.
+Writes bench/load.json and bench/load.md (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests import browser  # noqa: E402
+
+
+def make_zip(per_class: int, size: int) -> bytes:
+    """A zip of class folders from the bundled textile sample (real photos), `per_class` per class."""
+    from PIL import Image
+
+    from vislab import data
+
+    report = data.scan_folder(data.sample_root(), check=False)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for label, name in enumerate(report.classes):
+            for i, (path, _) in enumerate([it for it in report.items if it[1] == label][:per_class]):
+                img = Image.open(path).convert("RGB")
+                img.thumbnail((size, size))
+                out = io.BytesIO()
+                img.save(out, format="JPEG", quality=90)
+                zf.writestr(f"textiles/{name}/{i:03d}.jpg", out.getvalue())
+    return buf.getvalue()
+
+
+class MemoryWatch:
+    """Peak resident memory of the server process and of all its workers (Linux /proc)."""
+
+    def __init__(self, pid: int):
+        self.pid, self.server_peak, self.workers_peak = pid, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _rss(pid: int) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def _children(self) -> list[int]:
+        try:
+            out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True).stdout
+            return [int(p) for p in out.split()]
+        except OSError:
+            return []
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.server_peak = max(self.server_peak, self._rss(self.pid))
+            self.workers_peak = max(self.workers_peak, sum(self._rss(c) for c in self._children()))
+            self._stop.wait(0.5)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(2)
+
+
+async def _go(page, title: str, timeout: float = 120_000):
+    await page.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True).click()
+    await page.get_by_role("heading", name=title).wait_for(timeout=timeout)
+
+
+async def _idle(page, timeout: float = 120.0):
+    deadline = time.time() + timeout
+    await asyncio.sleep(0.3)
+    while time.time() < deadline:
+        if await page.locator('[data-testid="stStatusWidget"]').count() == 0:
+            return
+        await asyncio.sleep(0.2)
+
+
+async def user(browser_, url: str, archive: Path, k: int, epochs: int, size_steps: int, augment: bool,
+               gate: asyncio.Event, ready: list, results: list):
+    ctx = await browser_.new_context(viewport={"width": 1300, "height": 1100})
+    ctx.set_default_timeout(180_000)
+    page = await ctx.new_page()
+    record = {"user": k, "augment": augment, "error": None}
+    try:
+        await page.goto(url)
+        await page.get_by_text("Strategy advisor").wait_for(timeout=180_000)
+        await _idle(page)
+        await _go(page, "Data")
+        await page.get_by_text("A .zip of class folders").click()
+        await page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(archive))
+        await page.get_by_text("Dataset: zip").wait_for(timeout=180_000)
+        await _idle(page)
+        if augment:
+            await page.get_by_text("h-flip", exact=True).click()
+            await _idle(page)
+        await _go(page, "Train")
+        await _idle(page)
+        box = page.get_by_label("Epochs", exact=True)
+        await box.fill(str(epochs))
+        await box.press("Enter")
+        await _idle(page)
+        slider = page.get_by_role("slider").nth(1)  # image size
+        for _ in range(size_steps):
+            await slider.press("ArrowLeft")
+            await asyncio.sleep(0.15)
+        await _idle(page)
+        ready.append(k)
+        await gate.wait()  # everyone presses Start together
+        record["start"] = time.perf_counter()
+        await page.get_by_role("button", name="Start training").click()
+        await page.get_by_text("best val acc").first.wait_for(timeout=3_600_000)
+        record["end"] = time.perf_counter()
+        record["seconds"] = record["end"] - record["start"]
+        failed = await page.locator('[data-testid="stException"]').count()
+        if failed or await page.get_by_text("Training failed").count():
+            record["error"] = "an exception or a failed run on the page"
+    except Exception as exc:  # noqa: BLE001 - reported in the table
+        record["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    finally:
+        results.append(record)
+        await ctx.close()
+
+
+async def prober(browser_, url: str, gate: asyncio.Event, done: asyncio.Event, switches: list, warm: list):
+    """A user who only browses while the class trains: seconds per page switch (each page is opened once
+    before the class starts, so what is timed is a switch, not building a model for the first time)."""
+    ctx = await browser_.new_context(viewport={"width": 1300, "height": 1100})
+    ctx.set_default_timeout(180_000)
+    page = await ctx.new_page()
+    await page.goto(url)
+    await page.get_by_text("Strategy advisor").wait_for(timeout=180_000)
+    await _idle(page)
+    titles = ["Freeze & BatchNorm", "Home", "Model", "Home"]
+    for t in titles:
+        await _go(page, t)
+        await _idle(page)
+    warm.append(True)
+    await gate.wait()
+    i = 0
+    while not done.is_set():
+        start = time.perf_counter()
+        await _go(page, titles[i % len(titles)])
+        await _idle(page)
+        switches.append(time.perf_counter() - start)
+        i += 1
+        await asyncio.sleep(1.0)
+    await ctx.close()
+
+
+async def classroom(url: str, archive: Path, n: int, epochs: int, size_steps: int, probe: bool) -> dict:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=browser.CHROMIUM, headless=True, args=browser.CHROMIUM_ARGS)
+        gate, done = asyncio.Event(), asyncio.Event()
+        ready, results, switches, warm = [], [], [], []
+        tasks = [asyncio.create_task(user(b, url, archive, k, epochs, size_steps, k % 2 == 1, gate, ready, results))
+                 for k in range(n)]
+        probe_task = asyncio.create_task(prober(b, url, gate, done, switches, warm)) if probe else None
+        while len(ready) + sum(1 for r in results if r.get("error")) < n or (probe and not warm):
+            await asyncio.sleep(0.2)
+        gate.set()
+        await asyncio.gather(*tasks)
+        done.set()
+        if probe_task:
+            await probe_task
+        await b.close()
+    ok = [r for r in results if not r["error"]]
+    wall = (max(r["end"] for r in ok) - min(r["start"] for r in ok)) if ok else None
+    return {"users": n, "results": sorted(results, key=lambda r: r["user"]), "wall_s": wall,
+            "slowest_s": max((r["seconds"] for r in ok), default=None), "errors": [r for r in results if r["error"]],
+            "page_switch_s": switches}
+
+
+def serve(home: Path, max_jobs: int | None):
+    port = browser.free_port()
+    env = {**os.environ, "VISLAB_HOME": str(home)}
+    if max_jobs:
+        env["VISLAB_MAX_JOBS"] = str(max_jobs)
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless",
+                             "true", "--server.port", str(port), "--server.address", "127.0.0.1"], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    import urllib.request
+
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1):
+                return proc, url, log
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError("streamlit did not start")
+
+
+def run(users: list[int], epochs: int, per_class: int, size_steps: int, out: Path, probe: bool = True,
+        max_jobs: int | None = None) -> dict:
+    reason = browser.why_unavailable()
+    if reason:
+        raise SystemExit(reason)
+    work = Path(tempfile.mkdtemp(prefix="vislab-load-"))
+    archive = work / "textiles.zip"
+    archive.write_bytes(make_zip(per_class, 256))
+    rows = []
+    for n in users:
+        home = work / f"home-{n}"
+        (home / "weights").mkdir(parents=True)
+        seeded = ROOT / ".vislab"
+        if (seeded / "hub").exists():
+            (home / "hub").symlink_to(seeded / "hub")
+        for f in (seeded / "weights").glob("*"):
+            (home / "weights" / f.name).symlink_to(f)
+        proc, url, log = serve(home, max_jobs)
+        watch = MemoryWatch(proc.pid)
+        try:
+            row = asyncio.run(classroom(url, archive, n, epochs, size_steps, probe))
+        finally:
+            watch.stop()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            row_exit = proc.returncode
+        row.update(server_peak_mib=watch.server_peak / 2**20, workers_peak_mib=watch.workers_peak / 2**20,
+                   server_exit=row_exit)
+        rows.append(row)
+        print(f"N={n}: slowest {row['slowest_s']}, wall {row['wall_s']}, errors {len(row['errors'])}, "
+              f"page switch max {max(row['page_switch_s'], default=0):.2f} s", flush=True)
+    one = next((r for r in rows if r["users"] == 1 and r["slowest_s"]), None)
+    summary = {"date": time.strftime("%Y-%m-%d %H:%M"), "cores": os.cpu_count(), "epochs": epochs,
+               "images": per_class * 3, "max_jobs": max_jobs or 1, "rows": rows}
+    lines = ["| users | slowest user (s) | wall (s) | slowest / (N x one) | wall / (N x one) | page switch "
+             "median / max (s) | server peak MiB | workers peak MiB | errors |", "|" + "---|" * 9]
+    for r in rows:
+        base = one["slowest_s"] if one else None
+        sl = f"{r['slowest_s'] / (r['users'] * base):.2f}" if base and r["slowest_s"] else "-"
+        wl = f"{r['wall_s'] / (r['users'] * base):.2f}" if base and r["wall_s"] else "-"
+        sw = r["page_switch_s"]
+        sws = f"{statistics.median(sw):.2f} / {max(sw):.2f}" if sw else "-"
+        lines.append(f"| {r['users']} | {r['slowest_s'] or 0:.1f} | {r['wall_s'] or 0:.1f} | {sl} | {wl} | {sws} | "
+                     f"{r['server_peak_mib']:.0f} | {r['workers_peak_mib']:.0f} | {len(r['errors'])} |")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "load.json").write_text(json.dumps(summary, indent=2))
+    (out / "load.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--users", default="1,4,8", help="comma-separated numbers of simultaneous users")
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--per-class", type=int, default=20, help="images per class in each user's zip (3 classes)")
+    ap.add_argument("--small", action="store_true", help="64 px images and 2 epochs: the quick test version")
+    ap.add_argument("--max-jobs", type=int, default=None, help="VISLAB_MAX_JOBS for the server (default 1)")
+    ap.add_argument("--no-probe", action="store_true", help="no extra user switching pages")
+    ap.add_argument("--out", default=str(ROOT / "bench"))
+    args = ap.parse_args(argv)
+    users = [int(u) for u in args.users.split(",") if u.strip()]
+    epochs, steps = (2, 5) if args.small else (args.epochs, 0)  # 5 steps left: image size 224 -> 64
+    summary = run(users, epochs, args.per_class, steps, Path(args.out), not args.no_probe, args.max_jobs)
+    return 1 if any(r["errors"] for r in summary["rows"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
