@@ -511,9 +511,21 @@ def test_a_vit_trains_on_the_train_page_at_another_size(synthetic):
     assert json.loads((job.folder / "config.json").read_text())["data_config"]["input_size"][-1] == 64
 
 
-def test_attention_page_says_why_swin_has_no_maps():
+def test_attention_page_says_why_swin_has_no_maps(monkeypatch):
+    from timm.models import _registry
+
+    # timm's own Swin class (WindowAttention) shrunk to one block per stage at 64 px, reached by name like any
+    # timm model (0.4 M parameters, not swin_tiny's 28 M at 224 px)
+    swin_tiny = _registry.model_entrypoint("swin_tiny_patch4_window7_224")
+
+    def test_swin(pretrained=False, **kwargs):
+        kwargs["pretrained_cfg_overlay"] = {**(kwargs.get("pretrained_cfg_overlay") or {}), "input_size": (3, 64, 64)}
+        return swin_tiny(pretrained=pretrained, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1),
+                         img_size=64, window_size=2, **kwargs)
+
+    monkeypatch.setitem(_registry._model_entrypoints, "test_swin", test_swin)
     at = _app()
-    _pick_model(at, "swin_tiny_patch4_window7_224")
+    _pick_model(at, "test_swin")
     at.switch_page("pages/attention.py").run()
     assert not at.exception
     assert any("local windows" in e.value for e in at.error)
@@ -541,9 +553,21 @@ def test_many_classes_preview_a_chosen_few(tmp_path):
     assert len(picker.value) == 12
 
 
-def test_freeze_page_lists_the_drops_a_frozen_stage_switches_off():
+def test_freeze_page_lists_the_drops_a_frozen_stage_switches_off(monkeypatch):
+    from timm.models import _registry
+
+    # timm's test_convnext with stochastic depth in its blocks, reached by name like any timm model
+    # (0.3 M parameters, not efficientnet_v2_s's 21 M)
+    convnext = _registry.model_entrypoint("test_convnext")
+
+    def test_convnext_droppath(pretrained=False, **kwargs):
+        return convnext(pretrained=pretrained, drop_path_rate=0.2, **kwargs)
+
+    monkeypatch.setitem(_registry._model_entrypoints, "test_convnext_droppath", test_convnext_droppath)
     at = _app()
-    _pick_model(at, "efficientnet_v2_s")  # torchvision: stochastic depth in every block
+    _pick_model(at, "test_convnext_droppath")
     at.switch_page("pages/freeze.py").run()
-    assert not at.exception
+    assert not at.exception and at.session_state["model_name"] == "test_convnext_droppath"
     assert any("stochastic-depth layers" in m.value for m in at.markdown)
+    listed = [line for c in at.code for line in c.value.splitlines()]
+    assert any(line.endswith(".drop_path") for line in listed)  # the stochastic depth itself is named
