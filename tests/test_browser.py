@@ -4,7 +4,12 @@ Screenshots go to docs/screenshots/ (the README shows them). Skipped, saying why
 """
 
 import os
+import re
 import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -196,3 +201,79 @@ def test_four_strategies_compared_on_the_textile_sample(app_url):
         _done(page, "Download the table (CSV)", "compare", timeout=300_000)
         _go(page, "Concepts")
         _done(page, "print(model)", "concepts", timeout=120_000)
+
+
+def _same_origin_only(page, origin: str) -> list[str]:
+    """Let the page reach only `origin` (scheme, host and port it was opened with) and refuse everything else,
+    as for a participant's browser on another machine: its own loopback is not the lab's. Returns the list
+    of refused addresses, filled as the page runs."""
+    refused = []
+
+    def route(r):
+        url = r.request.url
+        if url.startswith(origin + "/") or url == origin:
+            r.continue_()
+        else:
+            refused.append(url)
+            r.abort()
+
+    page.context.route("**/*", route)
+    return refused
+
+
+def _netron_graph(page, timeout: float = 90.0):
+    """Netron's frame once its graph is drawn (its cookie notice accepted on the way): the frame locator."""
+    frame = page.frame_locator("iframe").first
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        accept = frame.get_by_role("button", name="Accept")
+        if accept.count() and accept.first.is_visible():
+            accept.first.click()  # Netron's notice; offline it always asks
+        if frame.locator("#canvas g.node").count():
+            return frame
+        page.wait_for_timeout(500)
+    raise TimeoutError(f"no Netron graph in the iframe; it reads: {frame.locator('body').inner_text()[:300]!r}")
+
+
+def test_netron_loads_through_the_labs_own_origin_from_two_origins(app_url, vislab_home):
+    """The app opened as http://localhost:PORT and as http://127.0.0.1:PORT, each browser allowed to reach only
+    the origin it opened: Export shows the exported graph inside the Netron iframe both times. The iframe is a
+    path on that origin (no host in it), the viewer serves that lab's file, and not the other lab's through it."""
+    port = urllib.parse.urlsplit(app_url).port
+    seen = {}
+    for host in ("localhost", "127.0.0.1"):
+        origin = f"http://{host}:{port}"
+        with browser.browser_page(height=1700) as page:
+            refused = _same_origin_only(page, origin)
+            page.goto(origin)
+            page.get_by_text("Strategy advisor").wait_for(timeout=60_000)
+            _go(page, "Export & Netron")
+            page.get_by_role("button", name="Export and verify").click()
+            page.get_by_text("Download the file").wait_for(timeout=180_000)
+            browser.wait_idle(page)
+            assert browser.exceptions(page) == []
+            frame = _netron_graph(page)
+            nodes = frame.locator("#canvas g.node").count()
+            assert nodes > 20, nodes  # mobilenet_v2's graph: far more than a handful of nodes
+            src = page.locator("iframe").first.get_attribute("src")
+            assert re.fullmatch(r"/component/pages\._netron\.[0-9a-f]{32}/index\.html\?url=[\w.%-]+", src), src
+            assert not [u for u in refused if urllib.parse.urlsplit(u).hostname in ("localhost", "127.0.0.1")], \
+                refused  # the viewer never asked another port or the other loopback name
+            page.wait_for_timeout(1500)  # let Netron finish laying out before the picture
+            page.get_by_role("heading", name="Export & Netron").scroll_into_view_if_needed()
+            if host == "localhost":
+                page.screenshot(path="/tmp/netron_check.png", full_page=True)
+            _shot(page, f"export_netron_{host}")
+            lab = urllib.parse.parse_qs(urllib.parse.urlsplit(page.url).query)["lab"][0]
+        name = urllib.parse.unquote(src.split("?url=", 1)[1])
+        exported = vislab_home / "labs" / lab / "data" / "export" / name
+        with urllib.request.urlopen(origin + src.split("?", 1)[0].rsplit("/", 1)[0] + "/" + name, timeout=10) as r:
+            assert r.status == 200 and r.read() == exported.read_bytes()
+        seen[host] = (src, name, lab)
+    (src_a, name_a, lab_a), (src_b, name_b, lab_b) = seen.values()
+    assert lab_a != lab_b and src_a != src_b
+    folder_a = src_a.split("?", 1)[0].rsplit("/", 1)[0]
+    for other in (f"../{src_b.split('/')[2]}/{name_b}", "state.json", f"../../labs/{lab_a}/state.json"):
+        with pytest.raises(urllib.error.HTTPError) as err:  # through lab A's viewer: lab B's file, A's own state
+            urllib.request.urlopen(f"{app_url}{folder_a}/{other}", timeout=10)
+        assert err.value.code in (400, 404), other
