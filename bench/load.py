@@ -92,9 +92,19 @@ class MemoryWatch:
         self._thread.join(2)
 
 
+T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - T0:7.1f} s] {msg}", flush=True)
+
+
 async def _go(page, title: str, timeout: float = 120_000):
     await page.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True).click()
-    await page.get_by_role("heading", name=title).wait_for(timeout=timeout)
+    if title == "Home":  # the home page's heading is the lab's name
+        await page.get_by_text("Strategy advisor").wait_for(timeout=timeout)
+    else:
+        await page.get_by_role("heading", name=title).wait_for(timeout=timeout)
 
 
 async def _idle(page, timeout: float = 120.0):
@@ -107,7 +117,7 @@ async def _idle(page, timeout: float = 120.0):
 
 
 async def user(browser_, url: str, archive: Path, k: int, epochs: int, size_steps: int, augment: bool,
-               gate: asyncio.Event, ready: list, results: list):
+               gate: asyncio.Event, ready: list, results: list, finish_s: float = 3600):
     ctx = await browser_.new_context(viewport={"width": 1300, "height": 1100})
     ctx.set_default_timeout(180_000)
     page = await ctx.new_page()
@@ -136,17 +146,20 @@ async def user(browser_, url: str, archive: Path, k: int, epochs: int, size_step
             await asyncio.sleep(0.15)
         await _idle(page)
         ready.append(k)
+        log(f"user {k} ready")
         await gate.wait()  # everyone presses Start together
         record["start"] = time.perf_counter()
         await page.get_by_role("button", name="Start training").click()
-        await page.get_by_text("best val acc").first.wait_for(timeout=3_600_000)
+        await page.get_by_text("best val acc").first.wait_for(timeout=finish_s * 1000)
         record["end"] = time.perf_counter()
+        log(f"user {k} done in {record['end'] - record['start']:.1f} s")
         record["seconds"] = record["end"] - record["start"]
         failed = await page.locator('[data-testid="stException"]').count()
         if failed or await page.get_by_text("Training failed").count():
             record["error"] = "an exception or a failed run on the page"
     except Exception as exc:  # noqa: BLE001 - reported in the table
         record["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        log(f"user {k}: {record['error']}")
     finally:
         results.append(record)
         await ctx.close()
@@ -158,13 +171,19 @@ async def prober(browser_, url: str, gate: asyncio.Event, done: asyncio.Event, s
     ctx = await browser_.new_context(viewport={"width": 1300, "height": 1100})
     ctx.set_default_timeout(180_000)
     page = await ctx.new_page()
-    await page.goto(url)
-    await page.get_by_text("Strategy advisor").wait_for(timeout=180_000)
-    await _idle(page)
     titles = ["Freeze & BatchNorm", "Home", "Model", "Home"]
-    for t in titles:
-        await _go(page, t)
+    try:
+        await page.goto(url)
+        await page.get_by_text("Strategy advisor").wait_for(timeout=180_000)
         await _idle(page)
+        for t in titles:
+            await _go(page, t)
+            await _idle(page)
+    except Exception as exc:  # noqa: BLE001 - no switches recorded; the table says so
+        print(f"browsing user: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+        warm.append(False)
+        await ctx.close()
+        return
     warm.append(True)
     await gate.wait()
     i = 0
@@ -178,18 +197,22 @@ async def prober(browser_, url: str, gate: asyncio.Event, done: asyncio.Event, s
     await ctx.close()
 
 
-async def classroom(url: str, archive: Path, n: int, epochs: int, size_steps: int, probe: bool) -> dict:
+async def classroom(url: str, archive: Path, n: int, epochs: int, size_steps: int, probe: bool,
+                    finish_s: float = 3600) -> dict:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
         b = await p.chromium.launch(executable_path=browser.CHROMIUM, headless=True, args=browser.CHROMIUM_ARGS)
         gate, done = asyncio.Event(), asyncio.Event()
         ready, results, switches, warm = [], [], [], []
-        tasks = [asyncio.create_task(user(b, url, archive, k, epochs, size_steps, k % 2 == 1, gate, ready, results))
-                 for k in range(n)]
+        tasks = [asyncio.create_task(user(b, url, archive, k, epochs, size_steps, k % 2 == 1, gate, ready, results,
+                                          finish_s)) for k in range(n)]
         probe_task = asyncio.create_task(prober(b, url, gate, done, switches, warm)) if probe else None
-        while len(ready) + sum(1 for r in results if r.get("error")) < n or (probe and not warm):
+        deadline = time.time() + 600
+        while (len(ready) + sum(1 for r in results if r.get("error")) < n or (probe and not warm)) \
+                and time.time() < deadline:
             await asyncio.sleep(0.2)
+        log(f"{len(ready)} users ready; start")
         gate.set()
         await asyncio.gather(*tasks)
         done.set()
@@ -226,7 +249,7 @@ def serve(home: Path, max_jobs: int | None):
 
 
 def run(users: list[int], epochs: int, per_class: int, size_steps: int, out: Path, probe: bool = True,
-        max_jobs: int | None = None) -> dict:
+        max_jobs: int | None = None, finish_s: float = 3600) -> dict:
     reason = browser.why_unavailable()
     if reason:
         raise SystemExit(reason)
@@ -245,7 +268,7 @@ def run(users: list[int], epochs: int, per_class: int, size_steps: int, out: Pat
         proc, url, log = serve(home, max_jobs)
         watch = MemoryWatch(proc.pid)
         try:
-            row = asyncio.run(classroom(url, archive, n, epochs, size_steps, probe))
+            row = asyncio.run(classroom(url, archive, n, epochs, size_steps, probe, finish_s))
         finally:
             watch.stop()
             proc.send_signal(signal.SIGTERM)

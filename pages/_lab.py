@@ -313,6 +313,7 @@ class ViewModel:
     data_config: object
     classes: list[str]
     real_weights: bool
+    arch: str = ""  # the architecture's name (a run's model may differ from the one picked now)
 
 
 def class_names(name: str, num: int) -> list[str]:
@@ -368,7 +369,7 @@ def trained_view() -> ViewModel | None:
         return None
     model, run, _ = current
     name = run.path.parent.name if run.path.name == "checkpoint" else run.name
-    return ViewModel(f"fine-tuned ({name})", model, run.data_config, run.classes, True)
+    return ViewModel(f"fine-tuned ({name})", model, run.data_config, run.classes, True, run.config.get("model", ""))
 
 
 def view_models(key: str, allow_both: bool = True) -> list[ViewModel]:
@@ -378,9 +379,10 @@ def view_models(key: str, allow_both: bool = True) -> list[ViewModel]:
                     class_names(info.name, info.num_classes), info.pretrained)
     tuned = trained_view()
     options = ["pretrained"] + (["fine-tuned"] + (["side by side"] if allow_both else []) if tuned else [])
-    choice = st.radio("Model", options, index=1 if tuned else 0, horizontal=True, key=f"{key}_models",
+    first = 1 if tuned and tuned.arch == st.session_state[MODEL] else 0  # the latest run of the model in use
+    choice = st.radio("Model", options, index=first, horizontal=True, key=f"{key}_models",
                       help="Train a model on the Train page (or reopen a run) to compare it with the pretrained one. "
-                           "Once a run exists, the fine-tuned model is shown first.")
+                           "Once a run of the current model exists, the fine-tuned model is shown first.")
     chosen = {"pretrained": [pre], "fine-tuned": [tuned], "side by side": [pre, tuned]}[choice]
     for vm in chosen:
         if not vm.real_weights:
