@@ -48,9 +48,11 @@ if result is not None:
                    + verdict)
         st.download_button("Download the file", result.path.read_bytes, file_name=result.path.name,  # read on click
                            mime="application/octet-stream", key="export_download")
-    if result.warnings:
-        st.warning("Warnings from torch while exporting (shown, not hidden):\n" +
-                   "\n".join(f"- {w}" for w in result.warnings))
+    if result.warnings:  # torch's deprecation notes, folded into one box (the file was checked above anyway)
+        n = len(result.warnings)
+        with st.expander(f"{n} warning{'s' if n != 1 else ''} from torch while exporting (shown, not hidden)",
+                         icon=":material/warning:"):
+            st.markdown("\n".join(f"- `{w[:400]}`" for w in result.warnings))
 
 viewer = _netron.current_netron()
 if viewer is not None:
