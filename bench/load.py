@@ -20,6 +20,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -150,7 +151,7 @@ async def user(browser_, url: str, archive: Path, k: int, epochs: int, size_step
         await gate.wait()  # everyone presses Start together
         record["start"] = time.perf_counter()
         await page.get_by_role("button", name="Start training").click()
-        await page.get_by_text("best val acc").first.wait_for(timeout=finish_s * 1000)
+        await page.get_by_text(re.compile(r"best val acc \d")).first.wait_for(timeout=finish_s * 1000)
         record["end"] = time.perf_counter()
         log(f"user {k} done in {record['end'] - record['start']:.1f} s")
         record["seconds"] = record["end"] - record["start"]

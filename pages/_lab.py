@@ -238,6 +238,8 @@ def set_model(name: str, head: str | None = None) -> None:
             ss[HEAD] = head
         ss.pop(PLAN, None)
         ss.pop(WORKING, None)
+        for k in [k for k in ss if str(k).endswith(VIEW_CHOICE)]:  # the look pages pick their default again
+            ss.pop(k, None)
 
 
 # ---- small rendering helpers -------------------------------------------------------------------------
@@ -372,6 +374,9 @@ def trained_view() -> ViewModel | None:
     return ViewModel(f"fine-tuned ({name})", model, run.data_config, run.classes, True, run.config.get("model", ""))
 
 
+VIEW_CHOICE = "_models"  # the look pages' "pretrained / fine-tuned / side by side" radios end in this
+
+
 def view_models(key: str, allow_both: bool = True) -> list[ViewModel]:
     """The pretrained model (its original head), the fine-tuned one, or both side by side."""
     base, info = pretrained()
@@ -380,7 +385,7 @@ def view_models(key: str, allow_both: bool = True) -> list[ViewModel]:
     tuned = trained_view()
     options = ["pretrained"] + (["fine-tuned"] + (["side by side"] if allow_both else []) if tuned else [])
     first = 1 if tuned and tuned.arch == st.session_state[MODEL] else 0  # the latest run of the model in use
-    choice = st.radio("Model", options, index=first, horizontal=True, key=f"{key}_models",
+    choice = st.radio("Model", options, index=first, horizontal=True, key=f"{key}{VIEW_CHOICE}",
                       help="Train a model on the Train page (or reopen a run) to compare it with the pretrained one. "
                            "Once a run of the current model exists, the fine-tuned model is shown first.")
     chosen = {"pretrained": [pre], "fine-tuned": [tuned], "side by side": [pre, tuned]}[choice]

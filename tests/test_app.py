@@ -503,8 +503,8 @@ def test_side_by_side_feature_maps_after_training_at_another_size(synthetic):
     assert not at.exception, at.exception
     assert any("Relative change" in m.label for m in at.metric)
     _pick_model(at, "test_efficientnet")  # another model picked: its pretrained self comes first, not the run
-    at.switch_page("pages/cam.py").run()
-    assert at.radio(key="cam_models").value == "pretrained"
+    at.switch_page("pages/features.py").run()  # (also where the radio was set to "side by side" before)
+    assert at.radio(key="feat_models").value == "pretrained"
 
 
 def test_a_vit_trains_on_the_train_page_at_another_size(synthetic):

@@ -105,7 +105,10 @@ def test_walk_home_to_trained_head(app_url):
         epochs.press("Enter")
         browser.wait_idle(page)
         page.get_by_role("button", name="Start training").click()
-        page.get_by_text("best val acc").wait_for(timeout=240_000)
+        page.get_by_text("caching features:").first.wait_for(timeout=120_000)  # the caching pass, with its progress
+        assert page.get_by_role("button", name="Start training").is_disabled()  # one job per lab
+        _shot(page, "train_caching")
+        page.get_by_text(re.compile(r"best val acc \d")).wait_for(timeout=240_000)  # not the runs table's header
         browser.wait_idle(page)
         assert browser.exceptions(page) == []
         assert page.get_by_text("Confusion matrix").count() or page.locator(".js-plotly-plot").count() >= 3

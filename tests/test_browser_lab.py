@@ -2,6 +2,7 @@
 browser with no link. Skipped, saying why, without Chromium."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -96,7 +97,20 @@ def _start_long_run(page, epochs: int = 150):
     page.get_by_text("64", exact=True).first.wait_for(timeout=10_000)
     assert page.get_by_label("Epochs", exact=True).input_value() == str(epochs)
     page.get_by_role("button", name="Start training").click()
-    page.get_by_text("epoch 2/").first.wait_for(timeout=180_000)
+    # the bar shows each epoch for about a second: wait on the run's own files, then for the bar
+    from vislab import jobs, labs
+
+    runs_dir = labs.Lab(_lab_of(page)).runs_dir
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        found = jobs.list_jobs(runs_dir)
+        if found and found[0].active and len(found[0].metrics()) >= 2:
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError("the long run never reached its second epoch")
+    page.get_by_test_id("stMainBlockContainer").get_by_text(re.compile(rf"epoch \d+/{epochs}")).first.wait_for(
+        timeout=30_000)
 
 
 def _runs_listed(page) -> str:
