@@ -65,13 +65,17 @@ if ds is None or not ds.used.usable:
 else:
     default_size = info.data_config.size
     c = st.columns(6)
-    # while this lab's job runs, the (disabled) boxes show what it runs with, not the defaults
-    epochs = c[0].number_input("Epochs", 1, 200, int(active_spec.get("epochs", 3)), disabled=running)
+    # while this lab's job runs, the (disabled) boxes show what it runs with; after it, they keep those values
+    ss.setdefault("train_epochs", 3)
+    ss.setdefault("train_batch", 32)
+    if running:
+        ss["train_epochs"] = int(active_spec.get("epochs", ss["train_epochs"]))
+        ss["train_batch"] = int(active_spec.get("batch_size", ss["train_batch"]))
+    epochs = c[0].number_input("Epochs", 1, 200, disabled=running, key="train_epochs")
     if "train_lr_next" in ss:  # "use the suggestion" from the LR finder below, applied before the widget exists
         ss["train_lr"] = ss.pop("train_lr_next")
     lr = c[1].number_input("Learning rate", 1e-7, 1.0, 1e-3, format="%.1e", disabled=running, key="train_lr")
-    batch = c[2].select_slider("Batch size", [4, 8, 16, 32, 64, 128], int(active_spec.get("batch_size", 32)),
-                               disabled=running)
+    batch = c[2].select_slider("Batch size", [4, 8, 16, 32, 64, 128], disabled=running, key="train_batch")
     size = c[3].select_slider("Image size", sorted({64, 96, 128, 160, 192, 224, 256, default_size}),
                               default_size, disabled=running)
     found = training.devices_found()

@@ -195,6 +195,7 @@ def test_stop_ends_a_run_mid_epoch_and_keeps_best(synthetic):
     _wait(job, 60)
     at.run()
     assert job.state == "stopped" and 1 <= len(job.metrics()) < 200
+    assert at.number_input(key="train_epochs").value == 200  # the box kept the run's value, not the default
     assert (job.folder / "model.safetensors").is_file()
     assert any("Stopped" in s.value for s in list(at.warning) + list(at.success))
 
