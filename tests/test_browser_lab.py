@@ -156,7 +156,7 @@ def test_a_lab_survives_reload_restart_and_crash_and_stays_private(server, synth
         page.screenshot(path=str(SHOTS.joinpath("train_reloaded.png")), full_page=True)
         page.get_by_test_id("stMainBlockContainer").get_by_role("button", name="Stop").click()
         main = page.get_by_test_id("stMainBlockContainer")  # not the sidebar's run line ("stopped: ...")
-        main.get_by_text("Stopped:").wait_for(timeout=60_000)
+        main.get_by_text(re.compile(r"^Stopped:")).wait_for(timeout=60_000)
         browser.wait_idle(page)
         assert browser.exceptions(page) == []
         first = jobs.list_jobs(labs.Lab(lab_id).runs_dir)[0]
@@ -196,7 +196,7 @@ def test_a_lab_survives_reload_restart_and_crash_and_stays_private(server, synth
         _go(page, "Train")
         assert running.id in _runs_listed(page)
         page.get_by_text(f"{running.id} was interrupted").wait_for(timeout=30_000)
-        page.get_by_test_id("stMainBlockContainer").get_by_text("Interrupted:").wait_for(timeout=30_000)
+        page.get_by_test_id("stMainBlockContainer").get_by_text(re.compile(r"^Interrupted:")).wait_for(timeout=30_000)
         page.screenshot(path=str(SHOTS.joinpath("train_interrupted.png")), full_page=True)
 
         # 4. someone else, with no link: none of it
