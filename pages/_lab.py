@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
-import torch
 
 from pages._state import (AUGMENT, BN, COMPARE_SHOWN, ZIP_FOLDER, DATASET, HEAD, LAST_RUN, MODEL, PENDING_DATASET, PLAN, PLAN_VERSION,  # noqa: F401
                           PLOTLY_CONFIG, REOPENED, STRATEGY, THAW_LAST, WORKING, chart, clean_work_dirs,
                           current_lab, sidebar)
 from pages import _state
-from vislab import catalog, data, experiment, freezing, models, paths, training, weights
+from vislab import catalog, data, experiment, freezing, models, training, weights
 from vislab.freezing import FreezePlan
 
 

@@ -430,7 +430,7 @@ class FileStop:
 class EventWriter:
     """Turns training events into progress.json (throttled) and events.jsonl lines."""
 
-    def __init__(self, job: Job, run: str = ""):
+    def __init__(self, job: Job):
         self.job = job
         self.started = time.time()
         self.last = 0.0
