@@ -65,10 +65,9 @@ def prepare(spec: Spec, num_classes: int, base: nn.Module | None = None, info: m
     if spec.strategy == "scratch":
         model, info = models.create_model(spec.model, num_classes, spec.head, "random")
     elif base is not None and info is not None:
-        from vislab.heads import head_name, swap_head
+        from vislab.heads import attach_head, head_name
 
-        model = training.clone_model(base)
-        swap_head(model, num_classes, spec.head)
+        model = attach_head(training.clone_model(base), num_classes, spec.head)
         info = dataclasses.replace(info, head=head_name(model), head_kind=spec.head, num_classes=num_classes,
                                    notes=list(info.notes))
     else:

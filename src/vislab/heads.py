@@ -95,6 +95,14 @@ def num_outputs(model: nn.Module) -> int:
     return last.out_features if isinstance(last, nn.Linear) else last.out_channels
 
 
+def attach_head(model: nn.Module, num_classes: int, kind: str = "linear") -> nn.Module:
+    """`model` with a fresh `kind` head of `num_classes` outputs: the one place every job, reload and page
+    gets its head. Linear and MLP heads replace the classifier in place (the same object comes back); a head
+    that needs more than the pooled vector may wrap the model, so callers use what this returns."""
+    swap_head(model, num_classes, kind)
+    return model
+
+
 def swap_head(model: nn.Module, num_classes: int, kind: str = "linear") -> str:
     """Replace the classifier in place with a fresh `kind` head of `num_classes` outputs; returns its name."""
     if kind not in HEAD_KINDS:

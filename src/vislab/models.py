@@ -185,7 +185,7 @@ def create_model(
         cfg = dataclasses.replace(cfg, **record["data_config"])  # how that file's weights were trained
     head_kind = "original"
     if num_classes is not None:
-        heads.swap_head(model, num_classes, head)
+        model = heads.attach_head(model, num_classes, head)
         head_kind = head
     info = ModelInfo(name, source, heads.head_name(model), head_kind, heads.num_outputs(model), cfg, status, notes)
     return model, info

@@ -28,7 +28,7 @@ import torch.nn as nn
 from vislab import fileio, freezing
 from vislab.freezing import FreezePlan
 from vislab.models import DataConfig, build_architecture, fit_input_size
-from vislab.heads import swap_head
+from vislab.heads import attach_head
 
 FILES = ("config.json", "metrics.json", "classes.json", "model.safetensors")
 
@@ -170,7 +170,7 @@ def rebuild(config: dict, classes: list[str]) -> nn.Module:
     size = (config.get("data_config") or {}).get("input_size")
     if size:  # a ViT trained at another size has resampled position embeddings
         fit_input_size(model, config["model"], int(size[-1]), check=False)
-    swap_head(model, len(classes), config["head_kind"])
+    model = attach_head(model, len(classes), config["head_kind"])
     plans = config.get("plans") or []
     if plans:
         freezing.apply(model, FreezePlan.from_dict(plans[-1]), strict=False)
