@@ -7,9 +7,12 @@ Each user is a real headless Chromium context on one `streamlit run app.py`: it 
 uploads a zip of class folders on the Data page, keeps head-only MobileNetV2, sets the epochs and starts
 training; every second user also turns on h-flip with no cached views, so their job runs the full loop. All
 press Start within a second of each other. Measured per N: each user's seconds from Start to the finished
-run on screen, the wall time from the first Start to the last result, page switches of an extra user while
-the jobs run, and the peak memory of the server process and of its workers. Targets (issue 12): slowest
-user <= 1.2 x N x the one-user time, wall <= 1.1 x N x the one-user time, page switch < 2 s, no errors.
+run on screen, the wall time from the first Start to the last result, each job's worker seconds, page
+switches of an extra user while the jobs run, and the peak memory of the server process and of its workers.
+The baseline is the same users one at a time: each kind of user (cached head-only; full loop) is first
+measured alone, and a class's serial time is the sum of its users' solo times. Targets (issue 12): slowest
+user <= 1.2 x serial, wall <= 1.1 x serial, page switch < 2 s, no errors. The browsers run on the server's own
+cores here (in a workshop they run on the participants' laptops), so every figure includes their rendering.
 Writes bench/load.json and bench/load.md (or --out).
 """
 
@@ -198,16 +201,24 @@ async def prober(browser_, url: str, gate: asyncio.Event, done: asyncio.Event, s
     await ctx.close()
 
 
+def augments(n: int, solo: str | None = None) -> list[bool]:
+    """Which of `n` users turn on h-flip (and so train the full loop): every second one; a solo run of one
+    kind ("cached" or "full") measures that kind alone."""
+    if solo is not None:
+        return [solo == "full"]
+    return [k % 2 == 1 for k in range(n)]
+
+
 async def classroom(url: str, archive: Path, n: int, epochs: int, size_steps: int, probe: bool,
-                    finish_s: float = 3600) -> dict:
+                    finish_s: float = 3600, solo: str | None = None) -> dict:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
         b = await p.chromium.launch(executable_path=browser.CHROMIUM, headless=True, args=browser.CHROMIUM_ARGS)
         gate, done = asyncio.Event(), asyncio.Event()
         ready, results, switches, warm = [], [], [], []
-        tasks = [asyncio.create_task(user(b, url, archive, k, epochs, size_steps, k % 2 == 1, gate, ready, results,
-                                          finish_s)) for k in range(n)]
+        tasks = [asyncio.create_task(user(b, url, archive, k, epochs, size_steps, aug, gate, ready, results,
+                                          finish_s)) for k, aug in enumerate(augments(n, solo))]
         probe_task = asyncio.create_task(prober(b, url, gate, done, switches, warm)) if probe else None
         deadline = time.time() + 600
         while (len(ready) + sum(1 for r in results if r.get("error")) < n or (probe and not warm)) \
@@ -222,7 +233,7 @@ async def classroom(url: str, archive: Path, n: int, epochs: int, size_steps: in
         await b.close()
     ok = [r for r in results if not r["error"]]
     wall = (max(r["end"] for r in ok) - min(r["start"] for r in ok)) if ok else None
-    return {"users": n, "results": sorted(results, key=lambda r: r["user"]), "wall_s": wall,
+    return {"users": n, "solo": solo, "results": sorted(results, key=lambda r: r["user"]), "wall_s": wall,
             "slowest_s": max((r["seconds"] for r in ok), default=None), "errors": [r for r in results if r["error"]],
             "page_switch_s": switches}
 
@@ -249,53 +260,85 @@ def serve(home: Path, max_jobs: int | None):
     raise RuntimeError("streamlit did not start")
 
 
+def worker_seconds(home: Path) -> list[float]:
+    """Seconds each job's worker ran (status.json: started -> finished), from the lab home's job folders."""
+    out = []
+    for f in home.glob("labs/*/runs/**/status.json"):
+        try:
+            st = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if st.get("started") and st.get("finished"):
+            out.append(st["finished"] - st["started"])
+    return sorted(out)
+
+
+def _one_row(work: Path, tag: str, n: int, archive: Path, epochs: int, size_steps: int, probe: bool,
+             max_jobs: int | None, finish_s: float, solo: str | None) -> dict:
+    home = work / f"home-{tag}"
+    (home / "weights").mkdir(parents=True)
+    seeded = ROOT / ".vislab"
+    if (seeded / "hub").exists():
+        (home / "hub").symlink_to(seeded / "hub")
+    for f in (seeded / "weights").glob("*"):
+        (home / "weights" / f.name).symlink_to(f)
+    proc, url, log_ = serve(home, max_jobs)
+    watch = MemoryWatch(proc.pid)
+    try:
+        row = asyncio.run(classroom(url, archive, n, epochs, size_steps, probe, finish_s, solo))
+    finally:
+        watch.stop()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    row.update(server_peak_mib=watch.server_peak / 2**20, workers_peak_mib=watch.workers_peak / 2**20,
+               server_exit=proc.returncode, worker_s=worker_seconds(home))
+    print(f"N={n}{' ' + solo if solo else ''}: slowest {row['slowest_s']}, wall {row['wall_s']}, "
+          f"errors {len(row['errors'])}, workers {[round(w, 1) for w in row['worker_s']]}, "
+          f"page switch max {max(row['page_switch_s'], default=0):.2f} s", flush=True)
+    return row
+
+
 def run(users: list[int], epochs: int, per_class: int, size_steps: int, out: Path, probe: bool = True,
-        max_jobs: int | None = None, finish_s: float = 3600) -> dict:
+        max_jobs: int | None = None, finish_s: float = 3600, baseline: bool = True) -> dict:
+    """One row per class size (`baseline` False: no solo rows, no ratios: the test suite's quick run).
+
+    The baseline of a class is what its users take one at a time: each kind of
+    user (head-only from cached features, or the full loop with h-flip) is measured alone first, and
+    N x one is the sum of the solo times of that class's N users (half of them run the slower full loop)."""
     reason = browser.why_unavailable()
     if reason:
         raise SystemExit(reason)
     work = Path(tempfile.mkdtemp(prefix="vislab-load-"))
     archive = work / "textiles.zip"
     archive.write_bytes(make_zip(per_class, 256))
-    rows = []
-    for n in users:
-        home = work / f"home-{n}"
-        (home / "weights").mkdir(parents=True)
-        seeded = ROOT / ".vislab"
-        if (seeded / "hub").exists():
-            (home / "hub").symlink_to(seeded / "hub")
-        for f in (seeded / "weights").glob("*"):
-            (home / "weights" / f.name).symlink_to(f)
-        proc, url, log = serve(home, max_jobs)
-        watch = MemoryWatch(proc.pid)
-        try:
-            row = asyncio.run(classroom(url, archive, n, epochs, size_steps, probe, finish_s))
-        finally:
-            watch.stop()
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            row_exit = proc.returncode
-        row.update(server_peak_mib=watch.server_peak / 2**20, workers_peak_mib=watch.workers_peak / 2**20,
-                   server_exit=row_exit)
-        rows.append(row)
-        print(f"N={n}: slowest {row['slowest_s']}, wall {row['wall_s']}, errors {len(row['errors'])}, "
-              f"page switch max {max(row['page_switch_s'], default=0):.2f} s", flush=True)
-    one = next((r for r in rows if r["users"] == 1 and r["slowest_s"]), None)
+    kinds = (["cached"] + (["full"] if any(n > 1 for n in users) else [])) if baseline else []
+    solo = {k: _one_row(work, f"solo-{k}", 1, archive, epochs, size_steps, probe, max_jobs, finish_s, k)
+            for k in kinds}
+    rows = list(solo.values()) + [_one_row(work, str(n), n, archive, epochs, size_steps, probe, max_jobs,
+                                           finish_s, None) for n in users if n > 1 or not baseline]
+    for r in rows:
+        base = [solo["full" if a else "cached"]["slowest_s"] if solo else None
+                for a in augments(r["users"], r.get("solo"))]
+        r["serial_s"] = sum(base) if all(base) else None  # the same users one at a time
     summary = {"date": time.strftime("%Y-%m-%d %H:%M"), "cores": os.cpu_count(), "epochs": epochs,
                "images": per_class * 3, "max_jobs": max_jobs or 1, "rows": rows}
-    lines = ["| users | slowest user (s) | wall (s) | slowest / (N x one) | wall / (N x one) | page switch "
-             "median / max (s) | server peak MiB | workers peak MiB | errors |", "|" + "---|" * 9]
+    lines = ["| users | slowest user (s) | wall (s) | same users one at a time (s) | slowest / serial | "
+             "wall / serial | worker s per job (median) | page switch median / max (s) | server peak MiB | "
+             "workers peak MiB | errors |", "|" + "---|" * 11]
     for r in rows:
-        base = one["slowest_s"] if one else None
-        sl = f"{r['slowest_s'] / (r['users'] * base):.2f}" if base and r["slowest_s"] else "-"
-        wl = f"{r['wall_s'] / (r['users'] * base):.2f}" if base and r["wall_s"] else "-"
+        serial = r["serial_s"]
+        sl = f"{r['slowest_s'] / serial:.2f}" if serial and r["slowest_s"] else "-"
+        wl = f"{r['wall_s'] / serial:.2f}" if serial and r["wall_s"] else "-"
         sw = r["page_switch_s"]
         sws = f"{statistics.median(sw):.2f} / {max(sw):.2f}" if sw else "-"
-        lines.append(f"| {r['users']} | {r['slowest_s'] or 0:.1f} | {r['wall_s'] or 0:.1f} | {sl} | {wl} | {sws} | "
-                     f"{r['server_peak_mib']:.0f} | {r['workers_peak_mib']:.0f} | {len(r['errors'])} |")
+        ws = f"{statistics.median(r['worker_s']):.1f}" if r["worker_s"] else "-"
+        who = f"1 ({r['solo']})" if r.get("solo") else str(r["users"])
+        lines.append(f"| {who} | {r['slowest_s'] or 0:.1f} | {r['wall_s'] or 0:.1f} | {serial or 0:.1f} | {sl} | "
+                     f"{wl} | {ws} | {sws} | {r['server_peak_mib']:.0f} | {r['workers_peak_mib']:.0f} | "
+                     f"{len(r['errors'])} |")
     out.mkdir(parents=True, exist_ok=True)
     (out / "load.json").write_text(json.dumps(summary, indent=2))
     (out / "load.md").write_text("\n".join(lines) + "\n")

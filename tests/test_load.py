@@ -19,7 +19,8 @@ def test_three_users_training_at_once_all_finish(tmp_path):
         pytest.skip(reason)
     import load
 
-    summary = load.run([3], epochs=2, per_class=8, size_steps=5, out=tmp_path, probe=True, finish_s=420)
+    summary = load.run([3], epochs=2, per_class=8, size_steps=5, out=tmp_path, probe=True, finish_s=420,
+                        baseline=False)
     row = summary["rows"][0]
     assert row["errors"] == [], row["errors"]
     assert len(row["results"]) == 3 and all(r.get("seconds") for r in row["results"])
@@ -27,4 +28,5 @@ def test_three_users_training_at_once_all_finish(tmp_path):
     assert starts[-1] - starts[0] < 30  # they really pressed Start together
     assert row["page_switch_s"], "the browsing user could not switch pages while the class trained"
     assert row["server_exit"] in (0, -15), f"the server did not stop cleanly ({row['server_exit']})"
+    assert len(row["worker_s"]) == 3, row["worker_s"]  # every job's worker ran start to finish
     assert (tmp_path / "load.md").read_text().count("\n") == 3
