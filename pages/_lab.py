@@ -19,7 +19,7 @@ from pages._state import (AUGMENT, BN, COMPARE_SHOWN, ZIP_FOLDER, DATASET, HEAD,
                           PLOTLY_CONFIG, REOPENED, STRATEGY, THAW_LAST, WORKING, chart, clean_work_dirs,
                           current_lab, sidebar)
 from pages import _state
-from vislab import catalog, data, experiment, freezing, models, training, weights
+from vislab import catalog, data, experiment, freezing, models, stages, training, weights
 from vislab.freezing import FreezePlan
 
 
@@ -207,7 +207,7 @@ def working():
         except (KeyError, TypeError, ValueError):
             plan = None
         ss[PLAN] = plan
-    names = {s.name for s in freezing.stages(model)}
+    names = {s.name for s in stages.stages(model)}
     if plan is None or set(plan.trainable) != names:  # no plan yet, or one for another model
         strategy = ss[STRATEGY] if ss[STRATEGY] in freezing.STRATEGIES else "head"
         bn = None if strategy == "scratch" else ss[BN]

@@ -121,12 +121,12 @@ def test_home_preset_changes_freeze_page():
 
 
 def test_toggling_a_stage_changes_trainable_count():
-    from vislab import freezing, models
+    from vislab import models, stages
 
     at = _app()
     at.switch_page("pages/freeze.py").run()
     model = models.build_architecture(at.session_state["model_name"])  # the default model, whichever it is
-    stage = [s for s in freezing.stages(model) if s.name != freezing.HEAD][-1]  # the last stage before the head
+    stage = [s for s in stages.stages(model) if s.name != stages.HEAD][-1]  # the last stage before the head
     parts = [m for root in stage.modules for m in model.get_submodule(root).modules()]
     bn = [m for m in parts if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     bn_params = sum(p.numel() for m in bn for p in m.parameters())

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vislab import data, freezing, models, training
+from vislab import data, freezing, models, stages, training
 from vislab.training import Phase, TrainConfig
 from vislab.transforms import eval_transform
 
@@ -27,7 +27,7 @@ def _train(model, info, plan, synthetic, epochs=1):
 
 
 def _bn_names(model, stage_names):
-    owner = freezing._stage_of_modules(model)
+    owner = stages.stage_of_modules(model)
     return [n for n, m in model.named_modules()
             if isinstance(m, torch.nn.BatchNorm2d) and owner.get(n) in stage_names]
 
@@ -41,9 +41,9 @@ def test_frozen_tensors_bit_identical_and_thawed_ones_move(name, synthetic):
     before = _snapshot(model)
     _train(model, info, plan, synthetic)
     after = model.state_dict()
-    owner = freezing._stage_of_modules(model)
+    owner = stages.stage_of_modules(model)
     frozen_keys, moved_keys = [], []
-    for stage in freezing.stages(model):
+    for stage in stages.stages(model):
         keys = [k for k in before if any(k.startswith(m + ".") for m in stage.modules) or k in stage.params]
         (moved_keys if stage.name in thawed else frozen_keys).extend(keys)
     assert frozen_keys and moved_keys
@@ -51,7 +51,7 @@ def test_frozen_tensors_bit_identical_and_thawed_ones_move(name, synthetic):
         assert torch.equal(before[k], after[k]), f"frozen tensor {k} changed"
     weights_moved = [k for k in moved_keys if k.endswith("weight") and not torch.equal(before[k], after[k])]
     assert weights_moved, "no thawed weight moved"
-    in_params = {p for stage in freezing.stages(model) for p in stage.params}
+    in_params = {p for stage in stages.stages(model) for p in stage.params}
     orphans = [n for n, _ in model.named_parameters() if n not in in_params and n.rpartition(".")[0] not in owner]
     assert not orphans, f"parameters in no stage (so never checked above): {orphans[:3]}"
 
@@ -119,9 +119,9 @@ def test_single_module_override():
 
 def test_presets():
     model, _ = models.create_model("test_convnext", 3, weights_choice="random")
-    body = [s.name for s in freezing.stages(model) if s.name != freezing.HEAD]
+    body = [s.name for s in stages.stages(model) if s.name != stages.HEAD]
     (partial,) = freezing.preset(model, "partial", thaw_last=2)
-    assert [s for s, on in partial.trainable.items() if on] == body[-2:] + [freezing.HEAD]
+    assert [s for s, on in partial.trainable.items() if on] == body[-2:] + [stages.HEAD]
     two = freezing.preset(model, "two-phase")
     assert len(two) == 2 and all(two[1].trainable.values()) and sum(two[0].trainable.values()) == 1
     phases = training.phases_for("two-phase", two, 6, 1e-3, 0.2)
@@ -134,14 +134,14 @@ def test_stage_names_are_real_modules():
     for name in ["vgg16_bn", "alexnet", "mobilenet_v2", "test_vit"]:
         with torch.device("meta"):
             model = models.build_architecture(name)
-        for stage in freezing.stages(model):
+        for stage in stages.stages(model):
             for m in stage.modules:
                 model.get_submodule(m)
             for p in stage.params:
                 model.get_parameter(p)
     with torch.device("meta"):
         vgg = models.build_architecture("vgg16_bn")
-    assert [s.name for s in freezing.stages(vgg)][:2] == ["features.0-6", "features.7-13"]
+    assert [s.name for s in stages.stages(vgg)][:2] == ["features.0-6", "features.7-13"]
 
 
 def test_frozen_stages_drop_nothing_trained_ones_still_do():

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from vislab import data, freezing, lr_finder, models, training
+from vislab import data, freezing, lr_finder, models, stages, training
 from vislab.transforms import eval_transform
 
 
@@ -17,7 +17,7 @@ def test_layer_decay_gives_geometric_rates_from_the_head():
     assert by_param[id(model.fc.weight)] == pytest.approx(1e-2)
     assert by_param[id(model.layer4[0].conv1.weight)] == pytest.approx(5e-3)
     assert by_param[id(model.layer3[0].conv1.weight)] == pytest.approx(2.5e-3)
-    n = len(freezing.stages(model))
+    n = len(stages.stages(model))
     assert by_param[id(model.conv1[0].weight)] == pytest.approx(1e-2 * 0.5 ** (n - 1))
     assert len(by_param) == sum(1 for _ in model.parameters())  # every trainable tensor, once
     flat = training.make_optimizer(model, 1e-2, 1e-4)

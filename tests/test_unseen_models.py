@@ -7,7 +7,7 @@ import torch.nn as nn
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from vislab import attention, cam, caching, data, experiment, features, freezing, heads, models, runs, views
+from vislab import attention, cam, caching, data, experiment, features, freezing, heads, models, runs, stages, views
 from vislab.training import TrainConfig
 
 
@@ -31,7 +31,7 @@ def test_distilled_models_train_and_replace_both_heads():
     assert all(isinstance(model.get_submodule(h), nn.Sequential) for h in ("head", "head_dist"))
     freezing.apply(model, freezing.preset(model, "head")[0])
     assert {n.split(".")[0] for n in _trainable(model)} == {"head", "head_dist"}
-    assert freezing.stages(model)[-1].modules == ["head", "head_dist"]
+    assert stages.stages(model)[-1].modules == ["head", "head_dist"]
 
 
 def test_a_model_built_without_a_classifier_gets_one():
@@ -56,9 +56,9 @@ def test_norm_only_stages_join_their_neighbour():
     with torch.device("meta"):
         eff = models.build_architecture("efficientnet_b0")
         rn = models.build_architecture("resnet18")
-    assert [s.name for s in freezing.stages(eff)][-2:] == ["conv_head+bn2", "head"]
-    assert freezing.stages(eff)[0].name == "conv_stem+bn1"
-    assert freezing.stages(rn)[0].modules == ["conv1", "bn1"]
+    assert [s.name for s in stages.stages(eff)][-2:] == ["conv_head+bn2", "head"]
+    assert stages.stages(eff)[0].name == "conv_stem+bn1"
+    assert stages.stages(rn)[0].modules == ["conv1", "bn1"]
 
 
 def test_googlenet_trains_without_auxiliary_outputs(tmp_path):
@@ -130,7 +130,7 @@ def test_squeezenet_keeps_a_convolutional_classifier():
 def test_resmlp_affine_norm_is_not_a_stage_of_its_own():
     with torch.device("meta"):
         model = models.build_architecture("resmlp_12_224")
-    assert freezing.stages(model)[-2].name == "blocks.11+norm"
+    assert stages.stages(model)[-2].name == "blocks.11+norm"
 
 
 def test_export_of_a_vit_at_another_size(tmp_path, capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from vislab import freezing
+from vislab import freezing, stages
 from vislab.modes import training_mode
 
 
@@ -38,7 +38,7 @@ def module_rows(model: nn.Module, shapes: dict[str, tuple], depth: int | None = 
     """One row per module that holds parameters directly (or up to `depth` dots), in definition order.
 
     `shapes` comes from `output_shapes` (computed once per model and input size)."""
-    owner = freezing._stage_of_modules(model)
+    owner = stages.stage_of_modules(model)
     rows = []
     for name, module in model.named_modules():
         if not name:
@@ -57,7 +57,7 @@ def module_rows(model: nn.Module, shapes: dict[str, tuple], depth: int | None = 
             "output": " x ".join(map(str, shapes.get(name, ()))) or "-",
             "params": n, "trainable": trainable,
             "state": "trainable" if trainable == n else "frozen" if trainable == 0 else "partly",
-            "bn_mode": freezing.bn_mode(module) if freezing._is_batchnorm(module) else "",
+            "bn_mode": freezing.bn_mode(module) if freezing.is_batchnorm(module) else "",
         })
     return rows
 

@@ -65,7 +65,7 @@ class Row:
 
 def _bn_stats(model) -> dict[str, torch.Tensor]:
     return {n: m.running_mean.detach().clone() for n, m in model.named_modules()
-            if freezing._is_batchnorm(m) and m.running_mean is not None}
+            if freezing.is_batchnorm(m) and m.running_mean is not None}
 
 
 def run(model_name: str, report: data.DataReport, configs: list[Config], epochs: int, out: str | Path | None,

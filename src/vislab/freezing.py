@@ -1,8 +1,7 @@
-"""Layer groups (stages), freezing and thawing, BatchNorm modes, and the course's strategy presets.
+"""Freeze plans: which stages train, BatchNorm modes, the course's strategy presets, and applying them.
 
-A stage is a list of real module names (`layer4`, `features.18`, `blocks.3`, `features.0-6` for the
-convolutions up to VGG's first pooling layer). A FreezePlan says, per stage, whether its parameters train
-and how its BatchNorm layers behave:
+A FreezePlan says, per stage (`vislab.stages`: real module names such as `layer4` or `blocks.3`), whether
+its parameters train and how its BatchNorm layers behave:
 
   train   running stats update on every training batch, affine (gamma, beta) trains with the stage
   eval    running stats frozen (the layer normalises with them even in model.train()), affine may train
@@ -23,131 +22,16 @@ from dataclasses import asdict, dataclass, field
 
 import torch.nn as nn
 
-from vislab.heads import head_names
+from vislab.stages import HEAD, stage_of_modules, stages
 
 BN_MODES = ("train", "eval", "frozen")
 STRATEGIES = ("head", "partial", "full", "two-phase", "scratch")
-HEAD = "head"  # the stage name of the new classifier, whatever its module is called
 
-_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-
-
-@dataclass
-class Stage:
-    name: str  # what the UI and CLI show
-    modules: list[str]  # real dotted module names ("" for parameters that sit on the root module)
-    params: list[str] = field(default_factory=list)  # root-level parameter names (ViT cls_token, pos_embed)
-
-
-def _has_params(module: nn.Module) -> bool:
-    return any(True for _ in module.parameters())
-
-
-def _is_batchnorm(module: nn.Module) -> bool:
+def is_batchnorm(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
-_STAGE_CONTAINERS = {"features", "blocks", "stages", "layers"}  # timm's and torchvision's names
-
-
-def _n_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def _expandable(name: str, module: nn.Module, share: float, by_name: bool) -> bool:
-    """Containers whose children are the natural stages: `features.3`, `blocks.5`, `stages.2` by name, and
-    any container holding most (> 80%) of the network (torchvision's ViT `encoder`, RegNet's `trunk_output`),
-    so that "the last stage" is never nearly the whole model."""
-    if sum(_has_params(c) for c in module.children()) < 2:
-        return False
-    if by_name and name in _STAGE_CONTAINERS and isinstance(module, (nn.Sequential, nn.ModuleList)):
-        return True
-    return share > 0.8
-
-
-def _flat(module: nn.Module) -> bool:
-    """A VGG-style run of single layers (no child is itself a block of layers)."""
-    return not any(sum(1 for _ in c.children()) for c in module.children())
-
-
-def _norm_only(model: nn.Module, stage: Stage) -> bool:
-    """A stage whose parameters all sit in normalisation layers (a final LayerNorm, a stem's BatchNorm, ResMLP's
-    Affine)."""
-    if stage.params or not stage.modules:
-        return False
-    owners = [m for root in stage.modules for m in model.get_submodule(root).modules()
-              if any(True for _ in m.parameters(recurse=False))]
-    return bool(owners) and all(any(k in type(m).__name__ for k in ("Norm", "Affine")) for m in owners)
-
-
-def _merge_norms(model: nn.Module, body: list[Stage]) -> list[Stage]:
-    """A norm-only stage joins the stage before it (the stem's conv, the last block): thawing the last stage
-    must thaw a real block, not 1.5k parameters of LayerNorm."""
-    out: list[Stage] = []
-    pending: Stage | None = None  # a norm-only stage before any real one: joins the next
-    for stage in body:
-        if _norm_only(model, stage):
-            if out and out[-1].modules:
-                prev = out[-1]
-                out[-1] = Stage(f"{prev.name}+{stage.name}", prev.modules + stage.modules, prev.params)
-            else:
-                pending = stage if pending is None else Stage(f"{pending.name}+{stage.name}",
-                                                              pending.modules + stage.modules)
-            continue
-        if pending is not None and stage.modules:
-            stage = Stage(f"{pending.name}+{stage.name}", pending.modules + stage.modules, stage.params)
-            pending = None
-        out.append(stage)
-    if pending is not None:
-        out.append(pending)
-    return out
-
-
-def _group_by_pooling(prefix: str, module: nn.Module) -> list[Stage]:
-    """VGG / AlexNet `features`: flat conv, bn, relu layers, cut after each pooling layer."""
-    stages, current = [], []
-    children = list(module.named_children())
-    for name, child in children:
-        current.append(name)
-        if isinstance(child, _POOLS) or name == children[-1][0]:
-            mods = [f"{prefix}{n}" for n in current if _has_params(module.get_submodule(n))]
-            if mods:
-                label = f"{prefix}{current[0]}-{current[-1]}" if len(current) > 1 else f"{prefix}{current[0]}"
-                stages.append(Stage(label, mods))
-            current = []
-    return stages
-
-
-def stages(model: nn.Module) -> list[Stage]:
-    """The model's stages in definition order, the new head last (named `head`)."""
-    heads = head_names(model)
-    total = max(1, _n_params(model) - sum(_n_params(model.get_submodule(h)) for h in heads))
-    out: list[Stage] = []
-    root_params = [n for n, _ in model.named_parameters(recurse=False)]
-    if root_params:
-        out.append(Stage("+".join(root_params), [], root_params))
-
-    def visit(prefix: str, module: nn.Module, by_name: bool, depth: int) -> None:
-        for name, child in module.named_children():
-            full = prefix + name
-            if full in heads or not _has_params(child):
-                continue
-            share = _n_params(child) / total
-            if any(h.startswith(full + ".") for h in heads):  # the container that holds the head: its other parts
-                visit(full + ".", child, by_name, depth)
-            elif depth < 3 and _expandable(name, child, share, by_name):
-                own = [f"{full}.{n}" for n, _ in child.named_parameters(recurse=False)]
-                if own:  # a container's own tensors (torchvision ViT's encoder.pos_embedding)
-                    out.append(Stage("+".join(own), [], own))
-                if _flat(child) and any(isinstance(c, _POOLS) for c in child.children()):  # VGG `features`
-                    out.extend(_group_by_pooling(full + ".", child))
-                else:  # one stage per child: `blocks.3`, not deeper, unless a child is most of the network
-                    visit(full + ".", child, share > 0.8 and name not in _STAGE_CONTAINERS, depth + 1)
-            else:
-                out.append(Stage(full, [full]))
-
-    visit("", model, True, 0)
-    return _merge_norms(model, out) + [Stage(HEAD, list(heads))]
+_is_batchnorm = is_batchnorm  # used by caching.py until it calls freezing.is_batchnorm
 
 
 @dataclass
@@ -228,16 +112,6 @@ def _bn_mode_hook(module: nn.Module, args) -> None:
         module.training = False  # normalise with the running stats and leave them alone
 
 
-def _stage_of_modules(model: nn.Module) -> dict[str, str]:
-    """Every module name -> the stage that holds it."""
-    owner = {}
-    for stage in stages(model):
-        for root in stage.modules:
-            for sub, _ in model.get_submodule(root).named_modules():
-                owner[f"{root}.{sub}" if sub else root] = stage.name
-    return owner
-
-
 def apply(model: nn.Module, plan: FreezePlan, strict: bool = True) -> None:
     """Set requires_grad and BatchNorm modes in place. Idempotent; a new plan replaces the old one.
     `strict=False` skips stage names this version does not know (a run saved by an older vislab)."""
@@ -252,7 +126,7 @@ def apply(model: nn.Module, plan: FreezePlan, strict: bool = True) -> None:
             model.get_parameter(p).requires_grad_(on)
     for name, on in plan.modules.items():
         model.get_submodule(name).requires_grad_(on)
-    owner = _stage_of_modules(model)
+    owner = stage_of_modules(model)
     trainable = {stage.name: plan.trainable.get(stage.name, False) for stage in stages(model)}
     for name, module in model.named_modules():
         if is_stochastic(module):  # off in frozen stages, as Keras' base_model(x, training=False)
@@ -260,7 +134,7 @@ def apply(model: nn.Module, plan: FreezePlan, strict: bool = True) -> None:
                 module.register_forward_pre_hook(_still_hook)
             module._vislab_still = name in owner and not _trains_here(name, trainable[owner[name]], plan.modules)
             continue
-        if not _is_batchnorm(module):
+        if not is_batchnorm(module):
             continue
         mode = plan.bn.get(owner.get(name, ""), "train")
         if not hasattr(module, "_vislab_bn_mode"):
@@ -292,7 +166,7 @@ def report(model: nn.Module) -> FreezeReport:
     trainable = [(n, p.numel()) for n, p in model.named_parameters() if p.requires_grad]
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     moving = [f"{n}.running_mean, {n}.running_var" for n, m in model.named_modules()
-              if _is_batchnorm(m) and m.track_running_stats and bn_mode(m) == "train"]
+              if is_batchnorm(m) and m.track_running_stats and bn_mode(m) == "train"]
     stilled = [n for n, m in model.named_modules() if getattr(m, "_vislab_still", False)]
     return FreezeReport(sum(c for _, c in trainable), frozen, [n for n, _ in trainable], moving, stilled)
 
@@ -305,7 +179,7 @@ def stage_summary(model: nn.Module) -> list[dict]:
         bns = []
         for root in stage.modules:
             params += list(model.get_submodule(root).parameters())
-            bns += [m for m in model.get_submodule(root).modules() if _is_batchnorm(m)]
+            bns += [m for m in model.get_submodule(root).modules() if is_batchnorm(m)]
         rows.append({
             "stage": stage.name,
             "modules": stage.modules or stage.params,
