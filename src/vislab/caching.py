@@ -22,13 +22,14 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from vislab import freezing
+from vislab import engines, freezing
 from vislab.data import ViewSampler
 from vislab.heads import set_module
 from vislab.modes import training_mode
 
 MEMORY_LIMIT_BYTES = 1 << 30  # features up to 1 GiB stay in memory; larger ones spill to a file on disk
 DISK_LIMIT_BYTES = 32 << 30  # beyond this, caching is not worth it: the full loop
+PROBE_IMAGES = 16  # images the prefix engines are checked and timed on (engines.choose)
 
 
 @dataclass
@@ -154,10 +155,15 @@ class Cache:
     nbytes: int
     spill: tempfile.TemporaryDirectory | None = None  # the on-disk copy when too large for memory (removed with us)
     shared: bool = False  # reused from an earlier run with the same frozen prefix
+    engine: str = "torch"  # what ran the prefix and why (engines.Engine.describe)
+    decode_seconds: float = 0.0  # JPEG decode + resize of every image, summed over the loader's workers
+    prefix_seconds: float = 0.0  # the prefix itself, in the main process (overlapped with decoding)
 
     def describe(self) -> str:
         where = "on disk" if self.spill else "in memory"
-        how = "shared with an earlier run" if self.shared else f"run once, {self.seconds:.1f} s"
+        how = "shared with an earlier run" if self.shared else (
+            f"run once by {self.engine}, {self.seconds:.1f} s (decoding {self.decode_seconds:.1f} s overlapped "
+            f"with the prefix's {self.prefix_seconds:.1f} s)")
         return (f"features cached: prefix ({len(self.prefix.stubs)} modules up to '{self.prefix.stubs[-1]}') "
                 f"{how}, {self.nbytes / 2**20:.0f} MiB {where}; training runs from '{self.prefix.boundary}'")
 
@@ -174,12 +180,17 @@ def _fingerprint(model: nn.Module, prefix: Prefix) -> tuple:
 
 def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, device: torch.device,
           seed: int, stop=None, pool: dict | None = None,
-          on_progress: Callable[[int, int], None] | None = None) -> tuple[Cache | None, str]:
+          on_progress: Callable[[int, int], None] | None = None, engine: str = "auto",
+          name: str = "") -> tuple[Cache | None, str]:
     """Cache the prefix outputs of both splits, or (None, why not) when it does not apply.
 
     `pool` (a dict kept by the caller) shares features between runs with the same frozen prefix and data.
-    `on_progress(done, total)` is called after each batch with the images run through the prefix so far."""
+    `on_progress(done, total)` is called after each batch with the images run through the prefix so far.
+    `engine` (auto | torch | onnxruntime) runs the prefix (engines.choose; `name`, the model's, keys its
+    exports on disk); images are decoded in worker processes while the prefix runs."""
     start = time.perf_counter()
+    if engine not in engines.ENGINES:
+        raise engines.EngineError(f"unknown engine '{engine}': use {', '.join(engines.ENGINES)}")
     probe = val_loader.dataset
     first_x = torch.stack([probe[i][0] for i in range(min(4, len(probe)))]).to(device)  # not a whole batch
     prefix = find_prefix(model, first_x)
@@ -191,7 +202,6 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
     if pool is not None and key in pool:
         feats, nbytes, spill = pool[key]
         return _cache(prefix, feats, train_loader, val_loader, seed, 0.0, nbytes, spill, shared=True), ""
-    feats = {}
     fmt = memory_format_of(model)
     with training_mode(model, False):
         sample = prefix_outputs(model, prefix, first_x[:1])  # (1, ...) one image's features
@@ -200,28 +210,45 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
         nbytes = n_images * sample.numel() * sample.element_size()
         if nbytes > DISK_LIMIT_BYTES:
             return None, f"cached features would take {nbytes / 2**30:.0f} GiB"
+        more = [probe[i][0] for i in range(len(first_x), min(PROBE_IMAGES, len(probe)))]
+        probe_x = torch.cat([first_x, torch.stack(more).to(device)]) if more else first_x  # (B, 3, H, W)
+        if fmt is torch.channels_last and probe_x.ndim == 4:
+            probe_x = probe_x.contiguous(memory_format=fmt)
+        runner = engines.choose(model, prefix.stubs, probe_x, engine, n_images, name)
+        decode_s = prefix_s = 0.0
         spill = tempfile.TemporaryDirectory(prefix="vislab-cache-", dir=_spill_dir()) \
             if nbytes > MEMORY_LIMIT_BYTES else None
-        for split, loader in (("train", train_loader), ("val", val_loader)):
-            store = _store(len(loader.dataset), sample, spill, split, device)
-            ys, at = [], 0
-            for x, y in _in_order(loader):
-                if stop is not None and stop.is_set():
-                    return None, "stopped"
-                x = x.to(device, non_blocking=True)
-                if fmt is torch.channels_last and x.ndim == 4:
-                    x = x.contiguous(memory_format=fmt)
-                out = prefix_outputs(model, prefix, x)
-                store[at:at + len(out)] = out if spill is None else out.cpu()
-                at += len(out)
-                ys.append(y)
-                done += len(out)
-                if on_progress is not None:
-                    on_progress(done, n_images)
-            feats[split] = (store, torch.cat(ys))
+        n_train = len(train_loader.dataset)
+        stores = [_store(n_train, sample, spill, "train", device),
+                  _store(len(val_loader.dataset), sample, spill, "val", device)]
+        ys = []
+        for x, y, decode in _in_order(train_loader, val_loader):  # both splits through one set of workers
+            if stop is not None and stop.is_set():
+                return None, "stopped"
+            x = x.to(device, non_blocking=True)
+            if fmt is torch.channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=fmt)
+            t = time.perf_counter()
+            out = runner.run(x)  # (B, ...) as prefix_outputs gives it
+            prefix_s += time.perf_counter() - t
+            decode_s += float(decode.sum())
+            out = out if spill is None else out.cpu()
+            cut = min(max(n_train - done, 0), len(out))  # a batch may hold the last train, first val images
+            if cut:
+                stores[0][done:done + cut] = out[:cut]
+            if cut < len(out):
+                stores[1][done + cut - n_train:done + len(out) - n_train] = out[cut:]
+            ys.append(y)
+            done += len(out)
+            if on_progress is not None:
+                on_progress(done, n_images)
+        labels = torch.cat(ys)
+        feats = {"train": (stores[0], labels[:n_train]), "val": (stores[1], labels[n_train:])}
     if pool is not None:
         pool[key] = (feats, nbytes, spill)
-    return _cache(prefix, feats, train_loader, val_loader, seed, time.perf_counter() - start, nbytes, spill), ""
+    cache = _cache(prefix, feats, train_loader, val_loader, seed, time.perf_counter() - start, nbytes, spill)
+    cache.engine, cache.decode_seconds, cache.prefix_seconds = runner.describe(), decode_s, prefix_s
+    return cache, ""
 
 
 def memory_format_of(model: nn.Module) -> torch.memory_format:
@@ -275,7 +302,40 @@ def _store(n: int, sample: torch.Tensor, spill, split: str, device) -> torch.Ten
     return torch.from_numpy(array)  # shares the file's memory: batches are read from disk as they are used
 
 
-def _in_order(loader: DataLoader) -> DataLoader:
-    """The same dataset in index order (the cache is shuffled later, by its own seeded sampler)."""
-    return DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=False,
-                      num_workers=loader.num_workers, pin_memory=loader.pin_memory)
+def _in_order(train: DataLoader, val: DataLoader) -> DataLoader:
+    """Both splits' images in index order, train then val (the cache is shuffled later, by its own seeded
+    sampler), as (images, labels, decode seconds per image) batches. Decoding runs in worker processes (at
+    least one, whatever the training loader uses), so the pass takes the slower of decoding and the
+    prefix, not their sum."""
+    both = torch.utils.data.ConcatDataset([train.dataset, val.dataset])
+    batch = val.batch_size or 1
+    workers = train.num_workers or decode_workers(len(both), batch)
+    return DataLoader(_Timed(both), batch_size=batch, shuffle=False, num_workers=workers,
+                      pin_memory=train.pin_memory, prefetch_factor=2 if workers else None)
+
+
+def decode_workers(n_images: int, batch_size: int) -> int:
+    """Worker processes for the caching pass: none for a pass of two batches or less (starting one costs
+    more than it saves) or inside a daemon process (it may not have children); else the cores the
+    prefix leaves (one on 2 cores, at most 4)."""
+    import multiprocessing
+    import os
+
+    if n_images <= 2 * batch_size or multiprocessing.current_process().daemon:
+        return 0
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+class _Timed(torch.utils.data.Dataset):
+    """A dataset's items with the seconds each took to load (decode, resize, normalise)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        start = time.perf_counter()
+        x, y = self.dataset[i]
+        return x, y, time.perf_counter() - start

@@ -34,6 +34,7 @@ class Spec:
     per_class: int | None = None  # use at most this many images per class
     augment: Augment = field(default_factory=Augment)
     train: TrainConfig = field(default_factory=TrainConfig)
+    engine: str = "auto"  # what runs the cached frozen prefix: auto (the faster that agrees) | torch | onnxruntime
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,6 +112,10 @@ def train(
     `predictions`, the run folder also gets the validation predictions of the kept weights."""
     if not report.usable:
         raise data.DataError("; ".join(report.errors))
+    from vislab import engines
+
+    if spec.engine not in engines.ENGINES:
+        raise engines.EngineError(f"unknown engine '{spec.engine}': use {', '.join(engines.ENGINES)}")
     report = data.subset(report, spec.per_class, spec.train.seed)
     if not report.usable:
         raise data.DataError("; ".join(report.errors))
@@ -140,7 +145,7 @@ def train(
             {"name": p.name, "epochs": p.epochs, "lr": p.lr} for p in phases],
         "train": spec.train.to_dict(), "augment": spec.augment.to_dict(), "val_frac": spec.val_frac,
         "per_class": spec.per_class, "data": report.root, "train_size": len(train_items),
-        "val_size": len(val_items),
+        "val_size": len(val_items), "engine": spec.engine,
     }
 
     def keep_best(h: training.History) -> None:  # the best epoch so far, in case the process dies
@@ -150,7 +155,8 @@ def train(
     if out is not None and checkpoints:
         runs.save_split(out, train_items, val_items)
     history = training.fit(model, train_loader, val_loader, phases, cfg_train, on_event, stop, cache_pool,
-                           why_off, keep_best if out is not None and checkpoints else None)
+                           why_off, keep_best if out is not None and checkpoints else None, spec.engine,
+                           spec.model)
     run_dir = None
     if out is not None and history.epochs:
         config.update({"best_epoch": history.best_epoch, "stopped": history.stopped,
@@ -186,7 +192,8 @@ def resume(run_dir: str | Path, report: data.DataReport, epochs: int, out: str |
     train_cfg = TrainConfig(**{**cfg["train"], "epochs": epochs})
     spec = Spec(model=cfg["model"], strategy=cfg["strategy"], thaw_last=cfg.get("thaw_last", 1), bn=cfg.get("bn"),
                 head=cfg["head_kind"], weights="auto", img_size=run.data_config.size, val_frac=cfg["val_frac"],
-                per_class=cfg.get("per_class"), train=train_cfg, augment=Augment(**cfg.get("augment", {})))
+                per_class=cfg.get("per_class"), train=train_cfg, augment=Augment(**cfg.get("augment", {})),
+                engine=cfg.get("engine", "auto"))  # run configs from before engines lack it
     info = models.ModelInfo(cfg["model"], cfg["source"], cfg["head"], cfg["head_kind"], len(run.classes),
                             run.data_config, WeightsStatus(cfg["model"], None, None), [f"resumed from {run.path}"])
     if cfg.get("checkpoint"):

@@ -193,10 +193,14 @@ def fit(
     cache_pool: dict | None = None,
     why_no_cache: str = "turned off",
     on_best: Callable[[History], None] | None = None,
+    engine: str = "auto",
+    model_name: str = "",
 ) -> History:
     """Train through the phases; returns per-epoch metrics and the best state (by val acc, then loss).
 
     `cache_pool` lets several runs on the same data share cached frozen-prefix features (caching.build).
+    `engine` (auto | torch | onnxruntime) runs the frozen prefix once (engines.py; `model_name` keys its
+    exports).
     `on_best(history)` is called each time an epoch becomes the best so far (`history.best_state` holds it),
     so a caller can keep a checkpoint that survives a crash."""
     device = pick_device(cfg.device)
@@ -223,7 +227,7 @@ def fit(
                     emit(Event("caching", e, total_epochs, done, total, phase=name))
 
                 cache, why = caching.build(model, train_loader, val_loader, device, cfg.seed, stop, cache_pool,
-                                           caching_progress)
+                                           caching_progress, engine, model_name)
         history.cache.append(cache.describe() if cache else f"no feature cache: {why}")
         emit(Event("cache", epoch, total_epochs, phase=phase.name, message=history.cache[-1]))
         with caching.stubbed(model, cache.prefix) if cache else contextlib.nullcontext() as originals:

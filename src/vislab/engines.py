@@ -1,0 +1,279 @@
+"""The frozen prefix at the hardware's speed: PyTorch or ONNX Runtime, whichever is faster on a probe batch.
+
+Head-only training runs the frozen prefix once over the data (caching.py), so that one inference pass is
+the whole cost. PyTorch eager is slow at it on a CPU; ONNX Runtime runs MobileNetV2's features 3-4x faster
+with the same numbers. Here the prefix is exported once (`PrefixModule`: the model run until its last
+frozen module, with a dynamic batch axis), checked against PyTorch on a probe batch (relative max
+difference within `TOLERANCE` of the output's scale, else refused with the reason), both are timed on that
+probe, and the faster one is kept. Exports and their measurements live on disk under the lab's work folder,
+keyed by everything that changes the graph (model, prefix cut, a digest of the prefix's weights, input
+shape, library versions), so a second run pays neither the export nor the timing.
+
+`torch.compile` is not offered: its warm-up (20-60 s on 2 cores) is longer than a whole 300-image pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from vislab.modes import training_mode
+
+ENGINES = ("auto", "torch", "onnxruntime")
+TOLERANCE = 1e-4  # largest |onnx - torch| allowed, relative to max |torch| of the probe's prefix output
+MIN_PASS_SECONDS = 2.0  # auto: a pass torch finishes sooner than this cannot pay for an export (~1 s)
+OPSET = 17
+KEEP_EXPORTS = 24  # exported prefixes kept on disk (the oldest go first)
+
+
+class EngineError(ValueError):
+    """An engine name that is not one of ENGINES."""
+
+
+@dataclass
+class Engine:
+    name: str  # torch | onnxruntime (CPU) | onnxruntime-cuda
+    run: Callable[[torch.Tensor], torch.Tensor]  # (B, C, H, W) images -> (B, ...) prefix output
+    speedup: float | None = None  # torch seconds / onnxruntime seconds on the probe; None: not measured
+    note: str = ""  # why this engine: asked for, measured, or why onnxruntime was refused
+    reused: bool = False  # the export (and its measurement) came from the disk cache
+
+    def describe(self) -> str:
+        if self.name == "torch":
+            return f"torch ({self.note})" if self.note else "torch"
+        measured = f", {self.speedup:.1f}x torch on a probe batch" if self.speedup else ""
+        return f"{self.name}{measured}" + (f" ({self.note})" if self.note else "")
+
+
+class PrefixModule(nn.Module):
+    """The model run up to the end of its prefix: the forward stops (by an exception from a forward hook)
+    once the last stub has produced its output, which is returned. Works for any forward, chain or not."""
+
+    def __init__(self, model: nn.Module, last: str):
+        super().__init__()
+        self.model, self.last = model, last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: list[torch.Tensor] = []
+
+        def capture(module, args, output):
+            out.append(output)
+            raise _Stop
+
+        handle = self.model.get_submodule(self.last).register_forward_hook(capture)
+        try:
+            self.model(x)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return out[-1]  # (B, ...) a pooled vector, or a spatial map for an attention head
+
+
+class _Stop(Exception):
+    pass
+
+
+def choose(model: nn.Module, stubs: list[str], probe: torch.Tensor, choice: str = "auto", pass_images: int = 0,
+           name: str = "") -> Engine:
+    """The engine that runs the prefix ending at `stubs[-1]` (the model's frozen modules, in order).
+
+    `probe` (B, C, H, W) is a batch of real images on the model's device, B >= 2. `choice`: auto (the faster
+    of the two that agree), torch, or onnxruntime (forced; falls back to torch, with the reason, when
+    refused). `pass_images` (how many images the pass will run) lets auto skip an export that cannot pay."""
+    if choice not in ENGINES:
+        raise EngineError(f"unknown engine '{choice}': use {', '.join(ENGINES)}")
+    prefix = PrefixModule(model, stubs[-1])
+
+    @torch.no_grad()
+    def torch_run(x: torch.Tensor) -> torch.Tensor:
+        with training_mode(model, False):
+            return prefix(x).detach().clone()
+
+    if choice == "torch":
+        return Engine("torch", torch_run, note="asked for")
+    why, providers = _unavailable(probe.device)
+    if why:
+        return Engine("torch", torch_run, note=f"onnxruntime {why}")
+    key = export_key(model, stubs, probe, name)
+    folder = exports_dir()
+    path, record_path = folder / f"{key}.onnx", folder / f"{key}.json"
+    from vislab import fileio
+
+    record = _read_record(record_path)
+    threads = torch.get_num_threads()
+    measured = record.get("speedup") if record.get("threads") == threads and record.get("device") == \
+        probe.device.type else None
+    if measured:  # measured before: only the check is left, on a few images
+        probe = probe[:max(3, min(4, len(probe)))]
+    t_torch, ref = _best_time(torch_run, probe, 1 if measured else 2)
+    per_image = t_torch / len(probe)
+    if choice == "auto" and not path.exists() and per_image * pass_images < MIN_PASS_SECONDS:
+        return Engine("torch", torch_run, note=f"the pass takes ~{per_image * pass_images:.1f} s in torch: "
+                                               "an onnxruntime export would not pay for itself")
+    reused = path.exists()
+    if not reused:
+        try:
+            blob = export(model, stubs, probe[:2])
+        except Exception as exc:  # noqa: BLE001  any exporter failure means: this prefix stays in torch
+            return _refused(torch_run, f"the exporter cannot take this prefix ({_short(exc)})")
+        try:
+            fileio.write_bytes(path, blob)
+            _prune(folder)
+        except OSError:  # a full or read-only disk: this run still uses the export, the next one redoes it
+            pass
+    else:
+        blob = path.read_bytes()
+    try:
+        session = _session(blob, providers, threads)
+    except Exception as exc:  # noqa: BLE001
+        return _refused(torch_run, f"its session cannot load the export ({_short(exc)})")
+    ort_run = _ort_runner(session, probe.device)
+    try:
+        out = ort_run(probe)  # a batch size other than the export's: the batch axis really is dynamic
+    except Exception as exc:  # noqa: BLE001
+        return _refused(torch_run, f"it failed on a probe batch ({_short(exc)})")
+    diff = relative_difference(out, ref)
+    if diff > TOLERANCE:
+        return _refused(torch_run, f"its outputs differ from torch's by {diff:.1e} of their scale "
+                                   f"(over {TOLERANCE:.0e}: a data-dependent branch or constant in the forward?)")
+    if measured is None:
+        t_ort, _ = _best_time(ort_run, probe, 2)
+        measured = t_torch / max(t_ort, 1e-9)
+        fileio.write_json(record_path, {"speedup": measured, "threads": threads, "device": probe.device.type,
+                                        "max_relative_difference": diff, "stubs": list(stubs), "model": name})
+    ort_name = "onnxruntime-cuda" if providers[0].startswith("CUDA") else "onnxruntime"
+    note = "export reused" if reused else ""
+    if choice == "auto" and measured < 1.0:
+        return Engine("torch", torch_run, measured,
+                      f"faster here: onnxruntime ran the probe at {measured:.2f}x torch", reused)
+    return Engine(ort_name, ort_run, measured, note, reused)
+
+
+def export(model: nn.Module, stubs: list[str], x: torch.Tensor) -> bytes:
+    """The prefix as an ONNX graph (TorchScript exporter, dynamic batch axis), traced on `x`."""
+    buffer = io.BytesIO()
+    with training_mode(model, False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings: a data-dependent forward shows up in the check
+        torch.onnx.export(PrefixModule(model, stubs[-1]), (x,), buffer, dynamo=False, opset_version=OPSET,
+                          input_names=["images"], output_names=["features"],
+                          dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
+    return buffer.getvalue()
+
+
+def export_key(model: nn.Module, stubs: list[str], probe: torch.Tensor, name: str = "") -> str:
+    """Everything that changes the exported graph: the model's name and class, the prefix cut, its modules'
+    structure and a digest of their weights, the input's non-batch shape, and the library versions."""
+    import onnx
+    import onnxruntime
+
+    h = hashlib.sha256()
+    for part in (name, type(model).__qualname__, *stubs, str(tuple(probe.shape[1:])), str(probe.dtype),
+                 torch.__version__, onnx.__version__, onnxruntime.__version__, str(OPSET)):
+        h.update(part.encode() + b"\0")
+    h.update(weights_digest(model, stubs).encode())
+    return f"{(name or type(model).__name__)[:40]}-{h.hexdigest()[:20]}"
+
+
+@torch.no_grad()
+def weights_digest(model: nn.Module, stubs: list[str]) -> str:
+    """sha256 of the prefix modules' structure (their repr: layer types, shapes, activations) and state."""
+    h = hashlib.sha256()
+    for stub in stubs:
+        module = model.get_submodule(stub)
+        h.update(repr(module).encode())
+        for key, value in module.state_dict().items():
+            h.update(key.encode())
+            h.update(value.detach().to("cpu", copy=True).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|: how far `a` is from the reference `b`, on `b`'s scale."""
+    if a.shape != b.shape:
+        return float("inf")
+    scale = float(b.abs().max()) if b.numel() else 0.0
+    return float((a.float() - b.float()).abs().max()) / max(scale, 1e-12) if b.numel() else 0.0
+
+
+def exports_dir() -> Path:
+    from vislab import paths
+
+    return paths.work_dir() / "prefix-engines"
+
+
+def _unavailable(device: torch.device) -> tuple[str, list[str]]:
+    """('', providers) when onnxruntime can run on `device`, else (why not, [])."""
+    try:
+        import onnx  # noqa: F401  the exporter needs it
+        import onnxruntime
+    except ImportError:
+        return "is not installed (pip install onnxruntime onnx)", []
+    available = onnxruntime.get_available_providers()
+    if device.type == "cpu":
+        return "", ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in available:
+        return "", ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return f"has no provider for {device.type} here (only {', '.join(available)})", []
+
+
+def _session(graph: bytes, providers: list[str], threads: int):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads  # the same cores torch would use, not one thread per core more
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(graph, options, providers=providers)
+
+
+def _ort_runner(session, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        images = x.detach().to("cpu").float().contiguous().numpy()  # (B, C, H, W) in NCHW order
+        out = session.run(["features"], {"images": images})[0]
+        return torch.from_numpy(out).to(device)
+
+    return run
+
+
+def _best_time(run, x: torch.Tensor, repeats: int) -> tuple[float, torch.Tensor]:
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = run(x)
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def _refused(torch_run, why: str) -> Engine:
+    return Engine("torch", torch_run, note=f"onnxruntime refused: {why}")
+
+
+def _short(exc: Exception) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text[:140]}"
+
+
+def _read_record(path: Path) -> dict:
+    from vislab import fileio
+
+    try:
+        record = fileio.read_json(path, {})
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _prune(folder: Path) -> None:
+    exports = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in exports[KEEP_EXPORTS:]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".json").unlink(missing_ok=True)
