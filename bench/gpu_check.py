@@ -22,7 +22,7 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from vislab import data, experiment, models  # noqa: E402
+from vislab import data, experiment, models, synthetic  # noqa: E402
 from vislab.training import TrainConfig  # noqa: E402
 
 
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     torch.backends.cudnn.benchmark = True
     report = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
               "bf16": torch.cuda.is_bf16_supported()}
-    folder = data.make_synthetic(Path(tempfile.mkdtemp()) / "syn", classes=3, per_class=12, size=64)
+    folder = synthetic.make_synthetic(Path(tempfile.mkdtemp()) / "syn", classes=3, per_class=12, size=64)
     cpu = same_run_on("cpu", folder, amp=False)
     gpu = same_run_on("cuda", folder, amp=False)
     diffs = [abs(a["train_loss"] - b["train_loss"]) for a, b in zip(cpu.history.epochs, gpu.history.epochs)]

@@ -4,7 +4,7 @@ from pathlib import Path
 import streamlit as st
 
 from pages import _lab
-from vislab import data, plots
+from vislab import data, datasets, plots
 from vislab.transforms import Augment, crop_seen, denormalize, load_image, train_transform
 
 _lab.init_state()
@@ -148,7 +148,7 @@ model, info = _lab.working()
 sample = load_image(train_items[0][0])
 tf = train_transform(info.data_config, aug)
 if aug.any and aug.views:  # the exact fixed views training will use for this image (same seed)
-    fixed = data.AugmentedViews(train_items[:1], tf, aug.views, ds.seed)
+    fixed = datasets.AugmentedViews(train_items[:1], tf, aug.views, ds.seed)
     shown = min(5, aug.views)
     views = [crop_seen(sample, info.data_config)] + [
         plots.to_pil(denormalize(fixed[v][0], info.data_config)) for v in range(shown)]

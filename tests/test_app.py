@@ -548,9 +548,9 @@ def test_typing_no_model_name_keeps_the_current_model():
 
 
 def test_many_classes_preview_a_chosen_few(tmp_path):
-    from vislab import data
+    from vislab.synthetic import make_synthetic
 
-    many = data.make_synthetic(tmp_path / "many", classes=30, per_class=3, size=32)
+    many = make_synthetic(tmp_path / "many", classes=30, per_class=3, size=32)
     at = _app()
     _upload_zip(at, _zip_of(many))
     assert not at.exception

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vislab import data, freezing, models, stages, training
+from vislab import data, datasets, freezing, models, stages, training
 from vislab.training import Phase, TrainConfig
 from vislab.transforms import eval_transform
 
@@ -11,7 +11,7 @@ def _loaders(folder, cfg, batch=8):
     train_items, val_items = data.split(report.items, 0.25, seed=0)
     tcfg = TrainConfig(epochs=1, lr=1e-2, batch_size=batch, device="cpu")
     t = eval_transform(cfg.with_size(64))
-    return training.make_loaders(data.ImageDataset(train_items, t), data.ImageDataset(val_items, t), tcfg,
+    return training.make_loaders(datasets.ImageDataset(train_items, t), datasets.ImageDataset(val_items, t), tcfg,
                                  torch.device("cpu"))
 
 

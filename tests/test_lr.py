@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from vislab import data, freezing, lr_finder, models, stages, training
+from vislab import data, datasets, freezing, lr_finder, models, stages, training
 from vislab.transforms import eval_transform
 
 
@@ -32,7 +32,7 @@ def test_lr_finder_sweeps_suggests_and_leaves_the_model_alone(synthetic):
     tr, va = data.split(report.items, 0.25, 0)
     tf = eval_transform(info.data_config.with_size(64))
     cfg = training.TrainConfig(batch_size=4, device="cpu")
-    loaders = training.make_loaders(data.ImageDataset(tr, tf), data.ImageDataset(va, tf), cfg, torch.device("cpu"))
+    loaders = training.make_loaders(datasets.ImageDataset(tr, tf), datasets.ImageDataset(va, tf), cfg, torch.device("cpu"))
     sweep = lr_finder.lr_find(model, *loaders, steps=40)
     assert len(sweep.lrs) >= 10 and sweep.lrs == sorted(sweep.lrs)
     assert sweep.lrs[0] <= sweep.suggestion <= sweep.lrs[-1]
@@ -55,7 +55,7 @@ def test_lr_finder_for_a_model_sweeps_a_resized_copy(synthetic):
     by_hand = training.clone_model(model)
     models.fit_input_size(by_hand, info.name, 64)
     tf = eval_transform(info.data_config.with_size(64))
-    loaders = training.make_loaders(data.ImageDataset(tr, tf), data.ImageDataset(va, tf),
+    loaders = training.make_loaders(datasets.ImageDataset(tr, tf), datasets.ImageDataset(va, tf),
                                     training.TrainConfig(batch_size=4), torch.device("cpu"))
     reference = lr_finder.lr_find(by_hand, *loaders, device="cpu", steps=20, seed=2)
     assert sweep.lrs == reference.lrs and sweep.losses == pytest.approx(reference.losses, rel=1e-5)

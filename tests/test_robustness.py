@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vislab import cli, data, experiment, runs, training
+from vislab import archives, cli, data, experiment, runs, training
+from vislab.synthetic import make_synthetic
 from vislab.training import TrainConfig
 
 
@@ -69,16 +70,16 @@ def test_zip_bomb_by_ratio(tmp_path):
 
 def test_zip_bomb_by_total_size_and_file_count(tmp_path, monkeypatch):
     archive = _zip(tmp_path, _good_entries())
-    monkeypatch.setattr(data, "MAX_ZIP_BYTES", 100)
+    monkeypatch.setattr(archives, "MAX_ZIP_BYTES", 100)
     with pytest.raises(data.DataError, match="unpacks to .* the limit is"):
         data.load_dataset(archive, tmp_path / "work")
     assert not _written_anywhere(tmp_path / "work", "*.png")
-    monkeypatch.setattr(data, "MAX_ZIP_BYTES", 1 << 30)
-    monkeypatch.setattr(data, "MAX_ZIP_FILES", 3)
+    monkeypatch.setattr(archives, "MAX_ZIP_BYTES", 1 << 30)
+    monkeypatch.setattr(archives, "MAX_ZIP_FILES", 3)
     with pytest.raises(data.DataError, match="holds 6 files; the limit is 3"):
         data.load_dataset(archive, tmp_path / "work")
     assert not _written_anywhere(tmp_path / "work", "*.png")  # refused before the first file is written
-    monkeypatch.setattr(data, "MAX_ZIP_FILES", 20_000)
+    monkeypatch.setattr(archives, "MAX_ZIP_FILES", 20_000)
     report = data.load_dataset(archive, tmp_path / "work")  # within the limits the same zip is extracted,
     assert Path(report.root).parent == tmp_path / "work"  # into work/<name>-<sha12>, where the checks looked
     assert len(_written_anywhere(tmp_path / "work", "*.png")) == 6
@@ -247,7 +248,7 @@ def test_resume_refuses_a_dataset_with_other_classes(synthetic, tmp_path, capsys
     args = ["train", "--data", str(synthetic), "--model", "test_resnet", "--weights", "auto", "--epochs", "1",
             "--img-size", "64"]
     assert cli.main(args + ["--out", str(tmp_path / "first")]) == 0
-    other = data.make_synthetic(tmp_path / "other", classes=2, per_class=4, size=64)
+    other = make_synthetic(tmp_path / "other", classes=2, per_class=4, size=64)
     rc = cli.main(["train", "--data", str(other), "--epochs", "1", "--resume", str(tmp_path / "first"),
                    "--out", str(tmp_path / "x")])
     assert rc == 2 and "trained on classes" in capsys.readouterr().err

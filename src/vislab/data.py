@@ -1,4 +1,6 @@
-"""Datasets in class-folder layout: from a folder, a `.zip`, uploaded files, or the bundled textile sample.
+"""Datasets in class-folder layout, scanned into a DataReport: from a folder, a `.zip` (opened by
+`vislab.archives`), uploaded files, or the bundled textile sample; subsets and the train / val split.
+The torch Datasets over a report's items are `vislab.datasets`.
 
 Every file is checked before training: unreadable ones are skipped and listed with the reason, never
 dropped silently, and problems that make a dataset unusable (one class, a class too small to split)
@@ -7,34 +9,27 @@ are reported as errors.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import random
 import re
 import shutil
-import tempfile
 import warnings
-import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
-import torch
-from torch.utils.data import Dataset, Sampler
 
+from vislab import archives
+# Aliases while other modules move to vislab.datasets / vislab.synthetic (callers listed in the change's note):
+from vislab.datasets import AugmentedViews, ImageDataset, ViewSampler  # noqa: F401  experiment, evaluation, caching, training, bench/run.py, test_caching
+from vislab.fileio import digest
+from vislab.synthetic import make_synthetic  # noqa: F401  bench/run.py, bench/cache_equivalence.py
 from vislab.transforms import load_image
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 MIN_PER_CLASS = 2  # one for training, one for validation
 FEW_PER_CLASS = 10  # below this, a warning
-
-# Archive limits, checked before anything is extracted.
-MAX_ZIP_FILES = 20_000
-MAX_ZIP_BYTES = 2 << 30  # 2 GiB uncompressed in all
-MAX_ZIP_RATIO = 200  # uncompressed / compressed, per member
 
 
 class DataError(ValueError):
@@ -231,11 +226,11 @@ def _scan_class(cdir: Path, root: Path, label: int, report: DataReport, digests:
             report.skipped.append((str(rel), reason))
             continue
         try:
-            digest = hashlib.sha1(path.read_bytes()).hexdigest()
+            sha1 = digest(path, "sha1")
         except OSError as exc:
             report.skipped.append((str(rel), f"unreadable ({exc.strerror or exc})"))
             continue
-        seen = digests.setdefault(digest, {})  # insertion order: the first folder's file comes first
+        seen = digests.setdefault(sha1, {})  # insertion order: the first folder's file comes first
         folder = str(cdir.relative_to(root))
         if folder in seen:
             report.skipped.append((str(rel), f"same bytes as {seen[folder]}: kept once, so a copy cannot land in "
@@ -276,55 +271,6 @@ def _validate(report: DataReport) -> None:
                                f"{shown}: results will be noisy")
 
 
-def extract_zip(archive: str | Path, dest: str | Path) -> tuple[Path, list[tuple[str, str]]]:
-    """Extract a class-folder zip into `dest`, refusing unsafe or oversized archives before writing.
-
-    Returns the folder and the entries left out on purpose (symbolic links), with the reason."""
-    archive, dest = Path(archive), Path(dest)
-    try:
-        zf = zipfile.ZipFile(archive)
-    except zipfile.BadZipFile:
-        raise DataError(f"{archive.name} is not a zip archive (or it is damaged)") from None
-    with zf:
-        members = [m for m in zf.infolist() if not m.is_dir()]
-        if len(members) > MAX_ZIP_FILES:
-            raise DataError(f"{archive.name} holds {len(members)} files; the limit is {MAX_ZIP_FILES}")
-        total = sum(m.file_size for m in members)
-        if total > MAX_ZIP_BYTES:
-            raise DataError(f"{archive.name} unpacks to {total / 2**20:.0f} MiB; the limit is {MAX_ZIP_BYTES >> 20} MiB")
-        dest.mkdir(parents=True, exist_ok=True)
-        base = dest.resolve()
-        skipped: list[tuple[str, str]] = []
-        for m in members:
-            name = m.filename.replace("\\", "/")
-            if m.flag_bits & 0x1:
-                raise DataError(f"{archive.name} is encrypted: zip it again without a password")
-            if name.startswith("/") or ".." in name.split("/") or (len(name) > 1 and name[1] == ":"):
-                raise DataError(f"{archive.name} has an unsafe path '{m.filename}': refused")
-            if (m.external_attr >> 16) & 0o170000 == 0o120000:
-                skipped.append((name, "symbolic link in the archive (not extracted)"))
-                continue
-            if m.compress_size and m.file_size / m.compress_size > MAX_ZIP_RATIO:
-                raise DataError(f"{archive.name}: '{m.filename}' is compressed {m.file_size // m.compress_size}:1, "
-                                "which looks like a zip bomb: refused")
-            target = (base / name).resolve()
-            if not target.is_relative_to(base):
-                raise DataError(f"{archive.name} has an unsafe path '{m.filename}': refused")
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise DataError(f"{archive.name}: cannot extract '{m.filename}' here "
-                                f"({exc.strerror or exc}; a name too long, or a file and a folder of one name?)") from None
-            try:
-                with zf.open(m) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out)
-            except (zipfile.BadZipFile, EOFError) as exc:
-                raise DataError(f"{archive.name} is damaged at '{m.filename}' ({exc})") from None
-            except OSError as exc:
-                raise DataError(f"{archive.name}: cannot extract '{m.filename}' ({exc.strerror or exc})") from None
-    return dest, skipped
-
-
 def load_dataset(path: str | Path, work: str | Path | None = None) -> DataReport:
     """A folder or a `.zip` (extracted into `work`) -> validated DataReport."""
     path = Path(path)
@@ -334,43 +280,13 @@ def load_dataset(path: str | Path, work: str | Path | None = None) -> DataReport
         return scan_folder(path)
     if work is None:
         raise DataError("a zip needs a work folder to extract into")
-    folder, left_out = _extracted(path, Path(work))
+    try:
+        folder, left_out = archives.extract_once(path, Path(work))
+    except archives.ArchiveError as exc:
+        raise DataError(str(exc)) from None
     report = scan_folder(folder)
     report.skipped = left_out + report.skipped
     return report
-
-
-def _extracted(archive: Path, work: Path) -> tuple[Path, list[tuple[str, str]]]:
-    """The zip extracted under `work`, in a folder named by its content: the same zip is extracted once and
-    reused, and no call ever deletes a folder another one may be reading. A new zip goes into a temporary
-    folder first and takes its place only when complete."""
-    digest = hashlib.sha1()
-    try:
-        with open(archive, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise DataError(f"cannot read {archive.name} ({exc.strerror or exc})") from None
-    stem = re.sub(r"[^\w-]+", "_", archive.stem).strip("_")[:40] or "archive"
-    target = work / f"{stem}-{digest.hexdigest()[:12]}"
-    done = target / ".vislab-extracted.json"
-    if done.is_file():
-        return target, [tuple(s) for s in json.loads(done.read_text())]
-    work.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".extracting-", dir=work))
-    try:
-        _, left_out = extract_zip(archive, tmp)
-        (tmp / ".vislab-extracted.json").write_text(json.dumps(left_out))
-        if target.exists():  # an earlier extraction that never finished
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished the same zip first: use theirs
-            if not done.is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target, left_out
 
 
 def from_uploads(files: dict[str, list[tuple[str, bytes]]], dest: str | Path) -> DataReport:
@@ -450,65 +366,7 @@ def split(items: list[tuple[str, int]], val_frac: float = 0.2, seed: int = 0,
     return train, val
 
 
-class ImageDataset(Dataset):
-    """(image tensor, label) pairs from (path, label) items through a transform."""
-
-    def __init__(self, items: list[tuple[str, int]], transform):
-        self.items = list(items)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        path, label = self.items[i]
-        return self.transform(load_image(path)), label
-
-
-class AugmentedViews(Dataset):
-    """K fixed random views of each training image: item `view * n + i` is view `view` of image `i`.
-
-    Each view's augmentation is drawn from its own seed (seed, view, image), so a view is the same pixels
-    whenever it is asked for: in the image loop, and once in the frozen-prefix cache (caching.py), which
-    therefore can cache augmented training too. ViewSampler walks the views, one per image per epoch."""
-
-    def __init__(self, items: list[tuple[str, int]], transform, views: int, seed: int):
-        if views < 1:
-            raise ValueError("views must be at least 1")
-        self.items, self.transform, self.views, self.seed = list(items), transform, views, seed
-        self.n_images = len(self.items)
-
-    def __len__(self) -> int:
-        return self.views * self.n_images
-
-    def __getitem__(self, j: int):
-        view, i = divmod(j, self.n_images)
-        path, label = self.items[i]
-        img = load_image(path)
-        with torch.random.fork_rng(devices=[]):  # torchvision's random transforms draw from torch's RNG
-            torch.manual_seed((self.seed * 1_000_003 + view * 10_007 + i) % (2**63))
-            return self.transform(img), label
-
-
-class ViewSampler(Sampler[int]):
-    """Every image once per epoch, in a seeded random order; epoch e uses view e mod K of each image.
-
-    One sampler object serves both the image loader and the cached-feature loader of a run, so the two see
-    the same order and views; it counts epochs itself (each pass over it is one epoch)."""
-
-    def __init__(self, n_images: int, views: int, generator: torch.Generator):
-        self.n_images, self.views, self.generator, self.epoch = n_images, views, generator, 0
-
-    def __len__(self) -> int:
-        return self.n_images
-
-    def __iter__(self):
-        offset = (self.epoch % self.views) * self.n_images
-        self.epoch += 1
-        yield from (offset + i for i in torch.randperm(self.n_images, generator=self.generator).tolist())
-
-
-# -- the bundled sample and a synthetic maker -------------------------------------------------------------
+# -- the bundled sample ---------------------------------------------------------------------------------
 
 SAMPLE_NAME = "textile"
 
@@ -525,21 +383,3 @@ def sample_root() -> Path:
 def resolve(path: str) -> Path:
     """`sample` / `textile` name the bundled sample; anything else is a path."""
     return sample_root() if path in ("sample", SAMPLE_NAME) else Path(path)
-
-
-def make_synthetic(root: str | Path, classes: int = 3, per_class: int = 8, size: int = 64, seed: int = 0) -> Path:
-    """A tiny learnable dataset: each class is stripes at its own angle, with noise and colour jitter."""
-    root = Path(root)
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    for c in range(classes):
-        folder = root / f"class_{c}"
-        folder.mkdir(parents=True, exist_ok=True)
-        angle = np.pi * c / classes
-        for i in range(per_class):
-            phase = rng.uniform(0, 2 * np.pi)
-            wave = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 0.5 + phase)  # (H, W)
-            tint = rng.uniform(0.6, 1.0, size=3)
-            img = (wave[..., None] * 0.5 + 0.5) * tint + rng.normal(0, 0.08, (size, size, 3))  # (H, W, 3)
-            Image.fromarray((img.clip(0, 1) * 255).astype(np.uint8)).save(folder / f"img_{i:03d}.png")
-    return root

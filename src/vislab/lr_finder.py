@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from vislab import caching, data, models, training
+from vislab import caching, datasets, models, training
 from vislab.modes import training_mode
 from vislab.transforms import eval_transform
 
@@ -59,7 +59,7 @@ def for_model(model: nn.Module, info: models.ModelInfo, train_items: list[tuple[
     cfg = info.data_config.with_size(img_size)
     models.fit_input_size(model, info.name, cfg.size)  # a ViT resamples; a fixed-size model says so
     tf = eval_transform(cfg)  # no augmentation: the sweep compares rates, not views
-    loaders = training.make_loaders(data.ImageDataset(train_items, tf), data.ImageDataset(val_items, tf),
+    loaders = training.make_loaders(datasets.ImageDataset(train_items, tf), datasets.ImageDataset(val_items, tf),
                                     training.TrainConfig(batch_size=batch), torch.device("cpu"))
     return lr_find(model, *loaders, device=device, steps=steps, seed=seed)
 
