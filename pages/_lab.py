@@ -418,9 +418,9 @@ def set_modules_trainable(names: list[str], on: bool) -> None:
 
 @st.cache_data(show_spinner="Tracing the execution order…", max_entries=8)
 def layer_order(key: tuple, _model) -> list[dict]:
-    from vislab import export
+    from vislab import layer_order
 
-    return export.layer_table(_model, key[-1])
+    return layer_order.layer_table(_model, key[-1])
 
 
 def find_lr(ds: Dataset, img_size: int, batch: int):

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from vislab import cli, export, freezing, models, netron_web, runs
+from vislab import cli, export, freezing, layer_order, models, netron_web, runs
 
 # (model, input size): the tiny timm test models at 64 px (test_vit only runs at its 160 px) and a torchvision one
 FAMILIES = [("test_resnet", 64), ("test_efficientnet", 64), ("test_convnext", 64), ("test_vit", 160),
@@ -169,11 +169,11 @@ class Reordered(nn.Module):
 def test_execution_order_differs_from_definition_order():
     model = Reordered()
     model.a.requires_grad_(False)
-    assert export.definition_order(model) == ["head", "b", "a", "act", "pool", "unused"]
-    order, source = export.traced_order(model, (3, 8, 8))
+    assert layer_order.definition_order(model) == ["head", "b", "a", "act", "pool", "unused"]
+    order, source = layer_order.traced_order(model, (3, 8, 8))
     assert order == ["a", "act", "b", "pool", "head"] and source == "torch.export graph"
-    rows = {r["name"]: r for r in export.layer_table(model, (3, 8, 8))}
-    assert [r["name"] for r in export.layer_table(model, (3, 8, 8))] == ["a", "act", "b", "pool", "head", "unused"]
+    rows = {r["name"]: r for r in layer_order.layer_table(model, (3, 8, 8))}
+    assert [r["name"] for r in layer_order.layer_table(model, (3, 8, 8))] == ["a", "act", "b", "pool", "head", "unused"]
     assert {n for n, r in rows.items() if r["moved"]} == {"b", "head"}  # a, act, pool keep their relative order
     assert rows["b"] == {"name": "b", "type": "Conv2d", "exec_index": 2, "def_index": 1, "moved": True,
                          "params": 8 * 8 + 8, "trainable": True}
@@ -191,22 +191,22 @@ def test_two_swapped_layers_mark_the_one_that_jumped_ahead():
         def forward(self, x):
             return self.b(self.a(x))
 
-    rows = export.layer_table(Swapped(), (4,))
+    rows = layer_order.layer_table(Swapped(), (4,))
     assert [(r["name"], r["moved"]) for r in rows] == [("a", True), ("b", False)]
 
 
 def test_graph_order_matches_the_call_order_of_a_real_model():
     model = _model("test_efficientnet")
     before = _state(model)
-    graph = export.execution_order(model, (3, 64, 64))
-    hooks = export._hook_order(model, (3, 64, 64))  # every leaf call, Identity included
+    graph = layer_order.execution_order(model, (3, 64, 64))
+    hooks = layer_order._hook_order(model, (3, 64, 64))  # every leaf call, Identity included
     assert graph == [n for n in hooks if n in set(graph)]
     assert graph[0] == "conv_stem" and graph[-1] == "classifier"
     _assert_unchanged(model, before)
 
 
 def test_untraceable_model_falls_back_to_hooks_and_says_so():
-    order, source = export.traced_order(FrozenBranch(), (3, 8, 8))
+    order, source = layer_order.traced_order(FrozenBranch(), (3, 8, 8))
     assert order == ["conv", "fc"] and source.startswith("forward hooks (torch.export failed")
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vislab import export, heads, models
+from vislab import heads, layer_order, models
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -265,7 +265,7 @@ def print_vs_execution_order(model: nn.Module, input_size=None) -> dict:
     execution order), positions {name: (definition index, execution index)} for those.
     """
     size = input_size if input_size is not None else model.input_size
-    defs, execs = export.definition_order(model), export.execution_order(model, size)
+    defs, execs = layer_order.definition_order(model), layer_order.execution_order(model, size)
     def_index = {n: i for i, n in enumerate(defs)}
     differs = [n for i, n in enumerate(execs) if def_index.get(n) != i]
     return {"definition": defs, "execution": execs, "differs": differs,
