@@ -177,6 +177,7 @@ def cmd_train(args) -> int:
         train=TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                           device=args.device, num_workers=args.workers, cache=not args.no_cache,
                           layer_decay=args.layer_decay),
+        engine=args.engine,
     )
     model, info, phases = experiment.prepare(spec, len(report.classes))
     rep = freezing.report(model)
@@ -327,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-stage learning rates: lr at the head, x this per stage toward the stem (e.g. 0.7)")
     t.add_argument("--no-cache", action="store_true",
                    help="run the frozen prefix every epoch (default: once per image, when it is deterministic)")
+    t.add_argument("--engine", choices=("auto", "torch", "onnxruntime"), default="auto",
+                   help="what runs the cached frozen prefix: auto (the faster that gives the same numbers), "
+                        "torch, or onnxruntime (falls back to torch, saying why, if it cannot run the prefix)")
     t.add_argument("--out", required=True, help="run folder to write")
     t.add_argument("--resume", default=None, metavar="RUN",
                    help="continue this run folder's model and plan for --epochs more (model options ignored)")

@@ -1,0 +1,157 @@
+"""The frozen prefix through ONNX Runtime computes what PyTorch computes, trains the same, is refused (and
+says why) when it cannot, and its exports are reused exactly when nothing that shapes the graph changed."""
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from vislab import caching, cli, data, engines, experiment
+from vislab.training import TrainConfig
+
+
+def _prepared(name, strategy, size=64):
+    spec = experiment.Spec(model=name, strategy=strategy, weights="random", img_size=size)
+    model, _, _ = experiment.prepare(spec, 3)
+    model.eval()
+    x = torch.randn(6, 3, size, size)
+    return model, caching.find_prefix(model, x[:2]), x
+
+
+@pytest.mark.parametrize("name, strategy", [
+    ("test_resnet", "partial"),  # a spatial (B, C, H, W) map: the prefix ends inside the network
+    ("test_efficientnet", "partial"),  # (the pooled (B, C) output of a head-only prefix: the test below)
+])
+def test_onnx_prefix_equals_torch_prefix_outputs(name, strategy):
+    model, prefix, x = _prepared(name, strategy)
+    engine = engines.choose(model, prefix.stubs, x, "onnxruntime")
+    assert engine.name == "onnxruntime", engine.describe()
+    assert engine.speedup is not None and engine.speedup > 0  # both were timed on the probe
+    for batch in (x[:1], x[:5]):  # other batch sizes than the export's 2 and the probe's 6
+        ref = caching.prefix_outputs(model, prefix, batch)
+        out = engine.run(batch)
+        assert out.shape == ref.shape
+        assert engines.relative_difference(out, ref) <= engines.TOLERANCE
+
+
+def _train(synthetic, engine, cache=True, strategy="head"):
+    spec = experiment.Spec(model="test_resnet", strategy=strategy, weights="random", img_size=64, engine=engine,
+                           train=TrainConfig(epochs=2, batch_size=8, device="cpu", seed=1, cache=cache))
+    return experiment.train(spec, data.scan_folder(synthetic), None)
+
+
+def test_cached_training_through_each_engine_matches_the_full_loop(synthetic):
+    full = _train(synthetic, "torch", cache=False)
+    for engine in ("torch", "onnxruntime"):
+        cached = _train(synthetic, engine)
+        line = cached.history.cache[0]
+        assert line.startswith("features cached") and f"run once by {engine}" in line, line
+        for a, b in zip(cached.history.epochs, full.history.epochs, strict=True):
+            for key in ("train_loss", "val_loss"):
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (engine, key)
+            assert a["val_acc"] == b["val_acc"]
+        full_state = full.model.state_dict()
+        for k, v in cached.model.state_dict().items():
+            assert torch.allclose(v.float(), full_state[k].float(), atol=1e-4), (engine, k)
+
+
+class _Unexportable(nn.Module):
+    """An op the ONNX exporter has no symbol for (a stand-in for a custom op)."""
+
+    def forward(self, x):
+        return torch.cummax(x, dim=1).values
+
+
+class _DataDependent(nn.Module):
+    """A Python number read from the data: the trace freezes the export batch's value as a constant."""
+
+    def forward(self, x):
+        return x * float(x.abs().mean())
+
+
+def _toy_build(middle: nn.Module, engine: str):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), middle, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 3))
+    for p in model[0].parameters():
+        p.requires_grad_(False)
+    scale = torch.arange(1, 13, dtype=torch.float32).view(12, 1, 1, 1)  # images of very different contrast
+    ds = TensorDataset(torch.randn(12, 3, 16, 16) * scale, torch.arange(12) % 3)
+    loader = DataLoader(ds, batch_size=4)
+    return caching.build(model, loader, loader, torch.device("cpu"), 0, engine=engine)
+
+
+@pytest.mark.parametrize("middle, why", [
+    (_Unexportable(), "the exporter cannot take this prefix"),
+    (_DataDependent(), "outputs differ from torch's"),
+])
+def test_a_prefix_onnx_cannot_run_falls_back_to_torch_with_the_reason(middle, why):
+    cache, reason = _toy_build(middle, "onnxruntime")
+    assert cache is not None, reason
+    line = cache.describe()
+    assert "run once by torch (onnxruntime refused: " in line and why in line, line
+
+
+def test_the_toy_prefix_without_its_odd_module_runs_in_onnxruntime():
+    cache, reason = _toy_build(nn.Identity(), "onnxruntime")  # the refusal test's control
+    assert cache.engine.startswith("onnxruntime"), cache.describe()
+
+
+def test_exports_are_reused_unless_weights_size_or_cut_change(monkeypatch):
+    calls = []
+    real = engines.export
+    monkeypatch.setattr(engines, "export", lambda *a: calls.append(1) or real(*a))
+    model, head_prefix, x = _prepared("test_resnet", "head")
+
+    def run(stubs, probe):
+        before = len(calls)
+        engine = engines.choose(model, stubs, probe, "onnxruntime", name="test_resnet")
+        assert engine.name == "onnxruntime"
+        return len(calls) - before, engine
+
+    assert run(head_prefix.stubs, x)[0] == 1
+    exported, again = run(head_prefix.stubs, x)
+    assert exported == 0 and again.reused and "export reused" in again.describe()
+    assert run(head_prefix.stubs, torch.randn(6, 3, 48, 48))[0] == 1  # another image size
+    assert run(head_prefix.stubs[:-1], x)[0] == 1  # a shorter prefix: another cut
+    with torch.no_grad():
+        model.get_submodule("conv1.0").weight.add_(0.01)  # new prefix weights
+    assert run(head_prefix.stubs, x)[0] == 1
+    assert run(head_prefix.stubs, x)[0] == 0
+    assert len(list(engines.exports_dir().glob("*.onnx"))) == 4
+
+
+def test_auto_keeps_the_faster_engine_and_skips_an_export_that_cannot_pay(monkeypatch):
+    model, prefix, x = _prepared("test_resnet", "head")
+    tiny = engines.choose(model, prefix.stubs, x, "auto", pass_images=24)
+    assert tiny.name == "torch" and "would not pay" in tiny.describe()
+    assert not list(engines.exports_dir().glob("*.onnx"))  # nothing exported for it
+    slow = engines._ort_runner
+
+    def slowed(session, device):
+        run = slow(session, device)
+        return lambda images: (torch.ones(20_000_000).sum(), run(images))[1]  # onnxruntime made slow
+
+    monkeypatch.setattr(engines, "_ort_runner", slowed)
+    monkeypatch.setattr(engines, "MIN_PASS_SECONDS", 0.0)
+    chosen = engines.choose(model, prefix.stubs, x, "auto", pass_images=24)
+    assert chosen.name == "torch" and chosen.speedup < 1 and "faster here" in chosen.describe()
+    monkeypatch.setattr(engines, "_ort_runner", slow)
+    forced = engines.choose(model, prefix.stubs, x, "onnxruntime")  # forced, it runs whatever the speed
+    assert forced.name == "onnxruntime"
+
+
+def test_engine_choice_is_checked_and_old_run_configs_load():
+    old = experiment.Spec().to_dict()
+    del old["engine"]  # a run config written before engines
+    assert experiment.Spec.from_dict(old).engine == "auto"
+    assert experiment.Spec.from_dict(experiment.Spec(engine="torch").to_dict()).engine == "torch"
+    with pytest.raises(engines.EngineError, match="use auto, torch, onnxruntime"):
+        engines.choose(nn.Identity(), ["x"], torch.zeros(2, 3, 8, 8), "tensorrt")
+    with pytest.raises(SystemExit) as exit_:
+        cli.build_parser().parse_args(["train", "--data", "sample", "--epochs", "1", "--out", "x",
+                                       "--engine", "tensorrt"])
+    assert exit_.value.code == 2
+    args = cli.build_parser().parse_args(["train", "--data", "sample", "--epochs", "1", "--out", "x",
+                                          "--engine", "onnxruntime"])
+    assert args.engine == "onnxruntime"
