@@ -226,3 +226,38 @@ def test_forward_seconds_times_one_batch_after_a_warm_up_and_puts_flags_back(mon
     assert views.forward_seconds(model, (3, 8, 8), n=16) == pytest.approx(0.2)
     assert seen == [((2, 3, 8, 8), False, False, False), ((16, 3, 8, 8), False, False, False)]
     assert model.training and model.conv.training and not model.drop.training
+
+
+class _SlowDecode(torch.utils.data.Dataset):
+    """Images that take 10 ms each to load; the label is the id of the process that loaded the item."""
+
+    def __len__(self):
+        return 24
+
+    def __getitem__(self, i):
+        import os
+        import time
+
+        time.sleep(0.01)
+        return torch.full((3, 8, 8), float(i)), os.getpid()
+
+
+def test_the_caching_pass_decodes_in_worker_processes_and_times_decoding():
+    import os
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(144, 2))
+    model[0].requires_grad_(False)
+    loader = torch.utils.data.DataLoader(_SlowDecode(), batch_size=4)  # no workers of its own
+    assert caching.decode_workers(24, 4) >= 1 and caching.decode_workers(8, 4) == 0
+    cache, why = caching.build(model, loader, loader, torch.device("cpu"), 0, engine="torch")
+    assert cache is not None, why
+    loaders = {"train": cache.train, "val": cache.val}
+    pids = {int(p) for split in loaders.values() for p in split.dataset.tensors[1]}
+    assert pids and os.getpid() not in pids  # every image was loaded in a worker, not in our process
+    assert cache.decode_seconds >= 2 * 24 * 0.01  # both splits' decoding, summed over their images
+    assert "decoding" in cache.describe() and "run once by torch (asked for)" in cache.describe()
+    # the features are those of the images in order, both splits (a batch may straddle the two)
+    x = torch.stack([_SlowDecode()[i][0] for i in range(24)])
+    with torch.no_grad():
+        want = model[1](model[0](x))
+    assert torch.allclose(cache.val.dataset.tensors[0], want, atol=1e-6)
