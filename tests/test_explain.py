@@ -1,0 +1,123 @@
+"""`vislab explain`: files for every view that applies, the page's own maps in them, bad arguments refused."""
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vislab import attention, cam, explain, runs, se, views
+from vislab.build import build_architecture
+from vislab.heads import attach_head
+from vislab.models import DataConfig, resize_for
+
+CFG = DataConfig((3, 64, 64))  # crop_pct 0.875: short side to 73, then the center 64 x 64
+SQUARE = resize_for(CFG)  # a 73 x 73 image: the crop is pixels 4..67 of it, one to one
+
+
+def make_run(folder, arch: str):
+    torch.manual_seed(0)
+    model = attach_head(build_architecture(arch), 3, "linear")
+    if hasattr(model, "set_input_size"):
+        model.set_input_size(img_size=(64, 64))
+    runs.save(folder, model, {"model": arch, "head_kind": "linear", "data_config": CFG.to_dict()}, [],
+              ["red", "green", "blue"])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("explain")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (SQUARE, SQUARE, 3), dtype=np.uint8)).save(root / "square.png")
+    Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(root / "wide.jpg")
+    return {"root": root, "images": [str(root / "square.png"), str(root / "wide.jpg")],
+            "cnn": make_run(root / "cnn", "test_resnet"), "vit": make_run(root / "vit", "test_vit"),
+            "se": make_run(root / "se", "test_efficientnet")}
+
+
+def parser():
+    p = argparse.ArgumentParser()
+    explain.add_parser(p.add_subparsers(dest="command"))
+    return p
+
+
+def call(*argv):
+    return explain.run(parser().parse_args(["explain", *map(str, argv)]))
+
+
+@pytest.mark.parametrize("kind, view", [("cnn", v) for v in ("cam", "gradcam", "gradcampp", "layercam", "features")]
+                         + [("vit", "attention"), ("vit", "rollout"), ("se", "se")])
+def test_every_view_that_applies_writes_a_png_and_a_map_per_image(folders, tmp_path, kind, view):
+    tmp_path = tmp_path / "out"
+    assert call("--run", folders[kind], "--view", view, "--images", *folders["images"], "--out", tmp_path) == 0
+    for path, size in zip(folders["images"], [(SQUARE, SQUARE), (120, 90)]):
+        stem = path.rsplit("/", 1)[-1].split(".")[0]
+        png = Image.open(tmp_path / f"{stem}_{view}.png")
+        arr = np.load(tmp_path / f"{stem}_{view}.npy")
+        assert arr.dtype == np.float32
+        if view == "se":
+            assert arr.ndim == 2 and np.nanmax(arr) <= 1 and np.nanmin(arr) >= 0
+        else:
+            assert arr.shape == (size[1], size[0])
+            assert png.size == size or view == "features"  # features: the page's grid of the top 16 channels
+            assert 0 <= arr.min() and arr.max() <= 1 and arr.max() > 0.5
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{s}_{view}.{e}" for s in ("square", "wide") for e in ("png", "npy"))
+
+
+def page_inputs(folders, kind):
+    model, run = runs.load(folders[kind])
+    img = Image.open(folders["images"][0]).convert("RGB")
+    return model, run, img, views.batch([img], run.data_config)  # (1, 3, 64, 64), as the page batches
+
+
+def test_the_saved_map_is_the_cam_pages_own(folders, tmp_path):
+    model, run, img, x = page_inputs(folders, "cnn")
+    default = cam.default_layer(model, "test_resnet")
+    page = cam.explain(model, x, run.classes, ["GradCAM"], [default], classic_layer=default).results[0].maps[0]
+    assert call("--run", folders["cnn"], "--view", "gradcam", "--images", folders["images"][0], "--out", tmp_path) == 0
+    saved = np.load(tmp_path / "square_gradcam.npy")  # (73, 73): the 64 x 64 crop sits at 4..67
+    assert np.allclose(saved[4:68, 4:68], page, atol=1e-5)
+    assert saved[:4].max() == 0 and saved[68:].max() == 0 and saved[:, :4].max() == 0  # the model saw nothing there
+
+
+def test_the_saved_rollout_and_gates_are_the_pages_own(folders, tmp_path):
+    model, run, img, x = page_inputs(folders, "vit")
+    maps = attention.attention_maps(model, x)
+    grid, prefix = attention.patch_grid(model, x), attention.num_prefix_tokens(model)
+    page = views.fit_map(attention.rollout(maps, grid, prefix, "mean", 0.9), (64, 64))
+    assert call("--run", folders["vit"], "--view", "rollout", "--images", folders["images"][0], "--out", tmp_path) == 0
+    assert np.allclose(np.load(tmp_path / "square_rollout.npy")[4:68, 4:68], page, atol=1e-5)
+
+    model, run, img, x = page_inputs(folders, "se")
+    page = se.se_gates(model, x).matrix(0)
+    assert call("--run", folders["se"], "--view", "se", "--images", folders["images"][0], "--out", tmp_path) == 0
+    assert np.allclose(np.load(tmp_path / "square_se.npy"), page, equal_nan=True)
+
+
+def test_bad_arguments_exit_2_with_one_line_and_write_nothing(folders, tmp_path, capsys):
+    out = tmp_path / "out"
+    images = folders["images"]
+    bad = [
+        ("--run", folders["cnn"], "--view", "gradcam", "--images", images[0], str(folders["root"] / "nope.png"), "--out", out),
+        ("--run", folders["root"], "--view", "gradcam", "--images", *images, "--out", out),  # not a run folder
+        ("--run", folders["root"] / "missing", "--view", "cam", "--images", *images, "--out", out),
+        ("--run", folders["cnn"], "--view", "attention", "--images", *images, "--out", out),  # a CNN: no attention
+        ("--run", folders["cnn"], "--view", "se", "--images", *images, "--out", out),  # no SE blocks
+        ("--run", folders["cnn"], "--view", "cam", "--images", *images, "--out", images[0]),  # --out is a file
+        ("--run", folders["cnn"], "--view", "cam", "--images", images[0], images[0], "--out", out),  # one stem twice
+    ]
+    for argv in bad:
+        capsys.readouterr()
+        assert call(*argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("vislab: error:") and "Traceback" not in err, err
+        assert not out.exists()
+    assert explain.run(argparse.Namespace(run=str(folders["cnn"]), model=None, view="saliency", images=images,
+                                          out=str(out), layer=None, weights="auto")) == 2
+    with pytest.raises(SystemExit) as exc:
+        parser().parse_args(["explain", "--model", "resnet18", "--view", "saliency", "--images", images[0], "--out", "x"])
+    assert exc.value.code == 2
+    assert not out.exists()
