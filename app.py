@@ -17,6 +17,7 @@ pages = st.navigation([
     st.Page("pages/se.py", title="SE channel weights", icon=":material/tune:"),
     st.Page("pages/attention.py", title="ViT attention", icon=":material/center_focus_strong:"),
     st.Page("pages/features.py", title="Feature maps", icon=":material/grid_view:"),
+    st.Page("pages/layers.py", title="Layer responses", icon=":material/layers:"),
     st.Page("pages/export.py", title="Export & Netron", icon=":material/account_tree:"),
     st.Page("pages/concepts.py", title="Concepts", icon=":material/school:"),
 ])
