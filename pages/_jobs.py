@@ -14,16 +14,17 @@ from pathlib import Path
 import streamlit as st
 
 from pages._state import LAB, LAST_RUN, current_lab
-from vislab import jobs, labs
+from vislab import fileio, jobs, labs
 
 
 @st.cache_resource
-def queue() -> jobs.LocalQueue:
-    """The one queue of this server (every session's jobs). Jobs left queued by a previous server start
-    again; running ones whose worker died read as interrupted."""
+def queue() -> jobs.Queue:
+    """The one queue of this server (every session's jobs): local workers, or the Ray cluster of
+    VISLAB_RAY_ADDRESS. Jobs left queued by a previous server (and not being started by another server
+    sharing this lab home) start again; running ones whose worker died read as interrupted."""
     import atexit
 
-    q = jobs.LocalQueue()
+    q = jobs.make_queue()
     q.adopt(labs.labs_dir())
     atexit.register(q.close)
     return q
@@ -70,15 +71,16 @@ def submit(kind: str, prefix: str, payload: dict, device: str = "cpu") -> jobs.J
     from vislab.data import safe_name
 
     q = queue()  # first: a new queue adopts queued jobs it finds, and must not find this one half-made
-    if active_job() is not None:
-        raise jobs.JobError("this lab already has a job queued or running: wait for it, or stop it first")
-    job = jobs.create(new_folder(safe_name(prefix)[:80] or kind), kind, {**payload, "device": device},
-                      lab=st.session_state[LAB])
-    try:
-        q.submit(job, device)
-    except jobs.JobError:
-        job.write_status(state="cancelled", message="not started: this lab already had a job")
-        raise
+    with fileio.lock(current_lab().runs_dir):  # one submit per lab at a time, on every server of this home
+        if active_job() is not None:
+            raise jobs.JobError("this lab already has a job queued or running: wait for it, or stop it first")
+        job = jobs.create(new_folder(safe_name(prefix)[:80] or kind), kind, {**payload, "device": device},
+                          lab=st.session_state[LAB])
+        try:
+            q.submit(job, device)
+        except jobs.JobError:
+            job.write_status(state="cancelled", message="not started: this lab already had a job")
+            raise
     if kind == "train":
         st.session_state[LAST_RUN] = job.id
     return job

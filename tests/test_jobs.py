@@ -16,6 +16,9 @@ from vislab.training import TrainConfig
 
 
 def _spec(epochs=2, batch=8, **kw) -> experiment.Spec:
+    # torch runs the frozen prefix: "auto" keeps whichever engine timed faster in that process, so two
+    # processes could train on features from different engines (equal within tolerance, not bit for bit)
+    kw.setdefault("engine", "torch")
     return experiment.Spec(model="test_resnet", strategy="head", weights="auto", img_size=64,
                            train=TrainConfig(epochs=epochs, batch_size=batch, seed=3), **kw)
 
@@ -173,3 +176,53 @@ def test_progress_and_status_files_are_always_whole(synthetic, queue):
 def test_the_worker_refuses_a_folder_without_a_job(tmp_path):
     out = subprocess.run([sys.executable, "-m", "vislab.jobs", str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 2 and "job.json" in out.stderr
+
+
+def test_the_app_never_imports_ray_without_a_ray_address():
+    code = ("import os, sys; os.environ.pop('VISLAB_RAY_ADDRESS', None)\n"
+            "import vislab.jobs, pages._jobs\n"
+            "q = vislab.jobs.make_queue(); assert type(q).__name__ == 'LocalQueue'; q.close()\n"
+            "assert 'ray' not in sys.modules and 'vislab.rayqueue' not in sys.modules, 'ray imported'\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_queues_of_two_servers_see_each_others_jobs_and_never_both_start_one(synthetic):
+    idle = {"cpu": 0}  # no slot: these queues hold jobs but start none, so the test reads the queue alone
+    q1, q2 = jobs.LocalQueue(pools=idle, poll_s=0.05), jobs.LocalQueue(pools=idle, poll_s=0.05)
+    try:
+        a, b = _job(synthetic, name="a"), _job(synthetic, name="b")
+        q1.submit(a)
+        q2.submit(b)
+        assert q2.ahead(b) == 1 and q1.ahead(a) == 0  # the other server's job counts, in order
+        assert q1.active_for(b.spec()["lab"]).folder == b.folder  # read from the lab's folder
+        twin = jobs.create(b.folder.parent / "twin", "train", b.spec(), lab=b.spec()["lab"])
+        with pytest.raises(jobs.JobError, match="already has a job"):  # the same lab through the other server
+            q1.submit(twin)
+        q1.cancel(b)  # another server's queued job: claimed, so that server cannot start it meanwhile
+        assert b.state == "cancelled" and not b.claim(jobs.me(queue=q2.id))
+        assert q2.ahead(a) == 0 and a.claim(jobs.me(queue=q2.id)) and not a.claim(jobs.me(queue=q1.id))
+    finally:
+        q1.close()
+        q2.close()
+
+
+def test_two_servers_adopting_one_lab_home_run_each_queued_job_once(synthetic):
+    queued = [_job(synthetic, name=f"run{i}", spec=_spec(epochs=1, batch=8)) for i in range(3)]
+    server = ("import sys, time; from vislab import jobs, labs\n"
+              "q = jobs.LocalQueue(pools={'cpu': 1}, poll_s=0.05); q.adopt(labs.labs_dir())\n"
+              "time.sleep(600)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", server], env={**os.environ, "VISLAB_THREADS": "1"})
+             for _ in range(2)]
+    try:
+        assert _wait_for(lambda: all(j.state == "done" for j in queued), 300), [j.status() for j in queued]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(10)
+    for job in queued:  # one worker per job: one end event, one start line in the log
+        assert [e["kind"] for e in job.events()].count("end") == 1, job.events()
+        assert [e["epoch"] for e in job.events() if e["kind"] == "epoch"] == [1]
+    owners = {job.claimed_by()["pid"] for job in queued}
+    assert owners <= {p.pid for p in procs}

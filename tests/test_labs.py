@@ -2,13 +2,15 @@
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from vislab import labs, paths
+from vislab import fileio, labs, paths
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 
@@ -163,3 +165,18 @@ def test_everything_a_session_writes_stays_in_its_lab(synthetic, vislab_home):
     assert written and all(lab.inside(p) for p in written), [p for p in written if not lab.inside(p)]
     assert json.loads((lab.folder / "state.json").read_text())["dataset"]["label"].startswith("uploads")
     assert str(paths.home()) == str(vislab_home)
+
+
+def test_a_file_lock_keeps_two_processes_read_modify_writes_whole(tmp_path):
+    counter = tmp_path / "counter.json"
+    fileio.write_json(counter, {"n": 0})
+    code = ("import sys, time; from vislab import fileio\n"
+            "for _ in range(40):\n"
+            "    with fileio.lock(sys.argv[1]):\n"
+            "        n = fileio.read_json(sys.argv[1])['n']; time.sleep(0.002)\n"
+            "        fileio.write_json(sys.argv[1], {'n': n + 1})\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(counter)]) for _ in range(2)]
+    assert [p.wait(60) for p in procs] == [0, 0]
+    assert fileio.read_json(counter)["n"] == 80  # no update lost between the two "servers"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+

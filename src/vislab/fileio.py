@@ -1,8 +1,10 @@
-"""Small file helpers every module shares: atomic writes (a reader or a kill never sees half a file) and
-file digests."""
+"""Small file helpers every module shares: atomic writes (a reader or a kill never sees half a file), a
+file lock (two servers sharing one lab home never read-modify-write one file at once) and file digests."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -39,6 +41,24 @@ def read_json(path: str | Path, default=None):
     except FileNotFoundError:
         return default
     return json.loads(text)  # json.JSONDecodeError is a ValueError
+
+
+@contextlib.contextmanager
+def lock(path: str | Path):
+    """Hold an exclusive lock for `path` (on the hidden file `.<name>.lock` next to it) while the block runs.
+
+    `fcntl.flock`, so it holds between processes and between machines on NFS (Linux maps flock to NFS locks);
+    the lock goes with the process, so a killed server never leaves a file locked. Atomic writes already keep
+    readers from a torn file; take this lock around a read-modify-write (status, a lab's state) or a claim.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def digest(path: str | Path, algorithm: str = "sha256") -> str:

@@ -8,6 +8,7 @@ reloaded page, a second tab or a restarted server reads the same state:
     progress.json  the latest batch or caching step (epoch, batch, loss, phase, images cached, seconds)
     events.jsonl   one JSON line per phase, cache, epoch and end event
     stop           present once Stop is pressed; the worker checks it between batches
+    claim.json     which server started the job (taken atomically: of two servers sharing a lab home, one runs it)
     worker.log     the worker's own output (a crash's traceback lands here)
     checkpoint/    the best epoch so far (runs.save_checkpoint); config.json ... model.safetensors when done
 
@@ -19,13 +20,19 @@ Workers are separate Python processes (`python -m vislab.jobs FOLDER`), never th
 no page rerun or garbage collection of the server can stall training, and a worker that crashes or runs
 out of memory cannot take the server down. `Queue` is the small interface the pages use; `LocalQueue`
 runs jobs on this machine, FIFO, with `VISLAB_MAX_JOBS` jobs at once per device (default 1 on the CPU and
-1 per CUDA GPU), and at most one queued or running job per lab.
+1 per CUDA GPU), and at most one queued or running job per lab. `vislab.rayqueue.RayQueue` is the same
+interface on a Ray cluster.
+
+Several servers may share one lab home (`VISLAB_HOME`): the job folders are the truth, so `active_for` and
+`ahead` read them, and a server starts a job only after claiming it (`Job.claim`, under a file lock), so a
+job queued by one server and adopted by another after a restart still runs once.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -72,7 +79,7 @@ class Job:
             from vislab import runs
 
             return {"state": "done" if runs.complete(self.folder) else "interrupted"}
-        if st.get("state") == "running" and not _alive(st.get("pid")):
+        if st.get("state") == "running" and not _running_alive(st):
             st = {**st, "state": "interrupted",
                   "message": st.get("message") or "the worker process ended before the run finished "
                                                   "(the server stopped or the machine restarted)"}
@@ -119,17 +126,50 @@ class Job:
         return (self.folder / "stop").exists()
 
     def write_status(self, **fields) -> dict:
-        st = {**(fileio.read_json(self.folder / "status.json", {}) or {}), **fields}
-        fileio.write_json(self.folder / "status.json", st)
+        with fileio.lock(self.folder / "status.json"):  # worker, queue and other servers update it
+            try:
+                old = fileio.read_json(self.folder / "status.json", {}) or {}
+            except ValueError:
+                old = {}
+            st = {**old, **fields}
+            fileio.write_json(self.folder / "status.json", st)
         return st
+
+    def claim(self, owner: dict | None = None) -> bool:
+        """Take this queued job for one server (`owner`, default this process) so no other server starts or
+        cancels it; False when it is no longer queued or a live owner holds it. A claim of a process that is
+        gone (its server died before the job started) is taken over."""
+        owner = owner or me()
+        with fileio.lock(self.folder / "claim.json"):
+            try:
+                st = fileio.read_json(self.folder / "status.json", {}) or {}
+                held = fileio.read_json(self.folder / "claim.json")
+            except ValueError:
+                return False
+            if st.get("state") != "queued":
+                return False
+            if held and held.get("queue") != owner.get("queue") and owner_alive(held):
+                return False
+            fileio.write_json(self.folder / "claim.json", {**owner, "claimed": time.time()})
+            return True
+
+    def claimed_by(self) -> dict | None:
+        try:
+            return fileio.read_json(self.folder / "claim.json")
+        except ValueError:
+            return None
 
 
 def create(folder: str | Path, kind: str, payload: dict, lab: str | None = None) -> Job:
-    """A new job folder in state queued. `payload` is what the worker needs (see `run_worker`)."""
+    """A new job folder (or an empty one) in state queued. `payload` is what the worker needs (see `run_worker`)."""
     if kind not in KINDS:
         raise JobError(f"unknown job kind '{kind}'")
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=False)
+    if not (folder.is_dir() and not any(folder.iterdir())):  # an empty folder (the CLI's --out) is taken as is
+        try:
+            folder.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            raise JobError(f"{folder} already exists and is not empty: choose a new folder") from None
     fileio.write_json(folder / "job.json", {"kind": kind, "lab": lab, "created": time.time(), **payload},
                       indent=None)
     job = Job(folder)
@@ -145,6 +185,95 @@ def list_jobs(root: str | Path) -> list[Job]:
     found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
              and ((p / "job.json").is_file() or (p / "config.json").is_file() or (p / "status.json").is_file())]
     return [Job(p) for p in sorted(found, key=lambda p: p.name, reverse=True)]
+
+
+def active_in(runs_dir: str | Path, exclude: Job | None = None) -> Job | None:
+    """The queued or running job among a lab's run folders (any server's), else None."""
+    skip = Path(exclude.folder).resolve() if exclude is not None else None
+    for job in list_jobs(runs_dir):
+        if job.active and (skip is None or job.folder.resolve() != skip):
+            return job
+    return None
+
+
+def home_jobs(labs_root: str | Path | None = None) -> list[tuple[Job, dict]]:
+    """(job, status) of every job folder in the lab home that has a status, oldest first."""
+    if labs_root is None:
+        from vislab import labs
+
+        labs_root = labs.labs_dir()
+    found = []
+    for status in Path(labs_root).glob("*/runs/*/status.json"):
+        job = Job(status.parent)
+        found.append((job, job.status()))
+    return sorted(found, key=lambda t: (t[1].get("queued") or t[1].get("created") or 0, t[0].id))
+
+
+def ahead_in_home(job: Job, labs_root: str | Path | None = None) -> int:
+    """How many jobs of the whole lab home (every server's) will start or finish before this queued job
+    starts: those queued before it and those running, for the same kind of device. 0 when it is not queued."""
+    st = job.status()
+    if st.get("state") != "queued":
+        return 0
+    pool, when = st.get("pool", "cpu"), st.get("queued") or st.get("created") or 0
+    count = 0
+    for other, ost in home_jobs(labs_root):
+        if other.folder.resolve() == job.folder.resolve():
+            continue
+        if not _shares(ost.get("slot") or ost.get("pool", "cpu"), pool) and not _shares(ost.get("pool", "cpu"), pool):
+            continue
+        if ost.get("state") == "running":
+            count += 1
+        elif ost.get("state") == "queued" and (ost.get("queued") or ost.get("created") or 0) < when:
+            count += 1
+    return count
+
+
+HOST = socket.gethostname()
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (field 22 of /proc/PID/stat): with the pid, names one process even
+    after its pid is recycled. None where /proc is missing."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def me(**extra) -> dict:
+    """This process as the owner of a claim or a Ray-driven job: host, pid and the pid's start time."""
+    return {"host": HOST, "pid": os.getpid(), "pid_start": _start_time(os.getpid()), **extra}
+
+
+def owner_alive(owner: dict) -> bool:
+    """Whether the process of an owner record still runs. A process of another host cannot be seen from
+    here: it counts as alive (its own server marks the job when it ends)."""
+    if not isinstance(owner, dict):
+        return False
+    if owner.get("host") not in (None, HOST):
+        return True
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    start = owner.get("pid_start")
+    return start is None or _start_time(pid) in (None, start)
+
+
+def _running_alive(st: dict) -> bool:
+    """Whether a running job still has its process: the Ray driver that follows it (`driver`), else the
+    local worker (`pid`, on `host`)."""
+    if isinstance(st.get("driver"), dict):
+        return owner_alive(st["driver"])
+    if st.get("host") not in (None, HOST):
+        return True  # a worker on another server of a shared lab home: that server marks it
+    return _alive(st.get("pid"))
 
 
 def _alive(pid) -> bool:
@@ -206,6 +335,20 @@ def pool_for(device: str) -> str:
     return "cpu"
 
 
+def make_queue(ray_address: str | None = None) -> Queue:
+    """The server's queue: on the Ray cluster at `ray_address` or VISLAB_RAY_ADDRESS when one is set
+    (vislab.rayqueue, which needs the `ray` extra), else a LocalQueue. Ray is imported only then."""
+    ray_address = ray_address or os.environ.get("VISLAB_RAY_ADDRESS")
+    if not ray_address:
+        return LocalQueue()
+    try:
+        from vislab import rayqueue
+    except ImportError:
+        raise JobError("VISLAB_RAY_ADDRESS is set but ray is not installed: pip install 'vislab[ray]', "
+                       "or unset it to train on this server") from None
+    return rayqueue.RayQueue(addr=ray_address)
+
+
 @dataclass
 class _Entry:
     job: Job
@@ -239,41 +382,47 @@ class LocalQueue:
         with self._lock:
             if any(e.job.folder == job.folder for e in self._pending + self._running):
                 return job  # already in this queue (a second submit of the same folder is a no-op)
-            if job.state != "queued":
-                raise JobError(f"job {job.id} is {job.state}: only a new job can be queued")
-            if lab is not None and self.active_for(lab) is not None:
+            st = job.status()
+            if st.get("state") != "queued":
+                raise JobError(f"job {job.id} is {st.get('state')}: only a new job can be queued")
+            if lab is not None and self._active_other(lab, job) is not None:
                 raise JobError("this lab already has a job queued or running: wait for it, or stop it first")
-            self._pending.append(_Entry(job, pool_for(device), lab))
-            job.write_status(state="queued", queue=self.id, queued=time.time())
+            pool = pool_for(device)
+            self._pending.append(_Entry(job, pool, lab))
+            job.write_status(state="queued", queue=self.id, pool=pool, queued=st.get("queued") or time.time())
         self._wake.set()
         return job
 
     def cancel(self, job: Job) -> None:
-        """A queued job is cancelled at once; a running one is asked to stop (it keeps its best epoch)."""
+        """A queued job is cancelled at once (this server's or another's: the claim makes sure nobody starts
+        it meanwhile); a running one is asked to stop (it keeps its best epoch)."""
         with self._lock:
-            for e in self._pending:
-                if e.job.folder == job.folder:
-                    self._pending.remove(e)
-                    job.write_status(state="cancelled", finished=time.time(), message="cancelled before it started")
-                    return
+            self._pending = [e for e in self._pending if e.job.folder != job.folder]
+            if job.claim(me(queue=self.id)):
+                job.write_status(state="cancelled", finished=time.time(), message="cancelled before it started")
+                return
         job.request_stop()
 
     def ahead(self, job: Job) -> int:
-        """How many jobs will start or finish before this queued job starts (0 when it is running)."""
-        with self._lock:
-            for i, e in enumerate(self._pending):
-                if e.job.folder == job.folder:
-                    same = [p for p in self._pending[:i] if _shares(p.pool, e.pool)]
-                    busy = [r for r in self._running if _shares(r.pool, e.pool) or _shares(r.slot or "", e.pool)]
-                    return len(same) + len(busy)
-        return 0
+        """How many jobs will start or finish before this queued job starts (0 when it is running), counted
+        from the job folders, so the jobs of every server sharing this lab home count."""
+        return ahead_in_home(job, Path(job.folder).parents[2])
 
     def active_for(self, lab: str) -> Job | None:
+        """The lab's queued or running job, this server's or another's (read from the lab's folder)."""
+        return self._active_other(lab, None)
+
+    def _active_other(self, lab: str, job: Job | None) -> Job | None:
         with self._lock:
             for e in self._running + self._pending:
-                if e.lab == lab:
+                if e.lab == lab and (job is None or e.job.folder != job.folder):
                     return e.job
-        return None
+        from vislab import labs
+
+        try:
+            return active_in(labs.Lab(lab).runs_dir, exclude=job)
+        except labs.LabError:  # not a lab id (a test's or the CLI's own folder): this queue's jobs only
+            return None
 
     def running_count(self) -> int:
         with self._lock:
@@ -290,7 +439,8 @@ class LocalQueue:
         for folder in Path(root).glob("*/runs/*/status.json"):
             job = Job(folder.parent)
             st = job.status()
-            if st.get("state") == "queued":
+            held = job.claimed_by()
+            if st.get("state") == "queued" and not (held and owner_alive(held)):  # not being started elsewhere
                 found.append((st.get("created", 0), job))
         for _, job in sorted(found, key=lambda t: t[0]):
             try:
@@ -370,11 +520,13 @@ class LocalQueue:
                 slot = self._free_slot(e.pool)
                 if slot is None:
                     continue
-                if e.job.stop_requested:  # cancelled through the file while queued (another server, a tab)
+                if e.job.stop_requested and e.job.claim(me(queue=self.id)):  # Stop through the file while queued
                     self._pending.remove(e)
                     e.job.write_status(state="cancelled", finished=time.time(), message="cancelled before it started")
                     continue
                 self._pending.remove(e)
+                if not e.job.claim(me(queue=self.id)):  # another server sharing the home started or cancelled it
+                    continue
                 e.slot = slot
                 e.proc = self._spawn(e.job, slot)
                 self._running.append(e)
@@ -394,7 +546,7 @@ class LocalQueue:
                                     cwd=str(job.folder))
         finally:
             log.close()
-        job.write_status(state="running", slot=slot, started=time.time(), pid=proc.pid)  # before the worker's own
+        job.write_status(state="running", slot=slot, started=time.time(), pid=proc.pid, host=HOST)  # before the worker's own
         return proc
 
 
@@ -428,7 +580,9 @@ class FileStop:
 
 
 class EventWriter:
-    """Turns training events into progress.json (throttled) and events.jsonl lines."""
+    """Turns training events into progress.json (throttled) and events.jsonl lines. A subclass that sends
+    them elsewhere (the Ray backend sends them to the server that writes them) overrides `write_progress`
+    and `write_event`."""
 
     def __init__(self, job: Job):
         self.job = job
@@ -436,14 +590,23 @@ class EventWriter:
         self.last = 0.0
         self.state: dict = {"started": self.started}
         self.message = ""  # how the job ended, when it is worth saying (a non-finite loss, stopped early)
-        self._events = open(job.folder / "events.jsonl", "a")
+        self._events = None
+
+    def write_progress(self, state: dict) -> None:
+        fileio.write_bytes(self.job.folder / "progress.json", json.dumps(state).encode())
+
+    def write_event(self, record: dict) -> None:
+        if self._events is None:
+            self._events = open(self.job.folder / "events.jsonl", "a")
+        self._events.write(json.dumps(record) + "\n")
+        self._events.flush()
 
     def progress(self, force: bool = False, **fields) -> None:
         self.state.update(fields, seconds=time.time() - self.started)
         now = time.monotonic()
         if force or now - self.last >= PROGRESS_EVERY_S:
             self.last = now
-            fileio.write_bytes(self.job.folder / "progress.json", json.dumps(self.state).encode())
+            self.write_progress(self.state)
 
     def event(self, e, run: str | None = None) -> None:
         extra = {"run": run} if run is not None else {}
@@ -457,13 +620,13 @@ class EventWriter:
             return
         record = {"kind": e.kind, "epoch": e.epoch, "epochs": e.epochs, "phase": e.phase, "message": e.message,
                   "metrics": e.metrics, "time": time.time() - self.started, **extra}
-        self._events.write(json.dumps(record) + "\n")
-        self._events.flush()
+        self.write_event(record)
         self.progress(force=True, epoch=e.epoch, epochs=e.epochs, phase=e.phase, **extra,
                       **({"stage": "training"} if e.kind in ("epoch", "phase") else {}))
 
     def close(self) -> None:
-        self._events.close()
+        if self._events is not None:
+            self._events.close()
 
 
 def _die_with_parent() -> None:
@@ -498,12 +661,22 @@ def run_worker(folder: str | Path) -> int:
     _be_nice()
     job.write_status(state="running", pid=os.getpid(), started=time.time())
     writer = EventWriter(job)
+    try:
+        outcome = execute(job, writer, FileStop(job), os.environ.get("VISLAB_THREADS"))
+        job.write_status(finished=time.time(), **outcome)
+    finally:
+        writer.close()
+    return 1 if outcome["state"] == "error" else 0
+
+
+def execute(job: Job, writer: EventWriter, stop, threads: int | str | None = None) -> dict:
+    """Run the job's payload (job.json) here with `writer` for its events and `stop` (an Event look-alike);
+    returns how it ended, {"state": done | stopped | error, "message": ...}, and never raises. The one job
+    runner of the worker process and of a Ray task (vislab.rayqueue)."""
     writer.progress(force=True, stage="starting")
-    stop = FileStop(job)
     try:
         import torch
 
-        threads = os.environ.get("VISLAB_THREADS")
         if threads:
             torch.set_num_threads(int(threads))
         payload = job.spec()
@@ -511,19 +684,14 @@ def run_worker(folder: str | Path) -> int:
             _run_compare(job, payload, writer, stop)
         else:
             _run_train(job, payload, writer, stop)
-        state = "stopped" if stop.is_set() else "done"
-        job.write_status(state=state, finished=time.time(), message=writer.message)
-        return 0
+        return {"state": "stopped" if stop.is_set() else "done", "message": writer.message}
     except Exception as exc:
-        message = _explain(exc)
-        job.write_status(state="error", finished=time.time(), message=message)
         import traceback
 
         traceback.print_exc()
-        return 1
+        return {"state": "error", "message": _explain(exc)}
     finally:
         writer.progress(force=True, stage="finished")
-        writer.close()
 
 
 def _explain(exc: Exception) -> str:
@@ -567,7 +735,8 @@ def _run_compare(job: Job, payload: dict, writer: EventWriter, stop: FileStop) -
         writer.event(e, run=name)
 
     compare.run(payload["model"], report, configs, payload["epochs"], job.folder, img_size=payload.get("img_size"),
-                batch_size=payload.get("batch_size", 32), seed=payload.get("seed", 0), on_event=on_event, stop=stop)
+                batch_size=payload.get("batch_size", 32), seed=payload.get("seed", 0), on_event=on_event, stop=stop,
+                per_class=payload.get("per_class"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,8 @@
 
 A lab id is 32 lowercase hex digits (128 bits from `secrets`); anything else is refused before a path is
 built from it. Every file is written atomically, so a reload, a second tab or a server restart reads back a
-whole file, never half of one. Old labs are removed by age (`VISLAB_LAB_DAYS`, default 30 days since last use).
+whole file, never half of one, and under a file lock (`fileio.lock`), so several servers sharing one lab
+home (`VISLAB_HOME`) never write one file at once and serve the same labs. Old labs are removed by age (`VISLAB_LAB_DAYS`, default 30 days since last use).
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ class Lab:
         return state
 
     def write_state(self, state: dict) -> None:
-        fileio.write_json(self.folder / "state.json", {**state, "updated": time.time()})
+        with fileio.lock(self.folder / "state.json"):  # two servers sharing the home: one writer at a time
+            fileio.write_json(self.folder / "state.json", {**state, "updated": time.time()})
 
     def read_dataset(self) -> dict | None:
         try:
@@ -85,10 +87,11 @@ class Lab:
         return d if isinstance(d, dict) else None
 
     def write_dataset(self, d: dict | None) -> None:
-        if d is None:
-            (self.folder / "dataset.json").unlink(missing_ok=True)
-        else:
-            fileio.write_json(self.folder / "dataset.json", d, indent=None)
+        with fileio.lock(self.folder / "dataset.json"):
+            if d is None:
+                (self.folder / "dataset.json").unlink(missing_ok=True)
+            else:
+                fileio.write_json(self.folder / "dataset.json", d, indent=None)
 
     def state_mtime(self) -> int:
         try:
