@@ -1,0 +1,126 @@
+"""The Ray backend (vislab.rayqueue) on a real local Ray instance, started once for the module: the same
+result as the local worker, progress in order, Stop, a dead worker, the CLI's path and the app's queue."""
+
+import os
+import signal
+import time
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]'): Ray backend tests skipped")
+
+import torch  # noqa: E402
+
+from tests.test_jobs import _job, _spec, _wait_for  # noqa: E402
+from vislab import data, experiment, jobs, rayqueue, runs  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace=rayqueue.NAMESPACE,
+             log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def rq(cluster):
+    seen = []
+    q = rayqueue.RayQueue(on_message=lambda job, kind, data: seen.append((job.id, kind, data)))
+    q.seen = seen
+    yield q
+    q.close(timeout=20)
+
+
+def _same_weights(a, b):
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(x.float(), y.float(), atol=1e-5), k
+
+
+def test_a_ray_job_through_the_apps_queue_equals_training_in_process(synthetic, tmp_path, cluster, monkeypatch):
+    monkeypatch.setenv("VISLAB_RAY_ADDRESS", "auto")
+    q = jobs.make_queue()  # what pages/_jobs.queue() builds
+    assert isinstance(q, rayqueue.RayQueue)
+    seen = []
+    q.on_message = lambda job, kind, data: seen.append((kind, data))
+    try:
+        job = _job(synthetic)
+        q.submit(job)
+        status = q.wait(job, 300)
+    finally:
+        q.close(timeout=20)
+    assert status["state"] == "done", status
+    assert status["backend"] == "ray" and status["resources"] == {"num_cpus": 1, "num_gpus": 0}
+    assert status["worker"]["pid"] != os.getpid()  # it trained in a Ray worker
+    local = experiment.train(_spec(), data.scan_folder(synthetic), tmp_path / "local")
+    model, run = runs.load(job.folder)
+    assert [m["val_acc"] for m in run.metrics] == [m["val_acc"] for m in local.history.epochs]
+    _same_weights(model, local.model)
+    # the events came through the hub in order, and the server wrote them where the pages read them
+    kinds = [k for k, _ in seen]
+    assert kinds[0] == "started" and kinds[-1] == "end"
+    events = [d for k, d in seen if k == "event"]
+    assert [e["kind"] for e in events][0] == "phase" and events[-1]["kind"] == "end"
+    assert [e["epoch"] for e in events if e["kind"] == "epoch"] == [1, 2]
+    assert job.events() == events
+    seconds = [d["seconds"] for k, d in seen if k == "progress"]
+    assert seconds == sorted(seconds) and len(seconds) >= 3
+    assert job.progress()["stage"] == "finished"
+    assert runs.load_predictions(job.folder).paths == [p for p, _ in local.val_items]
+
+
+def test_the_cli_path_runs_one_job_on_ray_and_relays_its_epochs(synthetic, tmp_path, cluster):
+    report = data.scan_folder(synthetic)
+    epochs = []
+    out = tmp_path / "cli_run"
+    out.mkdir()  # the CLI's --out folder exists (empty) when the job is made
+    status = rayqueue.run_job(out, "train", {"spec": _spec(epochs=1).to_dict(), "report": data.report_to_dict(report)},
+                              on_event=lambda e, run: epochs.append((e.epoch, run)) if e.kind == "epoch" else None)
+    assert status["state"] == "done" and runs.complete(out)
+    assert epochs == [(1, None)]
+    local = experiment.train(_spec(epochs=1), report, tmp_path / "local")
+    _same_weights(runs.load(out)[0], local.model)
+
+
+def test_stop_ends_the_ray_task_and_keeps_the_best_epoch(synthetic, rq):
+    job = _job(synthetic, spec=_spec(epochs=300, batch=4))
+    rq.submit(job)
+    assert _wait_for(lambda: len(job.metrics()) >= 1, 180), job.status()
+    assert job.state == "running" and rq.running_count() == 1
+    rq.cancel(job)
+    status = rq.wait(job, 90)
+    assert status["state"] == "stopped"
+    assert 1 <= len(runs.read_metrics(job.folder)) < 300
+    model, run = runs.load(job.folder)
+    assert run.config["stopped"] is True
+    assert rq.running_count() == 0  # the task ended (its ref is done), not only the files
+
+
+def test_a_ray_worker_that_dies_mid_job_leaves_an_interrupted_run_with_its_best_epoch(synthetic, rq):
+    job = _job(synthetic, spec=_spec(epochs=300, batch=4))
+    rq.submit(job)
+    assert _wait_for(lambda: len(job.metrics()) >= 2, 180), job.status()
+    os.kill(job.status()["worker"]["pid"], signal.SIGKILL)  # the node (its worker process) dies
+    assert _wait_for(lambda: job.status().get("state") == "interrupted", 60), job.status()
+    assert "Ray worker ended" in job.status()["message"]
+    ck = runs.checkpoint_of(job.folder)
+    assert ck is not None and runs.complete(ck)
+    model, run = runs.load(job.folder)
+    assert run.config["best_epoch"] >= 1
+
+
+def test_a_queued_ray_job_counts_whats_ahead_and_cancels(synthetic, rq):
+    a, b, c = (_job(synthetic, name=f"run{i}", spec=_spec(epochs=200, batch=4)) for i in range(3))
+    for j in (a, b, c):
+        rq.submit(j)
+    assert _wait_for(lambda: a.state == "running" and b.state == "running", 180), (a.status(), b.status())
+    time.sleep(1)
+    assert c.state == "queued" and rq.ahead(c) == 2  # two CPUs, one each: Ray holds the third back
+    rq.cancel(c)
+    assert c.state == "cancelled"
+    for j in (a, b):
+        rq.cancel(j)
+        assert rq.wait(j, 90)["state"] == "stopped"
+    assert not (c.folder / "model.safetensors").exists() and not c.events()
