@@ -10,7 +10,7 @@ from vislab.transforms import Augment
 
 def _train(synthetic, name, strategy, cache, head="linear", thaw_last=1, epochs=2, augment=None, pool=None):
     spec = experiment.Spec(model=name, strategy=strategy, head=head, weights="auto", img_size=64,
-                           thaw_last=thaw_last, augment=augment or Augment(),
+                           thaw_last=thaw_last, augment=augment or Augment(), engine="torch",  # test_engines: onnx
                            train=TrainConfig(epochs=epochs, batch_size=8, device="cpu", seed=1, cache=cache))
     return experiment.train(spec, data.scan_folder(synthetic), None, cache_pool=pool)
 

@@ -135,7 +135,7 @@ def test_auto_keeps_the_faster_engine_and_skips_an_export_that_cannot_pay(monkey
     monkeypatch.setattr(engines, "_ort_runner", slowed)
     monkeypatch.setattr(engines, "MIN_PASS_SECONDS", 0.0)
     chosen = engines.choose(model, prefix.stubs, x, "auto", pass_images=24)
-    assert chosen.name == "torch" and chosen.speedup < 1 and "faster here" in chosen.describe()
+    assert chosen.name == "torch" and chosen.speedup < 1 and "as fast here" in chosen.describe()
     monkeypatch.setattr(engines, "_ort_runner", slow)
     forced = engines.choose(model, prefix.stubs, x, "onnxruntime")  # forced, it runs whatever the speed
     assert forced.name == "onnxruntime"
@@ -155,3 +155,31 @@ def test_engine_choice_is_checked_and_old_run_configs_load():
     args = cli.build_parser().parse_args(["train", "--data", "sample", "--epochs", "1", "--out", "x",
                                           "--engine", "onnxruntime"])
     assert args.engine == "onnxruntime"
+
+
+def test_predictions_of_a_model_frozen_up_to_its_head_run_its_prefix_in_the_engine(synthetic, monkeypatch):
+    from vislab import evaluation
+
+    spec = experiment.Spec(model="test_resnet", strategy="head", weights="random", img_size=64)
+    model, info, _ = experiment.prepare(spec, 3)
+    items = data.scan_folder(synthetic).items[:10]
+    used, batches = [], []
+    choose = engines.choose
+
+    def spy(*a, **k):  # the engine chosen, its runs counted
+        engine = choose(*a, **k)
+        run = engine.run
+        engine.run = lambda x: batches.append(len(x)) or run(x)
+        used.append(engine)
+        return engine
+
+    monkeypatch.setattr(engines, "choose", spy)
+    onnx = evaluation.predict(model, items, info.data_config, batch_size=4, engine="onnxruntime")
+    assert [e.name for e in used] == ["onnxruntime"]
+    assert batches == [4, 4, 2]  # every batch went through it (the last one partial)
+    plain = evaluation.predict(model, items, info.data_config, batch_size=4, engine="torch")
+    assert len(used) == 1  # torch asked for: the plain model, no prefix search
+    assert onnx.probs.shape == plain.probs.shape == (10, 3)
+    assert abs(onnx.probs - plain.probs).max() < 1e-5 and abs(onnx.losses - plain.losses).max() < 1e-4
+    assert all(p.requires_grad == n.startswith(info.head) for n, p in model.named_parameters())  # untouched
+    assert type(model.get_submodule("conv1.0")) is torch.nn.Conv2d  # the stubs are back in place

@@ -3,6 +3,7 @@ and classifying a new image with top-k probabilities."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch.nn as nn
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from vislab import caching, engines
 from vislab.data import ImageDataset
 from vislab.models import DataConfig
 from vislab.modes import training_mode
@@ -40,20 +42,38 @@ def eval_loader(items: list[tuple[str, int]], cfg: DataConfig, batch_size: int =
 
 @torch.no_grad()
 def predict(model: nn.Module, items: list[tuple[str, int]], cfg: DataConfig, batch_size: int = 32,
-            device: str | torch.device = "cpu") -> Predictions:
+            device: str | torch.device = "cpu", engine: str = "auto", name: str = "") -> Predictions:
+    """Softmax and loss of every image. A model frozen up to its head runs its frozen prefix through the
+    engine that ran it in training (engines.choose, `name` keys the export; reused from disk), the rest as is."""
     model.to(device)
     probs, losses, labels = [], [], []
+    loader = eval_loader(items, cfg, batch_size)
     with training_mode(model, False):
-        for x, y in eval_loader(items, cfg, batch_size):
-            logits = model(x.to(device)).float().cpu()  # (B, K)
-            probs.append(logits.softmax(1))
-            losses.append(nn.functional.cross_entropy(logits, y, reduction="none"))
-            labels.append(y)
+        prefix, runner = _frozen_prefix(model, loader.dataset, torch.device(device), engine, name)
+        with caching.stubbed(model, prefix) if runner else contextlib.nullcontext():
+            for x, y in loader:
+                x = x.to(device)
+                logits = (model(runner.run(x)) if runner else model(x)).float().cpu()  # (B, K)
+                probs.append(logits.softmax(1))
+                losses.append(nn.functional.cross_entropy(logits, y, reduction="none"))
+                labels.append(y)
     k = getattr(model, "num_classes", None)
     empty = np.zeros((0, k or 0))
     return Predictions([p for p, _ in items], torch.cat(labels).numpy() if labels else np.zeros(0, int),
                        torch.cat(probs).numpy() if probs else empty,
                        torch.cat(losses).numpy() if losses else np.zeros(0))
+
+
+def _frozen_prefix(model: nn.Module, dataset, device: torch.device, engine: str, name: str):
+    """(prefix, engine) when a frozen prefix can run in an engine other than torch, else (None, None)."""
+    if engine == "torch" or len(dataset) < 2 or not any(p.requires_grad for p in model.parameters()):
+        return None, None  # a model with nothing marked trainable is not one frozen up to its head
+    probe = torch.stack([dataset[i][0] for i in range(min(caching.PROBE_IMAGES, len(dataset)))]).to(device)
+    prefix = caching.find_prefix(model, probe[:4])
+    if prefix is None or not caching.reproduces(model, prefix, probe[:4]):
+        return None, None
+    runner = engines.choose(model, prefix.stubs, probe, engine, len(dataset), name)
+    return (prefix, runner) if runner.name != "torch" else (None, None)
 
 
 def confusion(pred: Predictions, num_classes: int) -> np.ndarray:

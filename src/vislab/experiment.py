@@ -165,7 +165,8 @@ def train(
         if predictions:
             from vislab import evaluation
 
-            runs.save_predictions(out, evaluation.predict(model.cpu(), val_items, cfg, spec.train.batch_size))
+            runs.save_predictions(out, evaluation.predict(model.cpu(), val_items, cfg, spec.train.batch_size,
+                                                                engine=spec.engine, name=spec.model))
         run_dir = runs.save(out, model.cpu(), config, history.epochs, report.classes)
         shutil.rmtree(run_dir / runs.CHECKPOINT, ignore_errors=True)  # the run is complete: its files say all
     return Result(model, info, history, run_dir, report.classes, val_items)
