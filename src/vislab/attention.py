@@ -8,11 +8,16 @@ probabilities) and restore the flags in `finally`. The logits are the same eithe
 
 timm's own `timm.utils.AttentionExtract` is not used: in hook mode it registers hooks it never removes
 and leaves the model in eval mode, and in fx mode it traces the model into a new graph module.
+
+A CNN with the attention head (`heads.AttentionHead`, a hybrid) has the same timm blocks on top of its last
+feature map: its tokens are the map's cells (one cell = the backbone's stride in pixels, 32 for
+mobilenet_v2) and a class token. `view` reads either kind: maps, token grid, prefix tokens and cell size.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -165,3 +170,85 @@ def rollout(maps, grid: tuple[int, int] | None = None, num_prefix_tokens: int = 
     row = result[0] if prefix else result.mean(axis=0)  # (N,)
     mask = row[prefix:].reshape(grid)
     return mask / mask.max()
+
+
+@dataclass
+class AttentionView:
+    """One forward's attention, with what is needed to lay it on the image."""
+
+    maps: list[torch.Tensor]  # per block (B, heads, T, T), rows sum to 1; T = prefix + gh * gw
+    grid: tuple[int, int]  # (gh, gw) token grid
+    num_prefix_tokens: int  # class (and register) tokens before the grid tokens
+    image_size: tuple[int, int]  # (H, W) of the input
+    hybrid: bool  # the attention head on a CNN's feature map (else a ViT's patches)
+
+    @property
+    def cell(self) -> tuple[float, float]:
+        """Pixels of input per grid cell, (rows, cols): a ViT's patch size, a CNN's stride."""
+        return self.image_size[0] / self.grid[0], self.image_size[1] / self.grid[1]
+
+    def cls(self, image: int = 0) -> np.ndarray:
+        """The class token's attention over the grid, (blocks, heads, gh, gw), for one image."""
+        return cls_attention(self.maps, self.num_prefix_tokens, self.grid, image)
+
+    def row_sum_error(self) -> float:
+        """Largest |sum of an attention row - 1| over all blocks, heads, images and tokens."""
+        return max(float((m.double().sum(-1) - 1).abs().max()) for m in self.maps)
+
+    def rollout(self, head_fusion: str = "mean", discard_ratio: float = 0.0, image: int = 0) -> np.ndarray:
+        return rollout(self.maps, self.grid, self.num_prefix_tokens, head_fusion, discard_ratio, image)
+
+
+def _attention_head(model: nn.Module) -> nn.Module | None:
+    from vislab.heads import AttentionHead
+
+    return next((m for m in model.modules() if isinstance(m, AttentionHead)), None)
+
+
+def is_hybrid(model: nn.Module) -> bool:
+    """A CNN with the attention head on its feature map."""
+    return _attention_head(model) is not None
+
+
+def view(model: nn.Module, x: torch.Tensor) -> AttentionView:
+    """Attention of every block of a ViT or of a CNN's attention head for a batch `x` (B, 3, H, W)."""
+    head = _attention_head(model)
+    if head is None:
+        maps = attention_maps(model, x)
+        return AttentionView(maps, patch_grid(model, x), num_prefix_tokens(model), tuple(x.shape[-2:]), False)
+    mods = attention_modules(head)
+    maps: dict[str, torch.Tensor] = {}
+    grid: list[tuple[int, int]] = []
+
+    def make(name):
+        def hook(module, args, output):
+            maps[name] = output.detach().float().cpu().clone()  # (B, heads, T, T)
+        return hook
+
+    def feature_map(module, args, output):
+        grid.append(tuple(int(v) for v in args[0].shape[-2:]))  # the (B, C, gh, gw) map the head reads
+
+    with unfused_attention(head):
+        forward_with_hooks(model, [(m.attn_drop, make(name)) for name, m in mods] + [(head, feature_map)], x)
+    return AttentionView([maps[name] for name, _ in mods], grid[0], head.num_prefix_tokens,
+                         tuple(x.shape[-2:]), True)
+
+
+def head_maps(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Softmax attention per block, (B, heads, T, T): a ViT's blocks, or a CNN's attention head's."""
+    return view(model, x).maps
+
+
+def class_token_maps(model: nn.Module, x: torch.Tensor, block: int = -1, head_fusion: str = "mean") -> np.ndarray:
+    """The class token's attention of one block, heads fused, laid over the input: (B, H, W) at `x`'s
+    resolution, each map scaled to [0, 1]."""
+    from vislab.views import fit_map
+
+    if head_fusion not in HEAD_FUSIONS:
+        raise ValueError(f"head_fusion must be one of {', '.join(HEAD_FUSIONS)}, not '{head_fusion}'")
+    found = view(model, x)
+    out = []
+    for b in range(len(x)):
+        cls = found.cls(b)  # (blocks, heads, gh, gw)
+        out.append(fit_map(getattr(cls[block], head_fusion)(axis=0), found.image_size))
+    return np.stack(out)  # (B, H, W)
