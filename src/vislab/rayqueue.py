@@ -176,10 +176,11 @@ class RayStop:
 def _task(folder: str, job_id: str, hub, threads: int, env: dict) -> dict:
     """One job on a Ray worker: the worker process's own runner (`jobs.execute`), events through the hub."""
     os.environ.update(env)  # the lab home (the same path on every node) and the job's settings
-    try:
-        if os.getpriority(os.PRIO_PROCESS, 0) < 10:  # as a local worker: the lab server on this node stays quick
-            os.setpriority(os.PRIO_PROCESS, 0, 10)
-    except (OSError, AttributeError):
+    try:  # as a local worker (VISLAB_WORKER_NICE, default 10): a lab server on this node stays quick
+        nice = int(os.environ.get("VISLAB_WORKER_NICE", "10"))
+        if os.getpriority(os.PRIO_PROCESS, 0) < nice:  # a reused Ray worker keeps its niceness: set, not add
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except (OSError, AttributeError, ValueError):
         pass
     sender = _Sender(hub, job_id)
     ctx = ray.get_runtime_context()
