@@ -1,7 +1,7 @@
 import streamlit as st
 
 from pages import _lab
-from vislab import architecture, freezing, plots
+from vislab import architecture, freezing, heads, plots
 
 _lab.init_state()
 ss = st.session_state
@@ -20,10 +20,24 @@ strategy = c1.selectbox("Strategy preset", freezing.STRATEGIES, key="preset_choi
 thaw = c2.number_input("Last N stages", 1, 50, ss[_lab.THAW_LAST], key="preset_thaw")
 bn = c3.selectbox("BN of thawed stages", freezing.BN_MODES, index=freezing.BN_MODES.index(ss[_lab.BN]),
                   key="preset_bn")
-head_kind = c4.radio("Head", ["linear", "mlp"], index=["linear", "mlp"].index(ss[_lab.HEAD]), key="head_choice",
-                     help="mlp: BatchNorm1d, Linear, ReLU, BatchNorm1d, Dropout, Linear")
-if head_kind != ss[_lab.HEAD]:
+kinds = list(heads.HEAD_KINDS)
+head_kind = c4.radio("Head", kinds, index=kinds.index(ss[_lab.HEAD]) if ss[_lab.HEAD] in kinds else 0,
+                     key="head_choice",
+                     help="mlp: BatchNorm1d, Linear, ReLU, BatchNorm1d, Dropout, Linear · attention: one "
+                          "self-attention block over the last feature map's cells, read by a class token "
+                          "(see the Attention page)")
+refusal = (heads.attention_head_refusal(_lab.working()[0])
+           if head_kind == "attention" and ss[_lab.HEAD] != "attention" else None)
+if refusal:
+    st.error(refusal)
+elif head_kind != ss[_lab.HEAD]:
+    previous = ss[_lab.HEAD]
     _lab.set_model(ss[_lab.MODEL], head_kind)
+    try:
+        _lab.working()
+    except heads.AttentionHeadError as exc:  # e.g. a forward torch.fx cannot trace
+        st.error(str(exc))
+        _lab.set_model(ss[_lab.MODEL], previous)
 if st.button("Apply preset", type="primary"):
     _lab.apply_preset(strategy, int(thaw), bn)
     ss["plan_version"] = ss.get("plan_version", 0) + 1
