@@ -10,6 +10,11 @@
 (c) Grad-CAM at the catalog layer on a batch of 16 vs one plain forward pass; all gradient methods together;
     and the grad-cam package called the usual way.
 (d) the app: seconds from `streamlit run` to the first page drawn in headless Chromium, and a page switch.
+(e) head only, 10 epochs, MobileNetV2 (real weights), the same images: vislab with the frozen prefix in each
+    engine (torch; onnxruntime with a fresh export; auto with the export reused) against one PyTorch
+    channels_last inference pass over the same images (decoding included in both), the decode cost per
+    image, and accuracy against the full loop of (a).
+(f) each catalog convnet with real weights on this machine, head only, 3 epochs: auto engine vs torch.
 Writes bench/results.json and bench/results.md.
 """
 
@@ -19,6 +24,7 @@ import argparse
 import json
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -127,6 +133,85 @@ def cam_case(model_name: str, img: int, batch: int) -> dict:
             "all_over_forward": every / fwd, "usual_gradcam_s": plain, "usual_over_forward": plain / fwd}
 
 
+def _fresh_exports() -> Path:
+    """An empty folder (under the lab's work folder, removed at exit) for engines' exported prefixes."""
+    import atexit
+    import shutil
+
+    from vislab import engines, paths
+
+    paths.work_dir().mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="bench-engines-", dir=paths.work_dir()))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    engines.exports_dir = lambda: folder
+    return folder
+
+
+def _head_only(report, model_name: str, epochs: int, engine: str, img_size=None, batch: int = 32):
+    spec = experiment.Spec(model=model_name, strategy="head", weights="auto", engine=engine, img_size=img_size,
+                           train=TrainConfig(epochs=epochs, lr=1e-3, batch_size=batch, device="cpu", seed=0))
+    prepared = experiment.prepare(spec, len(report.classes))
+    warm_up(prepared[0], prepared[1].data_config.input_size, batch)
+    start = time.perf_counter()
+    result = experiment.train(spec, report, None, prepared=prepared)
+    return time.perf_counter() - start, result
+
+
+def engine_case(report, model_name: str, epochs: int, full_loop: dict | None, img_size=None, batch: int = 32
+                ) -> dict:
+    """(e): vislab's head-only run with the prefix in each engine vs one torch channels_last inference pass."""
+    from vislab import engines
+
+    _fresh_exports()  # the onnxruntime run pays its export
+    model, info, _ = experiment.prepare(experiment.Spec(model=model_name, weights="auto", img_size=img_size),
+                                        len(report.classes))
+    train_items, val_items = data.split(report.items, 0.2, 0)
+    tf = eval_transform(info.data_config)
+    loaders = training.make_loaders(data.ImageDataset(train_items, tf), data.ImageDataset(val_items, tf),
+                                    TrainConfig(batch_size=batch), torch.device("cpu"))
+    start = time.perf_counter()
+    for loader in loaders:
+        for _ in loader:  # decoding and resizing alone, one process
+            pass
+    decode_s = time.perf_counter() - start
+    warm_up(model, info.data_config.input_size, batch)
+    inference_s = inference_pass(model, loaders, torch.channels_last)
+    row = {"case": "e: head only, prefix engines", "model": model_name, "images": len(report.items),
+           "epochs": epochs, "decode_s": decode_s, "decode_ms_per_image": 1000 * decode_s / len(report.items),
+           "inference_channels_last_s": inference_s, "runs": []}
+    for label, engine in (("torch", "torch"), ("onnxruntime, fresh export", "onnxruntime"),
+                          ("auto, export reused", "auto")):
+        seconds, result = _head_only(report, model_name, epochs, engine, img_size, batch)
+        row["runs"].append({"engine": label, "vislab_s": seconds, "over_inference": seconds / inference_s,
+                            "val_acc": result.history.epochs[-1]["val_acc"], "cache": result.history.cache[0]})
+    if full_loop:
+        row["full_loop_val_acc"], row["full_loop_s"] = full_loop["naive_val_acc"], full_loop["naive_s"]
+    return row
+
+
+def convnet_engines_case(report, epochs: int, names: list[str] | None = None, img_size=None) -> dict:
+    """(f): each catalog convnet with real weights here, head only: auto (fresh export) vs torch."""
+    from vislab import catalog
+    from vislab import weights as weights_mod
+
+    if names is None:
+        names = [e.name for e in catalog.CATALOG if not e.has_attention
+                 and weights_mod.status(e.name, e.source).available]
+    _fresh_exports()
+    rows = []
+    for name in names:
+        torch_s, torch_run = _head_only(report, name, epochs, "torch", img_size)
+        auto_s, auto_run = _head_only(report, name, epochs, "auto", img_size)
+        again_s, _ = _head_only(report, name, epochs, "auto", img_size)
+        rows.append({"model": name, "torch_s": torch_s, "auto_s": auto_s, "auto_again_s": again_s,
+                     "speedup": torch_s / auto_s, "speedup_again": torch_s / again_s,
+                     "torch_val_acc": torch_run.history.epochs[-1]["val_acc"],
+                     "auto_val_acc": auto_run.history.epochs[-1]["val_acc"], "cache": auto_run.history.cache[0]})
+        print(json.dumps(rows[-1]), flush=True)
+    return {"case": "f: catalog convnets, auto vs torch engine", "images": len(report.items), "epochs": epochs,
+            "models": rows}
+
+
 def app_case() -> dict:
     from tests import browser
 
@@ -174,6 +259,22 @@ def markdown(results: list[dict], meta: dict) -> str:
                          f"{r['all_over_forward']:.2f}× forward | ≤ 2× | |")
             lines.append(f"| c: grad-cam called the usual way | {r['usual_gradcam_s']:.2f} s | | "
                          f"{r['usual_over_forward']:.2f}× forward | (reference) | |")
+        elif r["case"].startswith("e"):
+            for run in r["runs"]:
+                acc = (f"{run['val_acc']:.3f} / {r['full_loop_val_acc']:.3f}" if "full_loop_val_acc" in r
+                       else f"{run['val_acc']:.3f}")
+                lines.append(f"| e: head only, prefix in {run['engine']} ({r['images']} images, {r['epochs']} "
+                             f"epochs) | {run['vislab_s']:.1f} s | one channels_last inference pass "
+                             f"{r['inference_channels_last_s']:.1f} s | {run['over_inference']:.2f} × inference | "
+                             f"≤ 1 × inference | {acc} |")
+            lines.append(f"| e: decoding alone (JPEG decode + resize, one process) | {r['decode_s']:.1f} s | | "
+                         f"{r['decode_ms_per_image']:.1f} ms per image | | |")
+        elif r["case"].startswith("f"):
+            for m in r["models"]:
+                lines.append(f"| f: {m['model']}, head only, auto engine ({r['images']} images, {r['epochs']} "
+                             f"epochs) | {m['auto_s']:.1f} s (export reused: {m['auto_again_s']:.1f} s) | torch "
+                             f"{m['torch_s']:.1f} s | {m['speedup']:.2f}× ({m['speedup_again']:.2f}× reused) | "
+                             f"≥ 1× | {m['auto_val_acc']:.3f} / {m['torch_val_acc']:.3f} |")
         elif "skipped" in r:
             lines.append(f"| d: app | skipped: {r['skipped']} | | | | |")
         else:
@@ -192,9 +293,8 @@ def main(argv=None) -> int:
     p.add_argument("--skip-app", action="store_true")
     args = p.parse_args(argv)
     torch.manual_seed(0)
+    _fresh_exports()  # the suite's exports stay out of the lab's own cache
     if args.tiny:
-        import tempfile
-
         folder = data.make_synthetic(Path(tempfile.mkdtemp()) / "syn", classes=3, per_class=6, size=64)
         report, model_name, img = data.scan_folder(folder), "test_resnet", 64
         cases = [("a: head only", "head", 2, 1), ("b: last stage thawed", "partial", 2, 1)]
@@ -207,6 +307,10 @@ def main(argv=None) -> int:
         results.append(training_case(name, report, model_name, strategy, epochs, thaw, img, 32,
                                      with_inference=name.startswith("a")))
         print(json.dumps(results[-1], default=str), flush=True)
+    results.append(engine_case(report, model_name, 2 if args.tiny else 10, results[0], img))
+    print(json.dumps(results[-1]), flush=True)
+    results.append(convnet_engines_case(report, 1 if args.tiny else 3, [model_name] if args.tiny else None, img))
+    print(json.dumps(results[-1]), flush=True)
     results.append(cam_case(model_name, img or 224, 4 if args.tiny else 16))
     print(json.dumps(results[-1]), flush=True)
     if not args.skip_app:
