@@ -1,7 +1,9 @@
 """The light part of the Streamlit layer: the lab of this link, session keys, the sidebar and chart helper.
 
-It imports no torch, so the first page can start drawing before the heavy libraries load; `pages/_lab.py`
-has everything that needs models, `pages/_jobs.py` the background jobs.
+It imports no torch, so the first page can start drawing before the heavy libraries load. What needs models
+is in `pages/_dataset.py` (the session's dataset), `_working.py` (the cached pretrained model and the
+session's copy), `_runs.py` (the models the look pages show), `_cached.py` (cached views and their locks)
+and `_images.py` (image pickers, thumbnails, downloads); `pages/_jobs.py` has the background jobs.
 
 A browser session works in a *lab* (vislab.labs): its id is in the URL (`?lab=<32 hex digits>`), and the
 choices below are written to the lab's folder at the end of every script run and read back by any session
@@ -16,10 +18,10 @@ import streamlit as st
 
 from vislab import catalog, labs, paths
 
-# ---- session state keys (every key the pages share lives here) ------------------------------------------
+# ---- session state keys (every key a page reads, writes or gives a widget lives here) -------------------
 MODEL = "model_name"  # catalog or any timm / torchvision name
 HEAD = "head_kind"  # "linear" | "mlp"
-DATASET = "dataset"  # _lab.Dataset, or absent
+DATASET = "dataset"  # _dataset.Dataset, or absent
 PLAN = "plan"  # FreezePlan of the working model (a dict while it waits to be rebuilt, after a reload)
 STRATEGY = "strategy"  # the preset the plan came from, or "custom"
 THAW_LAST = "thaw_last"
@@ -36,7 +38,121 @@ LAB = "lab_id"  # the lab of this browser session
 _SAVED = "_lab_saved"  # the JSON last written to / read from the lab, to write only on change
 _MTIME = "_lab_mtime"  # state.json's mtime when last read or written (another tab's change shows up)
 _DATASET_SAVED = "_lab_dataset"  # the dataset.json content last written / read (id of the report)
-PENDING_DATASET = "_lab_pending_dataset"  # a saved dataset to restore (needs torch: done in _lab)
+PENDING_DATASET = "_lab_pending_dataset"  # a saved dataset to restore (needs torch: done in _dataset)
+VIEW_CHOICE = "_models"  # the look pages' "pretrained / fine-tuned / side by side" radios end in this
+EXPORT_RESULT = "export_result"  # the Export page's last ExportResult (file, check, warnings)
+CAM_OUT = "cam_out"  # the CAM page's last computed panels, shown until the inputs change
+FEAT_ACTS_PREFIX = "feat_acts_"  # + model index: the Features page's activations of each model shown
+TRAIN_LR_NEXT = "train_lr_next"  # the LR finder's suggestion, put into the learning-rate box on the next run
+SHOWN_ACTIVE = "_shown_active"  # the training job the Train page is following (its end redraws the page)
+COMPARE_ACTIVE = "_compare_active"  # the comparison the Compare page is following (its end shows it)
+ZIP_READ_ID = "_zip_read"  # file id of the uploaded zip last read (a new file is read at once)
+
+# ---- widget keys, by page: a widget keeps its value in st.session_state under its key; `_PREFIX` keys
+# are followed by an index or a name (one widget per class, per image, per model)
+# pages/home.py
+ADV_SIZE = "adv_size"
+ADV_SIM = "adv_sim"
+MATRIX = "matrix"
+# pages/model.py
+WEIGHTS_UPLOAD = "weights_upload"
+DO_IMPORT = "do_import"
+PARAMS_CHART = "params_chart"
+# pages/data.py
+DATA_SOURCE = "data_source"
+SAMPLE_PER_CLASS = "sample_per_class"
+ZIP_UPLOAD = "zip_upload"
+N_UPLOAD_CLASSES = "n_upload_classes"
+CLS_NAME_PREFIX = "cls_name_"
+CLS_FILES_PREFIX = "cls_files_"
+VAL_FRAC = "val_frac"
+SPLIT_SEED = "split_seed"
+BALANCE = "balance"
+PREVIEW_CLASSES = "preview_classes"
+ZIP_READ_AGAIN = "zip_read"
+# pages/train.py
+CURVES_PREFIX = "curves_"
+CM_PREFIX = "cm_"
+PC_PREFIX = "pc_"
+CLASSIFY_PREFIX = "classify_"
+TRAIN_EPOCHS = "train_epochs"
+TRAIN_BATCH = "train_batch"
+TRAIN_LR = "train_lr"
+TRAIN_LAYER_DECAY = "train_layer_decay"
+TRAIN_STOP = "train_stop"
+LR_SWEEP_CHART = "lr_sweep_chart"
+LIVE_CURVES = "live_curves"
+REOPEN_PICK = "reopen_pick"
+RESUME_EPOCHS = "resume_epochs"
+# pages/cam.py
+CAM_METHODS = "cam_methods"
+CAM_LAYER = "cam_layer"
+CAM_MORE_LAYERS = "cam_more_layers"
+CAM_TARGET_MODE = "cam_target_mode"
+CAM_TOPK_CLASS = "cam_topk_class"
+CAM_CLASS = "cam_class"
+CAM_OPACITY = "cam_opacity"
+CAM_COLOURS = "cam_colours"
+CAM_ROAD = "cam_road"
+CAM_STOP = "cam_stop"
+TOPK_PREFIX = "topk_"
+CAM_PREFIX = "cam_"
+# pages/features.py
+FEAT_LAYER = "feat_layer"
+FEAT_N = "feat_n"
+FEAT_PREFIX = "feat_"
+# pages/se.py
+SE_HM_PREFIX = "se_hm_"
+SE_BLOCK = "se_block"
+SE_K = "se_k"
+SE_BARS = "se_bars"
+SE_MAPS = "se_maps"
+SE_CLASS = "se_class"
+# pages/compare.py
+COMPARE_CONFIGS = "compare_configs"
+COMPARE_CUSTOM = "compare_custom"
+COMPARE_EPOCHS = "compare_epochs"
+COMPARE_SIZE = "compare_size"
+COMPARE_BATCH = "compare_batch"
+COMPARE_STOP = "compare_stop"
+COMPARE_RELOAD = "compare_reload"
+CMP_CURVES = "cmp_curves"
+CMP_CM_PREFIX = "cmp_cm_"
+CMP_CAM = "cmp_cam"
+CMP_LAYER = "cmp_layer"
+CMP_MAPS = "cmp_maps"
+# pages/export.py
+EXPORT_FMT = "export_fmt"
+EXPORT_DOWNLOAD = "export_download"
+LAYER_TABLE = "layer_table"
+# pages/concepts.py
+CONCEPT_GAP_MODEL = "concept_gap_model"
+CONCEPT_C = "concept_c"
+CONCEPT_RF = "concept_rf"
+CONCEPT_DEPTH = "concept_depth"
+CONCEPT_RES = "concept_res"
+CONCEPT_SCORES = "concept_scores"
+CONCEPT_ATTN = "concept_attn"
+# pages/_images.py
+DL_PREFIX = "dl-"
+# pages/attention.py and pages/freeze.py (they still write these keys out; the constants are ready for them)
+ATTN_FUSION = "attn_fusion"
+ATTN_DISCARD = "attn_discard"
+ATTN_OPACITY = "attn_opacity"
+ATTN_MAIN = "attn_main"
+ATTN_LAYER = "attn_layer"
+ATTN_HEADS = "attn_heads"
+PRESET_CHOICE = "preset_choice"
+PRESET_THAW = "preset_thaw"
+PRESET_BN = "preset_bn"
+HEAD_CHOICE = "head_choice"
+TRAIN_STAGE_PREFIX = "train_"  # + stage name + plan version: a stage's trainable toggle
+BN_STAGE_PREFIX = "bn_"  # + stage name + plan version: a stage's BatchNorm mode
+MODULES_PREFIX = "modules_"  # + plan version: the single-module overrides
+DIAGRAM = "diagram"
+# app.py and this module
+NEW_LAB_AFTER_ERROR = "new_lab_after_error"
+NEW_LAB_BUTTON = "new_lab"  # app.py's sidebar button (app.py still writes it out)
 
 PERSISTED = (MODEL, HEAD, STRATEGY, THAW_LAST, BN, LAST_RUN, REOPENED, COMPARE_SHOWN, ZIP_FOLDER)
 
@@ -89,7 +205,7 @@ def _refuse(message: str) -> None:
     st.error(f"**This lab link cannot be opened.** {message}")
     st.caption("Nothing was read or written for it. A new lab starts empty; labs you created are under their "
                "own links.")
-    if st.button("Start a new lab", type="primary", key="new_lab_after_error"):
+    if st.button("Start a new lab", type="primary", key=NEW_LAB_AFTER_ERROR):
         lab = labs.create()
         st.session_state.clear()
         st.query_params.clear()
@@ -122,10 +238,10 @@ def _adopt(lab: labs.Lab, state: dict) -> None:
     if changed_model:
         ss.pop(WORKING, None)
     if state.get("plan"):
-        ss[PLAN] = state["plan"]  # a dict: _lab.working() rebuilds the FreezePlan (needs torch)
+        ss[PLAN] = state["plan"]  # a dict: _working.working() rebuilds the FreezePlan (needs torch)
         ss[PLAN_VERSION] = ss.get(PLAN_VERSION, 0) + 1
     if state.get("augment") is not None:
-        ss[AUGMENT] = ("dict", state["augment"])  # rebuilt by _lab.restore() (transforms imports torch)
+        ss[AUGMENT] = ("dict", state["augment"])  # rebuilt by _dataset.restore() (transforms imports torch)
     ds = state.get("dataset")
     if ds and json.dumps(ds, sort_keys=True) != ss.get(_DATASET_SAVED):
         ss[PENDING_DATASET] = ds

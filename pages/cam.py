@@ -1,58 +1,59 @@
 import numpy as np
 import streamlit as st
 
-from pages import _lab
+from pages import _cached, _dataset, _images, _runs, _state
 from vislab import cam, plots, views
 from vislab.transforms import crop_seen
 
-_lab.init_state()
+_dataset.init_state()
 ss = st.session_state
 st.title("CAM & Grad-CAM")
 st.markdown("Where does the network look when it decides? **CAM** reads it exactly off a head that is global "
             "average pooling + one linear layer; **Grad-CAM** and friends weight a layer's feature maps by the "
             "gradient of the class score, so they work for any model.")
 
-vms = _lab.view_models("cam")
-images = _lab.pick_images("cam", max_n=8)
+vms = _runs.view_models("cam")
+images = _images.pick_images("cam", max_n=8)
 if not images:
     st.info("Pick at least one image.")
     st.stop()
 
 ref = vms[0]
 layers = cam.layer_choices(ref.model)
-default = _lab.cam_layer(ref.model, ss[_lab.MODEL])
+default = _cached.cam_layer(ref.model, ss[_state.MODEL])
 c1, c2, c3 = st.columns([3, 2, 2])
-methods = c1.multiselect("Methods", [cam.CLASSIC] + list(cam.METHODS), default=[cam.CLASSIC, "GradCAM", "GradCAM++", "LayerCAM"], key="cam_methods")
+methods = c1.multiselect("Methods", [cam.CLASSIC] + list(cam.METHODS),
+                         default=[cam.CLASSIC, "GradCAM", "GradCAM++", "LayerCAM"], key=_state.CAM_METHODS)
 layer = c2.selectbox("Target layer", layers if default in layers else [default] + layers,
-                     index=(layers.index(default) if default in layers else 0), key="cam_layer",
+                     index=(layers.index(default) if default in layers else 0), key=_state.CAM_LAYER,
                      help="Default: the catalog's natural layer (the last feature maps)")
 note = cam.early_layer_note(ref.model, layer)
 if note:
     st.warning(note)
-extra_layers = c3.multiselect("Compare with layers", [l for l in layers if l != layer], key="cam_more_layers",
+extra_layers = c3.multiselect("Compare with layers", [l for l in layers if l != layer], key=_state.CAM_MORE_LAYERS,
                               max_selections=3)
 c4, c5, c6 = st.columns([2, 2, 2])
 target_mode = c4.radio("Explain", ["predicted class", "one of the top 5", "a class by name"], horizontal=True,
-                       key="cam_target_mode")
+                       key=_state.CAM_TARGET_MODE)
 class_pick = None
 if target_mode == "one of the top 5":
     x0 = views.batch([images[0][1]], ref.data_config)  # (1, 3, H, W): the first image decides the list
-    probs, idx = _lab.cached_view("topk", ref.model, images[:1], (), lambda: cam.predict_topk(ref.model, x0, 5))
+    probs, idx = _cached.cached_view("topk", ref.model, images[:1], (), lambda: cam.predict_topk(ref.model, x0, 5))
     top = [(ref.classes[j], float(p)) for p, j in zip(probs[0], idx[0])]
-    class_pick = c5.selectbox("Class", [n for n, _ in top], key="cam_topk_class",
+    class_pick = c5.selectbox("Class", [n for n, _ in top], key=_state.CAM_TOPK_CLASS,
                               format_func=lambda n: f"{n} ({dict(top)[n]:.1%})")
 elif target_mode == "a class by name":
-    class_pick = c5.selectbox("Class", ref.classes, key="cam_class")
-opacity = c6.slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="cam_opacity")
-scale = c6.selectbox("Colour map", list(plots.CAM_COLOURSCALES), key="cam_colours")
+    class_pick = c5.selectbox("Class", ref.classes, key=_state.CAM_CLASS)
+opacity = c6.slider("Opacity", 0.0, 1.0, 0.5, 0.05, key=_state.CAM_OPACITY)
+scale = c6.selectbox("Colour map", list(plots.CAM_COLOURSCALES), key=_state.CAM_COLOURS)
 road = st.toggle("Faithfulness score (grad-cam's ROAD: higher = the map points at what the model uses)",
-                 key="cam_road")
+                 key=_state.CAM_ROAD)
 slow = [m for m in methods if m in cam.SLOW]
 if slow:
-    shapes = _lab.output_shapes((ss[_lab.MODEL], "view", len(ref.classes), tuple(ref.data_config.input_size)),
-                                ref.model)
+    shapes = _cached.output_shapes((ss[_state.MODEL], "view", len(ref.classes), tuple(ref.data_config.input_size)),
+                                   ref.model)
     channels = shapes.get(layer, (0,))[0]
-    per_image = _lab.forward_seconds(ref.model, tuple(ref.data_config.input_size)) * max(channels, 1)
+    per_image = _cached.forward_seconds(ref.model, tuple(ref.data_config.input_size)) * max(channels, 1)
     st.warning(f"{', '.join(slow)}: one forward pass per channel of `{layer}` ({channels} channels) for each "
                f"image, about {per_image:.0f} s per image per method here ({per_image * len(images) * len(slow) * len(vms):.0f} s "
                "in all). Progress shows below; Stop ends it between images.")
@@ -60,15 +61,15 @@ if not methods:
     st.stop()
 
 if st.button("Compute", type="primary"):
-    ss.pop("cam_out", None)  # never leave an old result on screen after a new request
+    ss.pop(_state.CAM_OUT, None)  # never leave an old result on screen after a new request
     out = {"panels": [], "topk": [], "errors": []}
     progress = st.progress(0.0, text="starting…")
-    stop = st.button("Stop", key="cam_stop")  # a click reruns the page, which ends the loop between images
+    stop = st.button("Stop", key=_state.CAM_STOP)  # a click reruns the page, which ends the loop between images
     for vm in vms:
         x = views.batch([img for _, img in images], vm.data_config)  # (B, 3, H, W)
         crops = [np.asarray(crop_seen(img, vm.data_config)) for _, img in images]
         which = f" · {vm.label}" if len(vms) > 1 else ""
-        with _lab.model_lock(vm.model):
+        with _cached.model_lock(vm.model):
             found = cam.explain(vm.model, x, vm.classes, methods, [layer] + extra_layers, target=class_pick,
                                 classic_layer=default, road=road, on_progress=lambda m, i, n: progress.progress(
                                     i / n, text=f"{m}: image {i + 1} of {n}"))
@@ -82,9 +83,9 @@ if st.button("Compute", type="primary"):
                     title += f" · ROAD {scores[b]:+.3f}"
                 out["panels"].append((b, title, crops[b], res.maps[b]))
     progress.progress(1.0, text="done")
-    ss["cam_out"] = out
+    ss[_state.CAM_OUT] = out
 
-out = ss.get("cam_out")
+out = ss.get(_state.CAM_OUT)
 if out:
     for err in out["errors"]:
         st.error(err)
@@ -99,8 +100,8 @@ if out:
             st.image(first_crop, caption="the crop the model saw", width="stretch")
             for model_label, per_image in out["topk"]:
                 if b < len(per_image):
-                    _lab.chart(plots.topk(per_image[b], "Top-5" + (f" · {model_label}" if len(vms) > 1 else "")),
-                               key=f"topk_{b}_{model_label}")
+                    _state.chart(plots.topk(per_image[b], "Top-5" + (f" · {model_label}" if len(vms) > 1 else "")),
+                                 key=f"{_state.TOPK_PREFIX}{b}_{model_label}")
         with right:
-            _lab.chart(plots.cam_panels(panels, opacity, plots.CAM_COLOURSCALES[scale], cols=min(4, len(panels))),
-                       key=f"cam_{b}")
+            _state.chart(plots.cam_panels(panels, opacity, plots.CAM_COLOURSCALES[scale], cols=min(4, len(panels))),
+                         key=f"{_state.CAM_PREFIX}{b}")

@@ -2,10 +2,10 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages import _lab
+from pages import _dataset, _state
 from vislab import catalog, concepts, plots
 
-_lab.init_state()
+_dataset.init_state()
 ss = st.session_state
 st.title("Concepts, live")
 st.markdown("The course's key ideas as small computations on real PyTorch modules: every number below is "
@@ -19,7 +19,7 @@ def gap_demo(name: str) -> concepts.GapFlattenDemo:
 
 st.header("1 · Global Average Pooling vs flattening")
 names = [n for n in catalog.names() if catalog.lookup(n).gap_linear_head] + ["vgg16_bn"]
-name = st.selectbox("Model", names, index=names.index("resnet18"), key="concept_gap_model")
+name = st.selectbox("Model", names, index=names.index("resnet18"), key=_state.CONCEPT_GAP_MODEL)
 try:
     demo = gap_demo(name)
 except ValueError as exc:
@@ -34,7 +34,7 @@ else:
                "flatten head": "works" if r["flatten_ok"] else f"fails: {r['flatten_error']}"} for r in demo.runs])
 
 st.header("2 · Three 3×3 convolutions vs one 7×7")
-ch = st.select_slider("Channels C", [16, 32, 64, 128, 256], 64, key="concept_c")
+ch = st.select_slider("Channels C", [16, 32, 64, 128, 256], 64, key=_state.CONCEPT_C)
 conv = concepts.stacked_3x3_vs_7x7(ch)
 st.markdown(f"Both see a **{conv.stacked_rf_steps[-1]}×{conv.stacked_rf_steps[-1]}** window (recursion "
             f"{' → '.join(map(str, conv.stacked_rf_steps))} vs {conv.single_rf_steps[-1]}; the gradient of one "
@@ -42,12 +42,12 @@ st.markdown(f"Both see a **{conv.stacked_rf_steps[-1]}×{conv.stacked_rf_steps[-
             f"{conv.single_window}×{conv.single_window}). Parameters: **{conv.stacked_params:,}** (27C²) vs "
             f"**{conv.single_params:,}** (49C²), with {conv.stacked_relus} non-linearities instead of "
             f"{conv.single_relus}.")
-_lab.chart(plots.map_grid(np.stack([conv.stacked_grad, conv.single_grad]),
+_state.chart(plots.map_grid(np.stack([conv.stacked_grad, conv.single_grad]),
                           ["3 × 3×3: |∂ out / ∂ in|", "1 × 7×7: |∂ out / ∂ in|"], cols=2,
-                          title="Which input pixels reach one output pixel", smooth=False), key="concept_rf")
+                          title="Which input pixels reach one output pixel", smooth=False), key=_state.CONCEPT_RF)
 
 st.header("3 · Residual connections")
-depth = st.slider("Depth", 5, 60, 30, key="concept_depth")
+depth = st.slider("Depth", 5, 60, 30, key=_state.CONCEPT_DEPTH)
 grads = concepts.residual_gradient_norms(depth)
 fig = go.Figure()
 fig.add_scatter(x=list(range(1, depth + 1)), y=grads.plain, mode="lines+markers", name="plain stack",
@@ -56,7 +56,7 @@ fig.add_scatter(x=list(range(1, depth + 1)), y=grads.residual, mode="lines+marke
                 line=dict(color=plots.HEAD, width=3))
 fig.update_yaxes(type="log", title="‖∂ loss / ∂ W‖")
 fig.update_xaxes(title="layer (1 = next to the input)")
-_lab.chart(plots._layout(fig, "Gradient norm per layer at initialisation"), key="concept_res")
+_state.chart(plots._layout(fig, "Gradient norm per layer at initialisation"), key=_state.CONCEPT_RES)
 st.caption(f"At the first layer the plain stack's gradient is {grads.first_layer_ratio:.1e} × the residual one's: "
            "without skips it vanishes on the way down.")
 
@@ -73,11 +73,11 @@ st.header("5 · Self-attention on a toy sequence")
 att = concepts.attention_toy()
 c1, c2 = st.columns(2)
 with c1:
-    _lab.chart(plots.heatmap(att["scores"], "key token", [f"query {i}" for i in range(len(att["scores"]))],
-                             "QKᵀ / √d", zmin=None, zmax=None), key="concept_scores")
+    _state.chart(plots.heatmap(att["scores"], "key token", [f"query {i}" for i in range(len(att["scores"]))],
+                             "QKᵀ / √d", zmin=None, zmax=None), key=_state.CONCEPT_SCORES)
 with c2:
-    _lab.chart(plots.heatmap(att["attn"], "key token", [f"query {i}" for i in range(len(att["attn"]))],
-                             "softmax rows (each sums to 1)"), key="concept_attn")
+    _state.chart(plots.heatmap(att["attn"], "key token", [f"query {i}" for i in range(len(att["attn"]))],
+                             "softmax rows (each sums to 1)"), key=_state.CONCEPT_ATTN)
 st.caption("Row sums: " + ", ".join(f"{s:.3f}" for s in att["attn"].sum(1)) + ". The output is this matrix "
            "times V: each token becomes a weighted mix of all the others.")
 

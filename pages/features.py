@@ -1,17 +1,17 @@
 import streamlit as st
 
-from pages import _lab
+from pages import _cached, _dataset, _images, _runs, _state
 from vislab import cam, features, plots
 from vislab.transforms import crop_seen, eval_transform
 
-_lab.init_state()
+_dataset.init_state()
 ss = st.session_state
 st.title("Feature maps and filters")
 st.markdown("The first layer's filters are small RGB pictures: edges, colour blobs, stripes. Deeper layers "
             "answer to larger and more abstract patterns: below, the channels of one layer that respond most "
             "to an image, and how fine-tuning changed them (a frozen layer's maps stay identical).")
 
-vms = _lab.view_models("feat")
+vms = _runs.view_models("feat")
 vm = vms[0]
 try:
     conv_name, conv = features.first_conv(vm.model)
@@ -24,9 +24,9 @@ else:
     st.image(grid, width=max(420, min(900, grid.shape[1])))
     from PIL import Image
 
-    _lab.download_png(Image.fromarray(grid), "first_layer_filters.png")
+    _images.download_png(Image.fromarray(grid), "first_layer_filters.png")
 
-images = _lab.pick_images("feat", max_n=1)
+images = _images.pick_images("feat", max_n=1)
 if not images:
     st.stop()
 label, img = images[0]
@@ -35,8 +35,8 @@ if not layers:
     st.error(str(features.ViewNotApplicable("convolution layers with spatial maps", vm.model, ("resnet18",))))
     st.stop()
 c1, c2 = st.columns([3, 1])
-layer = c1.selectbox("Layer", layers, index=len(layers) // 2, key="feat_layer")
-n = c2.slider("Channels", 4, 32, 16, key="feat_n")
+layer = c1.selectbox("Layer", layers, index=len(layers) // 2, key=_state.FEAT_LAYER)
+n = c2.slider("Channels", 4, 32, 16, key=_state.FEAT_N)
 st.image(crop_seen(img, vm.data_config), caption=label, width=160)
 # side by side, a convnet sees the fine-tuned model's input size twice, so the maps line up (a ViT's
 # pretrained position embeddings fix its size: then each runs at its own)
@@ -44,21 +44,22 @@ same = vms[-1].data_config if len(vms) == 2 and not cam.is_vit(vms[0].model) els
 for i, m in enumerate(vms):
     cfg = same or m.data_config
     x = eval_transform(cfg)(img)[None]  # (1, 3, H, W)
-    acts = _lab.cached_view("features", m.model, images, (layer, cfg.size),
-                            lambda: features.activations(m.model, layer, x)[0])  # (C, h, w)
+    acts = _cached.cached_view("features", m.model, images, (layer, cfg.size),
+                               lambda: features.activations(m.model, layer, x)[0])  # (C, h, w)
     top = features.top_channels(acts, n)
-    _lab.chart(plots.map_grid(acts[top].numpy(), [f"ch {c}" for c in top], cols=8,
-                              title=f"{layer}: the {n} most active channels · {m.label}"), key=f"feat_{i}")
-    ss[f"feat_acts_{i}"] = acts
+    _state.chart(plots.map_grid(acts[top].numpy(), [f"ch {c}" for c in top], cols=8,
+                                title=f"{layer}: the {n} most active channels · {m.label}"),
+                 key=f"{_state.FEAT_PREFIX}{i}")
+    ss[f"{_state.FEAT_ACTS_PREFIX}{i}"] = acts
 
 if len(vms) == 2:
     try:
-        change = features.map_change(ss["feat_acts_0"], ss["feat_acts_1"])
+        change = features.map_change(ss[f"{_state.FEAT_ACTS_PREFIX}0"], ss[f"{_state.FEAT_ACTS_PREFIX}1"])
     except ValueError:  # a ViT trained at another size: its maps have another grid
         st.caption(f"The two models see different input sizes ({vms[0].data_config.size} vs "
                    f"{vms[1].data_config.size} px), so their maps cannot be compared cell by cell.")
     else:
         st.metric(f"Relative change of `{layer}`'s maps, pretrained → fine-tuned", f"{change:.4f}",
                   help="‖after − before‖ / ‖before‖ over all channels: exactly 0 for a layer that stayed frozen")
-elif _lab.trained_view() is not None:
+elif _runs.trained_view() is not None:
     st.caption("Choose 'side by side' above to see how fine-tuning changed this layer's maps.")

@@ -15,26 +15,27 @@ st.subheader("Strategy advisor")
 left, right = st.columns([1, 2])
 with left:
     size = st.radio("How many labelled images do you have?", advisor.SIZES, horizontal=True,
-                    format_func=lambda s: {"small": "small (≈1k-10k)", "large": "large (100k+)"}[s], key="adv_size")
+                    format_func=lambda s: {"small": "small (≈1k-10k)", "large": "large (100k+)"}[s],
+                    key=_state.ADV_SIZE)
     similarity = st.radio("How much do they look like ImageNet photos?", advisor.SIMILARITIES, horizontal=True,
                           format_func=lambda s: {"similar": "similar (natural photos)",
                                                  "different": "different (medical, textiles, …)"}[s],
-                          key="adv_sim")
+                          key=_state.ADV_SIM)
     advice = advisor.advise(size, similarity)
     st.markdown(f"**{advice.title}.** {advice.why}")
     if st.button(f"Apply the `{advice.strategy}` preset", type="primary"):
-        from pages import _lab
+        from pages import _working
 
-        _lab.apply_preset(advice.strategy)
+        _working.apply_preset(advice.strategy)
         st.success(f"Preset `{advice.strategy}` applied: see Freeze & BatchNorm.")
 with right:
-    _state.chart(plots.strategy_matrix(size, similarity, advisor.MATRIX), key="matrix")
+    _state.chart(plots.strategy_matrix(size, similarity, advisor.MATRIX), key=_state.MATRIX)
 
 st.subheader("Model catalog")
 with st.spinner("Reading which weights are on this machine…"):
-    from pages import _lab
+    from pages import _working
 
-    rows = _lab.catalog_rows()
+    rows = _working.catalog_rows()
 ready = [r["model"] for r in rows if not r["weights"].startswith("none")]
 if ready:
     st.caption(f"Real pretrained weights on this machine: {', '.join(ready)}. The others start from random "

@@ -1,15 +1,15 @@
 import streamlit as st
 
-from pages import _lab
+from pages import _cached, _dataset, _state, _working
 from vislab import architecture, catalog, plots, weights
 
-_lab.init_state()
+_dataset.init_state()
 ss = st.session_state
 st.title("Model")
 
 names = catalog.names()
 OTHER = "other timm / torchvision name…"
-current = ss[_lab.MODEL]
+current = ss[_state.MODEL]
 choice = st.selectbox("Pretrained model", names + [OTHER], index=names.index(current) if current in names
                       else len(names), format_func=lambda n: n if n == OTHER else
                       f"{n}  ·  {catalog.lookup(n).family} {catalog.lookup(n).year}")
@@ -27,12 +27,12 @@ try:
 except ValueError as exc:
     st.error(str(exc))
     st.stop()
-_lab.set_model(name)
+_working.set_model(name)
 
 entry = catalog.lookup(name)
 status = weights.status(name, source)
 if status.available:
-    st.success(f"**Real weights available** — {_lab.weights_badge(status)}  \n`{status.path}`")
+    st.success(f"**Real weights available** — {_working.weights_badge(status)}  \n`{status.path}`")
 else:
     st.warning(f"**No pretrained weights for `{name}` on this machine.** It starts from random init, so it "
                "has learned nothing yet: training only the head would be meaningless. Import a weights file "
@@ -42,9 +42,9 @@ if entry:
                f"SE blocks: {'yes' if entry.has_se else 'no'}. Self-attention: {'yes' if entry.has_attention else 'no'}.")
 
 with st.expander("Import a weights file (.pth, .pt, .bin, .safetensors)"):
-    up = st.file_uploader("Weights file", type=["pth", "pt", "bin", "safetensors"], key="weights_upload")
-    if up is not None and st.button("Check and import", key="do_import"):
-        target = _lab.session_dir() / f"upload_{up.name}"
+    up = st.file_uploader("Weights file", type=["pth", "pt", "bin", "safetensors"], key=_state.WEIGHTS_UPLOAD)
+    if up is not None and st.button("Check and import", key=_state.DO_IMPORT):
+        target = _dataset.session_dir() / f"upload_{up.name}"
         target.write_bytes(up.getvalue())
         try:
             new = weights.import_file(target, name)
@@ -52,13 +52,13 @@ with st.expander("Import a weights file (.pth, .pt, .bin, .safetensors)"):
             st.error(f"Not imported: {exc}")
         else:
             st.cache_data.clear()
-            ss.pop(_lab.WORKING, None)
-            st.success(f"Imported: {_lab.weights_badge(new)}")
+            ss.pop(_state.WORKING, None)
+            st.success(f"Imported: {_working.weights_badge(new)}")
         finally:
             target.unlink(missing_ok=True)
 
-model, info = _lab.working()
-shapes = _lab.shapes_for(model, info)
+model, info = _working.working()
+shapes = _cached.shapes_for(model, info)
 c, h, w = info.data_config.input_size
 st.markdown(f"Input **{h}×{w}**, mean {tuple(round(m, 3) for m in info.data_config.mean)}, std "
             f"{tuple(round(s, 3) for s in info.data_config.std)}, {info.data_config.interpolation} resize, "
@@ -66,7 +66,7 @@ st.markdown(f"Input **{h}×{w}**, mean {tuple(round(m, 3) for m in info.data_con
             f"for {info.num_classes} classes.")
 
 stage_rows = architecture.stage_rows(model, shapes)
-_lab.chart(plots.params_by_stage(stage_rows), key="params_chart")
+_state.chart(plots.params_by_stage(stage_rows), key=_state.PARAMS_CHART)
 st.subheader("Stages (the names freezing uses)")
 st.dataframe(
     [{"stage": r["stage"], "modules": ", ".join(r["modules"]), "output": r["output"], "params": r["params"],

@@ -3,16 +3,16 @@ import dataclasses
 import streamlit as st
 from PIL import Image, UnidentifiedImageError
 
-from pages import _jobs, _lab
-from vislab import evaluation, freezing, jobs, plots, runs, training
+from pages import _dataset, _images, _jobs, _runs, _state, _working
+from vislab import data, evaluation, freezing, jobs, plots, runs, training
 from vislab.transforms import Augment, load_image, to_rgb
 
-_lab.init_state()
+_dataset.init_state()
 ss = st.session_state
 st.title("Train")
 
-ds: _lab.Dataset | None = ss.get(_lab.DATASET)
-model, info = _lab.working()
+ds: _dataset.Dataset | None = ss.get(_state.DATASET)
+model, info = _working.working()
 active = _jobs.active_job("train")  # the lab's queued or running job, read from disk: any tab sees it
 running = active is not None
 active_spec = (active.spec().get("spec") or {}).get("train", {}) if active else {}
@@ -20,16 +20,17 @@ active_spec = (active.spec().get("spec") or {}).get("train", {}) if active else 
 
 def render_results(metrics, classes, predictions, cfg, trained_model, run_dir, key):
     """Curves, confusion matrix, per-class accuracy, top losses and classify-an-image for a finished run."""
-    _lab.chart(plots.curves(metrics), key=f"curves_{key}")
+    _state.chart(plots.curves(metrics), key=f"{_state.CURVES_PREFIX}{key}")
     if predictions is None or not len(predictions.labels):
         st.info("No validation images to evaluate for this run.")
         return
     cm = evaluation.confusion(predictions, len(classes))
     left, right = st.columns(2)
     with left:
-        _lab.chart(plots.confusion_matrix(cm, classes), key=f"cm_{key}")
+        _state.chart(plots.confusion_matrix(cm, classes), key=f"{_state.CM_PREFIX}{key}")
     with right:
-        _lab.chart(plots.per_class_accuracy(evaluation.per_class_accuracy(cm), classes), key=f"pc_{key}")
+        _state.chart(plots.per_class_accuracy(evaluation.per_class_accuracy(cm), classes),
+                     key=f"{_state.PC_PREFIX}{key}")
     st.subheader("Top losses: the validation images it got most wrong")
     worst = evaluation.top_losses(predictions, 12)
     imgs, caps, colours = [], [], []
@@ -41,10 +42,10 @@ def render_results(metrics, classes, predictions, cfg, trained_model, run_dir, k
         colours.append("#B00020" if k != y else "#006400")
     grid = plots.image_grid(imgs, caps, cols=6, cell=170, colours=colours)
     st.image(grid, width="stretch")
-    _lab.download_png(grid, f"top_losses_{key}.png", "Download top losses (PNG)")
+    _images.download_png(grid, f"top_losses_{key}.png", "Download top losses (PNG)")
     st.subheader("Classify a new image")
     up = st.file_uploader("An image", type=["jpg", "jpeg", "png", "bmp", "webp", "gif", "tif", "tiff"],
-                          key=f"classify_{key}")
+                          key=f"{_state.CLASSIFY_PREFIX}{key}")
     if up is not None:
         try:
             img = to_rgb(Image.open(up))
@@ -54,8 +55,8 @@ def render_results(metrics, classes, predictions, cfg, trained_model, run_dir, k
             c1, c2 = st.columns([1, 2])
             c1.image(img, caption=up.name, width="stretch")
             with c2:
-                _lab.chart(plots.topk(evaluation.classify(trained_model, img, cfg, classes, k=min(5, len(classes)))),
-                           key=f"topk_{key}")
+                _state.chart(plots.topk(evaluation.classify(trained_model, img, cfg, classes, k=min(5, len(classes)))),
+                             key=f"{_state.TOPK_PREFIX}{key}")
     if run_dir:
         st.caption(f"Run folder: `{run_dir}`")
 
@@ -66,16 +67,16 @@ else:
     default_size = info.data_config.size
     c = st.columns(6)
     # while this lab's job runs, the (disabled) boxes show what it runs with; after it, they keep those values
-    ss.setdefault("train_epochs", 3)
-    ss.setdefault("train_batch", 32)
+    ss.setdefault(_state.TRAIN_EPOCHS, 3)
+    ss.setdefault(_state.TRAIN_BATCH, 32)
     if running:
-        ss["train_epochs"] = int(active_spec.get("epochs", ss["train_epochs"]))
-        ss["train_batch"] = int(active_spec.get("batch_size", ss["train_batch"]))
-    epochs = c[0].number_input("Epochs", 1, 200, disabled=running, key="train_epochs")
-    if "train_lr_next" in ss:  # "use the suggestion" from the LR finder below, applied before the widget exists
-        ss["train_lr"] = ss.pop("train_lr_next")
-    lr = c[1].number_input("Learning rate", 1e-7, 1.0, 1e-3, format="%.1e", disabled=running, key="train_lr")
-    batch = c[2].select_slider("Batch size", [4, 8, 16, 32, 64, 128], disabled=running, key="train_batch")
+        ss[_state.TRAIN_EPOCHS] = int(active_spec.get("epochs", ss[_state.TRAIN_EPOCHS]))
+        ss[_state.TRAIN_BATCH] = int(active_spec.get("batch_size", ss[_state.TRAIN_BATCH]))
+    epochs = c[0].number_input("Epochs", 1, 200, disabled=running, key=_state.TRAIN_EPOCHS)
+    if _state.TRAIN_LR_NEXT in ss:  # "use the suggestion" from the LR finder below, applied before the widget exists
+        ss[_state.TRAIN_LR] = ss.pop(_state.TRAIN_LR_NEXT)
+    lr = c[1].number_input("Learning rate", 1e-7, 1.0, 1e-3, format="%.1e", disabled=running, key=_state.TRAIN_LR)
+    batch = c[2].select_slider("Batch size", [4, 8, 16, 32, 64, 128], disabled=running, key=_state.TRAIN_BATCH)
     size = c[3].select_slider("Image size", sorted({64, 96, 128, 160, 192, 224, 256, default_size}),
                               default_size, disabled=running)
     found = training.devices_found()
@@ -85,30 +86,30 @@ else:
     factor = c[5].select_slider("Phase-2 LR factor", [0.5, 0.2, 0.1], 0.1, disabled=running,
                                 help="two-phase: the second phase trains everything at lr × this")
     decay = st.select_slider("Per-stage LR decay (1 = the same rate everywhere)", [1.0, 0.9, 0.8, 0.7, 0.5], 1.0,
-                             disabled=running, key="train_layer_decay",
+                             disabled=running, key=_state.TRAIN_LAYER_DECAY,
                              help="The head trains at the learning rate; each stage toward the stem at this "
                                   "factor times the rate of the stage after it")
     rep = freezing.report(model)
-    strategy = ss[_lab.STRATEGY]
+    strategy = ss[_state.STRATEGY]
     st.caption(f"`{info.name}` · strategy **{strategy}** · {rep.trainable_params:,} trainable of {rep.total:,} "
                f"parameters · {len(ds.used.items)} images ({ds.label}) · devices found: {', '.join(found)} · "
-               f"weights: {_lab.weights_badge(info.weights)}")
+               f"weights: {_working.weights_badge(info.weights)}")
     if strategy == "two-phase" and epochs < 2:
         st.warning("Two-phase needs at least 2 epochs.")
     b1, b2, _ = st.columns([1, 1, 4])
     start_help = "This lab already has a job; it must end (or be stopped) first." if running else None
     if b1.button("Start training", type="primary", disabled=running or (strategy == "two-phase" and epochs < 2),
                  help=start_help):
-        spec = _lab.session_spec()
+        spec = _working.session_spec()
         spec = dataclasses.replace(
-            spec, img_size=size if size != default_size else None, augment=ss.get(_lab.AUGMENT) or Augment(),
+            spec, img_size=size if size != default_size else None, augment=ss.get(_state.AUGMENT) or Augment(),
             train=dataclasses.replace(spec.train, epochs=int(epochs), lr=float(lr), batch_size=int(batch),
                                       device=device, phase2_lr_factor=float(factor),
                                       layer_decay=None if decay == 1.0 else float(decay)))
-        plan = ss[_lab.PLAN]
+        plan = ss[_state.PLAN]
         try:
             active = _jobs.submit("train", f"{spec.model}_{strategy}", {
-                "spec": spec.to_dict(), "report": _lab.data.report_to_dict(ds.used),
+                "spec": spec.to_dict(), "report": data.report_to_dict(ds.used),
                 "plan": plan.to_dict()},  # the session's plan is the truth (presets, overrides, BN modes)
                 device=device)
             st.rerun()  # redraw with Start disabled and the live progress polling
@@ -117,7 +118,7 @@ else:
             active = _jobs.active_job("train")
             running = active is not None
     stop_label = "Cancel" if active is not None and active.state == "queued" else "Stop"
-    if b2.button(stop_label, disabled=not running, key="train_stop"):
+    if b2.button(stop_label, disabled=not running, key=_state.TRAIN_STOP):
         _jobs.stop(active)
         st.toast("Stopping after this batch…" if stop_label == "Stop" else "Cancelled.")
     with st.expander("Learning-rate finder"):
@@ -125,15 +126,15 @@ else:
                    "loss; a good rate sits where the loss falls fastest. The model is left as it was.")
         if st.button("Find a learning rate", disabled=running):
             try:
-                ss["lr_sweep"] = _lab.find_lr(ds, size, int(batch))
+                ss[_state.LR_SWEEP] = _working.find_lr(ds, size, int(batch))
             except ValueError as exc:  # a size this model cannot take
                 st.error(str(exc))
-        sweep = ss.get("lr_sweep")
+        sweep = ss.get(_state.LR_SWEEP)
         if sweep is not None:
-            _lab.chart(plots.lr_sweep(sweep.lrs, sweep.losses, sweep.suggestion), key="lr_sweep_chart")
+            _state.chart(plots.lr_sweep(sweep.lrs, sweep.losses, sweep.suggestion), key=_state.LR_SWEEP_CHART)
             st.caption(sweep.cached)
             if st.button(f"Use {sweep.suggestion:.1e}", disabled=running):
-                ss["train_lr_next"] = float(sweep.suggestion)
+                ss[_state.TRAIN_LR_NEXT] = float(sweep.suggestion)
                 st.rerun()
 
 
@@ -142,11 +143,11 @@ def live():
     """Progress of the lab's job, polled from its files once a second (only this fragment reruns)."""
     job = _jobs.active_job("train")
     if job is None:
-        if ss.get("_shown_active"):  # it just ended: redraw the whole page once, with the results
-            ss.pop("_shown_active")
+        if ss.get(_state.SHOWN_ACTIVE):  # it just ended: redraw the whole page once, with the results
+            ss.pop(_state.SHOWN_ACTIVE)
             st.rerun(scope="app")
         return
-    ss["_shown_active"] = job.id
+    ss[_state.SHOWN_ACTIVE] = job.id
     if job.state == "queued":
         n = _jobs.ahead(job)
         st.info(f"**Queued: {n} job{'s' if n != 1 else ''} ahead of you** (the server trains "
@@ -160,7 +161,7 @@ def live():
         st.caption(line)
     metrics = job.metrics()
     if metrics:
-        _lab.chart(plots.curves(metrics), key="live_curves")
+        _state.chart(plots.curves(metrics), key=_state.LIVE_CURVES)
     else:
         st.caption("Curves appear after the first epoch.")
 
@@ -168,7 +169,7 @@ def live():
 live()
 
 current = _jobs.lab_jobs("train")
-shown = next((j for j in current if j.id == ss.get(_lab.LAST_RUN)), None) if ss.get(_lab.LAST_RUN) else None
+shown = next((j for j in current if j.id == ss.get(_state.LAST_RUN)), None) if ss.get(_state.LAST_RUN) else None
 if shown is not None and not shown.active:
     status = shown.status()
     state = status.get("state")
@@ -197,14 +198,14 @@ if shown is not None and not shown.active:
         for line in shown.cache_lines():
             st.caption(line)
         if run is not None:
-            preds = runs.load_predictions(shown.folder) or _lab.predict_saved_split(trained, run)
+            preds = runs.load_predictions(shown.folder) or _runs.predict_saved_split(trained, run)
             render_results(run.metrics or metrics, run.classes, preds, run.data_config, trained, shown.folder, "job")
 
 st.divider()
 st.subheader("Runs of this lab")
 every = [j for j in _jobs.lab_jobs("train")]
 if not every:
-    st.caption(f"No runs in this lab yet. Each run is saved to `{_lab.session_runs()}`, kept across reloads and "
+    st.caption(f"No runs in this lab yet. Each run is saved to `{_dataset.session_runs()}`, kept across reloads and "
                "server restarts (open one elsewhere with `vislab.runs.load(folder)` or `vislab export --run`).")
 else:
     table = []
@@ -224,34 +225,34 @@ else:
     openable = [r["run"] for r in table if r["status"] in ("done", "stopped", "interrupted")]
     if openable:
         c1, c2, c3 = st.columns([3, 1, 1])
-        pick = c1.selectbox("Reopen a run", openable, key="reopen_pick")
+        pick = c1.selectbox("Reopen a run", openable, key=_state.REOPEN_PICK)
         if c2.button("Reopen"):
-            ss[_lab.REOPENED] = pick
+            ss[_state.REOPENED] = pick
         picked_state = next(r["status"] for r in table if r["run"] == pick)
-        more = c3.number_input("more epochs", 1, 100, 3, key="resume_epochs", disabled=running)
+        more = c3.number_input("more epochs", 1, 100, 3, key=_state.RESUME_EPOCHS, disabled=running)
         if st.button(f"Resume {pick} for {int(more)} more epochs", disabled=running or ds is None,
                      help="Continue from its kept (best) weights with its settings on the current dataset (same "
                           "classes); a new run folder is made"):
-            spec = (jobs.Job(_lab.session_runs() / pick).spec().get("spec") or _lab.session_spec().to_dict())
+            spec = (jobs.Job(_dataset.session_runs() / pick).spec().get("spec") or _working.session_spec().to_dict())
             spec = {**spec, "train": {**spec.get("train", {}), "epochs": int(more)}}
             try:
                 _jobs.submit("train", f"{pick[:40]}_resumed", {
-                    "spec": spec, "report": _lab.data.report_to_dict(ds.used) if ds else None,
-                    "resume": str(_lab.session_runs() / pick)})
+                    "spec": spec, "report": data.report_to_dict(ds.used) if ds else None,
+                    "resume": str(_dataset.session_runs() / pick)})
                 st.rerun()
             except jobs.JobError as exc:
                 st.warning(str(exc))
         if picked_state == "interrupted":
             st.caption(f"`{pick}` was interrupted: its best checkpoint so far opens and resumes.")
-    reopened = ss.get(_lab.REOPENED)
-    if reopened and (_lab.session_runs() / reopened).is_dir():
+    reopened = ss.get(_state.REOPENED)
+    if reopened and (_dataset.session_runs() / reopened).is_dir():
         try:
-            m, run = _jobs.load_run(_lab.session_runs() / reopened)
+            m, run = _jobs.load_run(_dataset.session_runs() / reopened)
         except (FileNotFoundError, RuntimeError, ValueError, KeyError, OSError) as exc:
             st.error(f"Cannot reopen {reopened}: {exc}")
         else:
-            preds = runs.load_predictions(_lab.session_runs() / reopened) or _lab.predict_saved_split(m, run)
+            preds = runs.load_predictions(_dataset.session_runs() / reopened) or _runs.predict_saved_split(m, run)
             st.markdown(f"**{reopened}** — `{run.config['model']}`, strategy {run.config['strategy']}, "
                         f"{len(run.metrics)} epochs")
-            render_results(run.metrics, run.classes, preds, run.data_config, m, _lab.session_runs() / reopened,
+            render_results(run.metrics, run.classes, preds, run.data_config, m, _dataset.session_runs() / reopened,
                            "reopened")

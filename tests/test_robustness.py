@@ -264,7 +264,7 @@ def test_upload_limit_is_configured_and_stated():
 
 
 def test_old_session_folders_are_removed_at_start_up(vislab_home):
-    from pages import _lab
+    from pages import _state
     from vislab import paths
 
     old = paths.work_dir() / "a1b2c3d4e5f6"
@@ -272,7 +272,7 @@ def test_old_session_folders_are_removed_at_start_up(vislab_home):
     (old / "zip-1" / "a" / "x.png").write_bytes(_png())
     cli_dir = paths.work_dir() / "cli"
     cli_dir.mkdir()
-    _lab.clean_work_dirs.clear()
-    _lab.clean_work_dirs()
+    _state.clean_work_dirs.clear()
+    _state.clean_work_dirs()
     assert not old.exists() and cli_dir.exists()
     assert str(paths.work_dir()).startswith(str(vislab_home))  # all of it inside the app's own folder

@@ -1,0 +1,89 @@
+"""Images in and out of the pages: the image picker of the look pages (bundled photos, validation images,
+an upload), cached thumbnails, and PNG downloads."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import streamlit as st
+
+from pages._dataset import Dataset
+from pages._runs import current_run
+from pages._state import DATASET, DL_PREFIX
+
+
+PHOTOS = {"cat": "chelsea", "coffee": "coffee", "astronaut": "astronaut", "rocket": "rocket",
+          "motorcycle": "stereo_motorcycle"}
+
+
+@st.cache_data(show_spinner=False)
+def photo(name: str):
+    """A scikit-image bundled photo as a PIL image."""
+    import skimage.data
+    from PIL import Image
+
+    arr = getattr(skimage.data, PHOTOS[name])()
+    return Image.fromarray(arr[0] if isinstance(arr, tuple) else arr).convert("RGB")
+
+
+def pick_images(key: str, max_n: int = 8, default_n: int = 1) -> list[tuple[str, object]]:
+    """Images from scikit-image's photos, the current validation split, or an upload: [(label, PIL)]."""
+    from PIL import Image, UnidentifiedImageError
+
+    from vislab.transforms import load_image, to_rgb
+
+    ds: Dataset | None = st.session_state.get(DATASET)
+    sources = ["bundled photos"] + (["validation images"] if ds else []) + ["upload"]
+    source = st.radio("Images", sources, horizontal=True, key=f"{key}_src")
+    if source == "bundled photos":
+        names = st.multiselect("Photos", list(PHOTOS), default=list(PHOTOS)[:default_n], max_selections=max_n,
+                               key=f"{key}_photos")
+        return [(n, photo(n)) for n in names]
+    if source == "validation images":
+        _, val = ds.split()
+        current = current_run()
+        preds = current[2] if current else None
+        order = list(range(len(val)))
+        if preds is not None and st.toggle("top losses first", True, key=f"{key}_toplosses"):
+            from vislab import evaluation
+
+            by_path = {p: i for i, (p, _) in enumerate(val)}
+            order = [by_path[preds.paths[i]] for i in evaluation.top_losses(preds, len(val))
+                     if preds.paths[i] in by_path]
+        n = st.slider("How many", 1, min(max_n, len(val)), min(default_n, len(val)), key=f"{key}_n")
+        picked = [val[i] for i in order[:n]]
+        return [(f"{ds.report.classes[y]}: {Path(p).name}", load_image(p)) for p, y in picked]
+    ups = st.file_uploader("Images", type=["jpg", "jpeg", "png", "bmp", "webp", "gif", "tif", "tiff"],
+                           accept_multiple_files=True, key=f"{key}_up")
+    out = []
+    for up in (ups or [])[:max_n]:
+        try:
+            out.append((up.name, to_rgb(Image.open(up))))
+        except (UnidentifiedImageError, OSError) as exc:
+            st.error(f"{up.name}: not a readable image ({exc})")
+    return out
+
+
+@st.cache_data(show_spinner=False, max_entries=2000)
+def _thumbnail(path: str, mtime: float, size: int):
+    from vislab.transforms import load_image
+
+    img = load_image(path)
+    img.thumbnail((size, size))  # a 6000 px photo is not sent to the browser on every rerun
+    return img
+
+
+def thumbnail(path: str, size: int = 256):
+    """An upright RGB thumbnail of an image file, cached per file version."""
+    return _thumbnail(str(path), Path(path).stat().st_mtime, size)
+
+
+def png_bytes(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def download_png(img, name: str, label: str = "Download PNG") -> None:
+    st.download_button(label, png_bytes(img), file_name=name, mime="image/png", key=f"{DL_PREFIX}{name}")
