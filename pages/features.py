@@ -1,7 +1,7 @@
 import streamlit as st
 
 from pages import _cached, _dataset, _images, _runs, _state
-from vislab import cam, features, plots
+from vislab import cam, features, plots, views
 from vislab.transforms import crop_seen, eval_transform
 
 _dataset.init_state()
@@ -15,7 +15,7 @@ vms = _runs.view_models("feat")
 vm = vms[0]
 try:
     conv_name, conv = features.first_conv(vm.model)
-except features.ViewNotApplicable as exc:
+except views.ViewNotApplicable as exc:
     st.error(str(exc))
 else:
     grid = features.filter_grid(conv)
@@ -32,7 +32,7 @@ if not images:
 label, img = images[0]
 layers = features.conv_layers(vm.model)
 if not layers:
-    st.error(str(features.ViewNotApplicable("convolution layers with spatial maps", vm.model, ("resnet18",))))
+    st.error(str(views.ViewNotApplicable("convolution layers with spatial maps", vm.model, ("resnet18",))))
     st.stop()
 c1, c2 = st.columns([3, 1])
 layer = c1.selectbox("Layer", layers, index=len(layers) // 2, key=_state.FEAT_LAYER)

@@ -97,7 +97,7 @@ def test_swin_cam_uses_channels_last_maps_and_attention_says_why_not():
                  reshape_transform=lambda t: t.permute(0, 3, 1, 2)) as reference:
         expected = reference(x, targets=[ClassifierOutputTarget(0)])
     np.testing.assert_allclose(out.maps, views.normalise_maps(expected), atol=1e-4)
-    with pytest.raises(features.ViewNotApplicable, match="local windows"):
+    with pytest.raises(views.ViewNotApplicable, match="local windows"):
         attention.attention_maps(model, torch.randn(1, 3, 64, 64))
 
 

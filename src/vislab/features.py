@@ -1,8 +1,10 @@
 """Looking inside a CNN: first-layer filters, feature maps, and how much training moved them.
 
-The course's "visualizing CNNs" views. Every function here takes a plain nn.Module and runs it through
-`views.forward_with_hooks` (hooks removed, training flags put back); a model without what a view shows
-raises `views.ViewNotApplicable` (importable from here too).
+The course's "visualizing CNNs" views, on a plain nn.Module: the first RGB convolution's filters as colour
+tiles, the layers whose outputs are spatial maps (SE blocks' pooled 1x1 convolutions left out), one layer's
+maps from one eval forward (`views.forward_with_hooks`: hook removed, training flags put back), its
+strongest channels, and the relative change of maps between two models. A model without what a view
+shows raises `views.ViewNotApplicable`.
 """
 
 from __future__ import annotations
