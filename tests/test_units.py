@@ -86,6 +86,8 @@ def test_several_peaks_per_image_are_distinct_local_maxima(model, images):
         i, j = p.unit
         assert float(acts[p.image, max(i - 1, 0):i + 2, max(j - 1, 0):j + 2].max()) == pytest.approx(p.value)
     assert len({(p.image, p.unit) for p in row}) == 6
+    wide = units.top_patches(model, CFG, images[:2], ["layer4"], channels=[1], k=6, per_image=3).layers[0]
+    assert min(wide.field.size) > 64 and len(wide.patches[0]) == 2  # a field wider than the image: one per image
 
 
 def test_deterministic_progress_and_stop(model, images):

@@ -108,7 +108,8 @@ def top_patches(model: nn.Module, data_config, images: Sequence, layers: list[st
 
     `channels`: the same channel numbers for every layer, one list per layer, or None for each layer's
     `n_channels` most active ones (highest mean over the images of the channel's maximum). At most
-    `per_image` patches per image and channel (1: the image's maximum; more for a handful of photos).
+    `per_image` patches per image and channel (1: the image's maximum; more for a handful of photos), and
+    one at a layer whose field covers the whole input (every place would crop the same whole image).
     `on_progress(done, total)` after every batch; `should_stop()` ends early with the images seen so far.
     """
     start = time.perf_counter()
@@ -122,6 +123,9 @@ def top_patches(model: nn.Module, data_config, images: Sequence, layers: list[st
     if missing:
         raise ViewNotApplicable(f"spatial feature maps traced to the input at {', '.join(missing)}", model)
     radius = {n: max(1, math.ceil(min(fields[n].size) / max(fields[n].jump) / 4)) for n in layers}
+    # a field that covers the whole input gives the whole image at every place: one patch per image then
+    places = {n: 1 if fields[n].size[0] >= input_size[1] and fields[n].size[1] >= input_size[2] else per_image
+              for n in layers}
     values: dict[str, list[torch.Tensor]] = {n: [] for n in layers}  # per batch (B, C, P)
     where: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
     total, seen, stopped = len(images), 0, False
@@ -136,7 +140,7 @@ def top_patches(model: nn.Module, data_config, images: Sequence, layers: list[st
         def make(name):
             def hook(module, args, output):
                 acts = (output[0] if isinstance(output, (tuple, list)) else output).detach().float()
-                v, i = _peaks(acts, per_image, radius[name])  # (B, C, P) each
+                v, i = _peaks(acts, places[name], radius[name])  # (B, C, P) each
                 values[name].append(v.cpu())
                 where[name].append(i.cpu())
             return hook
@@ -201,8 +205,9 @@ def enlarge(crop: np.ndarray, size: int = 96) -> Image.Image:
     return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.NEAREST)
 
 
-def grid(result: UnitPatches, cell: int = 80, labels: list[str] | None = None) -> Image.Image:
-    """All rows of patches as one picture (one row per layer and channel), for a PNG download or slides."""
+def grid(result: UnitPatches, cell: int = 96, labels: list[str] | None = None) -> Image.Image:
+    """All rows of patches as one picture (one row per layer and channel, ✂ marking a clipped field), for a
+    PNG download or slides."""
     from vislab.plots import image_grid
 
     k = max((len(r) for lp in result.layers for r in lp.patches), default=1)
@@ -214,7 +219,8 @@ def grid(result: UnitPatches, cell: int = 80, labels: list[str] | None = None) -
                     p = row[j]
                     cells.append(enlarge(p.crop, cell))
                     name = labels[p.image] if labels else f"image {p.image}"
-                    captions.append(f"{lp.stage} ch {c}: {p.value:.2f} · {name}{' (clipped)' if p.clipped else ''}")
+                    head = f"{lp.stage} ch {c}" if j == 0 else f"ch {c}"
+                    captions.append(f"{head}: {p.value:.2f}{' ✂' if p.clipped else ''} {name}")
                 else:
                     cells.append(Image.new("RGB", (cell, cell), "white"))
                     captions.append("")
