@@ -245,3 +245,30 @@ def test_the_class_token_attends_to_the_object(tmp_path):
     before = _object_share(untrained.eval(), held_out, boxes, cfg)
     print(f"object share / uniform: trained {trained:.2f}, untrained {before:.2f}")
     assert trained >= 3.0 > before
+
+
+# ---- the Attention page on a fine-tuned attention head ------------------------------------------------
+@pytest.mark.slow
+def test_attention_page_offers_the_head_then_shows_the_trained_one(synthetic):
+    import json
+
+    from tests.test_app import _app, _train_on_page, _upload_zip, _zip_of
+
+    at = _app()  # the default model: mobilenet_v2, a CNN without self-attention
+    _upload_zip(at, _zip_of(synthetic))
+    at.switch_page("pages/attention.py").run()
+    assert not at.exception and "no self-attention" in at.error[0].value
+    next(b for b in at.button if b.label == "Use the attention head").click().run()
+    assert not at.exception and at.session_state["head_kind"] == "attention"
+    assert any("has the attention head" in i.value for i in at.info)
+    job = _train_on_page(at, 64)
+    assert job.state == "done", job.status()
+    at.switch_page("pages/attention.py").run()
+    assert not at.exception and not at.error
+    assert at.radio(key="attn_models").value == "fine-tuned"  # the run's model, not the pretrained one
+    captions = " ".join(c.value for c in at.caption)
+    assert "grid of feature-map cells" in captions and "one cell is 32×32 pixels of the 64×64 input" in captions
+    layouts = [json.loads(el.proto.spec).get("layout", {}) for el in at.get("plotly_chart")]
+    panels = " ".join(a.get("text", "") for lay in layouts for a in lay.get("annotations", []))
+    assert "Grad-CAM · features.18" in panels and "rollout" in panels and "last layer, heads averaged" in panels
+    assert "Class-token attention, layer 1, per head" in [lay.get("title", {}).get("text") for lay in layouts]
