@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch.nn as nn
 
-from vislab.stages import HEAD, stage_of_modules, stages
+from vislab.stages import HEAD, stage_of_modules, stages  # also read as freezing.HEAD / freezing.stages by
+# training.py, units.py, pages/freeze.py and test_attention_head.py until they import vislab.stages
 
 BN_MODES = ("train", "eval", "frozen")
 STRATEGIES = ("head", "partial", "full", "two-phase", "scratch")
