@@ -97,7 +97,7 @@ if st.button("Find the top patches", type="primary", disabled=not chosen):
         st.error(str(exc))
     else:
         progress.progress(1.0, text=f"done: {res.images_seen} images in {res.seconds:.1f} s")
-        ss[LAYERS_OUT] = (vm.label, res, labels)
+        ss[LAYERS_OUT] = (vm.label, units.shrink(res, 96), labels)  # display-sized crops: small per session
 
 out = ss.get(LAYERS_OUT)
 if out and out[0] == vm.label:

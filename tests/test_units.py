@@ -110,3 +110,9 @@ def test_bad_channel_and_stage_list(model, images):
     assert stages[0][1] == "bn1" and stages[-1][1] == "layer4"  # stem to last, the head left out
     assert units.spread(list(range(10)), 4) == [0, 3, 6, 9]
     assert units.grid(units.top_patches(model, CFG, images[:2], ["bn1"], n_channels=1, k=2)).size[0] > 0
+    res = units.top_patches(model, CFG, images[:2], ["bn1", "layer4"], n_channels=1, k=2)
+    small = units.shrink(res, 16)
+    for big_lp, small_lp in zip(res.layers, small.layers):
+        for big, little in zip(big_lp.patches[0], small_lp.patches[0]):
+            assert max(little.crop.shape[:2]) == min(16, max(big.crop.shape[:2])) and little.value == big.value
+    assert max(res.layers[1].patches[0][0].crop.shape[:2]) == 64  # the original is left as it was
