@@ -85,11 +85,16 @@ def _toy_build(middle: nn.Module, engine: str):
     (_Unexportable(), "the exporter cannot take this prefix"),
     (_DataDependent(), "outputs differ from torch's"),
 ])
-def test_a_prefix_onnx_cannot_run_falls_back_to_torch_with_the_reason(middle, why):
+def test_a_prefix_onnx_cannot_run_falls_back_to_torch_with_the_reason(middle, why, monkeypatch):
     cache, reason = _toy_build(middle, "onnxruntime")
     assert cache is not None, reason
     line = cache.describe()
     assert "run once by torch (onnxruntime refused: " in line and why in line, line
+    calls = []
+    real = engines.export
+    monkeypatch.setattr(engines, "export", lambda *a: calls.append(1) or real(*a))
+    again, _ = _toy_build(middle, "onnxruntime")  # the next run remembers: no second export
+    assert calls == [] and why in again.describe() and again.engine.startswith("torch")
 
 
 def test_the_toy_prefix_without_its_odd_module_runs_in_onnxruntime():

@@ -116,6 +116,8 @@ def choose(model: nn.Module, stubs: list[str], probe: torch.Tensor, choice: str 
         probe.device.type else None
     few = probe[:max(3, min(4, len(probe)))]
     torch_run(few)  # untimed: the first call at a shape and memory format pays one-off kernel set-up
+    if record.get("refused") and not path.exists():  # the exporter failed on this very prefix before
+        return _refused(torch_run, record["refused"])
     if choice == "auto" and not path.exists():  # would an export pay? a guess from a few images first
         t_few, _ = _best_time(torch_run, few, 1)
         guess = t_few / len(few) * pass_images
@@ -130,7 +132,9 @@ def choose(model: nn.Module, stubs: list[str], probe: torch.Tensor, choice: str 
         try:
             blob = export(model, stubs, probe[:2])
         except Exception as exc:  # noqa: BLE001  any exporter failure means: this prefix stays in torch
-            return _refused(torch_run, f"the exporter cannot take this prefix ({_short(exc)})")
+            why = f"the exporter cannot take this prefix ({_short(exc)})"
+            _write_record(record_path, {"refused": why, "stubs": list(stubs), "model": name})  # not retried
+            return _refused(torch_run, why)
         try:
             fileio.write_bytes(path, blob)
             _prune(folder)
@@ -154,8 +158,8 @@ def choose(model: nn.Module, stubs: list[str], probe: torch.Tensor, choice: str 
     if measured is None:
         t_ort, _ = _best_time(ort_run, probe, 2)
         measured = t_torch / max(t_ort, 1e-9)
-        fileio.write_json(record_path, {"speedup": measured, "threads": threads, "device": probe.device.type,
-                                        "max_relative_difference": diff, "stubs": list(stubs), "model": name})
+        _write_record(record_path, {"speedup": measured, "threads": threads, "device": probe.device.type,
+                                    "max_relative_difference": diff, "stubs": list(stubs), "model": name})
     ort_name = "onnxruntime-cuda" if providers[0].startswith("CUDA") else "onnxruntime"
     note = "export reused" if reused else ""
     if choice == "auto" and measured < AUTO_MARGIN:
@@ -278,8 +282,20 @@ def _read_record(path: Path) -> dict:
     return record if isinstance(record, dict) else {}
 
 
+def _write_record(path: Path, record: dict) -> None:
+    from vislab import fileio
+
+    try:
+        fileio.write_json(path, record)
+    except OSError:  # a full or read-only disk: the next run measures again
+        pass
+
+
 def _prune(folder: Path) -> None:
     exports = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in exports[KEEP_EXPORTS:]:
         old.unlink(missing_ok=True)
         old.with_suffix(".json").unlink(missing_ok=True)
+    records = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in records[4 * KEEP_EXPORTS:]:  # refusals have no export beside them
+        old.unlink(missing_ok=True)
