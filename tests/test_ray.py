@@ -124,3 +124,25 @@ def test_a_queued_ray_job_counts_whats_ahead_and_cancels(synthetic, rq):
         rq.cancel(j)
         assert rq.wait(j, 90)["state"] == "stopped"
     assert not (c.folder / "model.safetensors").exists() and not c.events()
+
+
+def test_a_comparison_runs_on_ray_as_it_does_in_process(synthetic, tmp_path, cluster):
+    from dataclasses import asdict
+
+    from vislab import compare
+
+    report = data.scan_folder(synthetic)
+    configs = [compare.Config.preset("head"), compare.Config.preset("full")]
+    names = []
+    out = tmp_path / "cmp"
+    status = rayqueue.run_job(out, "compare", {
+        "model": "test_resnet", "report": data.report_to_dict(report), "configs": [asdict(c) for c in configs],
+        "epochs": 1, "img_size": 64, "batch_size": 8, "seed": 1, "per_class": 6},
+        on_event=lambda e, run: names.append(run) if e.kind == "epoch" else None)
+    assert status["state"] == "done", status
+    assert names == ["head", "full"]  # each run's epochs came back under its name
+    local = compare.run("test_resnet", report, configs, 1, tmp_path / "local", img_size=64, batch_size=8, seed=1,
+                        per_class=6)
+    _, _, rows = compare.load(out)
+    assert [[m["val_acc"] for m in r.metrics] for r in rows] == [[m["val_acc"] for m in r.metrics] for r in local]
+    assert [r.confusion for r in rows] == [r.confusion for r in local]
