@@ -67,12 +67,12 @@ def test_mobilenet_v2_architecture_equals_gradient():
     torch.manual_seed(0)
     model = torchvision.models.mobilenet_v2()  # random weights: the field is the architecture's
     layers = ["features.0", "features.1", "features.3", "features.6", "features.10", "features.14"]
-    fields = receptive.receptive_fields(model, layers, (3, 96, 96))
+    fields = receptive.receptive_fields(model, layers, (3, 64, 64))
     assert fields["features.0"].size == (3, 3) and fields["features.0"].jump == (2, 2)
     assert fields["features.14"].jump == (32, 32)
     for name in layers:
-        extent, at = receptive.gradient_extent(model, name, (3, 96, 96), samples=2)
-        assert extent == fields[name].box(*at, 96, 96)[0], name
+        extent, at = receptive.gradient_extent(model, name, (3, 64, 64), samples=2)
+        assert extent == fields[name].box(*at, 64, 64)[0], name
 
 
 def test_timm_convnext_channels_last_blocks_are_followed():
