@@ -27,12 +27,12 @@ import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from PIL import Image
+if TYPE_CHECKING:  # numpy, torch and PIL load when the command runs: `vislab --help` stays quick
+    import numpy as np
+    import torch.nn as nn
+    from PIL import Image
 
 EXIT_BAD_INPUT = 2
 CAM_VIEWS = {"cam": "CAM (classic)", "gradcam": "GradCAM", "gradcampp": "GradCAM++", "layercam": "LayerCAM"}
@@ -108,6 +108,10 @@ def to_image(m: np.ndarray, size: tuple[int, int], data_config) -> np.ndarray:
     """A map over the model's input square (S, S) laid back onto the original image (W, H) = `size`: the
     square is the resized center crop the eval transform took, and the map is 0 where the model saw nothing.
     (H, W) float32 in [0, 1]."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
     from vislab.models import resize_for
 
     w, h = size
@@ -127,7 +131,9 @@ def to_image(m: np.ndarray, size: tuple[int, int], data_config) -> np.ndarray:
 def overlay(img: Image.Image, m: np.ndarray, colormap: str = "jet", opacity: float = 0.5) -> Image.Image:
     """The map in a colour scale over the image, as the pages draw it (Jet at 0.5 for CAMs, Inferno at 0.6
     for attention); outside the square the model saw, the image is dimmed."""
+    import numpy as np
     from matplotlib import colormaps
+    from PIL import Image
 
     base = np.asarray(img, dtype=np.float32) / 255.0  # (H, W, 3)
     colour = colormaps[colormap](np.asarray(m))[..., :3].astype(np.float32)
@@ -140,6 +146,8 @@ def overlay(img: Image.Image, m: np.ndarray, colormap: str = "jet", opacity: flo
 
 
 def _figure_png(draw) -> Image.Image:
+    from PIL import Image
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,6 +161,8 @@ def _figure_png(draw) -> Image.Image:
 
 
 def _se_png(matrix: np.ndarray, blocks: list[str], title: str) -> Image.Image:
+    import numpy as np
+
     def draw(plt):
         fig, ax = plt.subplots(figsize=(10, 1.2 + 0.22 * len(blocks)))
         cmap = plt.get_cmap("viridis").with_extremes(bad="#cccccc")
@@ -181,6 +191,8 @@ def _maps_png(maps: np.ndarray, titles: list[str], title: str, cols: int = 8) ->
 
 def compute(loaded: Loaded, view: str, images: list[tuple[str, Image.Image]], layer: str | None = None) -> list[Output]:
     """Each image's PNG and array for `view`; a view that does not apply raises ExplainError."""
+    import numpy as np
+
     from vislab import attention, cam, features, se, views
 
     if view not in VIEWS:
@@ -242,6 +254,8 @@ def compute(loaded: Loaded, view: str, images: list[tuple[str, Image.Image]], la
 
 def write(outputs: list[Output], view: str, folder: Path) -> list[Path]:
     """`<stem>_<view>.png` and `.npy` for each output, each written atomically."""
+    import numpy as np
+
     from vislab import fileio
 
     written = []
