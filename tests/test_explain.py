@@ -16,12 +16,12 @@ CFG = DataConfig((3, 64, 64))  # crop_pct 0.875: short side to 73, then the cent
 SQUARE = resize_for(CFG)  # a 73 x 73 image: the crop is pixels 4..67 of it, one to one
 
 
-def make_run(folder, arch: str):
+def make_run(folder, arch: str, head: str = "linear"):
     torch.manual_seed(0)
-    model = attach_head(build_architecture(arch), 3, "linear")
+    model = attach_head(build_architecture(arch), 3, head)
     if hasattr(model, "set_input_size"):
         model.set_input_size(img_size=(64, 64))
-    runs.save(folder, model, {"model": arch, "head_kind": "linear", "data_config": CFG.to_dict()}, [],
+    runs.save(folder, model, {"model": arch, "head_kind": head, "data_config": CFG.to_dict()}, [],
               ["red", "green", "blue"])
     return folder
 
@@ -34,7 +34,8 @@ def folders(tmp_path_factory):
     Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(root / "wide.jpg")
     return {"root": root, "images": [str(root / "square.png"), str(root / "wide.jpg")],
             "cnn": make_run(root / "cnn", "test_resnet"), "vit": make_run(root / "vit", "test_vit"),
-            "se": make_run(root / "se", "test_efficientnet")}
+            "se": make_run(root / "se", "test_efficientnet"),
+            "hybrid": make_run(root / "hybrid", "test_resnet", "attention")}  # a CNN with the attention head
 
 
 def parser():
@@ -48,7 +49,8 @@ def call(*argv):
 
 
 @pytest.mark.parametrize("kind, view", [("cnn", v) for v in ("cam", "gradcam", "gradcampp", "layercam", "features")]
-                         + [("vit", "attention"), ("vit", "rollout"), ("se", "se")])
+                         + [("vit", "attention"), ("vit", "rollout"), ("hybrid", "attention"), ("hybrid", "rollout"),
+                            ("se", "se")])
 def test_every_view_that_applies_writes_a_png_and_a_map_per_image(folders, tmp_path, kind, view):
     tmp_path = tmp_path / "out"
     assert call("--run", folders[kind], "--view", view, "--images", *folders["images"], "--out", tmp_path) == 0
@@ -84,12 +86,16 @@ def test_the_saved_map_is_the_cam_pages_own(folders, tmp_path):
 
 
 def test_the_saved_rollout_and_gates_are_the_pages_own(folders, tmp_path):
-    model, run, img, x = page_inputs(folders, "vit")
-    maps = attention.attention_maps(model, x)
-    grid, prefix = attention.patch_grid(model, x), attention.num_prefix_tokens(model)
-    page = views.fit_map(attention.rollout(maps, grid, prefix, "mean", 0.9), (64, 64))
-    assert call("--run", folders["vit"], "--view", "rollout", "--images", folders["images"][0], "--out", tmp_path) == 0
-    assert np.allclose(np.load(tmp_path / "square_rollout.npy")[4:68, 4:68], page, atol=1e-5)
+    for kind, discard in (("vit", 0.9), ("hybrid", 0.0)):  # the Attention page's default discard for each
+        model, run, img, x = page_inputs(folders, kind)
+        found = attention.view(model, x)
+        assert found.hybrid == (kind == "hybrid")
+        page = views.fit_map(found.rollout("mean", discard), (64, 64))
+        last = views.fit_map(found.cls()[-1].mean(0), (64, 64))
+        for view, want in (("rollout", page), ("attention", last)):
+            out = tmp_path / kind
+            assert call("--run", folders[kind], "--view", view, "--images", folders["images"][0], "--out", out) == 0
+            assert np.allclose(np.load(out / f"square_{view}.npy")[4:68, 4:68], want, atol=1e-5), (kind, view)
 
     model, run, img, x = page_inputs(folders, "se")
     page = se.se_gates(model, x).matrix(0)

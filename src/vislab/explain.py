@@ -5,17 +5,17 @@
 writes, for each image, `<stem>_<view>.png` (the overlay, as the page draws it) and `<stem>_<view>.npy`:
 
     cam, gradcam, gradcampp, layercam   the CAM page's map for the predicted class (float32 in [0, 1])
-    attention                           the ViT page's class-token attention of the last layer, heads averaged
-    rollout                             its attention rollout (mean over heads, the weakest 90 % discarded)
+    attention                           the Attention page's class-token attention of the last block, heads
+                                        averaged (a ViT's, or a CNN's attention head's)
+    rollout                             its attention rollout (mean over heads; a ViT's weakest 90 % discarded)
     features                            the Feature-maps page's most active channel at its default layer
                                         (the PNG: the 16 most active channels, as the page shows them)
     se                                  the SE page's gates, blocks x channels (NaN where a block has fewer)
 
 Maps are at the image's own resolution (H x W of the file): the model saw a resized center crop, so the
 map fills that square and is 0 outside it. Every map comes from the same library call the page makes
-(`cam.explain`, `attention.attention_maps` + `cls_attention` / `rollout`, `se.se_gates`,
-`features.activations`); the attention views go through `attention.py` only, so another attention-map
-source there plugs in. Everything is decided and computed before the first file is written: a missing
+(`cam.explain`, `attention.view` with its `cls` / `rollout`, `se.se_gates`, `features.activations`):
+the attention views read a ViT's blocks and a CNN's attention head alike. Everything is decided and computed before the first file is written: a missing
 image, a run folder that is not one, or a view that does not apply to the model (attention on a CNN)
 is one line on stderr, exit status 2, and nothing written. Files are written atomically (`vislab.fileio`).
 """
@@ -219,14 +219,13 @@ def compute(loaded: Loaded, view: str, images: list[tuple[str, Image.Image]], la
             if not attention.has_attention(model):
                 raise views.ViewNotApplicable("self-attention layers", model, attention.ATTENTION_MODELS,
                                               attention.why_not(model))
-            maps = attention.attention_maps(model, x)  # per layer (B, heads, N, N)
-            grid = attention.patch_grid(model, x)
-            prefix = attention.num_prefix_tokens(model)
+            found = attention.view(model, x)  # a ViT's blocks, or a CNN's attention head: per block (B, h, T, T)
+            discard = 0.0 if found.hybrid else ROLLOUT_DISCARD  # the page's defaults
             for b, (stem, img) in enumerate(images):
                 if view == "attention":
-                    m = attention.cls_attention(maps, prefix, grid, image=b)[-1].mean(0)  # (gh, gw)
+                    m = found.cls(b)[-1].mean(0)  # (gh, gw): the last block, heads averaged
                 else:
-                    m = attention.rollout(maps, grid, prefix, "mean", ROLLOUT_DISCARD, image=b)
+                    m = found.rollout("mean", discard, image=b)
                 full = to_image(views.fit_map(m, size), img.size, cfg)
                 out.append(Output(stem, overlay(img, full, "inferno", 0.6), full))
         elif view == "se":
