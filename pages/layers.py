@@ -2,13 +2,10 @@ from pathlib import Path
 
 import streamlit as st
 
-try:  # pages/_lab.py is being split into these modules; before that lands, _lab has them all
-    from pages._cached import cached_view, model_lock
-    from pages._dataset import init_state
-    from pages._images import PHOTOS, download_png, photo
-    from pages._runs import view_models
-except ImportError:
-    from pages._lab import PHOTOS, cached_view, download_png, init_state, model_lock, photo, view_models
+from pages._cached import cached_view, model_lock
+from pages._dataset import init_state
+from pages._images import PHOTOS, download_png, photo
+from pages._runs import view_models
 from pages._state import DATASET
 from vislab import featurevis, units, views
 
