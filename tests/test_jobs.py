@@ -226,3 +226,28 @@ def test_two_servers_adopting_one_lab_home_run_each_queued_job_once(synthetic):
         assert [e["epoch"] for e in job.events() if e["kind"] == "epoch"] == [1]
     owners = {job.claimed_by()["pid"] for job in queued}
     assert owners <= {p.pid for p in procs}
+
+
+def test_a_spare_worker_waits_with_torch_imported_and_runs_the_next_job_like_a_fresh_one(synthetic, tmp_path):
+    q = jobs.LocalQueue(pools={"cpu": 1}, poll_s=0.05, spares=True)
+    try:
+        first_spare = q._spare["cpu"].pid
+        a, b = _job(synthetic), _job(synthetic)
+        q.submit(a)
+        q.submit(b)
+        sa, sb = q.wait(a, 180), q.wait(b, 180)
+        assert sa["state"] == sb["state"] == "done", (sa, sb, (a.folder / "worker.log").read_text()[-2000:])
+        assert sa["pid"] == first_spare  # the waiting worker took the first job
+        assert sb["pid"] not in (first_spare, os.getpid())  # a new spare (started at the hand-over) took the next
+        local = experiment.train(_spec(), data.scan_folder(synthetic), tmp_path / "local")
+        for job in (a, b):
+            model, run = runs.load(job.folder)
+            assert [m["val_acc"] for m in run.metrics] == [m["val_acc"] for m in local.history.epochs]
+            for (k, x), y in zip(model.state_dict().items(), local.model.state_dict().values()):
+                assert torch.allclose(x.float(), y.float(), atol=1e-5), k
+        waiting = q._spare["cpu"]
+        assert waiting.poll() is None  # and one waits for the job after
+        assert os.getpriority(os.PRIO_PROCESS, waiting.pid) >= min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
+    finally:
+        q.close(timeout=10)
+    assert waiting.poll() is not None  # closing the queue ends its spare

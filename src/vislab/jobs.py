@@ -340,7 +340,7 @@ def make_queue(ray_address: str | None = None) -> Queue:
     (vislab.rayqueue, which needs the `ray` extra), else a LocalQueue. Ray is imported only then."""
     ray_address = ray_address or os.environ.get("VISLAB_RAY_ADDRESS")
     if not ray_address:
-        return LocalQueue()
+        return LocalQueue(spares=os.environ.get("VISLAB_SPARE_WORKERS", "1") != "0")
     try:
         from vislab import rayqueue
     except ImportError:
@@ -366,11 +366,16 @@ class LocalQueue:
     poll_s: float = 0.2
     python: str = sys.executable
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    spares: bool = False  # keep one started worker per slot waiting (torch imported): a job starts in ~0 s, not ~5
 
     def __post_init__(self):
         self._lock = threading.RLock()
         self._pending: list[_Entry] = []
         self._running: list[_Entry] = []
+        self._spare: dict[str, subprocess.Popen] = {}  # slot -> a worker waiting for its job folder on stdin
+        if self.spares:
+            for slot in self.pools:
+                self._spare[slot] = self._start_spare(slot)
         self._closed = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"vislab-queue-{self.id}", daemon=True)
@@ -456,6 +461,10 @@ class LocalQueue:
         self._thread.join(timeout=5)
         with self._lock:
             running = list(self._running)
+            spares, self._spare = list(self._spare.values()), {}
+        for proc in spares:  # waiting workers hold no job: end them now
+            proc.kill()
+            proc.wait()
         if stop_running:
             for e in running:
                 e.job.request_stop()
@@ -532,21 +541,48 @@ class LocalQueue:
                 self._running.append(e)
                 busy_labs.add(e.lab)
 
-    def _spawn(self, job: Job, slot: str) -> subprocess.Popen:
+    def _env(self, slot: str) -> dict:
         env = {**os.environ, "VISLAB_PARENT_PID": str(os.getpid()),
                "VISLAB_THREADS": str(max(1, (os.cpu_count() or 1) // max(1, self.pools.get("cpu", 1))))}
         if slot.startswith("cuda:"):
             env["CUDA_VISIBLE_DEVICES"] = slot.split(":", 1)[1]
         src = str(Path(__file__).resolve().parents[1])  # the worker imports this very vislab
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        log = open(job.folder / "worker.log", "ab")
-        try:
-            proc = subprocess.Popen([self.python, "-m", "vislab.jobs", str(job.folder)], stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                    cwd=str(job.folder))
-        finally:
-            log.close()
+        return env
+
+    def _start_spare(self, slot: str) -> subprocess.Popen:
+        """A worker for `slot` that imports torch and vislab now and then waits for one job folder."""
+        return subprocess.Popen([self.python, "-m", "vislab.jobs", "--spare"], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self._env(slot))
+
+    def _hand_to_spare(self, job: Job, slot: str) -> subprocess.Popen | None:
+        """Give `job` to the slot's waiting worker (None when there is none, or it has died)."""
+        proc = self._spare.pop(slot, None)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            try:
+                proc.stdin.write(f"{job.folder}\n".encode())
+                proc.stdin.close()  # one job per process: a crash or a leak never reaches the next job
+                return proc
+            except (OSError, ValueError):
+                pass
+        proc.kill()
+        return None
+
+    def _spawn(self, job: Job, slot: str) -> subprocess.Popen:
+        proc = self._hand_to_spare(job, slot) if self.spares else None
+        if proc is None:
+            log = open(job.folder / "worker.log", "ab")
+            try:
+                proc = subprocess.Popen([self.python, "-m", "vislab.jobs", str(job.folder)], stdout=log,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._env(slot),
+                                        cwd=str(job.folder))
+            finally:
+                log.close()
         job.write_status(state="running", slot=slot, started=time.time(), pid=proc.pid, host=HOST)  # before the worker's own
+        if self.spares and not self._closed.is_set():
+            self._spare[slot] = self._start_spare(slot)  # the next job of this slot starts warm
         return proc
 
 
@@ -647,11 +683,34 @@ def _die_with_parent() -> None:
 
 def _be_nice() -> None:
     """Training yields the CPU to the web server: a page switch stays quick while a class trains, and the
-    worker still has every core the server does not use. `VISLAB_WORKER_NICE` (default 10; 0 turns it off)."""
+    worker still has every core the server does not use. `VISLAB_WORKER_NICE` (default 10; 0 turns it off)
+    is the level the worker runs at, not an increment: a spare worker that was niced already stays there."""
     try:
-        os.nice(int(os.environ.get("VISLAB_WORKER_NICE", "10")))
+        level = int(os.environ.get("VISLAB_WORKER_NICE", "10"))
+        os.setpriority(os.PRIO_PROCESS, 0, max(level, os.getpriority(os.PRIO_PROCESS, 0)))
     except (OSError, ValueError, AttributeError):
         pass
+
+
+def run_spare() -> int:
+    """A spare worker (`python -m vislab.jobs --spare`): pays for the imports while nobody waits, then reads
+    one job folder from stdin and runs it like a fresh worker, its output going to that job's worker.log."""
+    _die_with_parent()
+    _be_nice()  # the imports do not slow the job that is running now
+    import torch  # noqa: F401 - the expensive part of a worker's start
+    import torchvision  # noqa: F401
+
+    from vislab import compare, experiment  # noqa: F401
+
+    line = sys.stdin.readline().strip()
+    if not line or not Path(line, "job.json").is_file():
+        return 0  # the queue closed (or gave nothing): nothing was started
+    fd = os.open(Path(line) / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.chdir(line)
+    return run_worker(line)
 
 
 def run_worker(folder: str | Path) -> int:
@@ -741,6 +800,8 @@ def _run_compare(job: Job, payload: dict, writer: EventWriter, stop: FileStop) -
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--spare"]:
+        return run_spare()
     if len(argv) != 1 or not Path(argv[0], "job.json").is_file():
         print("usage: python -m vislab.jobs JOB_FOLDER (a folder with job.json)", file=sys.stderr)
         return 2
