@@ -14,7 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from pages._state import LAB, LAST_RUN, current_lab
-from vislab import fileio, jobs, labs
+from vislab import fileio, jobs, labs, queues
 
 
 @st.cache_resource
@@ -24,7 +24,7 @@ def queue() -> jobs.Queue:
     sharing this lab home) start again; running ones whose worker died read as interrupted."""
     import atexit
 
-    q = jobs.make_queue()
+    q = queues.make_queue()
     q.adopt(labs.labs_dir())
     atexit.register(q.close)
     return q

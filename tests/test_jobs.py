@@ -180,8 +180,8 @@ def test_the_worker_refuses_a_folder_without_a_job(tmp_path):
 
 def test_the_app_never_imports_ray_without_a_ray_address():
     code = ("import os, sys; os.environ.pop('VISLAB_RAY_ADDRESS', None)\n"
-            "import vislab.jobs, pages._jobs\n"
-            "q = vislab.jobs.make_queue(); assert type(q).__name__ == 'LocalQueue'; q.close()\n"
+            "import vislab.jobs, vislab.queues, pages._jobs\n"
+            "q = vislab.queues.make_queue(); assert type(q).__name__ == 'LocalQueue'; q.close()\n"
             "assert 'ray' not in sys.modules and 'vislab.rayqueue' not in sys.modules, 'ray imported'\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parents[1])

@@ -12,7 +12,7 @@ ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.
 import torch  # noqa: E402
 
 from tests.test_jobs import _job, _spec, _wait_for  # noqa: E402
-from vislab import data, experiment, jobs, rayqueue, runs  # noqa: E402
+from vislab import data, experiment, jobs, queues, rayqueue, runs  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,7 @@ def _same_weights(a, b):
 
 def test_a_ray_job_through_the_apps_queue_equals_training_in_process(synthetic, tmp_path, cluster, monkeypatch):
     monkeypatch.setenv("VISLAB_RAY_ADDRESS", "auto")
-    q = jobs.make_queue()  # what pages/_jobs.queue() builds
+    q = queues.make_queue()  # what pages/_jobs.queue() builds
     assert isinstance(q, rayqueue.RayQueue)
     seen = []
     q.on_message = lambda job, kind, data: seen.append((kind, data))

@@ -335,20 +335,6 @@ def pool_for(device: str) -> str:
     return "cpu"
 
 
-def make_queue(ray_address: str | None = None) -> Queue:
-    """The server's queue: on the Ray cluster at `ray_address` or VISLAB_RAY_ADDRESS when one is set
-    (vislab.rayqueue, which needs the `ray` extra), else a LocalQueue. Ray is imported only then."""
-    ray_address = ray_address or os.environ.get("VISLAB_RAY_ADDRESS")
-    if not ray_address:
-        return LocalQueue(spares=os.environ.get("VISLAB_SPARE_WORKERS", "1") != "0")
-    try:
-        from vislab import rayqueue
-    except ImportError:
-        raise JobError("VISLAB_RAY_ADDRESS is set but ray is not installed: pip install 'vislab[ray]', "
-                       "or unset it to train on this server") from None
-    return rayqueue.RayQueue(addr=ray_address)
-
-
 @dataclass
 class _Entry:
     job: Job
