@@ -154,6 +154,23 @@ DIAGRAM = "diagram"
 NEW_LAB_AFTER_ERROR = "new_lab_after_error"
 NEW_LAB_BUTTON = "new_lab"  # app.py's sidebar button (app.py still writes it out)
 
+LAYERS_OUT = "layers_out"  # (model label, units.UnitPatches, image labels) of the last scan
+LAYERS_VIS = "layers_vis"  # (model label, featurevis.Visualisation) of the last feature visualisation
+LAYERS_CHANNELS = "layers_channels"
+LAYERS_K = "layers_k"
+LAYERS_MODE = "layers_mode"
+LAYERS_N = "layers_n"
+LAYERS_N_IMG = "layers_n_img"
+LAYERS_SRC = "layers_src"
+LAYERS_STAGES = "layers_stages"
+LAYERS_STOP = "layers_stop"
+LAYERS_VIS_CHANNEL = "layers_vis_channel"
+LAYERS_VIS_GO = "layers_vis_go"
+LAYERS_VIS_SIZE = "layers_vis_size"
+LAYERS_VIS_STAGE = "layers_vis_stage"
+LAYERS_VIS_STEPS = "layers_vis_steps"
+LAYERS_VIS_STOP = "layers_vis_stop"
+
 PERSISTED = (MODEL, HEAD, STRATEGY, THAW_LAST, BN, LAST_RUN, REOPENED, COMPARE_SHOWN, ZIP_FOLDER)
 
 

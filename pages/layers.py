@@ -2,15 +2,13 @@ from pathlib import Path
 
 import streamlit as st
 
+from pages import _state
 from pages._cached import cached_view, model_lock
 from pages._dataset import init_state
 from pages._images import PHOTOS, download_png, photo
 from pages._runs import view_models
-from pages._state import DATASET
 from vislab import featurevis, units, views
 
-LAYERS_OUT = "layers_out"  # (model label, units.UnitPatches, image labels) of the last scan
-LAYERS_VIS = "layers_vis"  # (model label, featurevis.Visualisation) of the last feature visualisation
 
 init_state()
 ss = st.session_state
@@ -47,28 +45,28 @@ module_of = dict(stages)
 
 st.subheader("Top patches per channel")
 c1, c2, c3 = st.columns([3, 2, 1])
-chosen = c1.multiselect("Stages (stem → last)", names, default=units.spread(names, 4), key="layers_stages")
-mode = c2.radio("Channels", ["most active", "by number"], horizontal=True, key="layers_mode")
+chosen = c1.multiselect("Stages (stem → last)", names, default=units.spread(names, 4), key=_state.LAYERS_STAGES)
+mode = c2.radio("Channels", ["most active", "by number"], horizontal=True, key=_state.LAYERS_MODE)
 channels, n_channels = None, 8
 if mode == "most active":
-    n_channels = c2.slider("How many per stage", 1, 16, 8, key="layers_n",
+    n_channels = c2.slider("How many per stage", 1, 16, 8, key=_state.LAYERS_N,
                            help="The channels with the highest mean over the images of their maximum")
 else:
-    text = c2.text_input("Channel numbers (the same for every stage)", "0, 1, 2, 3", key="layers_channels")
+    text = c2.text_input("Channel numbers (the same for every stage)", "0, 1, 2, 3", key=_state.LAYERS_CHANNELS)
     try:
         channels = [int(t) for t in text.replace(",", " ").split()]
     except ValueError:
         st.error(f"'{text}' is not a list of channel numbers (e.g. 0, 5, 12)")
         st.stop()
-k = c3.slider("Patches (k)", 2, 12, 6, key="layers_k")
+k = c3.slider("Patches (k)", 2, 12, 6, key=_state.LAYERS_K)
 
-ds = ss.get(DATASET)
+ds = ss.get(_state.DATASET)
 sources = (["the lab's dataset"] if ds else []) + ["bundled photos"]
-source = st.radio("Images", sources, horizontal=True, key="layers_src",
+source = st.radio("Images", sources, horizontal=True, key=_state.LAYERS_SRC,
                   help="Pick a dataset on the Data page to scan your own images")
 if source == "the lab's dataset":
     items = ds.used.items
-    n_img = st.slider("Images to scan", 1, min(500, len(items)), min(60, len(items)), key="layers_n_img",
+    n_img = st.slider("Images to scan", 1, min(500, len(items)), min(60, len(items)), key=_state.LAYERS_N_IMG,
                       help="Spread evenly over the dataset; every image takes one forward pass")
     picked = units.spread(items, n_img)
     images = [p for p, _ in picked]
@@ -82,9 +80,9 @@ else:
                "gives one patch per image, from many more images.")
 
 if st.button("Find the top patches", type="primary", disabled=not chosen):
-    ss.pop(LAYERS_OUT, None)  # never leave an old result on screen after a new request
+    ss.pop(_state.LAYERS_OUT, None)  # never leave an old result on screen after a new request
     progress = st.progress(0.0, text="starting…")
-    st.button("Stop", key="layers_stop")  # a click reruns the page, which ends the scan between batches
+    st.button("Stop", key=_state.LAYERS_STOP)  # a click reruns the page, which ends the scan between batches
     try:
         with model_lock(vm.model):
             res = units.top_patches(vm.model, cfg, images, [module_of[s] for s in chosen], channels, n_channels, k,
@@ -94,9 +92,9 @@ if st.button("Find the top patches", type="primary", disabled=not chosen):
         st.error(str(exc))
     else:
         progress.progress(1.0, text=f"done: {res.images_seen} images in {res.seconds:.1f} s")
-        ss[LAYERS_OUT] = (vm.label, units.shrink(res, 96), labels)  # display-sized crops: small per session
+        ss[_state.LAYERS_OUT] = (vm.label, units.shrink(res, 96), labels)  # display-sized crops: small per session
 
-out = ss.get(LAYERS_OUT)
+out = ss.get(_state.LAYERS_OUT)
 if out and out[0] == vm.label:
     _, res, shown_labels = out
     st.caption(f"{res.images_seen} of {res.images_total} images scanned in {res.seconds:.1f} s · "
@@ -118,18 +116,18 @@ st.subheader("Feature visualisation")
 st.markdown("An image optimised to excite one channel (Fourier, decorrelated-colour parameterisation; jitter, "
             "scale and rotation each step). Small and short here: it runs on this server while you wait.")
 v1, v2, v3, v4 = st.columns(4)
-vis_stage = v1.selectbox("Stage", names, index=len(names) // 2, key="layers_vis_stage")
-channel = int(v2.number_input("Channel", 0, 8191, 0, key="layers_vis_channel"))
-size = v3.select_slider("Size (px)", [64, 96, 128], 96, key="layers_vis_size")
-steps = v4.select_slider("Steps", [32, 64, 128, 256], 128, key="layers_vis_steps")
+vis_stage = v1.selectbox("Stage", names, index=len(names) // 2, key=_state.LAYERS_VIS_STAGE)
+channel = int(v2.number_input("Channel", 0, 8191, 0, key=_state.LAYERS_VIS_CHANNEL))
+size = v3.select_slider("Size (px)", [64, 96, 128], 96, key=_state.LAYERS_VIS_SIZE)
+steps = v4.select_slider("Steps", [32, 64, 128, 256], 128, key=_state.LAYERS_VIS_STEPS)
 if out and out[0] == vm.label:
     shown = {lp.stage: lp.channels for lp in out[1].layers}
     if vis_stage in shown:
         st.caption(f"Channels shown above for {vis_stage}: {', '.join(map(str, shown[vis_stage]))}")
-if st.button("Visualise", key="layers_vis_go"):
-    ss.pop(LAYERS_VIS, None)
+if st.button("Visualise", key=_state.LAYERS_VIS_GO):
+    ss.pop(_state.LAYERS_VIS, None)
     progress = st.progress(0.0, text="starting…")
-    st.button("Stop", key="layers_vis_stop")  # a click reruns the page, which ends the loop between steps
+    st.button("Stop", key=_state.LAYERS_VIS_STOP)  # a click reruns the page, which ends the loop between steps
     try:
         with model_lock(vm.model):
             vis = featurevis.visualise(vm.model, module_of[vis_stage], channel, cfg,
@@ -140,9 +138,9 @@ if st.button("Visualise", key="layers_vis_go"):
         st.error(str(exc))
     else:
         progress.progress(1.0, text=f"done in {vis.seconds:.1f} s")
-        ss[LAYERS_VIS] = (vm.label, vis)
+        ss[_state.LAYERS_VIS] = (vm.label, vis)
 
-shown_vis = ss.get(LAYERS_VIS)
+shown_vis = ss.get(_state.LAYERS_VIS)
 if shown_vis and shown_vis[0] == vm.label:
     vis = shown_vis[1]
     left, right = st.columns([1, 2])
