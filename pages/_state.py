@@ -20,7 +20,7 @@ from vislab import catalog, labs, paths
 
 # ---- session state keys (every key a page reads, writes or gives a widget lives here) -------------------
 MODEL = "model_name"  # catalog or any timm / torchvision name
-HEAD = "head_kind"  # "linear" | "mlp"
+HEAD = "head_kind"  # "linear" | "mlp" | "attention" (heads.HEAD_KINDS)
 DATASET = "dataset"  # _dataset.Dataset, or absent
 PLAN = "plan"  # FreezePlan of the working model (a dict while it waits to be rebuilt, after a reload)
 STRATEGY = "strategy"  # the preset the plan came from, or "custom"

@@ -8,7 +8,7 @@ import streamlit as st
 
 from pages._dataset import Dataset
 from pages._state import BN, DATASET, HEAD, MODEL, PLAN, PLAN_VERSION, STRATEGY, THAW_LAST, VIEW_CHOICE, WORKING
-from vislab import catalog, experiment, freezing, models, stages, training, weights
+from vislab import catalog, experiment, freezing, heads, models, stages, training, weights
 from vislab.freezing import FreezePlan
 
 
@@ -77,7 +77,12 @@ def working():
     if cached is None or cached[0] != key:
         spec = session_spec("scratch" if ss[STRATEGY] == "scratch" else "head")
         base, base_info = pretrained() if spec.strategy != "scratch" else (None, None)
-        model, info, _ = experiment.prepare(spec, num_classes(), base, base_info)  # the one job builder
+        try:
+            model, info, _ = experiment.prepare(spec, num_classes(), base, base_info)  # the one job builder
+        except heads.AttentionHeadError as exc:  # e.g. a ViT picked while the head was "attention"
+            ss[HEAD] = "linear"
+            st.toast(f"{exc} The head is back to linear.", icon=":material/info:")
+            return working()
         ss[WORKING] = (key, model, info)
     _, model, info = ss[WORKING]
     plan = ss.get(PLAN)

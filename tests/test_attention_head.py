@@ -5,6 +5,7 @@ ones (a traced GraphModule that keeps the backbone's module names).
 """
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -272,3 +273,21 @@ def test_attention_page_offers_the_head_then_shows_the_trained_one(synthetic):
     panels = " ".join(a.get("text", "") for lay in layouts for a in lay.get("annotations", []))
     assert "Grad-CAM · features.18" in panels and "rollout" in panels and "last layer, heads averaged" in panels
     assert "Class-token attention, layer 1, per head" in [lay.get("title", {}).get("text") for lay in layouts]
+
+
+def test_a_vit_picked_while_the_head_is_attention_falls_back_to_linear_with_a_message():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=240).run()
+    at.switch_page("pages/model.py").run()
+    at.selectbox[0].set_value("other timm / torchvision name…").run()
+    at.text_input[0].set_value("test_resnet").run()
+    at.switch_page("pages/freeze.py").run()
+    at.radio(key="head_choice").set_value("attention").run()
+    assert at.session_state["head_kind"] == "attention" and not at.exception
+    at.switch_page("pages/model.py").run()
+    at.text_input[0].set_value("test_vit").run()  # the Model page builds the working model: the head falls back
+    assert any("back to linear" in t.value for t in at.toast), [t.value for t in at.toast]
+    at.switch_page("pages/freeze.py").run()
+    assert not at.exception, at.exception
+    assert at.session_state["head_kind"] == "linear"

@@ -27,7 +27,7 @@ class Spec:
     strategy: str = "head"  # head | partial | full | two-phase | scratch
     thaw_last: int = 1  # partial: how many of the last stages train with the head
     bn: str | None = None  # BN mode of thawed pretrained stages; None: eval (train for scratch)
-    head: str = "linear"  # linear | mlp
+    head: str = "linear"  # linear | mlp | attention (heads.HEAD_KINDS)
     weights: str = "pretrained"  # pretrained | auto | random (scratch always random)
     img_size: int | None = None  # None: the model's own input size
     val_frac: float = 0.2
