@@ -15,7 +15,7 @@ pages = st.navigation([
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
     st.Page("pages/cam.py", title="CAM & Grad-CAM", icon=":material/visibility:"),
     st.Page("pages/se.py", title="SE channel weights", icon=":material/tune:"),
-    st.Page("pages/attention.py", title="ViT attention", icon=":material/center_focus_strong:"),
+    st.Page("pages/attention.py", title="Attention", icon=":material/center_focus_strong:"),
     st.Page("pages/features.py", title="Feature maps", icon=":material/grid_view:"),
     st.Page("pages/layers.py", title="Layer responses", icon=":material/layers:"),
     st.Page("pages/export.py", title="Export & Netron", icon=":material/account_tree:"),

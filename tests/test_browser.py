@@ -148,7 +148,7 @@ def test_walk_home_to_trained_head(app_url):
         page.get_by_role("button", name="Switch to mobilenet_v3_small").click()
         _done(page, "Do the gates depend on the image?", "se", timeout=120_000)
 
-        _go(page, "ViT attention")
+        _go(page, "Attention")
         page.get_by_role("button", name="Switch to vit_tiny_patch16_224").click()
         _done(page, "Attention rows sum to 1", "attention", timeout=120_000)
 
