@@ -38,7 +38,7 @@ def run_line():
 
 with st.sidebar:
     run_line()
-if st.sidebar.button("New lab", key="new_lab", help="Start an empty lab in this tab. The current one stays under "
+if st.sidebar.button("New lab", key=_state.NEW_LAB_BUTTON, help="Start an empty lab in this tab. The current one stays under "
                      "its own link (bookmark it to come back)."):
     _state.new_lab()
     st.rerun()

@@ -152,7 +152,7 @@ MODULES_PREFIX = "modules_"  # + plan version: the single-module overrides
 DIAGRAM = "diagram"
 # app.py and this module
 NEW_LAB_AFTER_ERROR = "new_lab_after_error"
-NEW_LAB_BUTTON = "new_lab"  # app.py's sidebar button (app.py still writes it out)
+NEW_LAB_BUTTON = "new_lab"  # app.py's sidebar button
 
 LAYERS_OUT = "layers_out"  # (model label, units.UnitPatches, image labels) of the last scan
 LAYERS_VIS = "layers_vis"  # (model label, featurevis.Visualisation) of the last feature visualisation

@@ -1,11 +1,11 @@
 import numpy as np
 import streamlit as st
 
-from pages import _lab
+from pages import _cached, _dataset, _images, _runs, _state, _working
 from vislab import attention, cam, heads, plots, views
 from vislab.transforms import crop_seen
 
-_lab.init_state()
+_dataset.init_state()
 ss = st.session_state
 st.title("Attention")
 st.markdown("Self-attention lets every token look at every other. In a **Vision Transformer** the tokens are "
@@ -14,37 +14,37 @@ st.markdown("Self-attention lets every token look at every other. In a **Vision 
             "it gathers information from; **rollout** multiplies the attention through the layers (with the "
             "skip connections) to follow it back to the input.")
 
-vm = _lab.view_models("attn", allow_both=False)[0]
+vm = _runs.view_models("attn", allow_both=False)[0]
 if not attention.has_attention(vm.model):
     st.error(str(views.ViewNotApplicable("self-attention layers", vm.model, attention.ATTENTION_MODELS,
                                          attention.why_not(vm.model))))
     refusal = heads.attention_head_refusal(vm.model)
     if refusal is None:  # a CNN: its own pretrained features, read by a trained attention head
-        st.markdown(f"**Teach `{ss[_lab.MODEL]}` to attend:** the attention head puts one self-attention block "
+        st.markdown(f"**Teach `{ss[_state.MODEL]}` to attend:** the attention head puts one self-attention block "
                     "on its last feature map (each cell a token, plus a class token). Train it head-only on "
                     "your data: the frozen convolutions are cached once, so it trains in seconds, and this "
                     "page then shows where the class token looks, beside Grad-CAM of the same model.")
-        if ss[_lab.HEAD] == "attention":
+        if ss[_state.HEAD] == "attention":
             st.info("The working model has the attention head: train it (strategy `head`) on the Train page, "
                     "then come back.")
         elif st.button("Use the attention head", type="primary"):
-            _lab.set_model(ss[_lab.MODEL], "attention")
+            _working.set_model(ss[_state.MODEL], "attention")
             st.rerun()
         c1, c2 = st.columns(2)
         c1.page_link("pages/freeze.py", label="Freeze & BatchNorm: check what trains", icon=":material/ac_unit:")
         c2.page_link("pages/train.py", label="Train the head", icon=":material/monitoring:")
     if st.button("Switch to vit_tiny_patch16_224 (a real ViT)"):
-        _lab.set_model("vit_tiny_patch16_224", "linear")
+        _working.set_model("vit_tiny_patch16_224", "linear")
         st.rerun()
     st.stop()
 
-images = _lab.pick_images("attn", max_n=1)
+images = _images.pick_images("attn", max_n=1)
 if not images:
     st.stop()
 label, img = images[0]
 cfg = vm.data_config
 x = views.batch([img], cfg)  # (1, 3, H, W)
-found = _lab.cached_view("attention", vm.model, images, (), lambda: attention.view(vm.model, x))
+found = _cached.cached_view("attention", vm.model, images, (), lambda: attention.view(vm.model, x))
 grid, prefix = found.grid, found.num_prefix_tokens
 cls = found.cls()  # (blocks, heads, gh, gw); the sliders below only re-fuse these maps
 crop = np.asarray(crop_seen(img, cfg))
@@ -59,32 +59,32 @@ if found.hybrid:
                "field), so the map says which cells the class token reads, not which pixels.")
 
 c1, c2, c3 = st.columns(3)
-fusion = c1.selectbox("Rollout: head fusion", ["mean", "max", "min"], key="attn_fusion")
-discard = c2.slider("Rollout: discard lowest", 0.0, 0.99, 0.0 if found.hybrid else 0.9, 0.01, key="attn_discard",
+fusion = c1.selectbox("Rollout: head fusion", ["mean", "max", "min"], key=_state.ATTN_FUSION)
+discard = c2.slider("Rollout: discard lowest", 0.0, 0.99, 0.0 if found.hybrid else 0.9, 0.01, key=_state.ATTN_DISCARD,
                     help="Fraction of the weakest attention weights dropped in each layer before rollout")
-opacity = c3.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key="attn_opacity")
+opacity = c3.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key=_state.ATTN_OPACITY)
 roll = found.rollout(fusion, discard)
 size = crop.shape[:2]  # grid maps are laid over the crop, resized and scaled to [0, 1]
 mean_last = cls[-1].mean(0)
 panels = [("the crop the model saw", crop, None),
           (f"rollout ({fusion}, discard {discard:.2f})", crop, views.fit_map(roll, size)),
           ("last layer, heads averaged", crop, views.fit_map(mean_last, size))]
-arch = vm.arch or ss[_lab.MODEL]
-layer = _lab.cached_view("cam_layer", vm.model, [], (arch,), lambda: cam.default_layer(vm.model, arch))
-explained = _lab.cached_view("attn_gradcam", vm.model, images, (layer,),
+arch = vm.arch or ss[_state.MODEL]
+layer = _cached.cached_view("cam_layer", vm.model, [], (arch,), lambda: cam.default_layer(vm.model, arch))
+explained = _cached.cached_view("attn_gradcam", vm.model, images, (layer,),
                              lambda: cam.explain(vm.model, x, vm.classes, ["GradCAM"], [layer]))
 if explained.results:
     top = explained.topk[0][0]
     panels.append((f"Grad-CAM · {layer}<br>{top[0][:24]} ({top[1]:.0%})", crop, explained.results[0].maps[0]))
-_lab.chart(plots.cam_panels(panels, opacity, "Inferno"), key="attn_main")
+_state.chart(plots.cam_panels(panels, opacity, "Inferno"), key=_state.ATTN_MAIN)
 for what, why in explained.errors:
     st.warning(f"{what}: {why}")
 if found.hybrid:
     st.caption("Grad-CAM weights the backbone's last feature maps by the gradient of the predicted class, "
                "through the attention head: two answers to 'where does it look', from the same model.")
-layer_n = (st.slider("Layer", 1, len(found.maps), len(found.maps), key="attn_layer") if len(found.maps) > 1 else 1) - 1
+layer_n = (st.slider("Layer", 1, len(found.maps), len(found.maps), key=_state.ATTN_LAYER) if len(found.maps) > 1 else 1) - 1
 per_head = cls[layer_n]
-_lab.chart(plots.cam_panels([(f"head {h}", crop, views.fit_map(per_head[h], size)) for h in range(len(per_head))],
+_state.chart(plots.cam_panels([(f"head {h}", crop, views.fit_map(per_head[h], size)) for h in range(len(per_head))],
                             opacity, "Inferno", cols=min(6, len(per_head)),
                             title=f"Class-token attention, layer {layer_n + 1}, per head"),
-           key="attn_heads")
+           key=_state.ATTN_HEADS)

@@ -1,9 +1,9 @@
 import streamlit as st
 
-from pages import _lab
+from pages import _cached, _dataset, _state, _working
 from vislab import architecture, freezing, heads, plots
 
-_lab.init_state()
+_dataset.init_state()
 ss = st.session_state
 st.title("Freeze & BatchNorm")
 st.markdown(
@@ -13,45 +13,45 @@ st.markdown(
 )
 
 c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
-strategy = c1.selectbox("Strategy preset", freezing.STRATEGIES, key="preset_choice",
-                        index=freezing.STRATEGIES.index(ss[_lab.STRATEGY]) if ss[_lab.STRATEGY] in freezing.STRATEGIES else 0,
+strategy = c1.selectbox("Strategy preset", freezing.STRATEGIES, key=_state.PRESET_CHOICE,
+                        index=freezing.STRATEGIES.index(ss[_state.STRATEGY]) if ss[_state.STRATEGY] in freezing.STRATEGIES else 0,
                         help="head: only the new head · partial: head + last N stages · full: everything · "
                              "two-phase: head, then everything at a smaller LR · scratch: random init, everything")
-thaw = c2.number_input("Last N stages", 1, 50, ss[_lab.THAW_LAST], key="preset_thaw")
-bn = c3.selectbox("BN of thawed stages", freezing.BN_MODES, index=freezing.BN_MODES.index(ss[_lab.BN]),
-                  key="preset_bn")
+thaw = c2.number_input("Last N stages", 1, 50, ss[_state.THAW_LAST], key=_state.PRESET_THAW)
+bn = c3.selectbox("BN of thawed stages", freezing.BN_MODES, index=freezing.BN_MODES.index(ss[_state.BN]),
+                  key=_state.PRESET_BN)
 kinds = list(heads.HEAD_KINDS)
-head_kind = c4.radio("Head", kinds, index=kinds.index(ss[_lab.HEAD]) if ss[_lab.HEAD] in kinds else 0,
-                     key="head_choice",
+head_kind = c4.radio("Head", kinds, index=kinds.index(ss[_state.HEAD]) if ss[_state.HEAD] in kinds else 0,
+                     key=_state.HEAD_CHOICE,
                      help="mlp: BatchNorm1d, Linear, ReLU, BatchNorm1d, Dropout, Linear · attention: one "
                           "self-attention block over the last feature map's cells, read by a class token "
                           "(see the Attention page)")
-refusal = (heads.attention_head_refusal(_lab.working()[0])
-           if head_kind == "attention" and ss[_lab.HEAD] != "attention" else None)
+refusal = (heads.attention_head_refusal(_working.working()[0])
+           if head_kind == "attention" and ss[_state.HEAD] != "attention" else None)
 if refusal:
     st.error(refusal)
-elif head_kind != ss[_lab.HEAD]:
-    previous = ss[_lab.HEAD]
-    _lab.set_model(ss[_lab.MODEL], head_kind)
+elif head_kind != ss[_state.HEAD]:
+    previous = ss[_state.HEAD]
+    _working.set_model(ss[_state.MODEL], head_kind)
     try:
-        _lab.working()
+        _working.working()
     except heads.AttentionHeadError as exc:  # e.g. a forward torch.fx cannot trace
         st.error(str(exc))
-        _lab.set_model(ss[_lab.MODEL], previous)
+        _working.set_model(ss[_state.MODEL], previous)
 if st.button("Apply preset", type="primary"):
-    _lab.apply_preset(strategy, int(thaw), bn)
-    ss["plan_version"] = ss.get("plan_version", 0) + 1
+    _working.apply_preset(strategy, int(thaw), bn)
+    ss[_state.PLAN_VERSION] = ss.get(_state.PLAN_VERSION, 0) + 1
 
-model, info = _lab.working()
-plan: freezing.FreezePlan = ss[_lab.PLAN]
-if not info.pretrained and ss[_lab.STRATEGY] != "scratch":
+model, info = _working.working()
+plan: freezing.FreezePlan = ss[_state.PLAN]
+if not info.pretrained and ss[_state.STRATEGY] != "scratch":
     st.warning(f"`{info.name}` has random weights here: freezing random layers teaches nothing. "
                "Pick a model with real weights or the `scratch` strategy.")
-version = ss.get("plan_version", 0)
+version = ss.get(_state.PLAN_VERSION, 0)
 
 summary = st.container()  # filled at the end, once every toggle below has been read
 st.subheader("Stages")
-rows = architecture.stage_rows(model, _lab.shapes_for(model, info))
+rows = architecture.stage_rows(model, _cached.shapes_for(model, info))
 new_trainable, new_bn = dict(plan.trainable), dict(plan.bn)
 per_row = 4
 for start in range(0, len(rows), per_row):
@@ -60,25 +60,25 @@ for start in range(0, len(rows), per_row):
         with col.container(border=True):
             name = r["stage"]
             label = "new head" if name == freezing.HEAD else name
-            new_trainable[name] = st.toggle(f"**{label}**", plan.trainable[name], key=f"train_{name}_{version}",
+            new_trainable[name] = st.toggle(f"**{label}**", plan.trainable[name], key=f"{_state.TRAIN_STAGE_PREFIX}{name}_{version}",
                                             help="on: thawed (trains) · off: frozen")
             st.caption(f"{r['params']:,} params · out {r['output']}")
             if r["bn_layers"]:
                 mode = st.segmented_control(f"BatchNorm ({r['bn_layers']})", freezing.BN_MODES,
-                                            default=plan.bn[name], key=f"bn_{name}_{version}")
+                                            default=plan.bn[name], key=f"{_state.BN_STAGE_PREFIX}{name}_{version}")
                 new_bn[name] = mode or plan.bn[name]
 if new_trainable != plan.trainable or new_bn != plan.bn:
     plan = freezing.FreezePlan(new_trainable, new_bn, dict(plan.modules))
-    ss[_lab.PLAN] = plan
-    if ss[_lab.STRATEGY] != "two-phase":
-        ss[_lab.STRATEGY] = "custom"
+    ss[_state.PLAN] = plan
+    if ss[_state.STRATEGY] != "two-phase":
+        ss[_state.STRATEGY] = "custom"
     freezing.apply(model, plan)
 
 with st.expander("Single modules (override a stage's choice for one module)"):
-    mods = architecture.module_rows(model, _lab.shapes_for(model, info), depth=None)
+    mods = architecture.module_rows(model, _cached.shapes_for(model, info), depth=None)
     mod_table = [{"module": m["module"], "type": m["type"], "stage": m["stage"], "params": m["params"],
                   "train": m["state"] != "frozen"} for m in mods]
-    mod_edit = st.data_editor(mod_table, key=f"modules_{version}", hide_index=True, width="stretch",
+    mod_edit = st.data_editor(mod_table, key=f"{_state.MODULES_PREFIX}{version}", hide_index=True, width="stretch",
                               disabled=["module", "type", "stage", "params"], height=300)
     overrides = dict(plan.modules)
     for before, after in zip(mod_table, mod_edit):
@@ -86,25 +86,25 @@ with st.expander("Single modules (override a stage's choice for one module)"):
             overrides[after["module"]] = bool(after["train"])
     if overrides != plan.modules:
         plan.modules = overrides
-        ss[_lab.STRATEGY] = "custom"
+        ss[_state.STRATEGY] = "custom"
         freezing.apply(model, plan)
         st.rerun()
     if plan.modules and st.button("Clear module overrides"):
         plan.modules = {}
         freezing.apply(model, plan)
-        ss["plan_version"] = version + 1
+        ss[_state.PLAN_VERSION] = version + 1
         st.rerun()
 
 rep = freezing.report(model)
-rows = architecture.stage_rows(model, _lab.shapes_for(model, info))  # again: states may have changed
+rows = architecture.stage_rows(model, _cached.shapes_for(model, info))  # again: states may have changed
 with summary:
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Trainable parameters", f"{rep.trainable_params:,}")
     m2.metric("Frozen parameters", f"{rep.frozen_params:,}")
     m3.metric("Trainable share", f"{rep.trainable_params / max(rep.total, 1):.1%}")
     m4.metric("BN layers updating stats", len(rep.moving_bn_buffers))
-    _lab.chart(plots.stage_diagram(rows, f"{info.name}: strategy {ss[_lab.STRATEGY]}"), key="diagram")
-    if ss[_lab.STRATEGY] == "two-phase":
+    _state.chart(plots.stage_diagram(rows, f"{info.name}: strategy {ss[_state.STRATEGY]}"), key=_state.DIAGRAM)
+    if ss[_state.STRATEGY] == "two-phase":
         st.info("Two-phase: training first runs the new head alone, then this plan at a smaller learning rate.")
 
 st.subheader("When training starts")
