@@ -126,6 +126,8 @@ def choose(model: nn.Module, stubs: list[str], probe: torch.Tensor, choice: str 
                                                    "export would not pay for itself")
     if measured:  # measured before: only the check is left, on a few images
         probe = few
+    elif len(probe) != len(few):
+        torch_run(probe)  # untimed again: a new batch shape pays its own set-up
     t_torch, ref = _best_time(torch_run, probe, 1 if measured else 2)
     reused = path.exists()
     if not reused:
