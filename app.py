@@ -20,7 +20,7 @@ pages = st.navigation([
     st.Page("pages/layers.py", title="Layer responses", icon=":material/layers:"),
     st.Page("pages/export.py", title="Export & Netron", icon=":material/account_tree:"),
     st.Page("pages/concepts.py", title="Concepts", icon=":material/school:"),
-])
+], expanded=True)  # every page listed: no "View more" fold on a projector
 _state.clean_work_dirs()
 _state.init_state()
 _state.open_lab()  # the lab of this link (or a new one); a bad link stops here with a message

@@ -229,8 +229,20 @@ def test_two_servers_adopting_one_lab_home_run_each_queued_job_once(synthetic):
 
 
 def test_a_spare_worker_waits_with_torch_imported_and_runs_the_next_job_like_a_fresh_one(synthetic, tmp_path):
-    q = jobs.LocalQueue(pools={"cpu": 1}, poll_s=0.05, spares=True)
+    import threading
+
+    made = []
+    def script_run():  # as a Streamlit script run does: the thread that makes the queue ends soon after
+        made.append(jobs.LocalQueue(pools={"cpu": 1}, poll_s=0.05, spares=True))
+        time.sleep(2.0)
+
+    maker = threading.Thread(target=script_run)
+    maker.start()
+    maker.join()
+    q = made[0]
     try:
+        assert _wait_for(lambda: "cpu" in q._spare, 10)
+        time.sleep(1.0)  # a spare killed with the thread that made the queue would be dead by now
         first_spare = q._spare["cpu"].pid
         a, b = _job(synthetic), _job(synthetic)
         q.submit(a)

@@ -359,9 +359,6 @@ class LocalQueue:
         self._pending: list[_Entry] = []
         self._running: list[_Entry] = []
         self._spare: dict[str, subprocess.Popen] = {}  # slot -> a worker waiting for its job folder on stdin
-        if self.spares:
-            for slot in self.pools:
-                self._spare[slot] = self._start_spare(slot)
         self._closed = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"vislab-queue-{self.id}", daemon=True)
@@ -475,6 +472,12 @@ class LocalQueue:
 
     # -- the dispatcher
     def _loop(self) -> None:
+        # every worker is started from this thread: PR_SET_PDEATHSIG fires when the *thread* that started a
+        # child ends, and the thread that made the queue (a Streamlit script run) ends in a moment
+        if self.spares:
+            with self._lock:
+                for slot in self.pools:
+                    self._spare[slot] = self._start_spare(slot)
         while not self._closed.is_set():
             try:
                 self._reap()
