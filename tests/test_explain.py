@@ -127,3 +127,12 @@ def test_bad_arguments_exit_2_with_one_line_and_write_nothing(folders, tmp_path,
         parser().parse_args(["explain", "--model", "resnet18", "--view", "saliency", "--images", images[0], "--out", "x"])
     assert exc.value.code == 2
     assert not out.exists()
+
+
+def test_vislab_explain_is_a_cli_command_with_one_line_errors(tmp_path, capsys):
+    from vislab import cli
+
+    code = cli.main(["explain", "--model", "test_resnet", "--view", "cam", "--images", str(tmp_path / "none.png"),
+                     "--out", str(tmp_path / "out")])
+    assert code == 2 and "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -146,3 +146,18 @@ def test_a_comparison_runs_on_ray_as_it_does_in_process(synthetic, tmp_path, clu
     _, _, rows = compare.load(out)
     assert [[m["val_acc"] for m in r.metrics] for r in rows] == [[m["val_acc"] for m in r.metrics] for r in local]
     assert [r.confusion for r in rows] == [r.confusion for r in local]
+
+
+def test_vislab_train_with_ray_trains_on_the_cluster_and_prints_what_the_local_run_prints(synthetic, tmp_path, cluster,
+                                                                                        capsys):
+    from vislab import cli
+
+    common = ["train", "--data", str(synthetic), "--model", "test_resnet", "--weights", "auto", "--img-size", "64",
+              "--epochs", "2", "--batch-size", "8", "--seed", "3", "--engine", "torch"]
+    assert cli.main(common + ["--out", str(tmp_path / "on_ray"), "--ray", "auto"]) == 0
+    printed = capsys.readouterr().out
+    assert "epoch  2" in printed and "(trained on Ray)" in printed, printed
+    assert cli.main(common + ["--out", str(tmp_path / "here")]) == 0
+    _same_weights(runs.load(tmp_path / "on_ray")[0], runs.load(tmp_path / "here")[0])
+    assert cli.main(common + ["--out", str(tmp_path / "again"), "--ray", "auto", "--resume", str(tmp_path / "here")]) == 2
+    assert not (tmp_path / "again").exists()  # refused before anything was written

@@ -154,9 +154,11 @@ def cmd_train(args) -> int:
     from vislab.training import TrainConfig
     from vislab.transforms import Augment
 
-    out = _out_folder(args.out, "model.safetensors", "a run")
     if args.aug_views and not args.augment:
         raise CliError("--aug-views caches augmented views: add --augment")
+    if args.ray and args.resume:
+        raise CliError("--ray runs new jobs: resume without --ray")
+    out = _out_folder(args.out, "model.safetensors", "a run")
     report = data.load_dataset(data.resolve(args.data), paths.work_dir() / "cli")
     if not report.usable:
         raise CliError(f"dataset not usable: {'; '.join(report.errors)}")
@@ -179,6 +181,15 @@ def cmd_train(args) -> int:
                           layer_decay=args.layer_decay),
         engine=args.engine,
     )
+    if args.ray:
+        progress = _Progress()
+        _on_ray(args, out, "train", {"spec": spec.to_dict(), "report": data.report_to_dict(report)},
+                lambda e, run: progress(e))
+        from vislab import runs
+
+        best = max(runs.read_metrics(out), key=lambda m: m["val_acc"])
+        print(f"best val acc {best['val_acc']:.3f} (epoch {best['epoch']}); run saved to {out} (trained on Ray)")
+        return 0
     model, info, phases = experiment.prepare(spec, len(report.classes))
     rep = freezing.report(model)
     weights_line = info.weights.describe() if info.weights.available else "random init"
@@ -197,6 +208,30 @@ def cmd_train(args) -> int:
         stop.set()
         raise CliError("interrupted")
     return _report_result(result)
+
+
+def _on_ray(args, out: Path, kind: str, payload: dict, on_event) -> dict:
+    """Run one job as a task on the Ray cluster of --ray, relaying its events; its final status."""
+    try:
+        from vislab import rayqueue
+    except ImportError:
+        raise CliError("--ray needs ray: pip install -e '.[ray]'") from None
+    from vislab import jobs
+
+    try:
+        status = rayqueue.run_job(out, kind, payload, device=getattr(args, "device", "cpu"), addr=args.ray,
+                                  on_event=on_event)
+    except jobs.JobError as exc:
+        raise CliError(str(exc)) from None
+    if status["state"] != "done":
+        raise CliError(f"the job on Ray ended {status['state']}: {status.get('message') or 'see the run folder'}")
+    return status
+
+
+def cmd_explain(args) -> int:
+    from vislab import explain
+
+    return explain.run(args)
 
 
 def _report_result(result) -> int:
@@ -232,8 +267,20 @@ def cmd_compare(args) -> int:
         elif e.kind == "cache":
             print(f"{name}: {e.message}", flush=True)
 
+    if args.ray:
+        from dataclasses import asdict
+
+        _on_ray(args, out, "compare", {"model": args.model, "report": data.report_to_dict(report),
+                                       "configs": [asdict(c) for c in configs], "epochs": args.epochs,
+                                       "img_size": args.img_size, "batch_size": args.batch_size, "seed": args.seed,
+                                       "per_class": args.per_class, "engine": args.engine},
+                lambda e, run: progress(run, e))
+        print(compare.markdown(compare.load(out)[2]))
+        print(f"wrote {Path(args.out) / 'comparison.csv'} and the run folders under {args.out} (trained on Ray)")
+        return 0
     rows = compare.run(args.model, report, configs, args.epochs, out, img_size=args.img_size,
-                       batch_size=args.batch_size, seed=args.seed, per_class=args.per_class, on_event=progress)
+                       batch_size=args.batch_size, seed=args.seed, per_class=args.per_class, on_event=progress,
+                       engine=args.engine)
     print(compare.markdown(rows))
     print(f"wrote {Path(args.out) / 'comparison.csv'} and the run folders under {args.out}")
     return 0
@@ -276,7 +323,7 @@ def cmd_export(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vislab import catalog, freezing
+    from vislab import catalog, explain, freezing, heads
 
     p = _Parser(prog="vislab", description="vislab: the transfer-learning visual lab")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -306,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--thaw-last", type=_positive(int), default=1, help="partial: stages thawed before the head")
     t.add_argument("--bn", choices=freezing.BN_MODES, default=None,
                    help="BatchNorm mode of thawed stages (default eval; train for scratch)")
-    t.add_argument("--head", choices=("linear", "mlp"), default="linear")
+    t.add_argument("--head", choices=heads.HEAD_KINDS, default="linear",
+                   help="the new classifier: linear, an MLP, or attention (self-attention over the last feature map)")
     t.add_argument("--weights", choices=("pretrained", "auto"), default="pretrained",
                    help="pretrained: fail if none here; auto: fall back to random init with a note")
     t.add_argument("--epochs", type=_positive(int), required=True)
@@ -331,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--engine", choices=("auto", "torch", "onnxruntime"), default="auto",
                    help="what runs the cached frozen prefix: auto (the faster that gives the same numbers), "
                         "torch, or onnxruntime (falls back to torch, saying why, if it cannot run the prefix)")
+    t.add_argument("--ray", metavar="ADDRESS", default=None,
+                   help="train as a task on the Ray cluster at ADDRESS (HOST:PORT of `ray start --head`, or "
+                        "'local'); needs the ray extra, and --out on a path every node mounts")
     t.add_argument("--out", required=True, help="run folder to write")
     t.add_argument("--resume", default=None, metavar="RUN",
                    help="continue this run folder's model and plan for --epochs more (model options ignored)")
@@ -346,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=_positive(int), default=32)
     c.add_argument("--per-class", type=_positive(int), default=None)
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--engine", choices=("auto", "torch", "onnxruntime"), default="auto",
+                   help="what runs the cached frozen prefixes (see train --engine)")
+    c.add_argument("--ray", metavar="ADDRESS", default=None, help="run the comparison as one task on the Ray "
+                   "cluster at ADDRESS (see train --ray)")
     c.add_argument("--out", required=True, help="folder for comparison.csv/json and the run folders")
 
     e = sub.add_parser("export", help="export a run or a model to TorchScript, ONNX or pt2, and check the file")
@@ -358,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="file to write (.pt, .onnx, .pt2)")
     e.add_argument("--img-size", type=_between(int, 16, 1024), default=None,
                    help="input size, 16-1024 px (default: the model's)")
+    explain.add_parser(sub)
     return p
 
 
@@ -367,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     from vislab.weights import WeightsError
 
     handlers = {"models": cmd_models, "weights": cmd_weights, "train": cmd_train,
-                "data": cmd_data_check, "compare": cmd_compare, "export": cmd_export}
+                "data": cmd_data_check, "compare": cmd_compare, "export": cmd_export, "explain": cmd_explain}
     try:
         return handlers[args.command](args)
     except (CliError, DataError, WeightsError, ValueError, FileNotFoundError, NotADirectoryError) as exc:

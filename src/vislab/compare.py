@@ -70,8 +70,10 @@ def _bn_stats(model) -> dict[str, torch.Tensor]:
 
 def run(model_name: str, report: data.DataReport, configs: list[Config], epochs: int, out: str | Path | None,
         img_size: int | None = None, batch_size: int = 32, seed: int = 0, per_class: int | None = None,
-        on_event: Callable[[str, Event], None] | None = None, stop: threading.Event | None = None) -> list[Row]:
-    """Train each configuration in turn on the same split and seed; write `comparison.csv/json` to `out`."""
+        on_event: Callable[[str, Event], None] | None = None, stop: threading.Event | None = None,
+        engine: str = "auto") -> list[Row]:
+    """Train each configuration in turn on the same split and seed; write `comparison.csv/json` to `out`.
+    `engine` runs the cached frozen prefixes (vislab.engines: auto, torch or onnxruntime)."""
     names = [data.safe_name(c.name).casefold() for c in configs]
     if len(set(names)) != len(names) or not all(names):
         raise ValueError("each configuration needs its own name (letters or digits; names that differ only "
@@ -86,7 +88,8 @@ def run(model_name: str, report: data.DataReport, configs: list[Config], epochs:
                                head=config.head, weights="random" if config.strategy == "scratch" else "auto",
                                img_size=img_size, per_class=None,
                                train=TrainConfig(epochs=epochs, lr=config.lr, batch_size=batch_size, seed=seed,
-                                                 layer_decay=config.layer_decay))
+                                                 layer_decay=config.layer_decay),
+                               engine=engine)
         if config.plan is not None:  # a hand-made plan (the Freeze page's) replaces the preset's phases
             spec.strategy = "custom"
         prepared = experiment.prepare(spec, len(report.classes), plan=config.plan)

@@ -784,7 +784,7 @@ def _run_compare(job: Job, payload: dict, writer: EventWriter, stop: FileStop) -
 
     compare.run(payload["model"], report, configs, payload["epochs"], job.folder, img_size=payload.get("img_size"),
                 batch_size=payload.get("batch_size", 32), seed=payload.get("seed", 0), on_event=on_event, stop=stop,
-                per_class=payload.get("per_class"))
+                per_class=payload.get("per_class"), engine=payload.get("engine", "auto"))
 
 
 def main(argv: list[str] | None = None) -> int:
