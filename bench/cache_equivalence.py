@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from vislab import data, experiment
+from vislab import data, experiment, synthetic
 from vislab.training import TrainConfig
 
 MODELS = ["resnet18", "mobilenet_v2", "efficientnet_b0", "convnext_atto", "regnet_y_400mf", "densenet121",
@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
         p.error(f"--engines takes {', '.join(ENGINES)}")
     warnings.filterwarnings("ignore")
     torch.set_num_threads(2)
-    folder = data.make_synthetic(Path(tempfile.mkdtemp()) / "syn", classes=3, per_class=8, size=64)
+    folder = synthetic.make_synthetic(Path(tempfile.mkdtemp()) / "syn", classes=3, per_class=8, size=64)
     report = data.scan_folder(folder)
     bad = 0
     for name in args.models or MODELS:

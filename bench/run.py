@@ -34,7 +34,7 @@ import torch.nn as nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.browser (part d)
 
-from vislab import data, experiment, models, training  # noqa: E402
+from vislab import data, datasets, experiment, models, synthetic, training  # noqa: E402
 from vislab.training import TrainConfig  # noqa: E402
 from vislab.transforms import eval_transform  # noqa: E402
 
@@ -77,7 +77,7 @@ def training_case(name: str, report, model_name: str, strategy: str, epochs: int
         model, info, _ = experiment.prepare(spec(False), len(report.classes))
         train_items, val_items = data.split(report.items, 0.2, 0)
         tf = eval_transform(info.data_config)
-        loaders = training.make_loaders(data.ImageDataset(train_items, tf), data.ImageDataset(val_items, tf),
+        loaders = training.make_loaders(datasets.ImageDataset(train_items, tf), datasets.ImageDataset(val_items, tf),
                                         spec(False).train, torch.device("cpu"))
         warm_up(model, info.data_config.input_size, batch)
         row["inference_s"] = inference_pass(model, loaders)  # the plain forward, as most code runs it
@@ -160,14 +160,12 @@ def _head_only(report, model_name: str, epochs: int, engine: str, img_size=None,
 def engine_case(report, model_name: str, epochs: int, full_loop: dict | None, img_size=None, batch: int = 32
                 ) -> dict:
     """(e): vislab's head-only run with the prefix in each engine vs one torch channels_last inference pass."""
-    from vislab import engines
-
     _fresh_exports()  # the onnxruntime run pays its export
     model, info, _ = experiment.prepare(experiment.Spec(model=model_name, weights="auto", img_size=img_size),
                                         len(report.classes))
     train_items, val_items = data.split(report.items, 0.2, 0)
     tf = eval_transform(info.data_config)
-    loaders = training.make_loaders(data.ImageDataset(train_items, tf), data.ImageDataset(val_items, tf),
+    loaders = training.make_loaders(datasets.ImageDataset(train_items, tf), datasets.ImageDataset(val_items, tf),
                                     TrainConfig(batch_size=batch), torch.device("cpu"))
     start = time.perf_counter()
     for loader in loaders:
@@ -295,7 +293,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     _fresh_exports()  # the suite's exports stay out of the lab's own cache
     if args.tiny:
-        folder = data.make_synthetic(Path(tempfile.mkdtemp()) / "syn", classes=3, per_class=6, size=64)
+        folder = synthetic.make_synthetic(Path(tempfile.mkdtemp()) / "syn", classes=3, per_class=6, size=64)
         report, model_name, img = data.scan_folder(folder), "test_resnet", 64
         cases = [("a: head only", "head", 2, 1), ("b: last stage thawed", "partial", 2, 1)]
     else:

@@ -1,7 +1,7 @@
 import streamlit as st
 
 from pages import _cached, _dataset, _state, _working
-from vislab import architecture, freezing, heads, plots
+from vislab import architecture, freezing, heads, plots, stages
 
 _dataset.init_state()
 ss = st.session_state
@@ -59,7 +59,7 @@ for start in range(0, len(rows), per_row):
     for col, r in zip(cols, rows[start:start + per_row]):
         with col.container(border=True):
             name = r["stage"]
-            label = "new head" if name == freezing.HEAD else name
+            label = "new head" if name == stages.HEAD else name
             new_trainable[name] = st.toggle(f"**{label}**", plan.trainable[name], key=f"{_state.TRAIN_STAGE_PREFIX}{name}_{version}",
                                             help="on: thawed (trains) · off: frozen")
             st.caption(f"{r['params']:,} params · out {r['output']}")

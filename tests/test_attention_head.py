@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vislab import attention, cam, data, experiment, export, freezing, heads, models, runs
+from vislab import attention, cam, data, experiment, export, freezing, heads, models, runs, stages
 from vislab.training import TrainConfig
 from vislab.transforms import Augment
 
@@ -70,8 +70,8 @@ def test_backbone_names_stay_and_the_head_is_one_stage(hybrids):
     assert heads.head_names(tv) == ["classifier"] and isinstance(tv.classifier, heads.AttentionHead)
     tv.get_submodule("features.18")  # the catalog's CAM layer, by its own name
     assert not [n for n, _ in tv.state_dict().items() if not n.startswith(("features.", "classifier."))]
-    stages = [s.name for s in freezing.stages(tv)]
-    assert stages[-1] == freezing.HEAD and "features.18" in stages
+    names = [s.name for s in stages.stages(tv)]
+    assert names[-1] == stages.HEAD and "features.18" in names
     timm_cnn = hybrids["test_resnet"]
     assert heads.head_names(timm_cnn) == ["fc"] and isinstance(timm_cnn.fc, heads.AttentionHead)
     assert heads.num_outputs(tv) == heads.num_outputs(timm_cnn) == 3
@@ -101,7 +101,7 @@ def test_presets_freeze_the_backbone_and_train_the_head(name):
     assert any(n.endswith("pos_embed") for n in trainable) and any(n.endswith("cls_token") for n in trainable)
     assert not freezing.report(model).moving_bn_buffers  # the backbone's BN is frozen too
     freezing.apply(model, freezing.preset(model, "partial", thaw_last=1)[0])
-    last = [s for s in freezing.stages(model) if s.name != freezing.HEAD][-1]
+    last = [s for s in stages.stages(model) if s.name != stages.HEAD][-1]
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any(n.startswith(last.modules[0] + ".") for n in trainable)
     assert all(p.requires_grad for p in head.parameters())
@@ -153,7 +153,7 @@ def test_a_saved_run_reloads_with_the_same_outputs(synthetic, tmp_path, name):
     result.model.eval()
     with torch.no_grad():
         assert torch.allclose(model(x), result.model(x), atol=1e-5)
-    assert [s.name for s in freezing.stages(model)] == [s.name for s in freezing.stages(result.model)]
+    assert [s.name for s in stages.stages(model)] == [s.name for s in stages.stages(result.model)]
 
 
 @pytest.mark.parametrize("name", ["test_resnet", "mobilenet_v2"])

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vislab import caching, data, experiment, models
+from vislab import caching, data, datasets, experiment, models
 from vislab.training import TrainConfig
 from vislab.transforms import Augment
 
@@ -89,7 +89,7 @@ def test_a_view_is_the_same_pixels_every_time_and_views_differ(synthetic):
 
     items = data.scan_folder(synthetic).items[:3]
     cfg = models.create_model("test_resnet", 3, weights_choice="random")[1].data_config
-    views = data.AugmentedViews(items, train_transform(cfg, Augment(crop=True, color=True)), views=3, seed=0)
+    views = datasets.AugmentedViews(items, train_transform(cfg, Augment(crop=True, color=True)), views=3, seed=0)
     assert len(views) == 9
     torch.manual_seed(123)
     first = views[4][0]
@@ -126,7 +126,7 @@ def test_convnets_train_in_channels_last_unless_their_forward_refuses_it(synthet
     items = data.scan_folder(synthetic).items
     cfg = models.create_model("test_resnet", 3, weights_choice="random")[1].data_config.with_size(64)
     from vislab.transforms import eval_transform
-    ds = data.ImageDataset(items, eval_transform(cfg))
+    ds = datasets.ImageDataset(items, eval_transform(cfg))
     net = models.create_model("test_resnet", 3, weights_choice="random")[0]
     assert training._memory_format(net, ds, torch.device("cpu")) is torch.channels_last
     assert caching.memory_format_of(net) is torch.channels_last

@@ -12,7 +12,7 @@ ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.
 import torch  # noqa: E402
 
 from tests.test_jobs import _job, _spec, _wait_for  # noqa: E402
-from vislab import data, experiment, jobs, queues, rayqueue, runs  # noqa: E402
+from vislab import data, experiment, queues, rayqueue, runs  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

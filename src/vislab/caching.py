@@ -23,7 +23,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from vislab import engines, freezing
-from vislab.data import ViewSampler
+from vislab.datasets import ViewSampler
 from vislab.heads import set_module
 from vislab.modes import training_mode
 
@@ -49,7 +49,7 @@ def _stochastic(m: nn.Module) -> bool:
 def _moving(m: nn.Module) -> bool:
     if any(p.requires_grad for p in m.parameters(recurse=False)):
         return True
-    if freezing._is_batchnorm(m) and m.track_running_stats and freezing.bn_mode(m) == "train":
+    if freezing.is_batchnorm(m) and m.track_running_stats and freezing.bn_mode(m) == "train":
         return True
     return _stochastic(m) and not getattr(m, "_vislab_still", False)  # frozen stages drop nothing
 

@@ -21,10 +21,7 @@ from pathlib import Path
 from PIL import Image
 
 from vislab import archives
-# Aliases while other modules move to vislab.datasets / vislab.synthetic (callers listed in the change's note):
-from vislab.datasets import AugmentedViews, ImageDataset, ViewSampler  # noqa: F401  experiment, evaluation, caching, training, bench/run.py, test_caching
 from vislab.fileio import digest
-from vislab.synthetic import make_synthetic  # noqa: F401  bench/run.py, bench/cache_equivalence.py
 from vislab.transforms import load_image
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}

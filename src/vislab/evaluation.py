@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from vislab import caching, engines
-from vislab.data import ImageDataset
+from vislab.datasets import ImageDataset
 from vislab.models import DataConfig
 from vislab.modes import training_mode
 from vislab.transforms import eval_transform

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from vislab import data, freezing, models, runs, training
+from vislab import data, datasets, freezing, models, runs, training
 from vislab.training import Event, TrainConfig
 from vislab.transforms import Augment, eval_transform, train_transform
 
@@ -126,10 +126,10 @@ def train(
     cfg = info.data_config
     augment = spec.augment
     if augment.any and augment.views > 0:  # K fixed views: the frozen prefix can still be cached
-        train_ds = data.AugmentedViews(train_items, train_transform(cfg, augment), augment.views, spec.train.seed)
+        train_ds = datasets.AugmentedViews(train_items, train_transform(cfg, augment), augment.views, spec.train.seed)
     else:
-        train_ds = data.ImageDataset(train_items, train_transform(cfg, augment))
-    val_ds = data.ImageDataset(val_items, eval_transform(cfg))
+        train_ds = datasets.ImageDataset(train_items, train_transform(cfg, augment))
+    val_ds = datasets.ImageDataset(val_items, eval_transform(cfg))
     device = training.pick_device(spec.train.device)
     train_loader, val_loader = training.make_loaders(train_ds, val_ds, spec.train, device)
     fresh_views = augment.any and augment.views == 0  # new random pixels every epoch: nothing to cache

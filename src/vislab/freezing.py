@@ -22,8 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch.nn as nn
 
-from vislab.stages import HEAD, stage_of_modules, stages  # also read as freezing.HEAD / freezing.stages by
-# training.py, units.py, pages/freeze.py and test_attention_head.py until they import vislab.stages
+from vislab.stages import HEAD, stage_of_modules, stages
 
 BN_MODES = ("train", "eval", "frozen")
 STRATEGIES = ("head", "partial", "full", "two-phase", "scratch")
@@ -32,7 +31,6 @@ def is_batchnorm(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
-_is_batchnorm = is_batchnorm  # used by caching.py until it calls freezing.is_batchnorm
 
 
 @dataclass

@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from vislab import caching, freezing
-from vislab.data import ViewSampler
+from vislab import caching, freezing, stages
+from vislab.datasets import ViewSampler
 from vislab.freezing import FreezePlan
 from vislab.modes import training_mode
 
@@ -142,7 +142,7 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float,
     `layer_decay` (e.g. 0.7) gives each stage its own rate: `lr` at the head, times `layer_decay` for each
     stage further toward the stem, the course's per-layer learning rates.
     """
-    stage_list = freezing.stages(model)
+    stage_list = stages.stages(model)
     owner = {}
     for depth, stage in enumerate(reversed(stage_list)):  # depth 0 is the head
         for root in stage.modules:

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from vislab import freezing
+from vislab import stages as stages_of
 from vislab.receptive import ReceptiveField, receptive_fields
 from vislab.transforms import denormalize, load_image
 from vislab.views import ViewNotApplicable, batch, forward_with_hooks
@@ -44,7 +44,7 @@ class Patch:
 
 @dataclass
 class LayerPatches:
-    stage: str  # the stage's name (freezing.stages)
+    stage: str  # the stage's name (vislab.stages)
     layer: str  # the module whose output is read
     field: ReceptiveField
     channels: list[int]  # the channels shown, in the order chosen (most active first when picked here)
@@ -65,7 +65,7 @@ class UnitPatches:
 def stage_layers(model: nn.Module, input_size: tuple[int, int, int]) -> list[tuple[str, str]]:
     """(stage name, module read) for each stage whose output is a spatial map traced back to the input, stem
     first: the stages the Freeze page names (the new head left out), each read at its last module."""
-    stages = [(s.name, s.modules[-1]) for s in freezing.stages(model) if s.name != freezing.HEAD and s.modules]
+    stages = [(s.name, s.modules[-1]) for s in stages_of.stages(model) if s.name != stages_of.HEAD and s.modules]
     fields = receptive_fields(model, [m for _, m in stages], input_size)
     return [(s, m) for s, m in stages if m in fields and not fields[m].whole and fields[m].grid != (1, 1)]
 
