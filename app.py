@@ -24,6 +24,7 @@ pages = st.navigation([
 _state.clean_work_dirs()
 _state.init_state()
 _state.open_lab()  # the lab of this link (or a new one); a bad link stops here with a message
+_jobs.queue()  # the server's one queue, made on the first visit: its spare worker is warm before anyone trains
 raw = _state.raw_state()  # what persist() reads, even after a page's st.stop()
 slot = st.sidebar.empty()
 _state.sidebar(slot.container())  # drawn first: a page that calls st.stop() ends the run, and with it anything

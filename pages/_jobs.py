@@ -99,8 +99,8 @@ def describe(job: jobs.Job | None) -> str:
     """One line for the sidebar."""
     if job is None:
         return "—"
-    st_ = job.status()
-    state = st_.get("state")
+    rec = job.status()
+    state = rec.get("state")
     if state == "queued":
         return f"queued, {ahead(job)} ahead"
     if state == "running":
@@ -145,7 +145,7 @@ def progress_text(job: jobs.Job) -> tuple[float, str]:
 
 def totals(job: jobs.Job) -> str:
     """Honest timing of a finished job: per epoch, and in all (start-up and the caching pass included)."""
-    st_ = job.status()
+    rec = job.status()
     metrics = job.metrics()
     line = ""
     if metrics:
@@ -153,8 +153,8 @@ def totals(job: jobs.Job) -> str:
         n = len(metrics)
         line = f"{n} epoch{'s' if n != 1 else ''}, {per:.1f} s per epoch" if per >= 0.1 else \
             f"{n} epoch{'s' if n != 1 else ''}, {per * 1000:.0f} ms per epoch"
-    if st_.get("started") and st_.get("finished"):
-        line += (", " if line else "") + f"{st_['finished'] - st_['started']:.0f} s in all (start-up and the " \
+    if rec.get("started") and rec.get("finished"):
+        line += (", " if line else "") + f"{rec['finished'] - rec['started']:.0f} s in all (start-up and the " \
                                           f"feature-caching pass included)"
     return line
 

@@ -30,3 +30,18 @@ def test_stage_names_on_the_parameter_chart_are_not_clipped():
     fig = plots.params_by_stage(rows)
     assert fig.layout.xaxis.automargin is True
     assert [str(x) for bar in fig.data for x in bar.x] == [r["stage"] for r in rows[:4]] + ["head"]
+
+
+def test_the_stage_diagram_draws_one_box_per_stage_coloured_by_state_with_its_name_size_and_bn_mode():
+    rows = [{"stage": f"features.{i}", "params": 1000 * (i + 1), "trainable": 0, "bn_modes": ["eval"]}
+            for i in range(12)] + [{"stage": "head", "params": 3843, "trainable": 3843, "bn_modes": []}]
+    rows[10]["trainable"] = rows[10]["params"]  # one thawed stage
+    fig = plots.stage_diagram(rows, "t")
+    boxes = [s for s in fig.layout.shapes if s.type == "rect"]
+    assert [b.fillcolor for b in boxes] == [plots.STATE_COLOURS[plots.stage_state(r)] for r in rows]
+    texts = [a.text for a in fig.layout.annotations]
+    for r in rows:
+        assert f"<b>{r['stage']}</b>" in texts and plots._short(r["params"]) in texts
+    assert texts.count("BN eval") == 12 and texts.count("no BN") == 1
+    arrows = [a for a in fig.layout.annotations if a.showarrow]
+    assert len(arrows) == len(rows) - 2  # between neighbours on a line of 10, none across the line break

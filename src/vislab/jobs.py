@@ -72,18 +72,18 @@ class Job:
     def status(self) -> dict:
         """The status record; a running job whose worker is gone reads as interrupted."""
         try:
-            st = fileio.read_json(self.folder / "status.json", {}) or {}
+            rec = fileio.read_json(self.folder / "status.json", {}) or {}
         except ValueError:
-            st = {}
-        if not st:  # a run folder from before jobs existed, or one the CLI wrote
+            rec = {}
+        if not rec:  # a run folder from before jobs existed, or one the CLI wrote
             from vislab import runs
 
             return {"state": "done" if runs.complete(self.folder) else "interrupted"}
-        if st.get("state") == "running" and not _running_alive(st):
-            st = {**st, "state": "interrupted",
-                  "message": st.get("message") or "the worker process ended before the run finished "
+        if rec.get("state") == "running" and not _running_alive(rec):
+            rec = {**rec, "state": "interrupted",
+                  "message": rec.get("message") or "the worker process ended before the run finished "
                                                   "(the server stopped or the machine restarted)"}
-        return st
+        return rec
 
     @property
     def state(self) -> str:
@@ -131,9 +131,9 @@ class Job:
                 old = fileio.read_json(self.folder / "status.json", {}) or {}
             except ValueError:
                 old = {}
-            st = {**old, **fields}
-            fileio.write_json(self.folder / "status.json", st)
-        return st
+            rec = {**old, **fields}
+            fileio.write_json(self.folder / "status.json", rec)
+        return rec
 
     def claim(self, owner: dict | None = None) -> bool:
         """Take this queued job for one server (`owner`, default this process) so no other server starts or
@@ -142,11 +142,11 @@ class Job:
         owner = owner or me()
         with fileio.lock(self.folder / "claim.json"):
             try:
-                st = fileio.read_json(self.folder / "status.json", {}) or {}
+                rec = fileio.read_json(self.folder / "status.json", {}) or {}
                 held = fileio.read_json(self.folder / "claim.json")
             except ValueError:
                 return False
-            if st.get("state") != "queued":
+            if rec.get("state") != "queued":
                 return False
             if held and held.get("queue") != owner.get("queue") and owner_alive(held):
                 return False
@@ -212,10 +212,10 @@ def home_jobs(labs_root: str | Path | None = None) -> list[tuple[Job, dict]]:
 def ahead_in_home(job: Job, labs_root: str | Path | None = None) -> int:
     """How many jobs of the whole lab home (every server's) will start or finish before this queued job
     starts: those queued before it and those running, for the same kind of device. 0 when it is not queued."""
-    st = job.status()
-    if st.get("state") != "queued":
+    rec = job.status()
+    if rec.get("state") != "queued":
         return 0
-    pool, when = st.get("pool", "cpu"), st.get("queued") or st.get("created") or 0
+    pool, when = rec.get("pool", "cpu"), rec.get("queued") or rec.get("created") or 0
     count = 0
     for other, ost in home_jobs(labs_root):
         if other.folder.resolve() == job.folder.resolve():
@@ -266,14 +266,14 @@ def owner_alive(owner: dict) -> bool:
     return start is None or _start_time(pid) in (None, start)
 
 
-def _running_alive(st: dict) -> bool:
+def _running_alive(rec: dict) -> bool:
     """Whether a running job still has its process: the Ray driver that follows it (`driver`), else the
     local worker (`pid`, on `host`)."""
-    if isinstance(st.get("driver"), dict):
-        return owner_alive(st["driver"])
-    if st.get("host") not in (None, HOST):
+    if isinstance(rec.get("driver"), dict):
+        return owner_alive(rec["driver"])
+    if rec.get("host") not in (None, HOST):
         return True  # a worker on another server of a shared lab home: that server marks it
-    return _alive(st.get("pid"))
+    return _alive(rec.get("pid"))
 
 
 def _alive(pid) -> bool:
@@ -370,14 +370,14 @@ class LocalQueue:
         with self._lock:
             if any(e.job.folder == job.folder for e in self._pending + self._running):
                 return job  # already in this queue (a second submit of the same folder is a no-op)
-            st = job.status()
-            if st.get("state") != "queued":
-                raise JobError(f"job {job.id} is {st.get('state')}: only a new job can be queued")
+            rec = job.status()
+            if rec.get("state") != "queued":
+                raise JobError(f"job {job.id} is {rec.get('state')}: only a new job can be queued")
             if lab is not None and self._active_other(lab, job) is not None:
                 raise JobError("this lab already has a job queued or running: wait for it, or stop it first")
             pool = pool_for(device)
             self._pending.append(_Entry(job, pool, lab))
-            job.write_status(state="queued", queue=self.id, pool=pool, queued=st.get("queued") or time.time())
+            job.write_status(state="queued", queue=self.id, pool=pool, queued=rec.get("queued") or time.time())
         self._wake.set()
         return job
 
@@ -426,10 +426,10 @@ class LocalQueue:
         found = []
         for folder in Path(root).glob("*/runs/*/status.json"):
             job = Job(folder.parent)
-            st = job.status()
+            rec = job.status()
             held = job.claimed_by()
-            if st.get("state") == "queued" and not (held and owner_alive(held)):  # not being started elsewhere
-                found.append((st.get("created", 0), job))
+            if rec.get("state") == "queued" and not (held and owner_alive(held)):  # not being started elsewhere
+                found.append((rec.get("created", 0), job))
         for _, job in sorted(found, key=lambda t: t[0]):
             try:
                 self.submit(job, job.spec().get("device", "cpu"))
@@ -462,11 +462,11 @@ class LocalQueue:
         """Block until `job` ends (for the CLI and tests); returns its final status."""
         deadline = time.time() + timeout
         while time.time() < deadline:
-            st = job.status()
-            if st.get("state") in FINAL:
+            rec = job.status()
+            if rec.get("state") in FINAL:
                 with self._lock:
                     if not any(e.job.folder == job.folder for e in self._running):
-                        return st
+                        return rec
             time.sleep(0.1)
         raise TimeoutError(f"job {job.id} still {job.state} after {timeout:.0f} s")
 
@@ -494,8 +494,8 @@ class LocalQueue:
                 if code is None:
                     continue
                 self._running.remove(e)
-                st = fileio.read_json(e.job.folder / "status.json", {}) or {}
-                if st.get("state") in ("queued", "running"):  # the worker died without a word
+                rec = fileio.read_json(e.job.folder / "status.json", {}) or {}
+                if rec.get("state") in ("queued", "running"):  # the worker died without a word
                     why = "killed (out of memory?)" if code in (-9, 137) else f"exit code {code}"
                     e.job.write_status(state="interrupted", finished=time.time(),
                                        message=f"the worker process ended unexpectedly ({why}); the best "

@@ -51,24 +51,24 @@ def stage_diagram(rows: list[dict], title: str = "") -> go.Figure:
     n = len(rows)
     per_line = min(n, 10)
     lines = math.ceil(n / per_line)
-    fig = go.Figure()
-    for i, row in enumerate(rows):
+    shapes, notes = [], []  # collected as plain dicts and set once: plotly re-validates every annotation on
+    for i, row in enumerate(rows):  # each add_annotation, which made this figure quadratic (1 s for 20 stages)
         col, line = i % per_line, i // per_line
         x0, y0 = col * 1.1, -line * 1.6
         state = stage_state(row)
-        fig.add_shape(type="rect", x0=x0, x1=x0 + 1, y0=y0, y1=y0 + 1, fillcolor=STATE_COLOURS[state],
-                      line=dict(color="#333", width=3 if row.get("bn_modes") and "train" in row["bn_modes"]
-                                and state == "frozen" else 1))
+        shapes.append(dict(type="rect", x0=x0, x1=x0 + 1, y0=y0, y1=y0 + 1, fillcolor=STATE_COLOURS[state],
+                           line=dict(color="#333", width=3 if row.get("bn_modes") and "train" in row["bn_modes"]
+                                     and state == "frozen" else 1)))
         bn = "BN " + "/".join(row["bn_modes"]) if row.get("bn_modes") else "no BN"
-        fig.add_annotation(x=x0 + 0.5, y=y0 + 0.62, text=f"<b>{row['stage']}</b>", showarrow=False,
-                           font=dict(size=12, color="#111"))
-        fig.add_annotation(x=x0 + 0.5, y=y0 + 0.38, text=_short(row["params"]), showarrow=False,
-                           font=dict(size=11, color="#111"))
-        fig.add_annotation(x=x0 + 0.5, y=y0 - 0.18, text=bn, showarrow=False,
-                           font=dict(size=11, color="#444"))
+        notes.append(dict(x=x0 + 0.5, y=y0 + 0.62, text=f"<b>{row['stage']}</b>", showarrow=False,
+                          font=dict(size=12, color="#111")))
+        notes.append(dict(x=x0 + 0.5, y=y0 + 0.38, text=_short(row["params"]), showarrow=False,
+                          font=dict(size=11, color="#111")))
+        notes.append(dict(x=x0 + 0.5, y=y0 - 0.18, text=bn, showarrow=False, font=dict(size=11, color="#444")))
         if col < per_line - 1 and i < n - 1:
-            fig.add_annotation(x=x0 + 1.1, y=y0 + 0.5, ax=x0 + 1.0, ay=y0 + 0.5, xref="x", yref="y",
-                               axref="x", ayref="y", showarrow=True, arrowhead=2, text="")
+            notes.append(dict(x=x0 + 1.1, y=y0 + 0.5, ax=x0 + 1.0, ay=y0 + 0.5, xref="x", yref="y", axref="x",
+                              ayref="y", showarrow=True, arrowhead=2, text=""))
+    fig = go.Figure(layout=dict(shapes=shapes, annotations=notes))
     for state, colour in STATE_COLOURS.items():  # legend entries
         fig.add_scatter(x=[None], y=[None], mode="markers", marker=dict(size=14, color=colour, symbol="square"),
                         name=state)

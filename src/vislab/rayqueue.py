@@ -230,9 +230,9 @@ class RayQueue:
         with self._lock:
             if job.id in self._entries and not self._entries[job.id].ended:
                 return job
-            st = job.status()
-            if st.get("state") != "queued":
-                raise jobs.JobError(f"job {job.id} is {st.get('state')}: only a new job can be queued")
+            rec = job.status()
+            if rec.get("state") != "queued":
+                raise jobs.JobError(f"job {job.id} is {rec.get('state')}: only a new job can be queued")
             if lab is not None and self._active_other(lab, job) is not None:
                 raise jobs.JobError("this lab already has a job queued or running: wait for it, or stop it first")
             if not job.claim(jobs.me(queue=self.id)):
@@ -240,7 +240,7 @@ class RayQueue:
             res = resources(device)
             threads = res["num_cpus"] if not res["num_gpus"] else 1
             env = {k: v for k, v in os.environ.items() if k.startswith("VISLAB_") and k != "VISLAB_RAY_ADDRESS"}
-            job.write_status(state="queued", queue=self.id, backend="ray", resources=res, queued=st.get("queued") or
+            job.write_status(state="queued", queue=self.id, backend="ray", resources=res, queued=rec.get("queued") or
                              time.time(), pool="cuda" if res["num_gpus"] else "cpu", driver=jobs.me(queue=self.id))
             ref = _task.options(num_cpus=res["num_cpus"], num_gpus=res["num_gpus"]).remote(
                 str(job.folder.resolve()), job.id, self._hub, threads, env)
@@ -314,9 +314,9 @@ class RayQueue:
             with self._lock:
                 entry = self._entries.get(job.id)
                 ended = entry is None or entry.ended
-            st = job.status()
-            if ended and st.get("state") in jobs.FINAL:
-                return st
+            rec = job.status()
+            if ended and rec.get("state") in jobs.FINAL:
+                return rec
             time.sleep(0.1)
         raise TimeoutError(f"job {job.id} still {job.state} after {timeout:.0f} s")
 
