@@ -31,9 +31,15 @@ _state.sidebar(slot.container())  # drawn first: a page that calls st.stop() end
                                   # drawn after
 
 
-@st.fragment(run_every=2.0 if _jobs.active_job() else None)
+lab_job = _jobs.active_job()
+lab_job_queued = lab_job is not None and lab_job.state == "queued"
+
+
+@st.fragment(run_every=None if lab_job is None else 2 * (_jobs.POLL_QUEUED_S if lab_job_queued else _jobs.POLL_RUNNING_S))
 def run_line():
-    """The lab's job, live: this fragment alone reruns while a job is queued or running."""
+    """The lab's job, live: this fragment alone reruns while a job is queued or running (slower while queued)."""
+    if lab_job_queued and lab_job.state != "queued":
+        st.rerun(scope="app")  # it started: poll at the running rate from now on
     st.markdown(f"**Run** {_jobs.sidebar_line()}")
 
 

@@ -17,6 +17,10 @@ from pages._state import LAB, LAST_RUN, current_lab
 from vislab import fileio, jobs, labs, queues
 
 
+POLL_RUNNING_S = 1.0  # how often a page polls its lab's running job
+POLL_QUEUED_S = 4.0  # ... and a queued one ("N ahead of you" changes only when a job ends)
+
+
 @st.cache_resource
 def queue() -> jobs.Queue:
     """The one queue of this server (every session's jobs): local workers, or the Ray cluster of

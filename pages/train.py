@@ -138,10 +138,16 @@ else:
                 st.rerun()
 
 
-@st.fragment(run_every=1.0 if running else None)
+queued = running and active.state == "queued"
+
+
+@st.fragment(run_every=None if not running else _jobs.POLL_QUEUED_S if queued else _jobs.POLL_RUNNING_S)
 def live():
-    """Progress of the lab's job, polled from its files once a second (only this fragment reruns)."""
+    """Progress of the lab's job, polled from its files (only this fragment reruns): once a second while it
+    runs, every few seconds while it waits in the queue (a class of queued pages must not slow the job)."""
     job = _jobs.active_job("train")
+    if job is not None and queued and job.state != "queued":
+        st.rerun(scope="app")  # it started: redraw the page, polling at the running rate
     if job is None:
         if ss.get(_state.SHOWN_ACTIVE):  # it just ended: redraw the whole page once, with the results
             ss.pop(_state.SHOWN_ACTIVE)

@@ -46,6 +46,27 @@ def _done(page, text, name, timeout=120_000):
     _shot(page, name)
 
 
+def use_sample(page):
+    """On the Data page, the textile sample at 20 images per class (a quick CPU run)."""
+    _go(page, "Data")
+    slider = page.get_by_role("slider").first  # images per class: 60 -> 20
+    slider.focus()
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")
+    page.get_by_text("20", exact=True).first.wait_for()
+    page.get_by_role("button", name="Use the sample").click()
+
+
+def start_training(page, epochs: int):
+    """On the Train page, set the epochs and press Start."""
+    _go(page, "Train")
+    box = page.get_by_label("Epochs")
+    box.fill(str(epochs))
+    box.press("Enter")
+    browser.wait_idle(page)
+    page.get_by_role("button", name="Start training").click()
+
+
 def _shot(page, name):
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
@@ -66,13 +87,7 @@ def test_walk_home_to_trained_head(app_url):
         assert browser.exceptions(page) == []
         _shot(page, "model")
 
-        _go(page, "Data")
-        slider = page.get_by_role("slider").first  # images per class: 60 -> 20, a quick CPU run
-        slider.focus()
-        page.keyboard.press("ArrowLeft")
-        page.keyboard.press("ArrowLeft")
-        page.get_by_text("20", exact=True).first.wait_for()
-        page.get_by_role("button", name="Use the sample").click()
+        use_sample(page)
         _done(page, "Dataset: textile sample", "data", timeout=60_000)
         page.get_by_text("h-flip", exact=True).click()  # augmentation, with 3 fixed views to cache
         browser.wait_idle(page)
@@ -99,12 +114,7 @@ def test_walk_home_to_trained_head(app_url):
         assert browser.exceptions(page) == []
         _shot(page, "freeze")
 
-        _go(page, "Train")
-        epochs = page.get_by_label("Epochs")
-        epochs.fill("2")
-        epochs.press("Enter")
-        browser.wait_idle(page)
-        page.get_by_role("button", name="Start training").click()
+        start_training(page, 2)
         page.get_by_text("caching features:").first.wait_for(timeout=120_000)  # the caching pass, with its progress
         assert page.get_by_role("button", name="Start training").is_disabled()  # one job per lab
         _shot(page, "train_caching")

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from tests import browser
-from tests.test_browser import _done, _go, _shot, app_url  # noqa: F401 - app_url is a fixture
+from tests.test_browser import _done, _go, _shot, app_url, start_training, use_sample  # noqa: F401 - app_url is a fixture
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -27,13 +27,7 @@ def test_attention_head_and_layer_responses_in_chromium(app_url):  # noqa: F811
     with browser.browser_page(height=2900) as page:
         page.goto(app_url)
         page.get_by_text("Strategy advisor").wait_for(timeout=60_000)
-        _go(page, "Data")
-        slider = page.get_by_role("slider").first  # images per class: 60 -> 20, a quick CPU run
-        slider.focus()
-        page.keyboard.press("ArrowLeft")
-        page.keyboard.press("ArrowLeft")
-        page.get_by_text("20", exact=True).first.wait_for()
-        page.get_by_role("button", name="Use the sample").click()
+        use_sample(page)
         page.get_by_text("Dataset: textile sample").wait_for(timeout=60_000)
         browser.wait_idle(page)
 
@@ -43,12 +37,7 @@ def test_attention_head_and_layer_responses_in_chromium(app_url):  # noqa: F811
         browser.wait_idle(page)
         assert browser.exceptions(page) == []
 
-        _go(page, "Train")
-        epochs = page.get_by_label("Epochs")
-        epochs.fill("4")
-        epochs.press("Enter")
-        browser.wait_idle(page)
-        page.get_by_role("button", name="Start training").click()
+        start_training(page, 4)
         try:
             page.get_by_text(re.compile(r"best val acc \d")).wait_for(timeout=300_000)
         except Exception:

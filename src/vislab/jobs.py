@@ -254,6 +254,14 @@ def owner_alive(owner: dict) -> bool:
     if owner.get("host") not in (None, HOST):
         return True
     pid = owner.get("pid")
+    if not _pid_exists(pid):
+        return False
+    start = owner.get("pid_start")
+    return start is None or _start_time(pid) in (None, start)
+
+
+def _pid_exists(pid) -> bool:
+    """A live process has this pid (one of another user's counts)."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
@@ -262,8 +270,7 @@ def owner_alive(owner: dict) -> bool:
         return False
     except PermissionError:
         pass
-    start = owner.get("pid_start")
-    return start is None or _start_time(pid) in (None, start)
+    return True
 
 
 def _running_alive(rec: dict) -> bool:
@@ -277,14 +284,9 @@ def _running_alive(rec: dict) -> bool:
 
 
 def _alive(pid) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
+    """Whether `pid` is a vislab worker that still runs."""
+    if not _pid_exists(pid):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     cmdline = Path(f"/proc/{pid}/cmdline")
     if cmdline.parent.parent.is_dir() and Path("/proc/self").exists():
         try:  # a recycled pid of another program is not our worker
