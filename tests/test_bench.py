@@ -10,8 +10,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 
 @pytest.mark.slow
-def test_bench_suite_runs_in_a_tiny_configuration(tmp_path):
+def test_bench_suite_runs_in_a_tiny_configuration(tmp_path, monkeypatch):
     import run as bench
+
+    from vislab import engines
+
+    monkeypatch.setattr(engines, "exports_dir", engines.exports_dir)  # the bench points it at its own folder
 
     assert bench.main(["--tiny", "--skip-app", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())["results"]
