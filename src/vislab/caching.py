@@ -106,27 +106,10 @@ def full_state_dict(model: nn.Module, originals: dict[str, nn.Module]) -> dict[s
     return state
 
 
-class _Captured(Exception):
-    """Raised by the hook once the prefix output is in hand: the rest of the forward is not needed."""
-
-
 @torch.no_grad()
 def prefix_outputs(model: nn.Module, prefix: Prefix, x: torch.Tensor) -> torch.Tensor:
     """What flows out of the prefix for a batch: the output of its last module (the forward stops there)."""
-    out: list[torch.Tensor] = []
-
-    def capture(module, args, output):
-        out.append(output)
-        raise _Captured
-
-    handle = model.get_submodule(prefix.stubs[-1]).register_forward_hook(capture)
-    try:
-        model(x)
-    except _Captured:
-        pass
-    finally:
-        handle.remove()
-    return out[-1].detach().clone()
+    return engines.PrefixModule(model, prefix.stubs[-1])(x).detach().clone()
 
 
 @torch.no_grad()
