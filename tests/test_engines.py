@@ -188,3 +188,64 @@ def test_predictions_of_a_model_frozen_up_to_its_head_run_its_prefix_in_the_engi
     assert abs(onnx.probs - plain.probs).max() < 1e-5 and abs(onnx.losses - plain.losses).max() < 1e-4
     assert all(p.requires_grad == n.startswith(info.head) for n, p in model.named_parameters())  # untouched
     assert type(model.get_submodule("conv1.0")) is torch.nn.Conv2d  # the stubs are back in place
+
+
+def test_each_engine_gets_the_images_in_its_own_layout(monkeypatch):
+    """torch runs a channels_last model on channels_last images; onnxruntime takes the loader's NCHW batch
+    as it is (converting to channels_last and back cost ~0.2 s per 300 images)."""
+    model, prefix, x = _prepared("test_resnet", "head")
+    model.to(memory_format=torch.channels_last)
+    seen = {"torch": [], "onnxruntime": []}
+    real_prefix, real_runner = engines.PrefixModule.forward, engines._ort_runner
+
+    def watched_prefix(self, images):
+        seen["torch"].append(images.is_contiguous(memory_format=torch.channels_last))
+        return real_prefix(self, images)
+
+    def watched_runner(session, device):
+        run = real_runner(session, device)
+        return lambda images: (seen["onnxruntime"].append(images.is_contiguous()), run(images))[1]
+
+    monkeypatch.setattr(engines.PrefixModule, "forward", watched_prefix)
+    monkeypatch.setattr(engines, "_ort_runner", watched_runner)
+    fmt = caching.memory_format_of(model)
+    assert fmt is torch.channels_last
+    for choice in ("torch", "onnxruntime"):
+        engine = engines.choose(model, prefix.stubs, x, choice, memory_format=fmt)
+        assert engine.name == choice
+        seen = {"torch": [], "onnxruntime": []}  # what the choice itself ran (the export traces NCHW) aside
+        engine.run(x)
+        assert seen[choice] == [True], (choice, seen)
+    seen = {"torch": [], "onnxruntime": []}
+    loader = DataLoader(TensorDataset(x, torch.arange(6) % 3), batch_size=3)
+    cache, why = caching.build(model, loader, loader, torch.device("cpu"), 0, engine="onnxruntime")
+    assert cache is not None and cache.engine.startswith("onnxruntime"), why
+    assert seen["onnxruntime"] and all(seen["onnxruntime"])  # the caching pass hands the batches over as NCHW
+
+
+def test_a_reused_export_does_not_import_onnx(tmp_path):
+    """Only an export needs the onnx package (~0.6 s to import); a run whose export is on disk skips it."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys, torch
+from pathlib import Path
+from vislab import caching, engines, experiment
+engines.exports_dir = lambda: Path({str(tmp_path)!r})
+model, _, _ = experiment.prepare(experiment.Spec(model="test_resnet", weights="random", img_size=64), 3)
+model.eval()
+x = torch.randn(6, 3, 64, 64)
+stubs = caching.find_prefix(model, x[:2]).stubs
+if sys.argv[1] == "export":
+    assert engines.choose(model, stubs, x, "onnxruntime", name="t").name == "onnxruntime"
+else:
+    engine = engines.choose(model, stubs, x, "onnxruntime", name="t")
+    assert engine.name == "onnxruntime" and engine.reused, engine.describe()
+    print("onnx imported:", "onnx" in sys.modules)
+"""
+    torch.manual_seed(0)
+    for step in ("export", "reuse"):
+        out = subprocess.run([sys.executable, "-c", script, step], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+    assert "onnx imported: False" in out.stdout

@@ -29,7 +29,7 @@ from vislab.modes import training_mode
 
 MEMORY_LIMIT_BYTES = 1 << 30  # features up to 1 GiB stay in memory; larger ones spill to a file on disk
 DISK_LIMIT_BYTES = 32 << 30  # beyond this, caching is not worth it: the full loop
-PROBE_IMAGES = 16  # images the prefix engines are checked and timed on (engines.choose)
+PROBE_IMAGES = 8  # images the prefix engines are checked and timed on (engines.choose)
 
 
 @dataclass
@@ -195,9 +195,7 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
             return None, f"cached features would take {nbytes / 2**30:.0f} GiB"
         more = [probe[i][0] for i in range(len(first_x), min(PROBE_IMAGES, len(probe)))]
         probe_x = torch.cat([first_x, torch.stack(more).to(device)]) if more else first_x  # (B, 3, H, W)
-        if fmt is torch.channels_last and probe_x.ndim == 4:
-            probe_x = probe_x.contiguous(memory_format=fmt)
-        runner = engines.choose(model, prefix.stubs, probe_x, engine, n_images, name)
+        runner = engines.choose(model, prefix.stubs, probe_x, engine, n_images, name, fmt)
         decode_s = prefix_s = 0.0
         spill = tempfile.TemporaryDirectory(prefix="vislab-cache-", dir=_spill_dir()) \
             if nbytes > MEMORY_LIMIT_BYTES else None
@@ -208,9 +206,7 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
         for x, y, decode in _in_order(train_loader, val_loader):  # both splits through one set of workers
             if stop is not None and stop.is_set():
                 return None, "stopped"
-            x = x.to(device, non_blocking=True)
-            if fmt is torch.channels_last and x.ndim == 4:
-                x = x.contiguous(memory_format=fmt)
+            x = x.to(device, non_blocking=True)  # NCHW: the engine converts it when it needs another layout
             t = time.perf_counter()
             out = runner.run(x)  # (B, ...) as prefix_outputs gives it
             prefix_s += time.perf_counter() - t

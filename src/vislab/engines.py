@@ -84,19 +84,23 @@ class _Stop(Exception):
 
 
 def choose(model: nn.Module, stubs: list[str], probe: torch.Tensor, choice: str = "auto", pass_images: int = 0,
-           name: str = "") -> Engine:
+           name: str = "", memory_format: torch.memory_format = torch.contiguous_format) -> Engine:
     """The engine that runs the prefix ending at `stubs[-1]` (the model's frozen modules, in order).
 
     `probe` (B, C, H, W) is a batch of real images on the model's device, B >= 2. `choice`: auto
     (onnxruntime when it agrees and beats torch by AUTO_MARGIN), torch, or onnxruntime (forced; falls back
     to torch, with the reason, when refused). `pass_images` (how many images the pass will run) lets auto
-    skip an export that cannot pay."""
+    skip an export that cannot pay. Images come in as the loader gives them (NCHW); the torch engine puts
+    them in `memory_format` (the model's: channels_last after training.fit), onnxruntime takes them as they
+    are, so no batch is converted twice."""
     if choice not in ENGINES:
         raise EngineError(f"unknown engine '{choice}': use {', '.join(ENGINES)}")
     prefix = PrefixModule(model, stubs[-1])
 
     @torch.no_grad()
     def torch_run(x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 4:
+            x = x.contiguous(memory_format=memory_format)
         with training_mode(model, False):
             return prefix(x).detach().clone()
 
@@ -114,25 +118,22 @@ def choose(model: nn.Module, stubs: list[str], probe: torch.Tensor, choice: str 
     threads = torch.get_num_threads()
     measured = record.get("speedup") if record.get("threads") == threads and record.get("device") == \
         probe.device.type else None
-    few = probe[:max(3, min(4, len(probe)))]
+    # one small batch serves the warm-up, the timing and the check: 8 images (4 when only the check is
+    # left); a batch size other than the export's 2, so the check also proves the batch axis dynamic
+    few = probe[:min(4 if measured else 8, len(probe))]
     torch_run(few)  # untimed: the first call at a shape and memory format pays one-off kernel set-up
     if record.get("refused") and not path.exists():  # the exporter failed on this very prefix before
         return _refused(torch_run, record["refused"])
-    if choice == "auto" and not path.exists():  # would an export pay? a guess from a few images first
-        t_few, _ = _best_time(torch_run, few, 1)
-        guess = t_few / len(few) * pass_images
+    t_torch, ref = _best_time(torch_run, few, 1 if measured else 2)
+    if choice == "auto" and not path.exists():  # would an export pay? the guess from the timed batch
+        guess = t_torch / len(few) * pass_images
         if guess < MIN_PASS_SECONDS:
             return Engine("torch", torch_run, note=f"the pass takes ~{guess:.1f} s in torch: an onnxruntime "
                                                    "export would not pay for itself")
-    if measured:  # measured before: only the check is left, on a few images
-        probe = few
-    elif len(probe) != len(few):
-        torch_run(probe)  # untimed again: a new batch shape pays its own set-up
-    t_torch, ref = _best_time(torch_run, probe, 1 if measured else 2)
     reused = path.exists()
     if not reused:
         try:
-            blob = export(model, stubs, probe[:2])
+            blob = export(model, stubs, few[:2].contiguous())
         except Exception as exc:  # noqa: BLE001  any exporter failure means: this prefix stays in torch
             why = f"the exporter cannot take this prefix ({_short(exc)})"
             _write_record(record_path, {"refused": why, "stubs": list(stubs), "model": name})  # not retried
@@ -150,7 +151,7 @@ def choose(model: nn.Module, stubs: list[str], probe: torch.Tensor, choice: str 
         return _refused(torch_run, f"its session cannot load the export ({_short(exc)})")
     ort_run = _ort_runner(session, probe.device)
     try:
-        out = ort_run(probe)  # a batch size other than the export's: the batch axis really is dynamic
+        out = ort_run(few)  # a batch size other than the export's: the batch axis really is dynamic
     except Exception as exc:  # noqa: BLE001
         return _refused(torch_run, f"it failed on a probe batch ({_short(exc)})")
     diff = relative_difference(out, ref)
@@ -158,7 +159,7 @@ def choose(model: nn.Module, stubs: list[str], probe: torch.Tensor, choice: str 
         return _refused(torch_run, f"its outputs differ from torch's by {diff:.1e} of their scale "
                                    f"(over {TOLERANCE:.0e}: a data-dependent branch or constant in the forward?)")
     if measured is None:
-        t_ort, _ = _best_time(ort_run, probe, 2)
+        t_ort, _ = _best_time(ort_run, few, 2)
         measured = t_torch / max(t_ort, 1e-9)
         _write_record(record_path, {"speedup": measured, "threads": threads, "device": probe.device.type,
                                     "max_relative_difference": diff, "stubs": list(stubs), "model": name})
@@ -168,6 +169,17 @@ def choose(model: nn.Module, stubs: list[str], probe: torch.Tensor, choice: str 
         return Engine("torch", torch_run, measured,
                       f"as fast here: onnxruntime ran the probe at {measured:.2f}x torch", reused)
     return Engine(ort_name, ort_run, measured, note, reused)
+
+
+def preload() -> None:
+    """Import what an export needs (onnx alone takes ~0.6 s) ahead of time: a spare job worker calls it
+    while it waits, so a job that exports does not pay it."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import torch.onnx  # noqa: F401
+    except ImportError:
+        pass
 
 
 def export(model: nn.Module, stubs: list[str], x: torch.Tensor) -> bytes:
@@ -184,12 +196,11 @@ def export(model: nn.Module, stubs: list[str], x: torch.Tensor) -> bytes:
 def export_key(model: nn.Module, stubs: list[str], probe: torch.Tensor, name: str = "") -> str:
     """Everything that changes the exported graph: the model's name and class, the prefix cut, its modules'
     structure and a digest of their weights, the input's non-batch shape, and the library versions."""
-    import onnx
-    import onnxruntime
+    from importlib import metadata  # not `import onnx`: it takes ~0.6 s, and only an export needs it
 
     h = hashlib.sha256()
     for part in (name, type(model).__qualname__, *stubs, str(tuple(probe.shape[1:])), str(probe.dtype),
-                 torch.__version__, onnx.__version__, onnxruntime.__version__, str(OPSET)):
+                 torch.__version__, metadata.version("onnx"), metadata.version("onnxruntime"), str(OPSET)):
         h.update(part.encode() + b"\0")
     h.update(weights_digest(model, stubs).encode())
     return f"{(name or type(model).__name__)[:40]}-{h.hexdigest()[:20]}"
@@ -224,10 +235,13 @@ def exports_dir() -> Path:
 
 def _unavailable(device: torch.device) -> tuple[str, list[str]]:
     """('', providers) when onnxruntime can run on `device`, else (why not, [])."""
+    import importlib.util
+
     try:
-        import onnx  # noqa: F401  the exporter needs it
         import onnxruntime
     except ImportError:
+        onnxruntime = None
+    if onnxruntime is None or importlib.util.find_spec("onnx") is None:  # the exporter needs onnx
         return "is not installed (pip install onnxruntime onnx)", []
     available = onnxruntime.get_available_providers()
     if device.type == "cpu":

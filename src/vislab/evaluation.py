@@ -72,7 +72,8 @@ def _frozen_prefix(model: nn.Module, dataset, device: torch.device, engine: str,
     prefix = caching.find_prefix(model, probe[:4])
     if prefix is None or not caching.reproduces(model, prefix, probe[:4]):
         return None, None
-    runner = engines.choose(model, prefix.stubs, probe, engine, len(dataset), name)
+    runner = engines.choose(model, prefix.stubs, probe, engine, len(dataset), name,
+                            caching.memory_format_of(model))
     return (prefix, runner) if runner.name != "torch" else (None, None)
 
 

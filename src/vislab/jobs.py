@@ -691,8 +691,9 @@ def run_spare() -> int:
     import torch  # noqa: F401 - the expensive part of a worker's start
     import torchvision  # noqa: F401
 
-    from vislab import compare, experiment  # noqa: F401
+    from vislab import compare, engines, experiment  # noqa: F401
 
+    engines.preload()
     line = sys.stdin.readline().strip()
     if not line or not Path(line, "job.json").is_file():
         return 0  # the queue closed (or gave nothing): nothing was started
