@@ -229,7 +229,11 @@ def test_forward_seconds_times_one_batch_after_a_warm_up_and_puts_flags_back(mon
 
 
 class _SlowDecode(torch.utils.data.Dataset):
-    """Images that take 10 ms each to load; the label is the id of the process that loaded the item."""
+    """Images that take `decode` seconds each to load; the label tells the process that loaded it: its id
+    x 100 + its nice level."""
+
+    def __init__(self, decode: float = 0.01):
+        self.decode = decode
 
     def __len__(self):
         return 24
@@ -238,8 +242,39 @@ class _SlowDecode(torch.utils.data.Dataset):
         import os
         import time
 
-        time.sleep(0.01)
-        return torch.full((3, 8, 8), float(i)), os.getpid()
+        time.sleep(self.decode)
+        return torch.full((3, 8, 8), float(i)), os.getpid() * 100 + os.nice(0)
+
+
+class _SlowPrefix(torch.nn.Module):
+    """A frozen layer that takes 20 ms a batch: a prefix slower than decoding."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        import time
+
+        time.sleep(0.02)
+        return self.conv(x)
+
+
+def _decode_pids(cache, nice: bool = False) -> list[int]:
+    labels = [int(p) for split in (cache.train, cache.val) for p in split.dataset.tensors[1]]
+    return [p % 100 if nice else p // 100 for p in labels]
+
+
+def test_a_pass_whose_decoding_is_cheaper_than_its_prefix_decodes_in_line():
+    import os
+
+    model = torch.nn.Sequential(_SlowPrefix(), torch.nn.Flatten(), torch.nn.Linear(144, 2))
+    model[0].requires_grad_(False)
+    loader = torch.utils.data.DataLoader(_SlowDecode(0.0), batch_size=4)
+    cache, why = caching.build(model, loader, loader, torch.device("cpu"), 0, engine="torch")
+    assert cache is not None, why
+    assert set(_decode_pids(cache)) == {os.getpid()} and cache.decode_workers == 0
+    assert "in line" in cache.describe()
 
 
 def test_the_caching_pass_decodes_in_worker_processes_and_times_decoding():
@@ -251,11 +286,14 @@ def test_the_caching_pass_decodes_in_worker_processes_and_times_decoding():
     assert caching.decode_workers(24, 4) >= 1 and caching.decode_workers(8, 4) == 0
     cache, why = caching.build(model, loader, loader, torch.device("cpu"), 0, engine="torch")
     assert cache is not None, why
-    loaders = {"train": cache.train, "val": cache.val}
-    pids = {int(p) for split in loaders.values() for p in split.dataset.tensors[1]}
-    assert pids and os.getpid() not in pids  # every image was loaded in a worker, not in our process
+    pids = _decode_pids(cache)
+    # decoding (10 ms an image) is slower than this prefix: the first batch, measured in line, says so,
+    # and every later image is loaded in a worker, not in our process
+    assert pids[:4] == [os.getpid()] * 4 and os.getpid() not in pids[4:] and cache.decode_workers >= 1
     assert cache.decode_seconds >= 2 * 24 * 0.01  # both splits' decoding, summed over their images
     assert "decoding" in cache.describe() and "run once by torch (asked for)" in cache.describe()
+    assert "overlapped" in cache.describe()
+    assert set(_decode_pids(cache, nice=True)[4:]) == {19}  # the workers yield to the prefix
     # the features are those of the images in order, both splits (a batch may straddle the two)
     x = torch.stack([_SlowDecode()[i][0] for i in range(24)])
     with torch.no_grad():

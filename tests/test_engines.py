@@ -249,3 +249,39 @@ else:
         out = subprocess.run([sys.executable, "-c", script, step], capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr[-2000:]
     assert "onnx imported: False" in out.stdout
+
+
+def test_a_batch_runs_in_chunks_only_where_that_is_faster():
+    import time
+
+    x = torch.randn(8, 3, 4, 4)
+    sizes = []
+
+    def cache_bound(images):  # per image cost grows with the batch: activations spill out of the cache
+        sizes.append(len(images))
+        time.sleep(0.002 * len(images) ** 2)
+        return images * 2
+
+    def per_call(images):  # a fixed cost per call: one big batch is best
+        time.sleep(0.02)
+        return images * 2
+
+    chunk, seconds, out = engines._fastest(cache_bound, x)
+    assert chunk == engines.CHUNK and torch.equal(out, x * 2) and seconds > 0
+    assert engines._fastest(per_call, x)[0] is None
+    assert engines._fastest(cache_bound, x[:engines.CHUNK])[0] is None  # nothing to split
+    sizes.clear()
+    y = torch.randn(10, 1)
+    assert torch.equal(engines._chunked(cache_bound, 4)(y), y * 2) and sizes == [4, 4, 2]
+
+
+@pytest.mark.parametrize("choice", ["torch", "onnxruntime"])
+def test_a_chunked_engine_gives_the_whole_batch_outputs(choice, monkeypatch):
+    model, prefix, x = _prepared("test_resnet", "head")
+    real = engines._fastest
+    monkeypatch.setattr(engines, "_fastest", lambda run, images, repeats=2: (2, *real(run, images, repeats)[1:]))
+    engine = engines.choose(model, prefix.stubs, x, choice)
+    assert engine.name == choice and engine.chunk == 2 and "2 images a call" in engine.describe()
+    with torch.no_grad():
+        want = caching.prefix_outputs(model, prefix, x)
+    assert engines.relative_difference(engine.run(x[:5]), want[:5]) < engines.TOLERANCE  # 2 + 2 + 1
