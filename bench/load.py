@@ -96,6 +96,34 @@ class MemoryWatch:
         self._thread.join(2)
 
 
+def _stat(pid: int) -> tuple[int, float, float]:
+    """(parent pid, own CPU seconds, CPU seconds of its children it has waited for) from /proc/PID/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0, 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def tree_cpu(root: int, skip: set[int] = frozenset()) -> float:
+    """CPU seconds used so far by `root` and everything under it (live processes, and the ones that ended
+    and were waited for), leaving out the subtrees rooted at `skip`."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            parents[int(entry.name)] = _stat(int(entry.name))[0]
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in skip:
+            continue
+        _, own, waited = _stat(pid)
+        total += own + waited
+        todo += [child for child, parent in parents.items() if parent == pid]
+    return total
+
+
 T0 = time.perf_counter()
 
 
@@ -210,10 +238,11 @@ def augments(n: int, solo: str | None = None) -> list[bool]:
 
 
 async def classroom(url: str, archive: Path, n: int, epochs: int, size_steps: int, probe: bool,
-                    finish_s: float = 3600, solo: str | None = None) -> dict:
+                    finish_s: float = 3600, solo: str | None = None, server_pid: int = 0) -> dict:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
+        browsers_before = tree_cpu(os.getpid(), skip={server_pid})
         b = await p.chromium.launch(executable_path=browser.CHROMIUM, headless=True, args=browser.CHROMIUM_ARGS)
         gate, done = asyncio.Event(), asyncio.Event()
         ready, results, switches, warm = [], [], [], []
@@ -230,12 +259,13 @@ async def classroom(url: str, archive: Path, n: int, epochs: int, size_steps: in
         done.set()
         if probe_task:
             await probe_task
+        browsers_cpu = tree_cpu(os.getpid(), skip={server_pid}) - browsers_before
         await b.close()
     ok = [r for r in results if not r["error"]]
     wall = (max(r["end"] for r in ok) - min(r["start"] for r in ok)) if ok else None
     return {"users": n, "solo": solo, "results": sorted(results, key=lambda r: r["user"]), "wall_s": wall,
             "slowest_s": max((r["seconds"] for r in ok), default=None), "errors": [r for r in results if r["error"]],
-            "page_switch_s": switches}
+            "page_switch_s": switches, "browsers_cpu_s": browsers_cpu}
 
 
 def serve(home: Path, max_jobs: int | None):
@@ -285,7 +315,8 @@ def _one_row(work: Path, tag: str, n: int, archive: Path, epochs: int, size_step
     proc, url, log_ = serve(home, max_jobs)
     watch = MemoryWatch(proc.pid)
     try:
-        row = asyncio.run(classroom(url, archive, n, epochs, size_steps, probe, finish_s, solo))
+        row = asyncio.run(classroom(url, archive, n, epochs, size_steps, probe, finish_s, solo, proc.pid))
+        server_cpu, workers_cpu = _stat(proc.pid)[1], tree_cpu(proc.pid) - _stat(proc.pid)[1]
     finally:
         watch.stop()
         proc.send_signal(signal.SIGTERM)
@@ -293,11 +324,13 @@ def _one_row(work: Path, tag: str, n: int, archive: Path, epochs: int, size_step
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+    row.update(server_cpu_s=server_cpu, workers_cpu_s=workers_cpu)
     row.update(server_peak_mib=watch.server_peak / 2**20, workers_peak_mib=watch.workers_peak / 2**20,
                server_exit=proc.returncode, worker_s=worker_seconds(home))
     print(f"N={n}{' ' + solo if solo else ''}: slowest {row['slowest_s']}, wall {row['wall_s']}, "
           f"errors {len(row['errors'])}, workers {[round(w, 1) for w in row['worker_s']]}, "
-          f"page switch max {max(row['page_switch_s'], default=0):.2f} s", flush=True)
+          f"page switch max {max(row['page_switch_s'], default=0):.2f} s, CPU s: server {server_cpu:.0f}, "
+          f"workers {workers_cpu:.0f}, browsers {row['browsers_cpu_s']:.0f}", flush=True)
     return row
 
 
@@ -327,7 +360,7 @@ def run(users: list[int], epochs: int, per_class: int, size_steps: int, out: Pat
                "images": per_class * 3, "max_jobs": max_jobs or 1, "rows": rows}
     lines = ["| users | slowest user (s) | wall (s) | same users one at a time (s) | slowest / serial | "
              "wall / serial | worker s per job (median) | page switch median / max (s) | server peak MiB | "
-             "workers peak MiB | errors |", "|" + "---|" * 11]
+             "workers peak MiB | CPU s: server / workers / browsers | errors |", "|" + "---|" * 12]
     for r in rows:
         serial = r["serial_s"]
         sl = f"{r['slowest_s'] / serial:.2f}" if serial and r["slowest_s"] else "-"
@@ -338,6 +371,7 @@ def run(users: list[int], epochs: int, per_class: int, size_steps: int, out: Pat
         who = f"1 ({r['solo']})" if r.get("solo") else str(r["users"])
         lines.append(f"| {who} | {r['slowest_s'] or 0:.1f} | {r['wall_s'] or 0:.1f} | {serial or 0:.1f} | {sl} | "
                      f"{wl} | {ws} | {sws} | {r['server_peak_mib']:.0f} | {r['workers_peak_mib']:.0f} | "
+                     f"{r['server_cpu_s']:.0f} / {r['workers_cpu_s']:.0f} / {r['browsers_cpu_s']:.0f} | "
                      f"{len(r['errors'])} |")
     out.mkdir(parents=True, exist_ok=True)
     (out / "load.json").write_text(json.dumps(summary, indent=2))

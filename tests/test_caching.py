@@ -291,7 +291,8 @@ def test_the_caching_pass_decodes_in_worker_processes_and_times_decoding():
     # and every later image is loaded in a worker, not in our process
     assert pids[:4] == [os.getpid()] * 4 and os.getpid() not in pids[4:] and cache.decode_workers >= 1
     assert cache.decode_seconds >= 2 * 24 * 0.01  # both splits' decoding, summed over their images
-    assert "decoding" in cache.describe() and "run once by torch (asked for)" in cache.describe()
+    line = cache.describe()  # "run once by torch[, 4 images a call] (asked for), ..."
+    assert "decoding" in line and "run once by torch" in line and "(asked for)" in line, line
     assert "overlapped" in cache.describe()
     assert set(_decode_pids(cache, nice=True)[4:]) == {19}  # the workers yield to the prefix
     # the features are those of the images in order, both splits (a batch may straddle the two)

@@ -142,6 +142,7 @@ class Cache:
     decode_seconds: float = 0.0  # JPEG decode + resize of every image, summed over the loader's workers
     prefix_seconds: float = 0.0  # the prefix itself, in the main process
     decode_workers: int = 0  # processes that decoded all but the first batch (0: decoded in line)
+    choose_seconds: float = 0.0  # picking the engine: probe timings, and the export when there was one
 
     def describe(self) -> str:
         where = "on disk" if self.spill else "in memory"
@@ -152,7 +153,8 @@ class Cache:
         else:  # cheaper than the prefix: a worker beside it would only slow it down (_in_order)
             decoding = f"decoding {self.decode_seconds:.1f} s in line, the prefix {self.prefix_seconds:.1f} s"
         how = "shared with an earlier run" if self.shared else (
-            f"run once by {self.engine}, {self.seconds:.1f} s ({decoding})")
+            f"run once by {self.engine}, {self.seconds:.1f} s (engine chosen in {self.choose_seconds:.1f} s; "
+            f"{decoding})")
         return (f"features cached: prefix ({len(self.prefix.stubs)} modules up to '{self.prefix.stubs[-1]}') "
                 f"{how}, {self.nbytes / 2**20:.0f} MiB {where}; training runs from '{self.prefix.boundary}'")
 
@@ -201,7 +203,9 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
             return None, f"cached features would take {nbytes / 2**30:.0f} GiB"
         more = [probe[i][0] for i in range(len(first_x), min(PROBE_IMAGES, len(probe)))]
         probe_x = torch.cat([first_x, torch.stack(more).to(device)]) if more else first_x  # (B, 3, H, W)
+        t_choose = time.perf_counter()
         runner = engines.choose(model, prefix.stubs, probe_x, engine, n_images, name, fmt)
+        t_choose = time.perf_counter() - t_choose
         decode_s = prefix_s = 0.0
         spill = tempfile.TemporaryDirectory(prefix="vislab-cache-", dir=_spill_dir()) \
             if nbytes > MEMORY_LIMIT_BYTES else None
@@ -234,7 +238,7 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
         pool[key] = (feats, nbytes, spill)
     cache = _cache(prefix, feats, train_loader, val_loader, seed, time.perf_counter() - start, nbytes, spill)
     cache.engine, cache.decode_seconds, cache.prefix_seconds = runner.describe(), decode_s, prefix_s
-    cache.decode_workers = workers[0] if workers else 0
+    cache.decode_workers, cache.choose_seconds = (workers[0] if workers else 0), t_choose
     return cache, ""
 
 
