@@ -209,7 +209,7 @@ def convnet_engines_case(report, epochs: int, names: list[str] | None = None, im
         again_s, _ = _head_only(report, name, epochs, "auto", img_size)
         import re
 
-        chosen = re.search(r"engine chosen in ([\d.]+) s", auto_run.history.cache[0])
+        chosen = re.search(r"choosing the engine on the first batch cost ([\d.]+) s", auto_run.history.cache[0])
         rows.append({"model": name, "torch_s": torch_s, "auto_s": auto_s, "auto_again_s": again_s,
                      "auto_choose_s": float(chosen.group(1)) if chosen else None,
                      "speedup": torch_s / auto_s, "speedup_again": torch_s / again_s,

@@ -254,7 +254,7 @@ else:
 def test_a_batch_runs_in_chunks_only_where_that_is_faster():
     import time
 
-    x = torch.randn(8, 3, 4, 4)
+    x = torch.randn(16, 3, 4, 4)  # CHUNK untimed, then 4 in chunks and 8 at once
     sizes = []
 
     def cache_bound(images):  # per image cost grows with the batch: activations spill out of the cache
@@ -266,10 +266,11 @@ def test_a_batch_runs_in_chunks_only_where_that_is_faster():
         time.sleep(0.02)
         return images * 2
 
-    chunk, seconds, out = engines._fastest(cache_bound, x)
-    assert chunk == engines.CHUNK and torch.equal(out, x * 2) and seconds > 0
+    chunk, per_image, out = engines._fastest(cache_bound, x)
+    assert chunk == engines.CHUNK and torch.equal(out, x * 2) and per_image > 0
+    assert sizes == [4, 4, 8]  # the probe ran once, in three parts: no image twice
     assert engines._fastest(per_call, x)[0] is None
-    assert engines._fastest(cache_bound, x[:engines.CHUNK])[0] is None  # nothing to split
+    assert engines._fastest(cache_bound, x[:2 * engines.CHUNK])[0] is None  # too few to compare
     sizes.clear()
     y = torch.randn(10, 1)
     assert torch.equal(engines._chunked(cache_bound, 4)(y), y * 2) and sizes == [4, 4, 2]
@@ -279,9 +280,57 @@ def test_a_batch_runs_in_chunks_only_where_that_is_faster():
 def test_a_chunked_engine_gives_the_whole_batch_outputs(choice, monkeypatch):
     model, prefix, x = _prepared("test_resnet", "head")
     real = engines._fastest
-    monkeypatch.setattr(engines, "_fastest", lambda run, images, repeats=2: (2, *real(run, images, repeats)[1:]))
+    monkeypatch.setattr(engines, "_fastest", lambda run, images, warm=True: (2, *real(run, images, warm)[1:]))
     engine = engines.choose(model, prefix.stubs, x, choice)
     assert engine.name == choice and engine.chunk == 2 and "2 images a call" in engine.describe()
     with torch.no_grad():
         want = caching.prefix_outputs(model, prefix, x)
     assert engines.relative_difference(engine.run(x[:5]), want[:5]) < engines.TOLERANCE  # 2 + 2 + 1
+
+
+def test_the_engines_are_measured_on_the_first_batch_itself(monkeypatch):
+    """Choosing costs (almost) no extra runs: the first batch is the probe; torch times its first half,
+    onnxruntime its second, and those outputs are the batch's features, whichever engine wins."""
+    model, prefix, _ = _prepared("test_resnet", "head")
+    x = torch.randn(48, 3, 64, 64)
+    ran = {"torch": 0, "onnxruntime": 0}
+    real_prefix, real_runner = engines.PrefixModule.forward, engines._ort_runner
+    slow = []
+
+    def counted_prefix(self, images):
+        ran["torch"] += len(images)
+        return real_prefix(self, images)
+
+    def counted_runner(session, device):
+        run = real_runner(session, device)
+
+        def counted(images):
+            ran["onnxruntime"] += len(images)
+            if slow:
+                torch.ones(20_000_000).sum()  # onnxruntime made slow: auto keeps torch
+            return run(images)
+
+        return counted
+
+    monkeypatch.setattr(engines.PrefixModule, "forward", counted_prefix)
+    monkeypatch.setattr(engines, "_ort_runner", counted_runner)
+    monkeypatch.setattr(engines, "MIN_PASS_SECONDS", 0.0)
+    loader = DataLoader(TensorDataset(x, torch.arange(48) % 3), batch_size=24)
+    with torch.no_grad():
+        want = caching.prefix_outputs(model, prefix, x)
+    for choice in ("onnxruntime", "auto"):
+        ran.update(torch=0, onnxruntime=0)
+        cache, why = caching.build(model, loader, loader, torch.device("cpu"), 0, engine=choice)
+        assert cache is not None and cache.engine.startswith("onnxruntime" if not slow else "torch"), why
+        # torch: 12 probe images, the export's 2-image trace (the first time), caching's own 4 + 1 (find
+        # the prefix, check it reproduces the model, one image for the feature shape), and then, when it
+        # won, the 3 other batches
+        assert ran["torch"] == 12 + (2 if not slow else 0) + 4 + 1 + (72 if slow else 0), ran
+        # onnxruntime: the check, its 12 probe images, and when it won the 3 other batches
+        assert ran["onnxruntime"] == engines.CHUNK + 12 + (0 if slow else 72), ran
+        got = torch.cat([cache.train.dataset.tensors[0], cache.val.dataset.tensors[0]])
+        assert engines.relative_difference(got, torch.cat([want, want])) < engines.TOLERANCE  # in order
+        assert "choosing the engine on the first batch cost" in cache.describe()
+        for record in engines.exports_dir().glob("*.json"):
+            record.unlink()  # measure again, now with onnxruntime slowed
+        slow.append(1)

@@ -29,7 +29,7 @@ from vislab.modes import training_mode
 
 MEMORY_LIMIT_BYTES = 1 << 30  # features up to 1 GiB stay in memory; larger ones spill to a file on disk
 DISK_LIMIT_BYTES = 32 << 30  # beyond this, caching is not worth it: the full loop
-PROBE_IMAGES = 8  # images the prefix engines are checked and timed on (engines.choose)
+PROBE_IMAGES = 8  # images evaluation checks and times a prefix engine on (the caching pass: its first batch)
 
 
 @dataclass
@@ -142,7 +142,8 @@ class Cache:
     decode_seconds: float = 0.0  # JPEG decode + resize of every image, summed over the loader's workers
     prefix_seconds: float = 0.0  # the prefix itself, in the main process
     decode_workers: int = 0  # processes that decoded all but the first batch (0: decoded in line)
-    choose_seconds: float = 0.0  # picking the engine: probe timings, and the export when there was one
+    choose_seconds: float = 0.0  # picking the engine on the first batch, beyond that batch's own prefix time:
+    # the losing engine's run over it, the check, and the export when there was one
 
     def describe(self) -> str:
         where = "on disk" if self.spill else "in memory"
@@ -153,7 +154,8 @@ class Cache:
         else:  # cheaper than the prefix: a worker beside it would only slow it down (_in_order)
             decoding = f"decoding {self.decode_seconds:.1f} s in line, the prefix {self.prefix_seconds:.1f} s"
         how = "shared with an earlier run" if self.shared else (
-            f"run once by {self.engine}, {self.seconds:.1f} s (engine chosen in {self.choose_seconds:.1f} s; "
+            f"run once by {self.engine}, {self.seconds:.1f} s (choosing the engine on the first batch cost "
+            f"{self.choose_seconds:.1f} s; "
             f"{decoding})")
         return (f"features cached: prefix ({len(self.prefix.stubs)} modules up to '{self.prefix.stubs[-1]}') "
                 f"{how}, {self.nbytes / 2**20:.0f} MiB {where}; training runs from '{self.prefix.boundary}'")
@@ -201,11 +203,7 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
         nbytes = n_images * sample.numel() * sample.element_size()
         if nbytes > DISK_LIMIT_BYTES:
             return None, f"cached features would take {nbytes / 2**30:.0f} GiB"
-        more = [probe[i][0] for i in range(len(first_x), min(PROBE_IMAGES, len(probe)))]
-        probe_x = torch.cat([first_x, torch.stack(more).to(device)]) if more else first_x  # (B, 3, H, W)
-        t_choose = time.perf_counter()
-        runner = engines.choose(model, prefix.stubs, probe_x, engine, n_images, name, fmt)
-        t_choose = time.perf_counter() - t_choose
+        runner, t_choose = None, 0.0
         decode_s = prefix_s = 0.0
         spill = tempfile.TemporaryDirectory(prefix="vislab-cache-", dir=_spill_dir()) \
             if nbytes > MEMORY_LIMIT_BYTES else None
@@ -219,8 +217,15 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
                 return None, "stopped"
             x = x.to(device, non_blocking=True)  # NCHW: the engine converts it when it needs another layout
             t = time.perf_counter()
-            out = runner.run(x)  # (B, ...) as prefix_outputs gives it
-            prefix_s += time.perf_counter() - t
+            if runner is None:  # the first batch is the engines' probe: measured on its own work
+                runner = engines.choose(model, prefix.stubs, x, engine, n_images, name, fmt)
+                out = runner.probe_output  # (B, ...) as prefix_outputs gives it
+                spent = time.perf_counter() - t
+                prefix_s += min(spent, runner.seconds_per_image * len(x))  # what the chosen engine costs
+                t_choose = spent - min(spent, runner.seconds_per_image * len(x))  # the rest: choosing it
+            else:
+                out = runner.run(x)
+                prefix_s += time.perf_counter() - t
             decode_s += float(decode.sum())
             out = out if spill is None else out.cpu()
             cut = min(max(n_train - done, 0), len(out))  # a batch may hold the last train, first val images
@@ -232,6 +237,8 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
             done += len(out)
             if on_progress is not None:
                 on_progress(done, n_images)
+        if runner is None:
+            return None, "no images to cache"
         labels = torch.cat(ys)
         feats = {"train": (stores[0], labels[:n_train]), "val": (stores[1], labels[n_train:])}
     if pool is not None:

@@ -18,7 +18,7 @@ import hashlib
 import io
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -53,6 +53,8 @@ class Engine:
     note: str = ""  # why this engine: asked for, measured, or why onnxruntime was refused
     reused: bool = False  # the export (and its measurement) came from the disk cache
     chunk: int | None = None  # images per call when a batch runs in chunks (faster on this CPU); None: whole
+    probe_output: torch.Tensor | None = field(default=None, repr=False)  # the probe's prefix outputs
+    seconds_per_image: float = 0.0  # this engine on the probe (measured there, or from the record)
 
     def describe(self) -> str:
         chunks = f", {self.chunk} images a call" if self.chunk else ""
@@ -95,13 +97,14 @@ def choose(model: nn.Module, stubs: list[str], probe: torch.Tensor, choice: str 
            name: str = "", memory_format: torch.memory_format = torch.contiguous_format) -> Engine:
     """The engine that runs the prefix ending at `stubs[-1]` (the model's frozen modules, in order).
 
-    `probe` (B, C, H, W) is a batch of real images on the model's device, B >= 2. `choice`: auto
-    (onnxruntime when it agrees and beats torch by AUTO_MARGIN), torch, or onnxruntime (forced; falls back
-    to torch, with the reason, when refused). `pass_images` (how many images the pass will run) lets auto
-    skip an export that cannot pay. Images come in as the loader gives them (NCHW); the torch engine puts
-    them in `memory_format` (the model's: channels_last after training.fit), onnxruntime takes them as they
-    are, so no batch is converted twice. On a CPU each engine runs a batch `CHUNK` images at a time when
-    that is faster on the probe (see CHUNK)."""
+    `probe` (B, C, H, W) is a batch of real images on the model's device, B >= 2: the caching pass hands
+    over its first batch, and the measurement is that batch's own work, not extra runs: its prefix outputs
+    come back in `Engine.probe_output`. `choice`: auto (onnxruntime when it agrees and beats torch by
+    AUTO_MARGIN), torch, or onnxruntime (forced; falls back to torch, with the reason, when refused).
+    `pass_images` (how many images the pass will run) lets auto skip an export that cannot pay. Images
+    come in as the loader gives them (NCHW); the torch engine puts them in `memory_format` (the model's:
+    channels_last after training.fit), onnxruntime takes them as they are, so no batch is converted twice.
+    On a CPU each engine runs a batch `CHUNK` images at a time when that is faster on the probe (CHUNK)."""
     if choice not in ENGINES:
         raise EngineError(f"unknown engine '{choice}': use {', '.join(ENGINES)}")
     prefix = PrefixModule(model, stubs[-1])
@@ -113,43 +116,71 @@ def choose(model: nn.Module, stubs: list[str], probe: torch.Tensor, choice: str 
         with training_mode(model, False):
             return prefix(x).detach().clone()
 
+    def in_torch(note: str, chunk: int | None = None, speedup: float | None = None, reused: bool = False,
+                 known: bool = False) -> Engine:
+        """torch runs the probe: in its recorded chunk (`known`), else timed both ways (_fastest)."""
+        if known:
+            seconds, out = _timed(_chunked(torch_batch, chunk), probe)
+            per_image = seconds / len(probe)
+        else:
+            chunk, per_image, out = _fastest(torch_batch, probe)
+        return Engine("torch", _chunked(torch_batch, chunk), speedup, note, reused, chunk, out, per_image)
+
     why, providers = ("", []) if choice == "torch" else _unavailable(probe.device)
-    key = export_key(model, stubs, probe, name) if choice != "torch" and not why else ""
+    if choice == "torch":
+        return in_torch("asked for")
+    if why:
+        return in_torch(f"onnxruntime {why}")
+    key = export_key(model, stubs, probe, name)
     folder = exports_dir()
     path, record_path = folder / f"{key}.onnx", folder / f"{key}.json"
-    record = _read_record(record_path) if key else {}
+    record = _read_record(record_path)
     threads = torch.get_num_threads()
     measured = record.get("speedup") if record.get("threads") == threads and record.get("device") == \
         probe.device.type and "ort_chunk" in record else None
-    # one small batch serves the warm-up, the timing and the check: 8 images (4 when only the check is
-    # left); a batch size other than the export's 2, so the check also proves the batch axis dynamic
-    few = probe[:min(4 if measured else 8, len(probe))]
-    if measured:
-        torch_chunk, t_torch, ref = record.get("torch_chunk"), 0.0, torch_batch(few)
-    else:
-        torch_chunk, t_torch, ref = _fastest(torch_batch, few)
-    torch_run = _chunked(torch_batch, torch_chunk)
-    if choice == "torch":
-        return Engine("torch", torch_run, note="asked for", chunk=torch_chunk)
-    if why:
-        return Engine("torch", torch_run, note=f"onnxruntime {why}", chunk=torch_chunk)
     if record.get("refused") and not path.exists():  # the exporter failed on this very prefix before
-        return _refused(torch_run, record["refused"], torch_chunk)
-    if choice == "auto" and not path.exists():  # would an export pay? the guess from the timed batch
-        guess = t_torch / len(few) * pass_images
-        if guess < MIN_PASS_SECONDS:
-            return Engine("torch", torch_run, note=f"the pass takes ~{guess:.1f} s in torch: an onnxruntime "
-                                                   "export would not pay for itself", chunk=torch_chunk)
+        return in_torch(f"onnxruntime refused: {record['refused']}")
     reused = path.exists()
+    if measured is not None and choice == "auto" and measured < AUTO_MARGIN:  # measured before: torch won
+        return in_torch(f"as fast here: onnxruntime ran the probe at {measured:.2f}x torch", record.get(
+            "torch_chunk"), measured, reused, known=True)
+    # the check: onnxruntime on the probe's first images (a batch size other than the export's 2, so it
+    # also proves the batch axis dynamic) against torch on the same images
+    check = probe[:min(CHUNK, len(probe))]
+    # to be measured: torch times the probe's first half, onnxruntime its second (a training batch of 32:
+    # 4 + 4 + 8 and 8 + 8), so each image of it runs once; a small probe: each engine times all of it
+    half = len(probe) // 2 if measured is None and len(probe) >= 6 * CHUNK else len(probe)
+    if measured is None:  # torch runs (its part of) the probe, timed; its outputs are those images' features
+        torch_chunk, t_torch, ref = _fastest(torch_batch, probe[:half])
+    else:
+        torch_chunk, t_torch, ref = record.get("torch_chunk"), 0.0, torch_batch(check)
+    torch_ran_probe = measured is None
+
+    def fallback(note: str, speedup: float | None = None, tail: torch.Tensor | None = None) -> Engine:
+        """torch, with the probe's features: its own, and for the probe's second half `tail` (what
+        onnxruntime computed there, checked equal) or torch's run of it."""
+        if not torch_ran_probe:
+            return in_torch(note, torch_chunk, speedup, reused, known=True)
+        out = ref
+        if half < len(probe):
+            out = torch.cat([ref, tail if tail is not None else _chunked(torch_batch, torch_chunk)(probe[half:])])
+        return Engine("torch", _chunked(torch_batch, torch_chunk), speedup, note, reused, torch_chunk, out,
+                      t_torch)
+
+    if choice == "auto" and not reused:  # would an export pay? the guess from the timed probe
+        guess = t_torch * pass_images
+        if guess < MIN_PASS_SECONDS:
+            return fallback(f"the pass takes ~{guess:.1f} s in torch: an onnxruntime export would not pay "
+                            "for itself")
     from vislab import fileio
 
     if not reused:
         try:
-            blob = export(model, stubs, few[:2].contiguous())
+            blob = export(model, stubs, probe[:2].contiguous())
         except Exception as exc:  # noqa: BLE001  any exporter failure means: this prefix stays in torch
             why = f"the exporter cannot take this prefix ({_short(exc)})"
             _write_record(record_path, {"refused": why, "stubs": list(stubs), "model": name})  # not retried
-            return _refused(torch_run, why, torch_chunk)
+            return fallback(f"onnxruntime refused: {why}")
         try:
             fileio.write_bytes(path, blob)
             _prune(folder)
@@ -160,45 +191,58 @@ def choose(model: nn.Module, stubs: list[str], probe: torch.Tensor, choice: str 
     try:
         session = _session(blob, providers, threads)
     except Exception as exc:  # noqa: BLE001
-        return _refused(torch_run, f"its session cannot load the export ({_short(exc)})", torch_chunk)
+        return fallback(f"onnxruntime refused: its session cannot load the export ({_short(exc)})")
     ort_batch = _ort_runner(session, probe.device)
     try:
-        out = ort_batch(few)  # a batch size other than the export's: the batch axis really is dynamic
+        out = ort_batch(check)
     except Exception as exc:  # noqa: BLE001
-        return _refused(torch_run, f"it failed on a probe batch ({_short(exc)})", torch_chunk)
-    diff = relative_difference(out, ref)
+        return fallback(f"onnxruntime refused: it failed on a probe batch ({_short(exc)})")
+    diff = relative_difference(out, ref[:len(check)])
     if diff > TOLERANCE:
-        return _refused(torch_run, f"its outputs differ from torch's by {diff:.1e} of their scale "
-                                   f"(over {TOLERANCE:.0e}: a data-dependent branch or constant in the forward?)",
-                        torch_chunk)
-    if measured is None:
-        ort_chunk, t_ort, _ = _fastest(ort_batch, few)
-        measured = t_torch / max(t_ort, 1e-9)
+        return fallback(f"onnxruntime refused: its outputs differ from torch's by {diff:.1e} of their scale "
+                        f"(over {TOLERANCE:.0e}: a data-dependent branch or constant in the forward?)")
+    if measured is None:  # onnxruntime times its part of the probe (the check above was its warm-up)
+        ort_chunk, t_ort, tail = _fastest(ort_batch, probe[half:] if half < len(probe) else probe, warm=False)
+        measured = t_torch / max(t_ort, 1e-12)
         _write_record(record_path, {"speedup": measured, "threads": threads, "device": probe.device.type,
                                     "torch_chunk": torch_chunk, "ort_chunk": ort_chunk,
+                                    "torch_seconds_per_image": t_torch, "ort_seconds_per_image": t_ort,
                                     "max_relative_difference": diff, "stubs": list(stubs), "model": name})
-    else:
+        if choice == "auto" and measured < AUTO_MARGIN:
+            return fallback(f"as fast here: onnxruntime ran the probe at {measured:.2f}x torch", measured,
+                            tail if half < len(probe) else None)
+        if half < len(probe):
+            ref = torch.cat([ref, tail])  # the probe's features: torch's half, then onnxruntime's
+    else:  # known: onnxruntime runs the probe, its outputs are the probe's features
         ort_chunk = record.get("ort_chunk")
+        seconds, ref = _timed(_chunked(ort_batch, ort_chunk), probe)
+        t_ort = seconds / len(probe)
     ort_name = "onnxruntime-cuda" if providers[0].startswith("CUDA") else "onnxruntime"
-    note = "export reused" if reused else ""
-    if choice == "auto" and measured < AUTO_MARGIN:
-        return Engine("torch", torch_run, measured,
-                      f"as fast here: onnxruntime ran the probe at {measured:.2f}x torch", reused, torch_chunk)
-    return Engine(ort_name, _chunked(ort_batch, ort_chunk), measured, note, reused, ort_chunk)
+    engine = Engine(ort_name, _chunked(ort_batch, ort_chunk), measured, "export reused" if reused else "", reused,
+                    ort_chunk, ref, t_ort)
+    return engine
 
 
-def _fastest(run, x: torch.Tensor, repeats: int = 2) -> tuple[int | None, float, torch.Tensor]:
-    """(chunk, seconds, output): `x` run as one batch or CHUNK images at a time, whichever is faster
-    (best of `repeats` each, after an untimed call at each shape: the first call pays kernel set-up).
-    Chunks are tried only on a CPU, for a batch larger than CHUNK."""
-    run(x)
-    t_whole, out = _best_time(run, x, repeats)
-    if x.device.type != "cpu" or len(x) <= CHUNK:
-        return None, t_whole, out
-    chunked = _chunked(run, CHUNK)
-    run(x[:CHUNK])
-    t_chunk, _ = _best_time(chunked, x, repeats)
-    return (CHUNK, t_chunk, out) if t_chunk < t_whole else (None, t_whole, out)
+def _fastest(run, x: torch.Tensor, warm: bool = True) -> tuple[int | None, float, torch.Tensor]:
+    """(chunk, seconds per image, outputs for all of `x`): `x` run once, part as one batch and part CHUNK
+    images at a time, whichever is faster per image is kept. The first CHUNK images go first, untimed
+    (the first call pays kernel set-up; `warm` False: it was paid already). Chunks are tried only on a
+    CPU, for a batch of 3 CHUNKs or more (the training batch of 32: 4 + 12 in chunks + 16 at once)."""
+    head = min(CHUNK, len(x)) if warm else 0
+    outs = [run(x[:head])] if head else []
+    rest = x[head:]
+    if not len(rest):  # a probe of CHUNK images or fewer: time it again, whole
+        seconds, out = _timed(run, x)
+        return None, seconds / len(x), out
+    if x.device.type != "cpu" or len(rest) < 2 * CHUNK:
+        seconds, out = _timed(run, rest)
+        return None, seconds / len(rest), torch.cat([*outs, out])
+    half = len(rest) // 2 // CHUNK * CHUNK
+    t_chunk, a = _timed(_chunked(run, CHUNK), rest[:half])
+    t_whole, b = _timed(run, rest[half:])
+    per_chunk, per_whole = t_chunk / half, t_whole / (len(rest) - half)
+    out = torch.cat([*outs, a, b])
+    return (CHUNK, per_chunk, out) if per_chunk < per_whole else (None, per_whole, out)
 
 
 def _chunked(run, chunk: int | None):
@@ -313,17 +357,10 @@ def _ort_runner(session, device: torch.device) -> Callable[[torch.Tensor], torch
     return run
 
 
-def _best_time(run, x: torch.Tensor, repeats: int) -> tuple[float, torch.Tensor]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = run(x)
-        best = min(best, time.perf_counter() - start)
-    return best, out
-
-
-def _refused(torch_run, why: str, chunk: int | None = None) -> Engine:
-    return Engine("torch", torch_run, note=f"onnxruntime refused: {why}", chunk=chunk)
+def _timed(run, x: torch.Tensor) -> tuple[float, torch.Tensor]:
+    start = time.perf_counter()
+    out = run(x)
+    return time.perf_counter() - start, out
 
 
 def _short(exc: Exception) -> str:
