@@ -334,3 +334,22 @@ def test_the_engines_are_measured_on_the_first_batch_itself(monkeypatch):
         for record in engines.exports_dir().glob("*.json"):
             record.unlink()  # measure again, now with onnxruntime slowed
         slow.append(1)
+
+
+def test_a_prefix_exported_at_set_up_is_reused_by_the_first_run(synthetic, monkeypatch):
+    """`vislab engines prepare` (set-up) exports the head-only prefix a run will cache, with the key the run
+    computes: the run then reuses it, pays no export, and measures the engines on its own first batch."""
+    calls = []
+    real = engines.export
+    monkeypatch.setattr(engines, "export", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(engines, "MIN_PASS_SECONDS", 0.0)
+    said = experiment.export_prefix("test_resnet", 64)
+    assert said.startswith("exported in") and calls == [1], said
+    assert experiment.export_prefix("test_resnet", 64).startswith("already exported") and calls == [1]
+    spec = experiment.Spec(model="test_resnet", strategy="head", weights="auto", img_size=64, engine="onnxruntime",
+                           train=TrainConfig(epochs=1, batch_size=8, device="cpu", seed=0))
+    # (test models have random weights, drawn from the run's seed: set-up's default 0 here, so the same)
+    result = experiment.train(spec, data.scan_folder(synthetic), None)
+    line = result.history.cache[0]
+    assert "run once by onnxruntime" in line and "export reused" in line and calls == [1], line
+    assert cli.main(["engines", "prepare", "no_such_model"]) == cli.EXIT_BAD_INPUT

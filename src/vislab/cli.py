@@ -92,6 +92,21 @@ def cmd_weights(args) -> int:
     return 0
 
 
+def cmd_engines(args) -> int:
+    from vislab import catalog, experiment, weights
+
+    names = args.names or [e.name for e in catalog.CATALOG if not e.has_attention
+                           and weights.status(e.name, e.source).available]
+    for name in names:
+        try:
+            catalog.source_of(name)
+            print(f"{name}: {experiment.export_prefix(name)}")
+        except (ValueError, KeyError, weights.WeightsError) as exc:
+            print(f"{name}: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    return 0
+
+
 def cmd_data_check(args) -> int:
     from vislab import data, paths
 
@@ -341,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     ws = wsub.add_parser("status", help="where each model's weights would come from")
     ws.add_argument("names", nargs="*")
 
+    en = sub.add_parser("engines", help="the frozen prefix's engines (torch, onnxruntime)")
+    ensub = en.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    ep = ensub.add_parser("prepare", help="set-up: export models' head-only prefixes for onnxruntime ahead of "
+                                          "any run (default: the catalog convnets with weights here)")
+    ep.add_argument("names", nargs="*")
+
     d = sub.add_parser("data", help="check a dataset")
     dsub = d.add_subparsers(dest="action", required=True, parser_class=_Parser)
     dc = dsub.add_parser("check", help="validate a class-folder dataset (folder or .zip, or 'sample')")
@@ -422,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     from vislab.data import DataError
     from vislab.weights import WeightsError
 
-    handlers = {"models": cmd_models, "weights": cmd_weights, "train": cmd_train,
+    handlers = {"models": cmd_models, "weights": cmd_weights, "engines": cmd_engines, "train": cmd_train,
                 "data": cmd_data_check, "compare": cmd_compare, "export": cmd_export, "explain": cmd_explain}
     try:
         return handlers[args.command](args)

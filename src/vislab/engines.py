@@ -172,20 +172,11 @@ def choose(model: nn.Module, stubs: list[str], probe: torch.Tensor, choice: str 
         if guess < MIN_PASS_SECONDS:
             return fallback(f"the pass takes ~{guess:.1f} s in torch: an onnxruntime export would not pay "
                             "for itself")
-    from vislab import fileio
-
     if not reused:
         try:
-            blob = export(model, stubs, probe[:2].contiguous())
-        except Exception as exc:  # noqa: BLE001  any exporter failure means: this prefix stays in torch
-            why = f"the exporter cannot take this prefix ({_short(exc)})"
-            _write_record(record_path, {"refused": why, "stubs": list(stubs), "model": name})  # not retried
-            return fallback(f"onnxruntime refused: {why}")
-        try:
-            fileio.write_bytes(path, blob)
-            _prune(folder)
-        except OSError:  # a full or read-only disk: this run still uses the export, the next one redoes it
-            pass
+            blob = _export_to(path, model, stubs, probe, name)
+        except _Refused as exc:
+            return fallback(f"onnxruntime refused: {exc}")
     else:
         blob = path.read_bytes()
     try:
@@ -221,6 +212,50 @@ def choose(model: nn.Module, stubs: list[str], probe: torch.Tensor, choice: str 
     engine = Engine(ort_name, _chunked(ort_batch, ort_chunk), measured, "export reused" if reused else "", reused,
                     ort_chunk, ref, t_ort)
     return engine
+
+
+class _Refused(Exception):
+    """The exporter cannot take a prefix (the reason, recorded beside where its export would be)."""
+
+
+def _export_to(path: Path, model: nn.Module, stubs: list[str], probe: torch.Tensor, name: str) -> bytes:
+    """The prefix exported (traced on two probe images) and written to `path`; a failure is recorded beside
+    it (not retried) and raised as _Refused with the reason."""
+    from vislab import fileio
+
+    try:
+        blob = export(model, stubs, probe[:2].contiguous())
+    except Exception as exc:  # noqa: BLE001  any exporter failure means: this prefix stays in torch
+        why = f"the exporter cannot take this prefix ({_short(exc)})"
+        _write_record(path.with_suffix(".json"), {"refused": why, "stubs": list(stubs), "model": name})
+        raise _Refused(why) from exc
+    try:
+        fileio.write_bytes(path, blob)
+        _prune(path.parent)
+    except OSError:  # a full or read-only disk: this run still uses the export, the next one redoes it
+        pass
+    return blob
+
+
+def prepare(model: nn.Module, stubs: list[str], probe: torch.Tensor, name: str = "") -> str:
+    """Export the prefix ahead of any run (set-up does it for the seeded models' head-only prefix), so the
+    first run that caches it reuses the export and only measures the engines, on its own first batch.
+    Returns what happened, in words."""
+    why, _ = _unavailable(probe.device)
+    if why:
+        return f"onnxruntime {why}"
+    path = exports_dir() / f"{export_key(model, stubs, probe, name)}.onnx"
+    if path.exists():
+        return f"already exported ({path.name})"
+    record = _read_record(path.with_suffix(".json"))
+    if record.get("refused"):
+        return f"refused earlier: {record['refused']}"
+    start = time.perf_counter()
+    try:
+        _export_to(path, model, stubs, probe, name)
+    except _Refused as exc:
+        return f"refused: {exc}"
+    return f"exported in {time.perf_counter() - start:.1f} s ({path.name})"
 
 
 def _fastest(run, x: torch.Tensor, warm: bool = True) -> tuple[int | None, float, torch.Tensor]:

@@ -207,3 +207,21 @@ def resume(run_dir: str | Path, report: data.DataReport, epochs: int, out: str |
         config["resumed_from"] = str(Path(run_dir).resolve())
         (result.run_dir / "config.json").write_text(json.dumps(config, indent=2))
     return result
+
+
+def export_prefix(model_name: str, img_size: int | None = None) -> str:
+    """Export `model_name`'s head-only frozen prefix (its weights as a run finds them) to the engines' disk
+    cache ahead of any run (set-up calls it for the seeded models), so the first head-only run on this server
+    reuses the export. Returns what happened, in words."""
+    import torch
+
+    from vislab import caching, engines
+
+    spec = Spec(model=model_name, strategy="head", weights="auto", img_size=img_size)
+    model, info, _ = prepare(spec, 2)  # the head is not part of the prefix: any number of classes
+    model.eval()
+    probe = torch.randn(2, *info.data_config.input_size)
+    prefix = caching.find_prefix(model, probe)
+    if prefix is None or not caching.reproduces(model, prefix, probe):
+        return "no frozen prefix to export"
+    return engines.prepare(model, prefix.stubs, probe, model_name)
