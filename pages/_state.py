@@ -356,14 +356,14 @@ def sidebar(where) -> None:
 
 @st.cache_resource
 def clean_work_dirs() -> bool:
-    """Once per app start: remove the scratch folders the CLI does not own, and labs unused for longer than
-    `VISLAB_LAB_DAYS` (default 30) days."""
+    """Once per app start: remove the scratch folders (not the CLI's, not the exported prefixes), and labs
+    unused for longer than `VISLAB_LAB_DAYS` (default 30) days."""
     import shutil
 
     root = paths.work_dir()
     if root.is_dir():
         for child in root.iterdir():
-            if child.is_dir() and child.name != "cli":  # the CLI's own folder may be in use
+            if child.is_dir() and child.name not in paths.KEPT_WORK_DIRS:  # the CLI's, the engines' exports
                 shutil.rmtree(child, ignore_errors=True)
     labs.clean_old()
     return True

@@ -272,7 +272,12 @@ def test_old_session_folders_are_removed_at_start_up(vislab_home):
     (old / "zip-1" / "a" / "x.png").write_bytes(_png())
     cli_dir = paths.work_dir() / "cli"
     cli_dir.mkdir()
+    from vislab import engines
+
+    exported = engines.exports_dir() / "m-0123.onnx"  # set-up's exports outlive a server start
+    exported.parent.mkdir(parents=True)
+    exported.write_bytes(b"graph")
     _state.clean_work_dirs.clear()
     _state.clean_work_dirs()
-    assert not old.exists() and cli_dir.exists()
+    assert not old.exists() and cli_dir.exists() and exported.exists()
     assert str(paths.work_dir()).startswith(str(vislab_home))  # all of it inside the app's own folder

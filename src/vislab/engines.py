@@ -352,7 +352,7 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 def exports_dir() -> Path:
     from vislab import paths
 
-    return paths.work_dir() / "prefix-engines"
+    return paths.work_dir() / paths.KEPT_WORK_DIRS[1]
 
 
 def _unavailable(device: torch.device) -> tuple[str, list[str]]:

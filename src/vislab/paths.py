@@ -44,6 +44,11 @@ def work_dir() -> Path:
     return home() / "work"
 
 
+# work_dir()'s sub-folders the app keeps when it starts (it clears the rest): the CLI's, which may be in
+# use, and the exported prefixes of the engines (pruned by age in engines.py; set-up fills it ahead)
+KEPT_WORK_DIRS = ("cli", "prefix-engines")
+
+
 def checkpoint_dirs() -> list[Path]:
     """Folders searched for torch-hub checkpoint files, in order: the user's torch hub cache, then ours."""
     import torch
