@@ -201,11 +201,9 @@ def engine_case(report, model_name: str, epochs: int, full_loop: dict | None, im
 def convnet_engines_case(report, epochs: int, names: list[str] | None = None, img_size=None) -> dict:
     """(f): each catalog convnet with real weights here, head only: auto (fresh export) vs torch."""
     from vislab import catalog
-    from vislab import weights as weights_mod
 
     if names is None:
-        names = [e.name for e in catalog.CATALOG if not e.has_attention
-                 and weights_mod.status(e.name, e.source).available]
+        names = catalog.convnets_with_weights()
     _fresh_exports()
     rows = []
     for name in names:

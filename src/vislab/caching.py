@@ -221,8 +221,8 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
                 runner = engines.choose(model, prefix.stubs, x, engine, n_images, name, fmt)
                 out = runner.probe_output  # (B, ...) as prefix_outputs gives it
                 spent = time.perf_counter() - t
-                prefix_s += min(spent, runner.seconds_per_image * len(x))  # what the chosen engine costs
-                t_choose = spent - min(spent, runner.seconds_per_image * len(x))  # the rest: choosing it
+                own = min(spent, runner.seconds_per_image * len(x))  # what the chosen engine costs on it
+                prefix_s, t_choose = prefix_s + own, spent - own  # the rest: choosing it
             else:
                 out = runner.run(x)
                 prefix_s += time.perf_counter() - t

@@ -93,17 +93,11 @@ def cmd_weights(args) -> int:
 
 
 def cmd_engines(args) -> int:
-    from vislab import catalog, experiment, weights
+    from vislab import catalog, experiment
 
-    names = args.names or [e.name for e in catalog.CATALOG if not e.has_attention
-                           and weights.status(e.name, e.source).available]
-    for name in names:
-        try:
-            catalog.source_of(name)
-            print(f"{name}: {experiment.export_prefix(name)}")
-        except (ValueError, KeyError, weights.WeightsError) as exc:
-            print(f"{name}: {exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+    for name in args.names or catalog.convnets_with_weights():
+        catalog.source_of(name)  # an unknown name: a clear error (main), before any model is built
+        print(f"{name}: {experiment.export_prefix(name)}")
     return 0
 
 

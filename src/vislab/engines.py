@@ -209,9 +209,8 @@ def choose(model: nn.Module, stubs: list[str], probe: torch.Tensor, choice: str 
         seconds, ref = _timed(_chunked(ort_batch, ort_chunk), probe)
         t_ort = seconds / len(probe)
     ort_name = "onnxruntime-cuda" if providers[0].startswith("CUDA") else "onnxruntime"
-    engine = Engine(ort_name, _chunked(ort_batch, ort_chunk), measured, "export reused" if reused else "", reused,
-                    ort_chunk, ref, t_ort)
-    return engine
+    return Engine(ort_name, _chunked(ort_batch, ort_chunk), measured, "export reused" if reused else "", reused,
+                  ort_chunk, ref, t_ort)
 
 
 class _Refused(Exception):
@@ -262,7 +261,8 @@ def _fastest(run, x: torch.Tensor, warm: bool = True) -> tuple[int | None, float
     """(chunk, seconds per image, outputs for all of `x`): `x` run once, part as one batch and part CHUNK
     images at a time, whichever is faster per image is kept. The first CHUNK images go first, untimed
     (the first call pays kernel set-up; `warm` False: it was paid already). Chunks are tried only on a
-    CPU, for a batch of 3 CHUNKs or more (the training batch of 32: 4 + 12 in chunks + 16 at once)."""
+    CPU, for a batch of 3 CHUNKs or more (torch's half of a training batch of 32: 4 untimed, 4 in chunks, 8
+    at once)."""
     head = min(CHUNK, len(x)) if warm else 0
     outs = [run(x[:head])] if head else []
     rest = x[head:]
@@ -352,7 +352,7 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 def exports_dir() -> Path:
     from vislab import paths
 
-    return paths.work_dir() / paths.KEPT_WORK_DIRS[1]
+    return paths.work_dir() / paths.ENGINE_EXPORTS
 
 
 def _unavailable(device: torch.device) -> tuple[str, list[str]]:

@@ -46,7 +46,8 @@ def work_dir() -> Path:
 
 # work_dir()'s sub-folders the app keeps when it starts (it clears the rest): the CLI's, which may be in
 # use, and the exported prefixes of the engines (pruned by age in engines.py; set-up fills it ahead)
-KEPT_WORK_DIRS = ("cli", "prefix-engines")
+ENGINE_EXPORTS = "prefix-engines"
+KEPT_WORK_DIRS = ("cli", ENGINE_EXPORTS)
 
 
 def checkpoint_dirs() -> list[Path]:
