@@ -200,10 +200,10 @@ def engine_case(report, model_name: str, epochs: int, full_loop: dict | None, im
 
 def convnet_engines_case(report, epochs: int, names: list[str] | None = None, img_size=None) -> dict:
     """(f): each catalog convnet with real weights here, head only: auto (fresh export) vs torch."""
-    from vislab import catalog
+    from vislab import weights
 
     if names is None:
-        names = catalog.convnets_with_weights()
+        names = weights.convnets_with_weights()
     _fresh_exports()
     rows = []
     for name in names:

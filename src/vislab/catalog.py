@@ -58,13 +58,6 @@ def names() -> list[str]:
     return [e.name for e in CATALOG]
 
 
-def convnets_with_weights() -> list[str]:
-    """The catalog's convnets (no attention) whose pretrained weights are on this machine."""
-    from vislab import weights
-
-    return [e.name for e in CATALOG if not e.has_attention and weights.status(e.name, e.source).available]
-
-
 def source_of(name: str) -> str:
     """"torchvision" or "timm" for any model name either library knows; ValueError otherwise."""
     if name in _BY_NAME:

@@ -93,9 +93,9 @@ def cmd_weights(args) -> int:
 
 
 def cmd_engines(args) -> int:
-    from vislab import catalog, experiment
+    from vislab import catalog, experiment, weights
 
-    for name in args.names or catalog.convnets_with_weights():
+    for name in args.names or weights.convnets_with_weights():
         catalog.source_of(name)  # an unknown name: a clear error (main), before any model is built
         print(f"{name}: {experiment.export_prefix(name)}")
     return 0

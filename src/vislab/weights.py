@@ -234,3 +234,8 @@ def pull(name: str, source: str) -> WeightsStatus:
     except Exception as exc:
         raise WeightsError(f"could not download weights for {name}: {str(exc).splitlines()[0]}") from None
     return status(name, source)
+
+
+def convnets_with_weights() -> list[str]:
+    """The catalog's convnets (no attention) whose pretrained weights are on this machine."""
+    return [e.name for e in catalog.CATALOG if not e.has_attention and status(e.name, e.source).available]
