@@ -199,7 +199,8 @@ async def user(browser_, url: str, archive: Path, k: int, epochs: int, size_step
         await ctx.close()
 
 
-async def prober(browser_, url: str, gate: asyncio.Event, done: asyncio.Event, switches: list, warm: list):
+async def prober(browser_, url: str, gate: asyncio.Event, done: asyncio.Event, switches: list, warm: list,
+                 pages_: list):
     """A user who only browses while the class trains: seconds per page switch (each page is opened once
     before the class starts, so what is timed is a switch, not building a model for the first time)."""
     ctx = await browser_.new_context(viewport={"width": 1300, "height": 1100})
@@ -226,6 +227,7 @@ async def prober(browser_, url: str, gate: asyncio.Event, done: asyncio.Event, s
         await _go(page, titles[i % len(titles)])
         await _idle(page)
         switches.append(time.perf_counter() - start)
+        pages_.append(titles[i % len(titles)])
         i += 1
         await asyncio.sleep(1.0)
     await ctx.close()
@@ -252,10 +254,10 @@ async def classroom(url: str, archive: Path, n: int, epochs: int, size_steps: in
         pb = await p.chromium.launch(executable_path=browser.CHROMIUM, headless=True, args=browser.CHROMIUM_ARGS) \
             if remote and probe else b
         gate, done = asyncio.Event(), asyncio.Event()
-        ready, results, switches, warm = [], [], [], []
+        ready, results, switches, warm, switched_to = [], [], [], [], []
         tasks = [asyncio.create_task(user(b, url, archive, k, epochs, size_steps, aug, gate, ready, results,
                                           finish_s)) for k, aug in enumerate(augments(n, solo))]
-        probe_task = asyncio.create_task(prober(pb, url, gate, done, switches, warm)) if probe else None
+        probe_task = asyncio.create_task(prober(pb, url, gate, done, switches, warm, switched_to)) if probe else None
         deadline = time.time() + 600
         while (len(ready) + sum(1 for r in results if r.get("error")) < n or (probe and not warm)) \
                 and time.time() < deadline:
@@ -274,7 +276,7 @@ async def classroom(url: str, archive: Path, n: int, epochs: int, size_steps: in
     wall = (max(r["end"] for r in ok) - min(r["start"] for r in ok)) if ok else None
     return {"users": n, "solo": solo, "results": sorted(results, key=lambda r: r["user"]), "wall_s": wall,
             "slowest_s": max((r["seconds"] for r in ok), default=None), "errors": [r for r in results if r["error"]],
-            "page_switch_s": switches, "browsers_cpu_s": browsers_cpu}
+            "page_switch_s": switches, "page_switch_to": switched_to, "browsers_cpu_s": browsers_cpu}
 
 
 def _niced_chromium() -> str:

@@ -85,5 +85,9 @@ def png_bytes(img) -> bytes:
     return buf.getvalue()
 
 
-def download_png(img, name: str, label: str = "Download PNG") -> None:
-    st.download_button(label, png_bytes(img), file_name=name, mime="image/png", key=f"{DL_PREFIX}{name}")
+def download_png(image, name: str, label: str = "Download PNG") -> None:
+    """A PNG download button. `image` is a PIL image or a zero-argument function that makes one: then the
+    grid is composed and encoded only when someone clicks (Streamlit runs the function in its own thread),
+    not on every rerun of the page."""
+    data = (lambda: png_bytes(image())) if callable(image) else png_bytes(image)
+    st.download_button(label, data, file_name=name, mime="image/png", key=f"{DL_PREFIX}{name}")

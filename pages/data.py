@@ -1,4 +1,5 @@
 import dataclasses
+from functools import partial
 from pathlib import Path
 
 import streamlit as st
@@ -129,7 +130,7 @@ for i in shown:
         col.image(img, caption=cname, width="stretch")
         images.append(img)
         captions.append(cname)
-_images.download_png(plots.image_grid(images, captions, cols=6, cell=140), "dataset_preview.png")
+_images.download_png(partial(plots.image_grid, images, captions, cols=6, cell=140), "dataset_preview.png")
 
 st.subheader("Augmentations (training only)")
 aug = ss.get(_state.AUGMENT) or Augment()
@@ -159,7 +160,7 @@ else:
         plots.to_pil(denormalize(tf(sample), info.data_config)) for _ in range(5)]
     labels = ["what the model sees"] + [f"augmented #{k}" for k in range(1, 6)]
 st.image(views, caption=labels, width=150)
-_images.download_png(plots.image_grid(views, labels, cols=6, cell=150), "augmentations.png")
+_images.download_png(partial(plots.image_grid, views, labels, cols=6, cell=150), "augmentations.png")
 if not aug.any:
     st.caption("All augmentations off: every epoch sees the same pixels (later, frozen features can be cached).")
 elif aug.views:

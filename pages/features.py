@@ -1,3 +1,5 @@
+from functools import partial
+
 import streamlit as st
 
 from pages import _cached, _dataset, _images, _runs, _state
@@ -24,7 +26,7 @@ else:
     st.image(grid, width=max(420, min(900, grid.shape[1])))
     from PIL import Image
 
-    _images.download_png(Image.fromarray(grid), "first_layer_filters.png")
+    _images.download_png(partial(Image.fromarray, grid), "first_layer_filters.png")
 
 images = _images.pick_images("feat", max_n=1)
 if not images:

@@ -3,6 +3,14 @@ import streamlit as st
 from pages import _state
 from vislab import advisor, plots  # light: the heavy imports (torch, timm) wait until the catalog below
 
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _matrix(size: str, similarity: str):
+    """The advisor's chart, built once per pair of answers and shared (read-only): building a plotly figure
+    costs tens of ms of the server's one interpreter, and Home reruns on every visit of every user."""
+    return plots.strategy_matrix(size, similarity, advisor.MATRIX)
+
+
 _state.init_state()
 st.title("vislab — the transfer-learning lab")
 st.markdown(
@@ -29,7 +37,7 @@ with left:
         _working.apply_preset(advice.strategy)
         st.success(f"Preset `{advice.strategy}` applied: see Freeze & BatchNorm.")
 with right:
-    _state.chart(plots.strategy_matrix(size, similarity, advisor.MATRIX), key=_state.MATRIX)
+    _state.chart(_matrix(size, similarity), key=_state.MATRIX)
 
 st.subheader("Model catalog")
 with st.spinner("Reading which weights are on this machine…"):

@@ -1,3 +1,4 @@
+from functools import partial
 from pathlib import Path
 
 import streamlit as st
@@ -110,7 +111,7 @@ if out and out[0] == vm.label:
             st.image([units.enlarge(p.crop, 96) for p in row], width=96,
                      caption=[f"ch {c} · {p.value:.2f}{' ✂' if p.clipped else ''} · {shown_labels[p.image][:28]}"
                               for p in row])
-    download_png(units.grid(res, labels=shown_labels), "top_patches.png", "Download all patches (PNG)")
+    download_png(partial(units.grid, res, labels=shown_labels), "top_patches.png", "Download all patches (PNG)")
 
 st.subheader("Feature visualisation")
 st.markdown("An image optimised to excite one channel (Fourier, decorrelated-colour parameterisation; jitter, "
@@ -149,4 +150,4 @@ if shown_vis and shown_vis[0] == vm.label:
         st.line_chart({"activation": vis.objective}, x_label="step", y_label="mean activation", height=220)
     from PIL import Image
 
-    download_png(Image.fromarray(vis.image), f"featurevis_{vis.layer}_{vis.channel}.png")
+    download_png(partial(Image.fromarray, vis.image), f"featurevis_{vis.layer}_{vis.channel}.png")

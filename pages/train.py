@@ -42,7 +42,7 @@ def render_results(metrics, classes, predictions, cfg, trained_model, run_dir, k
         colours.append("#B00020" if k != y else "#006400")
     grid = plots.image_grid(imgs, caps, cols=6, cell=170, colours=colours)
     st.image(grid, width="stretch")
-    _images.download_png(grid, f"top_losses_{key}.png", "Download top losses (PNG)")
+    _images.download_png(lambda: grid, f"top_losses_{key}.png", "Download top losses (PNG)")
     st.subheader("Classify a new image")
     up = st.file_uploader("An image", type=["jpg", "jpeg", "png", "bmp", "webp", "gif", "tif", "tiff"],
                           key=f"{_state.CLASSIFY_PREFIX}{key}")

@@ -578,3 +578,23 @@ def test_freeze_page_lists_the_drops_a_frozen_stage_switches_off(monkeypatch):
     assert any("stochastic-depth layers" in m.value for m in at.markdown)
     listed = [line for c in at.code for line in c.value.splitlines()]
     assert any(line.endswith(".drop_path") for line in listed)  # the stochastic depth itself is named
+
+
+def test_a_png_download_builds_its_image_only_when_clicked(monkeypatch):
+    """Pages pass a function, not a grid: composing and encoding a PNG on every rerun of every user's page
+    cost the server's one interpreter tens of ms for a file almost nobody downloads."""
+    from PIL import Image
+
+    from pages import _images
+
+    made, sent = [], {}
+    monkeypatch.setattr(_images.st, "download_button", lambda label, data, **kw: sent.update(data=data, **kw))
+
+    def grid():
+        made.append(1)
+        return Image.new("RGB", (8, 6), "red")
+
+    _images.download_png(grid, "grid.png")
+    assert made == [] and callable(sent["data"]) and sent["file_name"] == "grid.png"
+    png = sent["data"]()  # what Streamlit calls when the button is clicked
+    assert made == [1] and Image.open(io.BytesIO(png)).size == (8, 6)
