@@ -221,13 +221,14 @@ async def prober(browser_, url: str, gate: asyncio.Event, done: asyncio.Event, s
         return
     warm.append(True)
     await gate.wait()
+    opened = time.perf_counter()
     i = 0
     while not done.is_set():
         start = time.perf_counter()
         await _go(page, titles[i % len(titles)])
         await _idle(page)
         switches.append(time.perf_counter() - start)
-        pages_.append(titles[i % len(titles)])
+        pages_.append(f"{titles[i % len(titles)]} at {start - opened:.0f} s")  # which page, when
         i += 1
         await asyncio.sleep(1.0)
     await ctx.close()

@@ -61,6 +61,31 @@ def render_results(metrics, classes, predictions, cfg, trained_model, run_dir, k
         st.caption(f"Run folder: `{run_dir}`")
 
 
+def _start(default_size: int) -> None:
+    """Start's callback: queues the job from the widgets' values before the page runs again, so the one rerun
+    a click costs already shows Start disabled and the live progress (a class pressing Start together is the
+    server's busiest moment: no second full rerun per user)."""
+    ds: _dataset.Dataset = ss[_state.DATASET]
+    size = ss.get(f"{_state.TRAIN_SIZE_PREFIX}{default_size}", default_size)
+    decay = float(ss.get(_state.TRAIN_LAYER_DECAY, 1.0))
+    device = ss.get(_state.TRAIN_DEVICE, "auto")
+    spec = _working.session_spec()
+    spec = dataclasses.replace(
+        spec, img_size=size if size != default_size else None, augment=ss.get(_state.AUGMENT) or Augment(),
+        train=dataclasses.replace(spec.train, epochs=int(ss[_state.TRAIN_EPOCHS]), lr=float(ss[_state.TRAIN_LR]),
+                                  batch_size=int(ss[_state.TRAIN_BATCH]), device=device,
+                                  phase2_lr_factor=float(ss.get(_state.TRAIN_FACTOR, 0.1)),
+                                  layer_decay=None if decay == 1.0 else decay))
+    plan = ss[_state.PLAN]
+    try:
+        _jobs.submit("train", f"{spec.model}_{ss[_state.STRATEGY]}", {
+            "spec": spec.to_dict(), "report": data.report_to_dict(ds.used),
+            "plan": plan if isinstance(plan, dict) else plan.to_dict()},  # the session's plan is the truth
+            device=device)
+    except jobs.JobError as exc:
+        ss[_state.TRAIN_START_REFUSED] = str(exc)
+
+
 if ds is None or not ds.used.usable:
     st.info("Pick a dataset on the **Data** page first (the bundled sample works offline).")
 else:
@@ -75,20 +100,19 @@ else:
     epochs = c[0].number_input("Epochs", 1, 200, disabled=running, key=_state.TRAIN_EPOCHS)
     if _state.TRAIN_LR_NEXT in ss:  # "use the suggestion" from the LR finder below, applied before the widget exists
         ss[_state.TRAIN_LR] = ss.pop(_state.TRAIN_LR_NEXT)
-    lr = c[1].number_input("Learning rate", 1e-7, 1.0, 1e-3, format="%.1e", disabled=running, key=_state.TRAIN_LR)
+    c[1].number_input("Learning rate", 1e-7, 1.0, 1e-3, format="%.1e", disabled=running, key=_state.TRAIN_LR)
     batch = c[2].select_slider("Batch size", [4, 8, 16, 32, 64, 128], disabled=running, key=_state.TRAIN_BATCH)
     size = c[3].select_slider("Image size", sorted({64, 96, 128, 160, 192, 224, 256, default_size}),
-                              default_size, disabled=running)
+                              default_size, disabled=running, key=f"{_state.TRAIN_SIZE_PREFIX}{default_size}")
     found = training.devices_found()
-    device = c[4].selectbox("Device", ["auto", "cpu"] + (["cuda"] if any(f.startswith("cuda") for f in found)
-                                                         else []), disabled=running,
-                            help="Found here: " + ", ".join(found))
-    factor = c[5].select_slider("Phase-2 LR factor", [0.5, 0.2, 0.1], 0.1, disabled=running,
-                                help="two-phase: the second phase trains everything at lr × this")
-    decay = st.select_slider("Per-stage LR decay (1 = the same rate everywhere)", [1.0, 0.9, 0.8, 0.7, 0.5], 1.0,
-                             disabled=running, key=_state.TRAIN_LAYER_DECAY,
-                             help="The head trains at the learning rate; each stage toward the stem at this "
-                                  "factor times the rate of the stage after it")
+    c[4].selectbox("Device", ["auto", "cpu"] + (["cuda"] if any(f.startswith("cuda") for f in found) else []),
+                   disabled=running, help="Found here: " + ", ".join(found), key=_state.TRAIN_DEVICE)
+    c[5].select_slider("Phase-2 LR factor", [0.5, 0.2, 0.1], 0.1, disabled=running, key=_state.TRAIN_FACTOR,
+                       help="two-phase: the second phase trains everything at lr × this")
+    st.select_slider("Per-stage LR decay (1 = the same rate everywhere)", [1.0, 0.9, 0.8, 0.7, 0.5], 1.0,
+                     disabled=running, key=_state.TRAIN_LAYER_DECAY,
+                     help="The head trains at the learning rate; each stage toward the stem at this "
+                          "factor times the rate of the stage after it")
     rep = freezing.report(model)
     strategy = ss[_state.STRATEGY]
     st.caption(f"`{info.name}` · strategy **{strategy}** · {rep.trainable_params:,} trainable of {rep.total:,} "
@@ -98,25 +122,11 @@ else:
         st.warning("Two-phase needs at least 2 epochs.")
     b1, b2, _ = st.columns([1, 1, 4])
     start_help = "This lab already has a job; it must end (or be stopped) first." if running else None
-    if b1.button("Start training", type="primary", disabled=running or (strategy == "two-phase" and epochs < 2),
-                 help=start_help):
-        spec = _working.session_spec()
-        spec = dataclasses.replace(
-            spec, img_size=size if size != default_size else None, augment=ss.get(_state.AUGMENT) or Augment(),
-            train=dataclasses.replace(spec.train, epochs=int(epochs), lr=float(lr), batch_size=int(batch),
-                                      device=device, phase2_lr_factor=float(factor),
-                                      layer_decay=None if decay == 1.0 else float(decay)))
-        plan = ss[_state.PLAN]
-        try:
-            active = _jobs.submit("train", f"{spec.model}_{strategy}", {
-                "spec": spec.to_dict(), "report": data.report_to_dict(ds.used),
-                "plan": plan.to_dict()},  # the session's plan is the truth (presets, overrides, BN modes)
-                device=device)
-            st.rerun()  # redraw with Start disabled and the live progress polling
-        except jobs.JobError as exc:  # a second tab or a double click: the lab's job is already there
-            st.warning(str(exc))
-            active = _jobs.active_job("train")
-            running = active is not None
+    b1.button("Start training", type="primary", disabled=running or (strategy == "two-phase" and epochs < 2),
+              help=start_help, on_click=_start, args=(default_size,))
+    refused = ss.pop(_state.TRAIN_START_REFUSED, None)
+    if refused:  # a second tab or a double click: the lab's job is already there
+        st.warning(refused)
     stop_label = "Cancel" if active is not None and active.state == "queued" else "Stop"
     if b2.button(stop_label, disabled=not running, key=_state.TRAIN_STOP):
         _jobs.stop(active)

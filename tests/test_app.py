@@ -598,3 +598,33 @@ def test_a_png_download_builds_its_image_only_when_clicked(monkeypatch):
     assert made == [] and callable(sent["data"]) and sent["file_name"] == "grid.png"
     png = sent["data"]()  # what Streamlit calls when the button is clicked
     assert made == [1] and Image.open(io.BytesIO(png)).size == (8, 6)
+
+
+def test_start_queues_the_boxes_values_and_a_second_tab_is_refused(synthetic, monkeypatch):
+    """Start queues the job in its callback, before the page reruns (one rerun per click, already showing Start
+    disabled), with what the boxes say; a second tab of the lab whose Start still looked enabled is told why
+    nothing was queued."""
+    from pages import _jobs
+
+    monkeypatch.setattr(_jobs.queue(), "submit", lambda job, device="cpu": job)  # stays queued: nothing trains
+    a = _app()
+    _pick_model(a, "test_resnet")
+    _upload_zip(a, _zip_of(synthetic))
+    b = AppTest.from_file(str(APP), default_timeout=120)
+    b.query_params["lab"] = a.session_state["lab_id"]
+    b.run()
+    for at in (a, b):
+        at.switch_page("pages/train.py").run()
+    a.number_input[0].set_value(7).run()
+    a.select_slider[0].set_value(16).run()  # batch size
+    a.select_slider[1].set_value(96).run()  # image size
+    next(x for x in a.button if x.label == "Start training").click().run()
+    job = _job(a)
+    train = job.spec()["spec"]["train"]
+    assert (train["epochs"], train["batch_size"], job.spec()["spec"]["img_size"]) == (7, 16, 96)
+    assert next(x for x in a.button if x.label == "Start training").disabled and not a.warning
+    next(x for x in b.button if x.label == "Start training").click().run()
+    assert any("already has a job" in w.value for w in b.warning) and not b.exception
+    assert next(x for x in b.button if x.label == "Start training").disabled
+    assert [j.id for j in _jobs.jobs.list_jobs(job.folder.parent)] == [job.id]  # the refused click made nothing
+    _jobs.stop(job)
