@@ -65,7 +65,13 @@ def _start(default_size: int) -> None:
     """Start's callback: queues the job from the widgets' values before the page runs again, so the one rerun
     a click costs already shows Start disabled and the live progress (a class pressing Start together is the
     server's busiest moment: no second full rerun per user)."""
-    ds: _dataset.Dataset = ss[_state.DATASET]
+    ds: _dataset.Dataset | None = ss.get(_state.DATASET)
+    if ds is None or not ds.used.usable:  # gone since the page was drawn (New lab in another tab)
+        ss[_state.TRAIN_START_REFUSED] = "Pick a dataset on the Data page first: nothing was queued."
+        return
+    if ss[_state.STRATEGY] == "two-phase" and int(ss[_state.TRAIN_EPOCHS]) < 2:  # a click racing the epochs box
+        ss[_state.TRAIN_START_REFUSED] = "Two-phase needs at least 2 epochs: nothing was queued."
+        return
     size = ss.get(f"{_state.TRAIN_SIZE_PREFIX}{default_size}", default_size)
     decay = float(ss.get(_state.TRAIN_LAYER_DECAY, 1.0))
     device = ss.get(_state.TRAIN_DEVICE, "auto")
@@ -87,6 +93,7 @@ def _start(default_size: int) -> None:
 
 
 if ds is None or not ds.used.usable:
+    ss.pop(_state.TRAIN_START_REFUSED, None)  # what the info below says already
     st.info("Pick a dataset on the **Data** page first (the bundled sample works offline).")
 else:
     default_size = info.data_config.size
