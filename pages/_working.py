@@ -4,6 +4,8 @@ plan, kept in `st.session_state`; switching models and presets, and the LR finde
 
 from __future__ import annotations
 
+import json
+
 import streamlit as st
 
 from pages._dataset import Dataset
@@ -92,13 +94,26 @@ def working():
         except (KeyError, TypeError, ValueError):
             plan = None
         ss[PLAN] = plan
+    if plan is not None and getattr(model, _APPLIED, None) == _plan_key(plan):
+        return model, info  # this plan is on the model already: walking the model again costs every rerun ~30 ms
     names = {s.name for s in stages.stages(model)}
     if plan is None or set(plan.trainable) != names:  # no plan yet, or one for another model
         strategy = ss[STRATEGY] if ss[STRATEGY] in freezing.STRATEGIES else "head"
         bn = None if strategy == "scratch" else ss[BN]
         ss[PLAN] = freezing.preset(model, strategy, max(1, min(ss[THAW_LAST], len(names) - 1)), bn)[-1]
     freezing.apply(model, ss[PLAN], strict=False)
+    setattr(model, _APPLIED, _plan_key(ss[PLAN]))
     return model, info
+
+
+_APPLIED = "_vislab_session_plan"  # on the session's model: the plan last applied to it by working()
+
+
+def _plan_key(plan: FreezePlan) -> str:
+    """The plan as text: the pages change plans in place (module overrides), so compare what they say. Only
+    `freezing.apply` changes what trains, and the pages apply only the session's plan, so a model whose key
+    matches the session's plan has it applied."""
+    return json.dumps(plan.to_dict(), sort_keys=True)
 
 
 def apply_preset(strategy: str, thaw_last: int | None = None, bn: str | None = None) -> None:

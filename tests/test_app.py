@@ -628,3 +628,28 @@ def test_start_queues_the_boxes_values_and_a_second_tab_is_refused(synthetic, mo
     assert next(x for x in b.button if x.label == "Start training").disabled
     assert [j.id for j in _jobs.jobs.list_jobs(job.folder.parent)] == [job.id]  # the refused click made nothing
     _jobs.stop(job)
+
+
+def test_the_session_model_is_walked_again_only_when_its_plan_changes(monkeypatch):
+    """Every page asks for the session's model on every rerun; applying its plan walks the whole model (~30 ms
+    of the server's one interpreter), so it happens only when the plan differs from what the model carries,
+    also when a page changed the plan in place."""
+    from pages import _state
+    from vislab import freezing
+
+    at = _app()
+    at.switch_page("pages/freeze.py").run()
+    walks = []
+    real = freezing.apply
+    monkeypatch.setattr(freezing, "apply", lambda *a, **k: (walks.append(1), real(*a, **k))[1])
+    at.run()
+    at.run()
+    assert walks == []  # nothing changed: the model is not walked again
+    model = at.session_state[_state.WORKING][1]
+    plan = at.session_state[_state.PLAN]
+    frozen = next(n for n, m in model.named_modules() if n and list(m.parameters(recurse=False))
+                  and not any(p.requires_grad for p in m.parameters()))
+    plan.modules[frozen] = True  # changed in place, not applied
+    at.run()
+    assert walks and all(p.requires_grad for p in model.get_submodule(frozen).parameters())
+    assert not at.exception

@@ -114,10 +114,11 @@ def _bn_mode_hook(module: nn.Module, args) -> None:
 def apply(model: nn.Module, plan: FreezePlan, strict: bool = True) -> None:
     """Set requires_grad and BatchNorm modes in place. Idempotent; a new plan replaces the old one.
     `strict=False` skips stage names this version does not know (a run saved by an older vislab)."""
-    unknown = set(plan.trainable) - {s.name for s in stages(model)}
+    found = stages(model)  # once: walking the model is most of what applying costs
+    unknown = set(plan.trainable) - {s.name for s in found}
     if unknown and strict:
         raise ValueError(f"unknown stage(s) {', '.join(sorted(unknown))}")
-    for stage in stages(model):
+    for stage in found:
         on = plan.trainable.get(stage.name, False)
         for root in stage.modules:
             model.get_submodule(root).requires_grad_(on)
@@ -125,8 +126,8 @@ def apply(model: nn.Module, plan: FreezePlan, strict: bool = True) -> None:
             model.get_parameter(p).requires_grad_(on)
     for name, on in plan.modules.items():
         model.get_submodule(name).requires_grad_(on)
-    owner = stage_of_modules(model)
-    trainable = {stage.name: plan.trainable.get(stage.name, False) for stage in stages(model)}
+    owner = stage_of_modules(model, found)
+    trainable = {stage.name: plan.trainable.get(stage.name, False) for stage in found}
     for name, module in model.named_modules():
         if is_stochastic(module):  # off in frozen stages, as Keras' base_model(x, training=False)
             if not hasattr(module, "_vislab_still"):

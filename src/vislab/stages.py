@@ -135,10 +135,10 @@ def stages(model: nn.Module) -> list[Stage]:
     return _merge_norms(model, out) + [Stage(HEAD, list(heads))]
 
 
-def stage_of_modules(model: nn.Module) -> dict[str, str]:
-    """Every module name -> the stage that holds it."""
+def stage_of_modules(model: nn.Module, found: list[Stage] | None = None) -> dict[str, str]:
+    """Every module name -> the stage that holds it (`found`: the model's `stages`, when already known)."""
     owner = {}
-    for stage in stages(model):
+    for stage in stages(model) if found is None else found:
         for root in stage.modules:
             for sub, _ in model.get_submodule(root).named_modules():
                 owner[f"{root}.{sub}" if sub else root] = stage.name
