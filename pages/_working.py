@@ -71,6 +71,9 @@ def session_spec(strategy: str | None = None) -> experiment.Spec:
                            train=training.TrainConfig(seed=ds.seed if ds else 0))
 
 
+_APPLIED = "_vislab_session_plan"  # on the session's model: the plan last applied to it by working()
+
+
 def working():
     """(model, info): this session's copy of the pretrained model, with a head for its dataset's classes."""
     ss = st.session_state
@@ -104,9 +107,6 @@ def working():
     freezing.apply(model, ss[PLAN], strict=False)
     setattr(model, _APPLIED, _plan_key(ss[PLAN]))
     return model, info
-
-
-_APPLIED = "_vislab_session_plan"  # on the session's model: the plan last applied to it by working()
 
 
 def _plan_key(plan: FreezePlan) -> str:
