@@ -161,3 +161,20 @@ def test_vislab_train_with_ray_trains_on_the_cluster_and_prints_what_the_local_r
     _same_weights(runs.load(tmp_path / "on_ray")[0], runs.load(tmp_path / "here")[0])
     assert cli.main(common + ["--out", str(tmp_path / "again"), "--ray", "auto", "--resume", str(tmp_path / "here")]) == 2
     assert not (tmp_path / "again").exists()  # refused before anything was written
+
+
+def test_the_hub_hands_out_each_jobs_messages_in_the_order_they_were_sent(cluster):
+    """An async actor may run one caller's `put`s out of order: a task's final progress arrived after its "end"
+    and the job finished before its last messages were written. The hub holds a message back until the ones
+    sent before it are there."""
+    hub = rayqueue._Hub.remote()
+    try:
+        ray.get([hub.put.remote("a", 2, "progress", {}), hub.put.remote("b", 1, "started", {}),
+                 hub.put.remote("a", 1, "started", {})])
+        assert [(j, n) for j, n, _, _ in ray.get(hub.take.remote(0))] == [("a", 1), ("a", 2), ("b", 1)]
+        ray.get(hub.put.remote("a", 4, "end", {}))
+        assert ray.get(hub.take.remote(0)) == []  # 3 is still on its way
+        ray.get(hub.put.remote("a", 3, "event", {}))
+        assert [n for _, n, _, _ in ray.get(hub.take.remote(0.5))] == [3, 4]
+    finally:
+        ray.kill(hub)

@@ -87,6 +87,7 @@ class _Hub:
 
     def __init__(self):
         self.box: list = []
+        self.next: dict[str, int] = {}  # job id -> the sequence number it hands out next
         self.stops: set[str] = set()
         self.arrived = asyncio.Event()
 
@@ -95,13 +96,27 @@ class _Hub:
         self.arrived.set()
 
     async def take(self, timeout: float) -> list:
-        if not self.box:
+        out = self._in_order()
+        if not out:
+            self.arrived.clear()
             try:
                 await asyncio.wait_for(self.arrived.wait(), timeout)
             except asyncio.TimeoutError:
                 pass
-        out, self.box = self.box, []
-        self.arrived.clear()
+            out = self._in_order()
+        return out
+
+    def _in_order(self) -> list:
+        """Each job's messages in the order it sent them, none past a gap: an async actor runs the `put`s of
+        one caller in any order, so a later message can arrive first; it waits here for the ones before it."""
+        out, keep = [], []
+        for m in sorted(self.box, key=lambda m: (m[0], m[1])):
+            if m[1] == self.next.get(m[0], 1):
+                out.append(m)
+                self.next[m[0]] = m[1] + 1
+            else:
+                keep.append(m)
+        self.box = keep
         return out
 
     async def stop(self, job_id: str) -> None:
@@ -196,6 +211,9 @@ def _task(folder: str, job_id: str, hub, threads: int, env: dict) -> dict:
 
 
 # ---- the server side ----------------------------------------------------------------------------------
+END_GRACE_S = 10.0  # how long a returned task's last messages may still be on their way
+
+
 @dataclass
 class _Entry:
     job: jobs.Job
@@ -203,6 +221,8 @@ class _Entry:
     lab: str | None
     started: bool = False
     ended: bool = False
+    told_end: bool = False  # its task's last message ("end") was delivered
+    done_at: float | None = None  # when its task was first seen returned
 
 
 @dataclass
@@ -354,12 +374,17 @@ class RayQueue:
         done = []
         if live:
             done, _ = ray.wait(list(live), num_returns=len(live), timeout=0)
-        # a finished task's last message reached the hub before it returned: drain, then finish it
+        # a finished task's last message reached the hub before it returned: drain, then finish it once its
+        # messages are all delivered (or after a grace, for a task that died without its "end")
         messages = ray.get(self._hub.take.remote(0 if done else self.poll_s))
-        for job_id, _, kind, data in sorted(messages, key=lambda m: (m[0], m[1])):
+        for job_id, _, kind, data in messages:
             self._deliver(job_id, kind, data)
+        now = time.time()
         for ref in done:
-            self._finish(live[ref], ref)
+            entry = live[ref]
+            entry.done_at = entry.done_at or now
+            if entry.told_end or now - entry.done_at > END_GRACE_S:
+                self._finish(entry, ref)
 
     def _deliver(self, job_id: str, kind: str, data: dict) -> None:
         with self._lock:
@@ -376,6 +401,8 @@ class RayQueue:
         elif kind == "event":
             with open(job.folder / "events.jsonl", "a") as f:
                 f.write(json.dumps(data) + "\n")
+        elif kind == "end":
+            entry.told_end = True
         if self.on_message is not None:
             self.on_message(job, kind, data)
 
