@@ -76,7 +76,9 @@ def test_stop_flag_ends_training_early(synthetic, tmp_path):
     (["train", "--data", "sample", "--epochs", "1", "--aug-views", "-1", "--out", "x"], "0 or more"),
     (["train", "--data", "sample", "--epochs", "1", "--aug-views", "2", "--out", "x"], "add --augment"),
 ])
-def test_bad_arguments_give_one_line_and_exit_2(argv, message, capsys):
+def test_bad_arguments_give_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # `--out x` is relative to here, and a failed command leaves no x behind
     try:
         rc = cli.main(argv)
     except SystemExit as exc:  # argparse errors
@@ -84,6 +86,7 @@ def test_bad_arguments_give_one_line_and_exit_2(argv, message, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+    assert not any((tmp_path / "cwd").iterdir())
 
 
 def test_out_that_is_a_file_or_holds_a_run_is_refused_before_training(synthetic, tmp_path, capsys):

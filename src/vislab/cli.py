@@ -1,4 +1,5 @@
-"""The `vislab` command: models, weights, data check, train. Errors are one line and exit status 2."""
+"""The `vislab` command: models, weights, data check, train. Errors are one line and exit status 2; a command
+that fails leaves nothing at its --out (OutGuard). Building the parser imports no torch: help answers at once."""
 
 from __future__ import annotations
 
@@ -17,9 +18,33 @@ class CliError(Exception):
     pass
 
 
+# The choices of vislab.freezing and vislab.heads, spelled out here: those modules import torch, and building
+# the parser (help, argument errors) must not (tests/test_cli_paths.py checks that the two spellings agree).
+STRATEGIES = ("head", "partial", "full", "two-phase", "scratch")
+BN_MODES = ("train", "eval", "frozen")
+HEAD_KINDS = ("linear", "mlp", "attention")
+
+
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own errors: one line, exit 2
-        self.exit(EXIT_BAD_INPUT, f"vislab: error: {message} (see `vislab {self.prog.split()[-1]} --help`)\n")
+    def error(self, message):  # argparse's own errors: one line, exit 2, naming this (sub)command's help
+        self.exit(EXIT_BAD_INPUT, f"vislab: error: {message} (see `{self.prog} --help`)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but unrecognized arguments are reported by the subcommand they were given to (its
+        help names the options it has), not by the top-level parser."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self._chosen(ns).error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
+
+    def _chosen(self, ns) -> argparse.ArgumentParser:
+        parser = self
+        while True:
+            subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+            chosen = subs and subs[0].choices.get(getattr(ns, subs[0].dest, None))
+            if not chosen:
+                return parser
+            parser = chosen
 
 
 def _between(kind, low, high):
@@ -159,14 +184,14 @@ def _out_folder(out: str, holds: str, what: str) -> Path:
 
 
 def cmd_train(args) -> int:
+    if args.aug_views and not args.augment:  # argument errors first: no torch loaded to say them
+        raise CliError("--aug-views caches augmented views: add --augment")
+    if args.ray and args.resume:
+        raise CliError("--ray runs new jobs: resume without --ray")
     from vislab import data, experiment, freezing, paths
     from vislab.training import TrainConfig
     from vislab.transforms import Augment
 
-    if args.aug_views and not args.augment:
-        raise CliError("--aug-views caches augmented views: add --augment")
-    if args.ray and args.resume:
-        raise CliError("--ray runs new jobs: resume without --ray")
     out = _out_folder(args.out, "model.safetensors", "a run")
     report = data.load_dataset(data.resolve(args.data), paths.work_dir() / "cli")
     if not report.usable:
@@ -215,7 +240,14 @@ def cmd_train(args) -> int:
                                   checkpoints=True)
     except KeyboardInterrupt:
         stop.set()
-        raise CliError("interrupted")
+        from vislab import runs
+
+        if runs.checkpoint_of(out) is not None:  # the best epoch so far: kept, as the checkpoint promises
+            if getattr(args, "out_guard", None) is not None:
+                args.out_guard.keep = True
+            raise CliError(f"interrupted: the best epoch so far is kept in {out}; continue it with "
+                           f"`vislab train --resume {out} --data {args.data} --epochs N --out NEW`") from None
+        raise CliError("interrupted before the first epoch finished; nothing was saved") from None
     return _report_result(result)
 
 
@@ -255,16 +287,16 @@ def _report_result(result) -> int:
 
 
 def cmd_compare(args) -> int:
-    from vislab import compare, data, freezing, paths
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown or not strategies:  # an argument error: said before torch loads or --out is made
+        raise CliError(f"unknown strategy {', '.join(unknown) or '(none)'}: choose from {', '.join(STRATEGIES)}")
+    from vislab import compare, data, paths
 
     out = _out_folder(args.out, "comparison.json", "a comparison")
     report = data.load_dataset(data.resolve(args.data), paths.work_dir() / "cli")
     if not report.usable:
         raise CliError(f"dataset not usable: {'; '.join(report.errors)}")
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    unknown = [s for s in strategies if s not in freezing.STRATEGIES]
-    if unknown or not strategies:
-        raise CliError(f"unknown strategy {', '.join(unknown) or '(none)'}: choose from {', '.join(freezing.STRATEGIES)}")
     configs = [compare.Config.preset(s) for s in strategies]
     for c in configs:
         c.lr = args.lr
@@ -332,7 +364,8 @@ def cmd_export(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vislab import catalog, explain, freezing, heads
+    """The parser; it imports nothing heavy (no torch), so `--help` and argument errors answer at once."""
+    from vislab import catalog, explain
 
     p = _Parser(prog="vislab", description="vislab: the transfer-learning visual lab")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -364,11 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="fine-tune a model and save a run folder")
     t.add_argument("--data", required=True, help="folder, .zip, or 'sample' for the bundled textile set")
     t.add_argument("--model", default=catalog.DEFAULT_MODEL)
-    t.add_argument("--strategy", choices=freezing.STRATEGIES, default="head")
+    t.add_argument("--strategy", choices=STRATEGIES, default="head")
     t.add_argument("--thaw-last", type=_positive(int), default=1, help="partial: stages thawed before the head")
-    t.add_argument("--bn", choices=freezing.BN_MODES, default=None,
+    t.add_argument("--bn", choices=BN_MODES, default=None,
                    help="BatchNorm mode of thawed stages (default eval; train for scratch)")
-    t.add_argument("--head", choices=heads.HEAD_KINDS, default="linear",
+    t.add_argument("--head", choices=HEAD_KINDS, default="linear",
                    help="the new classifier: linear, an MLP, or attention (self-attention over the last feature map)")
     t.add_argument("--weights", choices=("pretrained", "auto"), default="pretrained",
                    help="pretrained: fail if none here; auto: fall back to random init with a note")
@@ -405,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data", required=True, help="folder, .zip, or 'sample'")
     c.add_argument("--model", default=catalog.DEFAULT_MODEL)
     c.add_argument("--strategies", default="head,partial,full,scratch",
-                   help="comma-separated: " + ",".join(freezing.STRATEGIES))
+                   help="comma-separated: " + ",".join(STRATEGIES))
     c.add_argument("--epochs", type=_positive(int), required=True)
     c.add_argument("--lr", type=_positive(float), default=1e-3)
     c.add_argument("--img-size", type=_between(int, 16, 1024), default=None, help="input size, 16-1024 px")
@@ -432,22 +465,93 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from vislab.data import DataError
-    from vislab.weights import WeightsError
+class OutGuard:
+    """What a command writes at `--out`, undone when it fails: a command that fails leaves nothing behind.
 
+    Taken before the command runs. If `out` does not exist yet, the topmost folder the command will create for
+    it (`out` itself, or the first missing parent) is removed on failure; if `out` is a folder the user already
+    had, it stays, and only the entries the command added to it are removed."""
+
+    def __init__(self, out: str | os.PathLike | None):
+        self.new: Path | None = None  # the topmost path that did not exist before
+        self.folder: Path | None = None  # an existing folder at out ...
+        self.before: set[str] = set()  # ... and its entries before
+        self.keep = False  # set by a command whose failure still leaves something worth keeping
+        if out is None or not str(out).strip():
+            return
+        path = Path(out)
+        for p in (path, *path.parents):
+            if os.path.lexists(p):
+                break
+            self.new = p
+        if self.new is None and path.is_dir():
+            self.folder = path
+            try:
+                self.before = set(os.listdir(path))
+            except OSError:
+                self.folder = None
+
+    def undo(self) -> None:
+        if self.keep:
+            return
+        if self.new is not None:
+            _remove(self.new)
+        elif self.folder is not None:
+            try:
+                added = set(os.listdir(self.folder)) - self.before
+            except OSError:
+                return
+            for name in added:
+                _remove(self.folder / name)
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            path.unlink()
+    except OSError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # argument errors exit here: nothing created yet
+    guard = args.out_guard = OutGuard(getattr(args, "out", None))
+    rc = 1
+    try:
+        rc = _run(args)
+    finally:  # a failed command (its status, or an exception on its way out) writes nothing
+        if rc != 0:
+            guard.undo()
+    return rc
+
+
+def _bad_input() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean bad input (exit 2). DataError and WeightsError only once their modules are
+    loaded (nothing else can raise them): a command that fails before loading torch need not load it."""
+    kinds = [CliError, ValueError, FileNotFoundError, NotADirectoryError]
+    for module, name in (("vislab.data", "DataError"), ("vislab.weights", "WeightsError")):
+        if module in sys.modules:
+            kinds.append(getattr(sys.modules[module], name))
+    return tuple(kinds)
+
+
+def _run(args) -> int:
     handlers = {"models": cmd_models, "weights": cmd_weights, "engines": cmd_engines, "train": cmd_train,
                 "data": cmd_data_check, "compare": cmd_compare, "export": cmd_export, "explain": cmd_explain}
     try:
         return handlers[args.command](args)
-    except (CliError, DataError, WeightsError, ValueError, FileNotFoundError, NotADirectoryError) as exc:
-        print(f"vislab: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("vislab: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # anything else (an unusual model's forward, a library's assertion): one line
+    except Exception as exc:
+        if isinstance(exc, _bad_input()):
+            print(f"vislab: error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        # anything else (an unusual model's forward, a library's assertion): one line
         if os.environ.get("VISLAB_DEBUG"):
             raise
         if "out of memory" in str(exc).lower():

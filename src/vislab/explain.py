@@ -308,11 +308,18 @@ def run(args) -> int:
     except (ExplainError, WeightsError, FileNotFoundError) as exc:
         print(f"vislab: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from vislab.cli import OutGuard
+
+    guard = OutGuard(folder)  # what a failed write created is removed again: a failure writes nothing
     try:
         written = write(outputs, view, folder)
     except OSError as exc:
+        guard.undo()
         print(f"vislab: error: --out {args.out} cannot be written ({exc.strerror or exc})", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BaseException:  # an interrupt half-way: the files written so far go too
+        guard.undo()
+        raise
     for path in written:
         print(path)
     return 0
