@@ -1,17 +1,24 @@
 """Pretrained weights, offline first.
 
 Sources, in the order they are tried:
-  imported  a file the user gave with `vislab weights import` (kept in `paths.weights_dir()`),
+  imported  a file the user gave with `vislab weights import` (kept in the lab home's `weights/`),
   hub       the real download caches: torch hub `checkpoints/` (torchvision, timm URL weights) and the
             Hugging Face cache (timm `hf_hub_id` weights), exactly where torchvision and timm put them,
+            then the `hub/checkpoints/` folders that seeding fills,
   seeded    files that set-up took from registry packages (see `seeding.py`),
   download  only when asked (`vislab weights pull`): torchvision's and timm's own download code.
+Weights are the machine's, not one lab home's: "imported" and "seeded" are looked up in every weights folder of
+`paths.weights_homes()` (the lab home, `VISLAB_WEIGHTS`, then the checkout's `.vislab/`), so a server on
+another `VISLAB_HOME` finds what set-up seeded. When none is found, `missing_advice` says what to run.
 Files are read with `weights_only=True` or as safetensors; a pickle that carries code is refused.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,14 +57,50 @@ class WeightsStatus:
 # -- the manifest of seeded and imported files ------------------------------------------------------------
 
 def _manifest_path() -> Path:
-    return paths.weights_dir() / "manifest.json"
+    """The lab home's own manifest: the one imports write."""
+    return paths.lab_weights_dir() / "manifest.json"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def manifests() -> list[tuple[Path, dict]]:
+    """(weights folder, its manifest) for each weights folder of `paths.weights_homes()`, in search order."""
+    return [(home / "weights", _read_json(home / "weights" / "manifest.json")) for home in paths.weights_homes()]
+
+
+def _records(name: str) -> list[dict]:
+    """`name`'s manifest records, in search order (the lab home's first)."""
+    return [m[name] for _, m in manifests() if isinstance(m.get(name), dict)]
+
+
+def _has_file(record: dict) -> bool:
+    return bool(record.get("file")) and Path(record["file"]).is_file()
+
+
+def _imported(record: dict) -> bool:
+    return record.get("source") == "imported" and _has_file(record)
+
+
+def _seeded(record: dict) -> bool:
+    return record.get("source") != "imported" and record.get("ok", True) and _has_file(record)
 
 
 def read_manifest() -> dict:
-    try:
-        return json.loads(_manifest_path().read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
+    """Model name -> the manifest record `status` goes by, over every weights folder: the first imported file
+    that exists, else the first usable seeded one, else the lab home's (or the first) record."""
+    merged: dict = {}
+    for pick in (_imported, _seeded, lambda r: True):
+        for _, manifest in manifests():
+            for name, record in manifest.items():
+                if name not in merged and isinstance(record, dict) and pick(record):
+                    merged[name] = record
+    return merged
 
 
 def _write_manifest(manifest: dict) -> None:
@@ -112,17 +155,80 @@ def hub_file(name: str, source: str) -> Path | None:
 
 
 def status(name: str, source: str) -> WeightsStatus:
-    """Which real weights `create_model` would use for `name` right now."""
-    record = read_manifest().get(name)
-    if record and record.get("source") == "imported" and Path(record["file"]).is_file():
-        return WeightsStatus(name, "imported", Path(record["file"]), record.get("head", ""))
+    """Which real weights `create_model` would use for `name` right now, from any weights folder."""
+    records = _records(name)
+    for record in records:
+        if _imported(record):
+            return WeightsStatus(name, "imported", Path(record["file"]), record.get("head", ""))
     hit = hub_file(name, source)
     if hit is not None:
-        seeded = record and Path(record.get("file", "")).resolve() == hit.resolve()
+        seeded = any(r.get("file") and Path(r["file"]).resolve() == hit.resolve() for r in records)
         return WeightsStatus(name, "seeded" if seeded else "hub", hit, "ImageNet-1k")
-    if record and record.get("ok", True) and Path(record.get("file", "")).is_file():
-        return WeightsStatus(name, "seeded", Path(record["file"]), record.get("head", ""))
+    for record in records:
+        if _seeded(record):
+            return WeightsStatus(name, "seeded", Path(record["file"]), record.get("head", ""))
     return WeightsStatus(name, None, None)
+
+
+# -- what to run when there are none -----------------------------------------------------------------------
+
+def _seedable() -> set[str]:
+    from vislab.seeding import SEEDERS
+
+    return {model for model, *_ in SEEDERS}
+
+
+def _python() -> str:
+    return shlex.quote(sys.executable or "python3")
+
+
+def _env(**values: str | Path) -> str:
+    return " ".join(f"{k}={shlex.quote(str(v))}" for k, v in values.items())
+
+
+def fix_command(name: str) -> str:
+    """The exact shell command that makes weights for `name` appear for this server. It sets the variables
+    that matter itself, so it works from a shell with any `VISLAB_HOME`.
+
+    For a model set-up can seed from registry packages: `vislab weights seed` into this server's machine
+    weights folder (`VISLAB_WEIGHTS`, or the checkout's `.vislab/` that this server searches too). For any
+    other model: `vislab weights pull`, torchvision's / timm's own download, which needs the internet.
+    """
+    if name in _seedable():
+        target = paths.seed_home() if os.environ.get("VISLAB_WEIGHTS") else paths.default_home()
+        return f"{_env(VISLAB_WEIGHTS=target)} {_python()} -m vislab weights seed"
+    caches = {k: os.environ[k] for k in ("TORCH_HOME", "XDG_CACHE_HOME", "HF_HOME", "HF_HUB_CACHE")
+              if os.environ.get(k)}  # where this server's torch / Hugging Face caches are
+    return f"{_env(**caches)} {_python()} -m vislab weights pull {shlex.quote(name)}".lstrip()
+
+
+def import_command(name: str, file: str = "FILE") -> str:
+    """The shell command that imports a weights file for `name` into this server's lab home."""
+    return (f"{_env(VISLAB_HOME=paths.home())} {_python()} -m vislab weights import {file} "
+            f"--model {shlex.quote(name)}")
+
+
+def missing_advice(name: str, source: str | None = None) -> str:
+    """What to run so that `name` has pretrained weights on this server, as one Markdown paragraph with the
+    exact commands; "" when weights for `name` are already found. `source` ("torchvision" / "timm") defaults
+    to the library that knows `name`."""
+    source = source or catalog.source_of(name)
+    if status(name, source).available:
+        return ""
+    searched = ("the torch hub cache `" + str(paths.checkpoint_dirs()[0]) + "`, the Hugging Face cache and "
+                + ", ".join(f"`{h}`" for h in paths.weights_homes()))
+    if name in _seedable():
+        text = (f"No pretrained weights for `{name}` found for this server (searched {searched}). "
+                f"Run `{fix_command(name)}` on this machine (it seeds them offline from registry "
+                "packages, as `bash scripts/setup.sh` does), then reload.")
+        failed = [r for r in _records(name) if r.get("error")]
+        if failed:
+            text += f" The last seeding of `{name}` did not place it: {failed[0]['error'].rstrip('.')}."
+        return text
+    return (f"No pretrained weights for `{name}` found for this server (searched "
+            f"{searched}); no registry package provides them offline. Import a weights file: "
+            f"`{import_command(name)}` (or the Model page's import box), or, with internet access, run "
+            f"`{fix_command(name)}`; then reload.")
 
 
 # -- reading files -----------------------------------------------------------------------------------------
@@ -210,10 +316,10 @@ def import_file(file: str | Path, name: str) -> WeightsStatus:
     classes = int(head_w.shape[0]) if head_w is not None else None
     if classes is None:
         raise WeightsError(f"the file has no classifier weights '{head}.weight' for {name}")
-    target = paths.weights_dir() / f"{name}.safetensors"
+    target = paths.lab_weights_dir() / f"{name}.safetensors"
     target.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(target))
-    manifest = read_manifest()
+    manifest = _read_json(_manifest_path())  # the lab home's own, not the merged view
     manifest[name] = {
         "model": name, "source": "imported", "file": str(target), "origin": str(Path(file).resolve()),
         "sha256": fileio.digest(target), "head": f"{classes}-class head", "num_classes": classes,
