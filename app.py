@@ -3,24 +3,10 @@ Run with `streamlit run app.py`."""
 
 import streamlit as st
 
-from pages import _jobs, _state
+from pages import _jobs, _route, _state
 
 st.set_page_config(page_title="vislab", page_icon=":material/biotech:", layout="wide")
-pages = st.navigation([
-    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("pages/model.py", title="Model", icon=":material/neurology:"),
-    st.Page("pages/data.py", title="Data", icon=":material/photo_library:"),
-    st.Page("pages/freeze.py", title="Freeze & BatchNorm", icon=":material/ac_unit:"),
-    st.Page("pages/train.py", title="Train", icon=":material/monitoring:"),
-    st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
-    st.Page("pages/cam.py", title="CAM & Grad-CAM", icon=":material/visibility:"),
-    st.Page("pages/se.py", title="SE channel weights", icon=":material/tune:"),
-    st.Page("pages/attention.py", title="Attention", icon=":material/center_focus_strong:"),
-    st.Page("pages/features.py", title="Feature maps", icon=":material/grid_view:"),
-    st.Page("pages/layers.py", title="Layer responses", icon=":material/layers:"),
-    st.Page("pages/export.py", title="Export & Netron", icon=":material/account_tree:"),
-    st.Page("pages/concepts.py", title="Concepts", icon=":material/school:"),
-], expanded=True)  # every page listed: no "View more" fold on a projector
+pages = _route.navigation()
 _state.clean_work_dirs()
 _state.init_state()
 _state.open_lab()  # the lab of this link (or a new one); a bad link stops here with a message
@@ -50,7 +36,9 @@ if st.sidebar.button("New lab", key=_state.NEW_LAB_BUTTON, help="Start an empty 
     _state.new_lab()
     st.rerun()
 try:
-    pages.run()  # Streamlit keeps an unexpected error inside this page (see client.showErrorDetails)
+    _state.keep_settings()  # what a person set on another page stays set
+    with _route.routed():
+        pages.run()  # Streamlit keeps an unexpected error inside this page (see client.showErrorDetails)
 finally:  # after the page: keep what it changed in the lab, and redraw the sidebar with it
     _state.persist(raw)
     _state.sidebar(slot.container())

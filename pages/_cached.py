@@ -78,3 +78,9 @@ def layer_table(key: tuple, _model) -> list[dict]:
     from vislab import layer_order
 
     return layer_order.layer_table(_model, key[-1])
+
+
+if __name__ == "__main__":  # opened as a page of its own (Streamlit's old pages-folder mode)
+    from pages import _route
+
+    _route.through_app()

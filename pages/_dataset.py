@@ -24,6 +24,13 @@ class Dataset:
     seed: int = 0
 
     @property
+    def source(self) -> str:
+        """Where it came from, as the Data page offers it: "sample", "zip" or "uploads"."""
+        if self.per_class is not None or self.label.startswith("textile sample"):
+            return "sample"
+        return "uploads" if self.label.startswith("uploads") else "zip"
+
+    @property
     def used(self) -> data.DataReport:
         return data.subset(self.report, self.per_class, self.seed)
 
@@ -91,3 +98,9 @@ def session_dir() -> Path:
 @st.cache_data(show_spinner="Checking the dataset…", max_entries=8)
 def scan(path: str, mtime: float) -> data.DataReport:
     return data.scan_folder(path)
+
+
+if __name__ == "__main__":  # opened as a page of its own (Streamlit's old pages-folder mode)
+    from pages import _route
+
+    _route.through_app()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from pages import _state
 from pages._dataset import Dataset
 from pages._runs import current_run
 from pages._state import DATASET, DL_PREFIX
@@ -35,14 +36,14 @@ def pick_images(key: str, max_n: int = 8, default_n: int = 1) -> list[tuple[str,
 
     ds: Dataset | None = st.session_state.get(DATASET)
     sources = ["bundled photos"] + (["validation images"] if ds else []) + ["upload"]
-    source = st.radio("Images", sources, horizontal=True, key=f"{key}_src")
+    current = current_run() if ds else None  # a run of the model in use: its own validation images come first
+    source = st.radio("Images", sources, index=1 if current else 0, horizontal=True, key=f"{key}_src")
     if source == "bundled photos":
         names = st.multiselect("Photos", list(PHOTOS), default=list(PHOTOS)[:default_n], max_selections=max_n,
                                key=f"{key}_photos")
         return [(n, photo(n)) for n in names]
     if source == "validation images":
         _, val = ds.split()
-        current = current_run()
         preds = current[2] if current else None
         order = list(range(len(val)))
         if preds is not None and st.toggle("top losses first", True, key=f"{key}_toplosses"):
@@ -51,7 +52,12 @@ def pick_images(key: str, max_n: int = 8, default_n: int = 1) -> list[tuple[str,
             by_path = {p: i for i, (p, _) in enumerate(val)}
             order = [by_path[preds.paths[i]] for i in evaluation.top_losses(preds, len(val))
                      if preds.paths[i] in by_path]
-        n = st.slider("How many", 1, min(max_n, len(val)), min(default_n, len(val)), key=f"{key}_n")
+        most = min(max_n, len(val))
+        if most <= 1:  # a page that shows one image (or a split with one): nothing to choose (1-to-1 slider)
+            n = 1
+        else:
+            _state.clamp(f"{key}_count", 1, most)  # kept from a larger dataset
+            n = st.slider("How many", 1, most, min(default_n, most), key=f"{key}_count")
         picked = [val[i] for i in order[:n]]
         return [(f"{ds.report.classes[y]}: {Path(p).name}", load_image(p)) for p, y in picked]
     ups = st.file_uploader("Images", type=["jpg", "jpeg", "png", "bmp", "webp", "gif", "tif", "tiff"],
@@ -91,3 +97,9 @@ def download_png(image, name: str, label: str = "Download PNG") -> None:
     not on every rerun of the page."""
     data = (lambda: png_bytes(image())) if callable(image) else png_bytes(image)
     st.download_button(label, data, file_name=name, mime="image/png", key=f"{DL_PREFIX}{name}")
+
+
+if __name__ == "__main__":  # opened as a page of its own (Streamlit's old pages-folder mode)
+    from pages import _route
+
+    _route.through_app()

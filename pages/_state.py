@@ -31,6 +31,7 @@ ZIP_FOLDER = "zip_folder"  # the extracted zip in use (inside the lab's data fol
 PLAN_VERSION = "plan_version"  # bumped when the plan changes, so the Freeze page's widgets redraw
 LAST_RUN = "last_run"  # name of the lab's run shown as "the current run" (its folder under runs/)
 REOPENED = "reopened"  # name of a run reopened from the list
+LOOK_RUN = "look_run"  # the run of the model in use that the look pages show (picked on any of them)
 COMPARE_SHOWN = "compare_shown"  # name of the comparison shown on the Compare page
 LR_SWEEP = "lr_sweep"  # the LR finder's last result
 WORKING = "working"  # (key, model, info): the session's own copy with a head for its classes
@@ -70,6 +71,7 @@ SPLIT_SEED = "split_seed"
 BALANCE = "balance"
 PREVIEW_CLASSES = "preview_classes"
 ZIP_READ_AGAIN = "zip_read"
+AUG_PREFIX = "aug_"  # + an Augment field: the augmentation toggles and the number of cached views
 # pages/train.py
 CURVES_PREFIX = "curves_"
 CM_PREFIX = "cm_"
@@ -177,6 +179,88 @@ LAYERS_VIS_STOP = "layers_vis_stop"
 
 PERSISTED = (MODEL, HEAD, STRATEGY, THAW_LAST, BN, LAST_RUN, REOPENED, COMPARE_SHOWN, ZIP_FOLDER)
 
+# pages/model.py's picker (it follows the model in use: see follow())
+MODEL_PICK = "model_pick"
+MODEL_TYPED = "model_typed"
+
+# ---- settings: the widget values a person sets. Streamlit forgets a widget's value in a run that does not
+# draw it (a visit to another page); these are kept for the session (keep_settings) and in the lab
+# (state.json's "settings": a reload, a second tab, a restart show them again).
+LOOK_PAGES = ("cam", "feat", "attn", "se", "export", "layers")  # the prefixes of the look pages' pickers
+SETTINGS = frozenset((
+    ADV_SIZE, ADV_SIM,
+    DATA_SOURCE, SAMPLE_PER_CLASS, N_UPLOAD_CLASSES, VAL_FRAC, SPLIT_SEED, PREVIEW_CLASSES,
+    MODEL_PICK, MODEL_TYPED, LOOK_RUN,
+    PRESET_CHOICE, PRESET_THAW, PRESET_BN, HEAD_CHOICE,
+    TRAIN_EPOCHS, TRAIN_BATCH, TRAIN_LR, TRAIN_LAYER_DECAY, TRAIN_DEVICE, TRAIN_FACTOR, RESUME_EPOCHS, REOPEN_PICK,
+    COMPARE_CUSTOM, COMPARE_EPOCHS, COMPARE_SIZE, COMPARE_BATCH, COMPARE_RELOAD, CMP_LAYER,
+    CAM_METHODS, CAM_LAYER, CAM_MORE_LAYERS, CAM_TARGET_MODE, CAM_TOPK_CLASS, CAM_CLASS, CAM_OPACITY, CAM_COLOURS,
+    CAM_ROAD,
+    SE_BLOCK, SE_K,
+    ATTN_FUSION, ATTN_DISCARD, ATTN_OPACITY, ATTN_LAYER,
+    FEAT_LAYER, FEAT_N,
+    LAYERS_STAGES, LAYERS_MODE, LAYERS_N, LAYERS_CHANNELS, LAYERS_K, LAYERS_SRC, LAYERS_N_IMG, LAYERS_VIS_STAGE,
+    LAYERS_VIS_CHANNEL, LAYERS_VIS_SIZE, LAYERS_VIS_STEPS,
+    EXPORT_FMT,
+    CONCEPT_GAP_MODEL, CONCEPT_C, CONCEPT_DEPTH,
+    *(f"{p}{s}" for p in LOOK_PAGES for s in ("_src", "_photos", "_toplosses", "_count", VIEW_CHOICE)),
+))
+_FOLLOWS = "_follows_"  # + a widget key: the value it last followed (see follow())
+SETTING_PREFIXES = (CLS_NAME_PREFIX, TRAIN_SIZE_PREFIX, AUG_PREFIX, _FOLLOWS)  # + an index, a size, a widget key
+
+
+def is_setting(key: str) -> bool:
+    return key in SETTINGS or any(key.startswith(p) and key != p for p in SETTING_PREFIXES)
+
+
+def keep_settings() -> None:
+    """Before the page runs: mark every setting as set by the app, so Streamlit keeps it through runs that do
+    not draw its widget (its documented way of keeping a widget's value across pages)."""
+    ss = st.session_state
+    for key in [k for k in ss.keys() if isinstance(k, str) and is_setting(k)]:
+        ss[key] = ss[key]
+
+
+def follow(key: str, value) -> None:
+    """A widget that shows what the lab uses (the model, the strategy, the dataset's source) but keeps what a
+    person picked until they apply it: it takes `value` when the widget has none, or when `value` changed
+    since the widget last followed it (applied on another page, in another tab, by a reload)."""
+    ss = st.session_state
+    mark = f"{_FOLLOWS}{key}"
+    if key not in ss or mark not in ss or ss[mark] != value:
+        ss[key] = value
+        ss[mark] = value
+
+
+def followed(key: str, value) -> None:
+    """The widget `key` itself just made the lab use `value` (its page applied it): the next run must keep
+    the widget as the person left it, not treat `value` as a change made elsewhere."""
+    st.session_state[f"{_FOLLOWS}{key}"] = value
+
+
+def clamp(key: str, low, high) -> None:
+    """A kept slider or number whose range depends on the data (how many images, layers): into the range it has
+    now, before the widget is drawn (Streamlit refuses a value outside it)."""
+    ss = st.session_state
+    if key in ss and isinstance(ss[key], (int, float)) and not isinstance(ss[key], bool):
+        ss[key] = min(max(ss[key], low), high)
+
+
+def _settings_of(ss) -> dict:
+    out = {}
+    keys = ss.filtered_state.keys() if hasattr(ss, "filtered_state") else ss.keys()  # raw_state() or the proxy
+    for key in list(keys):
+        if isinstance(key, str) and is_setting(key):
+            value = ss[key]
+            if isinstance(value, tuple):
+                value = list(value)
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                continue
+            out[key] = value
+    return out
+
 
 def init_state() -> None:
     ss = st.session_state
@@ -256,6 +340,9 @@ def _adopt(lab: labs.Lab, state: dict) -> None:
         elif key in (LAST_RUN, REOPENED, COMPARE_SHOWN, ZIP_FOLDER):
             ss.pop(key, None)
     init_state()
+    for key, value in (state.get("settings") or {}).items():
+        if isinstance(key, str) and is_setting(key) and ss.get(key) != value:
+            ss[key] = value
     if changed_model:
         ss.pop(WORKING, None)
     if state.get("plan"):
@@ -289,6 +376,9 @@ def state_of(ss, dataset: dict | None = None) -> dict:
         out["augment"] = aug[1] if isinstance(aug, tuple) else aug.to_dict()
     if dataset is not None:
         out["dataset"] = dataset
+    settings = _settings_of(ss)
+    if settings:
+        out["settings"] = settings
     return out
 
 
@@ -371,3 +461,9 @@ def clean_work_dirs() -> bool:
                 shutil.rmtree(child, ignore_errors=True)
     labs.clean_old()
     return True
+
+
+if __name__ == "__main__":  # opened as a page of its own (Streamlit's old pages-folder mode)
+    from pages import _route
+
+    _route.through_app()

@@ -160,3 +160,9 @@ def find_lr(ds: Dataset, img_size: int, batch: int):
     train_items, val_items = ds.split()
     with st.spinner("Sweeping learning rates…"):
         return lr_finder.for_model(model, info, train_items, val_items, img_size, batch, seed=ds.seed)
+
+
+if __name__ == "__main__":  # opened as a page of its own (Streamlit's old pages-folder mode)
+    from pages import _route
+
+    _route.through_app()

@@ -1,9 +1,11 @@
 import numpy as np
 import streamlit as st
 
-from pages import _cached, _dataset, _images, _runs, _state, _working
+from pages import _cached, _dataset, _images, _route, _runs, _state, _working
 from vislab import attention, cam, heads, plots, views
 from vislab.transforms import crop_seen
+
+_route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
 _dataset.init_state()
 ss = st.session_state
@@ -33,9 +35,17 @@ if not attention.has_attention(vm.model):
         c1, c2 = st.columns(2)
         c1.page_link("pages/freeze.py", label="Freeze & BatchNorm: check what trains", icon=":material/ac_unit:")
         c2.page_link("pages/train.py", label="Train the head", icon=":material/monitoring:")
-    if st.button("Switch to vit_tiny_patch16_224 (a real ViT)"):
-        _working.set_model("vit_tiny_patch16_224", "linear")
+    from vislab import weights
+
+    vit = "vit_tiny_patch16_224"
+    vit_weights = weights.status(vit, "timm").available
+    if st.button(f"Switch to {vit} (a real ViT{'' if vit_weights else ', random weights here'})",
+                 help=None if vit_weights else weights.missing_advice(vit, "timm")):
+        _working.set_model(vit, "linear")
         st.rerun()
+    if not vit_weights:
+        st.caption(f"No pretrained `{vit}` weights on this machine: its attention maps would show an untrained "
+                   "network. The attention head above uses this model's own pretrained convolutions instead.")
     st.stop()
 
 images = _images.pick_images("attn", max_n=1)
@@ -82,6 +92,7 @@ for what, why in explained.errors:
 if found.hybrid:
     st.caption("Grad-CAM weights the backbone's last feature maps by the gradient of the predicted class, "
                "through the attention head: two answers to 'where does it look', from the same model.")
+_state.clamp(_state.ATTN_LAYER, 1, len(found.maps))  # kept from a deeper model
 layer_n = (st.slider("Layer", 1, len(found.maps), len(found.maps), key=_state.ATTN_LAYER) if len(found.maps) > 1 else 1) - 1
 per_head = cls[layer_n]
 _state.chart(plots.cam_panels([(f"head {h}", crop, views.fit_map(per_head[h], size)) for h in range(len(per_head))],

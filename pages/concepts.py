@@ -2,8 +2,10 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages import _dataset, _state
+from pages import _dataset, _route, _state
 from vislab import catalog, concepts, plots
+
+_route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
 _dataset.init_state()
 ss = st.session_state

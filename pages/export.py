@@ -1,7 +1,9 @@
 import streamlit as st
 
-from pages import _cached, _dataset, _images, _netron, _runs, _state, _working
+from pages import _cached, _dataset, _images, _netron, _route, _runs, _state, _working
 from vislab import export, netron_web, views
+
+_route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
 _dataset.init_state()
 ss = st.session_state

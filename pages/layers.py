@@ -3,12 +3,14 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages import _state
+from pages import _route, _state
 from pages._cached import cached_view, model_lock
 from pages._dataset import init_state
 from pages._images import PHOTOS, download_png, photo
 from pages._runs import view_models
 from vislab import featurevis, units, views
+
+_route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
 
 init_state()
@@ -67,8 +69,10 @@ source = st.radio("Images", sources, horizontal=True, key=_state.LAYERS_SRC,
                   help="Pick a dataset on the Data page to scan your own images")
 if source == "the lab's dataset":
     items = ds.used.items
-    n_img = st.slider("Images to scan", 1, min(500, len(items)), min(60, len(items)), key=_state.LAYERS_N_IMG,
-                      help="Spread evenly over the dataset; every image takes one forward pass")
+    _state.clamp(_state.LAYERS_N_IMG, 1, min(500, len(items)))  # kept from a larger dataset
+    n_img = 1 if len(items) <= 1 else st.slider(
+        "Images to scan", 1, min(500, len(items)), min(60, len(items)), key=_state.LAYERS_N_IMG,
+        help="Spread evenly over the dataset; every image takes one forward pass")
     picked = units.spread(items, n_img)
     images = [p for p, _ in picked]
     labels = [f"{ds.report.classes[y]}: {Path(p).name}" for p, y in picked]

@@ -1,7 +1,9 @@
 import streamlit as st
 
-from pages import _cached, _dataset, _state, _working
+from pages import _cached, _dataset, _route, _state, _working
 from vislab import architecture, catalog, plots, weights
+
+_route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
 _dataset.init_state()
 ss = st.session_state
@@ -10,12 +12,20 @@ st.title("Model")
 names = catalog.names()
 OTHER = "other timm / torchvision name…"
 current = ss[_state.MODEL]
-choice = st.selectbox("Pretrained model", names + [OTHER], index=names.index(current) if current in names
-                      else len(names), format_func=lambda n: n if n == OTHER else
+# the picker shows the model in use, and a person's pick stays picked (a keyed widget: one per page, whatever
+# model is in use; it follows the model only when that changed elsewhere: Home, another tab, a reload)
+def _follow(model: str, follow=_state.follow) -> None:
+    follow(_state.MODEL_PICK, model if model in names else OTHER)
+    follow(_state.MODEL_TYPED, model if model not in names else "")
+
+
+_follow(current)
+choice = st.selectbox("Pretrained model", names + [OTHER], key=_state.MODEL_PICK,
+                      format_func=lambda n: n if n == OTHER else
                       f"{n}  ·  {catalog.lookup(n).family} {catalog.lookup(n).year}")
 name = choice
 if choice == OTHER:
-    name = st.text_input("Model name", value=current if current not in names else "",
+    name = st.text_input("Model name", key=_state.MODEL_TYPED,
                          placeholder="e.g. resnet34, regnet_y_400mf, seresnext26d_32x4d, deit_tiny_patch16_224",
                          help="Any torchvision.models name (resnet34, regnet_y_400mf, …) or timm name "
                               "(seresnext26d_32x4d, deit_tiny_patch16_224, …)").strip()
@@ -28,6 +38,7 @@ except ValueError as exc:
     st.error(str(exc))
     st.stop()
 _working.set_model(name)
+_follow(name, _state.followed)  # picked here: the next run keeps the picker as it is
 
 entry = catalog.lookup(name)
 status = weights.status(name, source)
@@ -35,8 +46,8 @@ if status.available:
     st.success(f"**Real weights available** — {_working.weights_badge(status)}  \n`{status.path}`")
 else:
     st.warning(f"**No pretrained weights for `{name}` on this machine.** It starts from random init, so it "
-               "has learned nothing yet: training only the head would be meaningless. Import a weights file "
-               "below, or use `vislab weights pull` when online.")
+               "has learned nothing yet: training only the head would be meaningless.  \n"
+               + weights.missing_advice(name, source))
 if entry:
     st.caption(f"{entry.family} ({entry.year}): {entry.idea}. Source: {entry.source}. "
                f"SE blocks: {'yes' if entry.has_se else 'no'}. Self-attention: {'yes' if entry.has_attention else 'no'}.")

@@ -37,20 +37,3 @@ def synthetic(tmp_path_factory):
 
 def pytest_report_header(config):
     return f"torch {torch.__version__}, seeded weights at {SEEDED_HOME}"
-
-
-@pytest.fixture(autouse=True)
-def _apptest_runs_app_py_every_time(monkeypatch):
-    """Streamlit's AppTest resets `PagesManager.uses_pages_directory` before every run and, since a `pages/`
-    folder exists, then runs the chosen page alone (multipage v1), skipping app.py after the first run. The
-    real server runs app.py (`st.navigation`, v2) on every run: finding the lab of the link, drawing the
-    sidebar and saving the lab after the page. Make AppTest do the same."""
-    from streamlit.runtime import pages_manager
-
-    original = pages_manager.PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        pages_manager.PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(pages_manager.PagesManager, "__init__", init)
