@@ -104,3 +104,9 @@ def current_netron() -> Shown | None:
         viewers.pop(session_key()).viewer.close()
         return None
     return shown if shown is not None and shown.viewer.open else None
+
+
+if __name__ == "__main__":  # opened as a page of its own (Streamlit's old pages-folder mode)
+    from pages import _route
+
+    _route.through_app()

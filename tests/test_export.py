@@ -319,6 +319,96 @@ def test_streamlit_serves_a_viewer_and_its_one_file_and_nothing_else(tmp_path):
         staging.close()
 
 
+def test_the_served_netron_has_no_cookie_notice_and_no_telemetry(tmp_path):
+    """netron's browser.js asks ipinfo.io, shows "This app uses cookies…" over the graph and starts Google
+    Analytics; the staged copy leaves out exactly those two calls and nothing else."""
+    pytest.importorskip("netron", reason="netron not installed")
+    stock = (netron_web.package_dir() / "browser.js").read_text(encoding="utf-8")
+    calls = ["await consent();", "await telemetry();"]
+    assert all(call in stock for call in calls)  # the installed netron still decides it there
+    (tmp_path / "m.onnx").write_bytes(b"model")
+    staging = netron_web.Staging(root=tmp_path)
+    try:
+        served = (staging.viewer(tmp_path / "m.onnx").folder / "browser.js").read_text(encoding="utf-8")
+    finally:
+        staging.close()
+    assert not any(call in served for call in calls)
+    assert served.splitlines() == [line for line in stock.splitlines() if line.strip() not in calls]
+    assert netron_web.served_text("view.js", "await consent();\n") == "await consent();\n"  # only browser.js
+
+
+def _tiny_onnx(path) -> None:
+    """A three-node ONNX graph (Conv -> Relu -> GlobalAveragePool), written in milliseconds."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.zeros((4, 3, 3, 3), dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("GlobalAveragePool", ["r"], ["y"])], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 1, 1])], initializer=[w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+
+
+@pytest.mark.browser
+def test_netron_in_chromium_draws_the_graph_without_asking_for_cookies_or_calling_out(tmp_path):
+    """A viewer folder served as a static folder, in headless Chromium that may reach only that origin: the
+    graph is drawn with no cookie notice on the way, no address of another host is asked, no cookie is set."""
+    from tests import browser
+
+    reason = browser.why_unavailable()
+    if reason:
+        pytest.skip(reason)
+    pytest.importorskip("netron", reason="netron not installed")
+    pytest.importorskip("onnx", reason="onnx not installed")
+    import functools
+    import http.server
+    import threading
+    import time
+
+    _tiny_onnx(tmp_path / "tiny.onnx")
+    staging = netron_web.Staging(root=tmp_path)
+    viewer = staging.viewer(tmp_path / "tiny.onnx")
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(Quiet, directory=str(viewer.folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    origin = f"http://127.0.0.1:{server.server_address[1]}"
+    refused = []
+
+    def route(r):
+        if r.request.url.startswith(origin + "/"):
+            r.continue_()
+        else:
+            refused.append(r.request.url)
+            r.abort()
+
+    try:
+        with browser.browser_page() as page:
+            page.context.route("**/*", route)
+            page.goto(f"{origin}/{viewer.page}")
+            deadline, drawn, notice = time.time() + 60, 0, ""
+            while time.time() < deadline and not drawn and not notice:
+                page.wait_for_timeout(300)
+                drawn = page.locator("#canvas g.node").count()
+                shown = page.locator("#message-text")
+                notice = shown.inner_text() if shown.count() and shown.is_visible() else ""
+            assert notice == "", notice  # before: "This app uses cookies to report errors…", the graph waiting
+            assert drawn >= 3, page.locator("body").inner_text()[:300]  # Conv, Relu, GlobalAveragePool (+ x, y)
+            page.wait_for_timeout(1000)  # anything netron would send after drawing
+            assert refused == []  # before: https://ipinfo.io/json on the way to the notice
+            assert page.context.cookies() == []
+    finally:
+        server.shutdown()
+        server.server_close()
+        staging.close()
+
+
 def test_cli_export_writes_the_file_and_prints_the_diff(tmp_path, capsys):
     out = tmp_path / "exports" / "test_resnet.pt"
     rc = cli.main(["export", "--model", "test_resnet", "--weights", "random", "--format", "torchscript",

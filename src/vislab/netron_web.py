@@ -16,7 +16,13 @@ What this module adds to netron's files:
     else of the lab; each export gets a new folder named by an unguessable token.
   * offline: netron's page locks itself behind "Please update to the newest version" (a link to GitHub) once
     its `<meta name="date">` is 180 days old. The staged index.html leaves that line out (the page then takes
-    today's date), so a pinned netron in an offline room keeps working. Nothing else is changed.
+    today's date), so a pinned netron in an offline room keeps working.
+  * no telemetry: netron's `browser.js` (`Host.view`) asks ipinfo.io where the browser is, then covers the
+    graph with "This app uses cookies to report errors and anonymous usage information." until it is
+    accepted, then starts Google Analytics (`base.Telemetry`: page views, errors, events). The viewer the lab
+    serves has nothing to report to: the staged browser.js leaves out the two calls (`await consent();`,
+    `await telemetry();`), so no notice, no cookie, no request to another host; the telemetry object is
+    never started, and an unstarted one sends nothing. Nothing else is changed.
   * cheap: netron's web files (~28 MB) are copied once per process into the staging folder; every viewer
     folder hard-links them (same file system).
 """
@@ -37,6 +43,10 @@ HOSTED = "https://netron.app"
 WEB_SUFFIXES = frozenset({".html", ".js", ".css", ".json", ".png", ".gif", ".jpg", ".ico", ".svg",
                           ".ttf", ".otf", ".eot", ".woff", ".woff2"})
 _DATE_META = re.compile(r'^\s*<meta name="date" content="[^"]*">\s*\n', re.MULTILINE)
+# browser.js, Host.view(): the cookie notice (after a look-up at ipinfo.io) and Google Analytics
+_TELEMETRY_CALLS = re.compile(r"^[ \t]*await (?:consent|telemetry)\(\);[ \t]*\n", re.MULTILINE)
+# what the staged copy changes, file by file (see the module docstring): name -> (pattern, how many to remove)
+_PATCHES = {"index.html": (_DATE_META, 1), "browser.js": (_TELEMETRY_CALLS, 2)}
 
 
 def hosted_url() -> str:
@@ -58,6 +68,15 @@ def web_files(source: Path | None = None) -> list[Path]:
     if not any(p.name == "index.html" for p in files):
         raise FileNotFoundError(f"{source}: no index.html, not netron's web viewer")
     return sorted(files, key=lambda p: p.name != "index.html")
+
+
+def served_text(name: str, text: str) -> str:
+    """The text of netron's web file `name` as the lab serves it: index.html without its date, browser.js
+    without the cookie notice and the telemetry (see the module docstring); any other file unchanged."""
+    if name not in _PATCHES:
+        return text
+    pattern, count = _PATCHES[name]
+    return pattern.sub("", text, count=count)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -95,8 +114,8 @@ class Staging:
         self.web = self.root / "web"
         self.web.mkdir()
         for src in web_files(source):
-            if src.name == "index.html":  # without the 180-day lock-out (see the module docstring)
-                (self.web / src.name).write_text(_DATE_META.sub("", src.read_text(encoding="utf-8"), count=1),
+            if src.name in _PATCHES:  # without the 180-day lock-out, the cookie notice, the telemetry
+                (self.web / src.name).write_text(served_text(src.name, src.read_text(encoding="utf-8")),
                                                  encoding="utf-8")
             else:
                 shutil.copy2(src, self.web / src.name)
