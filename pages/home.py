@@ -13,12 +13,8 @@ def _matrix(size: str, similarity: str):
     return plots.strategy_matrix(size, similarity, advisor.MATRIX)
 
 
-# set once the person picks a size themselves; kept with the lab like a setting (the `_follows_` prefix)
-_SIZE_PICKED = f"{_state._FOLLOWS}{_state.ADV_SIZE}"
-
-
 def _size_picked() -> None:
-    st.session_state[_SIZE_PICKED] = True
+    st.session_state[_state.ADV_SIZE_PICKED] = True
 
 
 def _dataset_images() -> int | None:
@@ -40,7 +36,7 @@ left, right = st.columns([1, 2])
 with left:
     images = _dataset_images()
     fits = advisor.size_bucket(images) if images is not None else None
-    if fits is not None and not st.session_state.get(_SIZE_PICKED):  # until the person picks: their data's size
+    if fits is not None and not st.session_state.get(_state.ADV_SIZE_PICKED):  # until the person picks: their data's size
         st.session_state[_state.ADV_SIZE] = fits
     size = st.radio("How many labelled images do you have?", advisor.SIZES, horizontal=True,
                     format_func=advisor.SIZE_LABELS.get, key=_state.ADV_SIZE, on_change=_size_picked)

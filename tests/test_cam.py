@@ -163,3 +163,17 @@ def test_explain_runs_classic_cam_once_and_lists_what_does_not_apply(monkeypatch
 def test_cam_refusals_are_view_refusals():
     assert issubclass(cam.CamNotApplicable, views.ViewNotApplicable)
     assert str(cam.CamNotApplicable("no maps here")) == "no maps here"
+
+
+def test_the_default_cam_layer_of_an_attention_head_model_is_a_feature_map_not_the_heads_tokens():
+    """An attention head's query/key norms output (B, heads, N, d): 4-D, but tokens. Grad-CAM on them gave a
+    speckled map (a run of another model on the CAM page, issue 22); the default is the backbone's last map."""
+    import timm
+
+    from vislab import heads
+
+    model = heads.attach_head(timm.create_model("test_resnet"), 3, "attention")
+    head = heads.attention_head_names(model)[0]
+    layer = cam.default_layer(model, None)
+    assert not layer.startswith(head + "."), layer
+    assert layer.startswith("layer4"), layer  # the last stage of the backbone

@@ -23,7 +23,7 @@ from pytorch_grad_cam import (AblationCAM, EigenCAM, GradCAM, GradCAMPlusPlus, H
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from vislab import catalog
-from vislab.heads import head_name
+from vislab.heads import attention_head_names, head_name
 from vislab.modes import training_mode
 from vislab.views import ViewNotApplicable, normalise_maps
 
@@ -160,8 +160,9 @@ def _last_spatial_layer(model: nn.Module, input_size) -> str:
     def spatial(out) -> bool:
         return isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[hw[0]] * out.shape[hw[1]] > 1
 
+    heads = tuple(f"{h}." for h in attention_head_names(model))  # an attention head's (B, heads, N, d) tensors
     handles = [m.register_forward_hook(lambda mod, a, out, n=n: order.append((n, out)) if spatial(out) else None)
-               for n, m in model.named_modules() if n]
+               for n, m in model.named_modules() if n and not f"{n}.".startswith(heads)]  # are tokens, not maps
     try:
         with training_mode(model, False):
             model(torch.zeros(1, *input_size, device=next(model.parameters()).device))
