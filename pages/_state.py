@@ -54,6 +54,7 @@ ZIP_READ_ID = "_zip_read"  # file id of the uploaded zip last read (a new file i
 # pages/home.py
 ADV_SIZE = "adv_size"
 ADV_SIM = "adv_sim"
+ADV_SIZE_PICKED = "adv_size_picked"  # True once a person picked a size (until then it follows the dataset's)
 MATRIX = "matrix"
 # pages/model.py
 WEIGHTS_UPLOAD = "weights_upload"
@@ -188,7 +189,7 @@ MODEL_TYPED = "model_typed"
 # (state.json's "settings": a reload, a second tab, a restart show them again).
 LOOK_PAGES = ("cam", "feat", "attn", "se", "export", "layers")  # the prefixes of the look pages' pickers
 SETTINGS = frozenset((
-    ADV_SIZE, ADV_SIM,
+    ADV_SIZE, ADV_SIM, ADV_SIZE_PICKED,
     DATA_SOURCE, SAMPLE_PER_CLASS, N_UPLOAD_CLASSES, VAL_FRAC, SPLIT_SEED, PREVIEW_CLASSES,
     MODEL_PICK, MODEL_TYPED, LOOK_RUN,
     PRESET_CHOICE, PRESET_THAW, PRESET_BN, HEAD_CHOICE,
