@@ -235,3 +235,37 @@ def test_every_control_of_every_page_keeps_what_was_chosen(state, synthetic):
     assert sum(done.values()) > 20, done  # the walk really set values
     slowest = sorted(log, key=lambda x: -x[1])[:3]
     print(f"{state}: {sum(done.values())} values set {done}; slowest: {slowest}")
+
+
+def test_training_settings_survive_a_visit_a_reload_and_reach_the_job(synthetic):
+    """Epochs 7 and the LR finder's rate on Train, a visit to Data, back: still 7 and that rate; a second
+    session of the same lab link (a reload, a restart) shows them too; Start trains with them."""
+    at = _app()
+    _use_model(at, "test_resnet")
+    _use_zip(at, _zip(synthetic))
+    at.switch_page("pages/train.py").run()
+    at.number_input(key="train_epochs").set_value(7).run()
+    at.session_state["train_lr_next"] = 2.9e-4  # what the LR finder's "Use 2.9e-04" button puts there
+    at.run()
+    assert at.number_input(key="train_lr").value == pytest.approx(2.9e-4)
+    at.switch_page("pages/data.py").run()
+    at.switch_page("pages/train.py").run()
+    assert at.number_input(key="train_epochs").value == 7
+    assert at.number_input(key="train_lr").value == pytest.approx(2.9e-4)
+
+    again = AppTest.from_file(str(APP), default_timeout=180)
+    again.query_params["lab"] = at.session_state["lab_id"]
+    again.run()
+    again.switch_page("pages/train.py").run()
+    _ok(again, "the lab opened again")
+    assert again.number_input(key="train_epochs").value == 7
+    assert again.number_input(key="train_lr").value == pytest.approx(2.9e-4)
+    _choose(next(w for w in again.select_slider if w.key.startswith("train_size_")), "64")
+    again.run()
+    next(b for b in again.button if b.label == "Start training").click().run()
+    from vislab import jobs, labs
+
+    job = jobs.Job(labs.Lab(again.session_state["lab_id"]).runs_dir / again.session_state["last_run"])
+    train = job.spec()["spec"]["train"]
+    assert (train["epochs"], train["lr"]) == (7, pytest.approx(2.9e-4))
+    next(b for b in again.button if b.label in ("Stop", "Cancel")).click().run()
