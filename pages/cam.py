@@ -1,9 +1,11 @@
 import numpy as np
 import streamlit as st
 
-from pages import _cached, _dataset, _images, _runs, _state
+from pages import _cached, _dataset, _images, _route, _runs, _state
 from vislab import cam, plots, views
 from vislab.transforms import crop_seen
+
+_route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
 _dataset.init_state()
 ss = st.session_state
@@ -94,14 +96,13 @@ if out:
         if not panels:
             continue
         st.subheader(label)
-        left, right = st.columns([1, 3])
-        with left:
+        left, right = st.columns([1, 3])  # the crop and the top-5 above, the panels below at full width:
+        with left:  # three a row, ~240 px each at 1280 px (beside the crop they were ~120 px)
             first_crop = panels[0][1]
             st.image(first_crop, caption="the crop the model saw", width="stretch")
+        with right:
             for model_label, per_image in out["topk"]:
                 if b < len(per_image):
                     _state.chart(plots.topk(per_image[b], "Top-5" + (f" · {model_label}" if len(vms) > 1 else "")),
                                  key=f"{_state.TOPK_PREFIX}{b}_{model_label}")
-        with right:
-            _state.chart(plots.cam_panels(panels, opacity, plots.CAM_COLOURSCALES[scale], cols=min(4, len(panels))),
-                         key=f"{_state.CAM_PREFIX}{b}")
+        _state.chart(plots.cam_panels(panels, opacity, plots.CAM_COLOURSCALES[scale]), key=f"{_state.CAM_PREFIX}{b}")

@@ -2,9 +2,11 @@ from functools import partial
 
 import streamlit as st
 
-from pages import _cached, _dataset, _images, _runs, _state
+from pages import _cached, _dataset, _images, _route, _runs, _state
 from vislab import cam, features, plots, views
 from vislab.transforms import crop_seen, eval_transform
+
+_route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
 _dataset.init_state()
 ss = st.session_state

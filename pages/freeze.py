@@ -1,7 +1,9 @@
 import streamlit as st
 
-from pages import _cached, _dataset, _state, _working
+from pages import _cached, _dataset, _route, _state, _working
 from vislab import architecture, freezing, heads, plots, stages
+
+_route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
 _dataset.init_state()
 ss = st.session_state
@@ -13,16 +15,19 @@ st.markdown(
 )
 
 c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
+# the preset boxes show what the lab applied, and keep a person's unapplied choice until it changes elsewhere
+if ss[_state.STRATEGY] in freezing.STRATEGIES:  # "custom" (edited by hand) is no preset: the box keeps its pick
+    _state.follow(_state.PRESET_CHOICE, ss[_state.STRATEGY])
+_state.follow(_state.PRESET_THAW, min(max(int(ss[_state.THAW_LAST]), 1), 50))
+_state.follow(_state.PRESET_BN, ss[_state.BN])
+_state.follow(_state.HEAD_CHOICE, ss[_state.HEAD])
 strategy = c1.selectbox("Strategy preset", freezing.STRATEGIES, key=_state.PRESET_CHOICE,
-                        index=freezing.STRATEGIES.index(ss[_state.STRATEGY]) if ss[_state.STRATEGY] in freezing.STRATEGIES else 0,
                         help="head: only the new head · partial: head + last N stages · full: everything · "
                              "two-phase: head, then everything at a smaller LR · scratch: random init, everything")
-thaw = c2.number_input("Last N stages", 1, 50, ss[_state.THAW_LAST], key=_state.PRESET_THAW)
-bn = c3.selectbox("BN of thawed stages", freezing.BN_MODES, index=freezing.BN_MODES.index(ss[_state.BN]),
-                  key=_state.PRESET_BN)
+thaw = c2.number_input("Last N stages", 1, 50, key=_state.PRESET_THAW)
+bn = c3.selectbox("BN of thawed stages", freezing.BN_MODES, key=_state.PRESET_BN)
 kinds = list(heads.HEAD_KINDS)
-head_kind = c4.radio("Head", kinds, index=kinds.index(ss[_state.HEAD]) if ss[_state.HEAD] in kinds else 0,
-                     key=_state.HEAD_CHOICE,
+head_kind = c4.radio("Head", kinds, key=_state.HEAD_CHOICE,
                      help="mlp: BatchNorm1d, Linear, ReLU, BatchNorm1d, Dropout, Linear · attention: one "
                           "self-attention block over the last feature map's cells, read by a class token "
                           "(see the Attention page)")
@@ -38,8 +43,12 @@ elif head_kind != ss[_state.HEAD]:
     except heads.AttentionHeadError as exc:  # e.g. a forward torch.fx cannot trace
         st.error(str(exc))
         _working.set_model(ss[_state.MODEL], previous)
+    _state.followed(_state.HEAD_CHOICE, ss[_state.HEAD])
 if st.button("Apply preset", type="primary"):
     _working.apply_preset(strategy, int(thaw), bn)
+    for key, value in ((_state.PRESET_CHOICE, ss[_state.STRATEGY]), (_state.PRESET_THAW, ss[_state.THAW_LAST]),
+                       (_state.PRESET_BN, ss[_state.BN])):
+        _state.followed(key, value)  # applied from these boxes: they keep what they show
     ss[_state.PLAN_VERSION] = ss.get(_state.PLAN_VERSION, 0) + 1
 
 model, info = _working.working()
@@ -53,7 +62,7 @@ summary = st.container()  # filled at the end, once every toggle below has been 
 st.subheader("Stages")
 rows = architecture.stage_rows(model, _cached.shapes_for(model, info))
 new_trainable, new_bn = dict(plan.trainable), dict(plan.bn)
-per_row = 4
+per_row = 3  # at 1280 px three cards a row hold a stage's name and its three BatchNorm buttons on one line each
 for start in range(0, len(rows), per_row):
     cols = st.columns(per_row)
     for col, r in zip(cols, rows[start:start + per_row]):
@@ -62,7 +71,8 @@ for start in range(0, len(rows), per_row):
             label = "new head" if name == stages.HEAD else name
             new_trainable[name] = st.toggle(f"**{label}**", plan.trainable[name], key=f"{_state.TRAIN_STAGE_PREFIX}{name}_{version}",
                                             help="on: thawed (trains) · off: frozen")
-            st.caption(f"{r['params']:,} params · out {r['output']}")
+            shape = r["output"].replace(" ", "\u00a0")  # "32 x 112 x 112" never broken across lines
+            st.caption(f"{r['params']:,}\u00a0params · out\u00a0{shape}")
             if r["bn_layers"]:
                 mode = st.segmented_control(f"BatchNorm ({r['bn_layers']})", freezing.BN_MODES,
                                             default=plan.bn[name], key=f"{_state.BN_STAGE_PREFIX}{name}_{version}")

@@ -1,9 +1,11 @@
 import numpy as np
 import streamlit as st
 
-from pages import _cached, _dataset, _images, _runs, _state, _working
+from pages import _cached, _dataset, _images, _route, _runs, _state, _working
 from vislab import evaluation, plots, se, views
 from vislab.transforms import crop_seen
+
+_route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
 _dataset.init_state()
 ss = st.session_state
@@ -32,12 +34,12 @@ gates = _cached.cached_view("se", vm.model, images, (), lambda: se.se_gates(vm.m
 
 st.caption(f"{len(gates.blocks)} SE blocks in `{vm.label}`; rows are blocks (input side at the top), columns "
            "channels. Grey: the block has fewer channels.")
-cols = st.columns(len(images))
-for i, ((label, img), col) in enumerate(zip(images, cols)):
-    with col:
-        st.image(crop_seen(img, cfg), caption=label, width=160)
-        _state.chart(plots.heatmap(gates.matrix(i), "channel", gates.blocks, f"Gates · {label}"),
-                     key=f"{_state.SE_HM_PREFIX}{i}")
+cols = st.columns(4)
+for (label, img), col in zip(images, cols):  # the photos side by side, each heatmap below at full width: 576
+    col.image(crop_seen(img, cfg), caption=label, width=160)  # channels in half a page were 0.7 px each
+for i, (label, _) in enumerate(images):
+    _state.chart(plots.heatmap(gates.matrix(i), "channel", gates.blocks, f"Gates · {label}"),
+                 key=f"{_state.SE_HM_PREFIX}{i}")
 
 if len(images) == 2:
     per_block = gates.mean_difference(0, 1)

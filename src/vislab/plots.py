@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import plotly.graph_objects as go
@@ -13,13 +14,42 @@ from PIL import Image, ImageDraw, ImageFont
 FROZEN, THAWED, HEAD, PARTLY = "#56B4E9", "#E69F00", "#009E73", "#CC79A7"
 STATE_COLOURS = {"frozen": FROZEN, "trainable": THAWED, "new head": HEAD, "partly": PARTLY}
 PHASE_COLOURS = ["rgba(86,180,233,0.12)", "rgba(230,159,0,0.12)"]
+# Sizes for a projector (1280 x 720 on a wall): Streamlit's chart theme puts 12 px tick labels in the figure's
+# template, which beat a layout-wide font, so every axis, legend and colour bar gets its size here explicitly.
+TICK_PX, AXIS_TITLE_PX, TITLE_PX, PANEL_TITLE_PX = 14, 16, 18, 14
 FONT = dict(size=15)
+# a log axis labels its decades only, as powers of ten (10⁻⁴), never "2, 5" between them nor SI's "1μ"
+LOG_AXIS = dict(type="log", dtick=1, exponentformat="power", showexponent="all", minorloglabels="none")
+CHART_PX = 800  # a full-width chart at 1280 px with the sidebar open: what panel grids size their cells for
 
 
 def _layout(fig: go.Figure, title: str, height: int = 380) -> go.Figure:
-    fig.update_layout(title=title, height=height, font=FONT, margin=dict(l=50, r=20, t=60, b=50),
-                      template="plotly_white", legend=dict(orientation="h", y=-0.2))
+    fig.update_layout(title=dict(text=title, font=dict(size=TITLE_PX)), height=height, font=FONT,
+                      margin=dict(l=50, r=20, t=60, b=50), template="plotly_white",
+                      legend=dict(orientation="h", y=-0.2, font=dict(size=TICK_PX)),
+                      hoverlabel=dict(font=dict(size=TICK_PX)))
+    fig.update_xaxes(tickfont=dict(size=TICK_PX), title=dict(font=dict(size=AXIS_TITLE_PX)))
+    fig.update_yaxes(tickfont=dict(size=TICK_PX), title=dict(font=dict(size=AXIS_TITLE_PX)))
+    fig.for_each_xaxis(lambda ax: ax.update(LOG_AXIS) if ax.type == "log" else None)
+    fig.for_each_yaxis(lambda ax: ax.update(LOG_AXIS) if ax.type == "log" else None)
+    fig.update_traces(colorbar=dict(tickfont=dict(size=TICK_PX), title=dict(font=dict(size=TICK_PX))),
+                      selector=dict(type="heatmap"))
     return fig
+
+
+def _text_px(text: str, size: float, bold: bool = False) -> float:
+    """About how wide `text` draws in the app's sans-serif font (Source Sans: ~0.47 em a character, bold 0.52)."""
+    return len(text) * size * (0.52 if bold else 0.47)
+
+
+def _clip(text: str, px: float, size: float) -> str:
+    """`text` (lines split on <br>) cut with an ellipsis where a line would be wider than `px`: a subplot's
+    title never runs into its neighbour's."""
+    out = []
+    for line in text.split("<br>"):
+        most = max(4, int(px / (size * 0.5)))
+        out.append(line if len(line) <= most else line[:most - 1].rstrip() + "…")
+    return "<br>".join(out)
 
 
 def stage_state(row: dict) -> str:
@@ -46,10 +76,36 @@ def params_by_stage(rows: list[dict]) -> go.Figure:
     return fig.update_layout(legend=dict(orientation="h", y=1.0, yanchor="bottom", x=1, xanchor="right"))
 
 
+NAME_PX, NOTE_PX = 14, 13  # stage diagram: a stage's name (bold), its size and BN mode
+
+
+def _stage_label(name: str, box_px: float) -> str:
+    """A stage's name for its box: whole when it fits, else broken after a dot or underscore into two lines
+    (never mid-word), and cut with an ellipsis only when a part is still wider than the box."""
+    if _text_px(name, NAME_PX, bold=True) <= box_px:
+        return name
+    cuts = [i + 1 for i, ch in enumerate(name[:-1]) if ch in "._-"]
+    if cuts:  # the break that leaves the widest line narrowest
+        i = min(cuts, key=lambda i: max(len(name[:i]), len(name[i:])))
+        parts = [name[:i], name[i:]]
+    else:
+        parts = [name]
+    return "<br>".join(_clip(part, box_px, NAME_PX * 1.12) for part in parts)
+
+
 def stage_diagram(rows: list[dict], title: str = "") -> go.Figure:
-    """The network as a row of stage boxes: colour = frozen / trainable / new head, text = BN mode."""
+    """The network as rows of stage boxes: colour = frozen / trainable / new head, text = BN mode. As many
+    boxes a line as the longest name allows at CHART_PX (at most 10), so names and notes never overlap."""
     n = len(rows)
-    per_line = min(n, 10)
+    bn_texts = ["BN " + "/".join(r["bn_modes"]) if r.get("bn_modes") else "no BN" for r in rows]
+    need = max([_text_px(r["stage"], NAME_PX, bold=True) for r in rows]  # one line, or half a broken name
+               + [_text_px(t, NOTE_PX) / 1.05 for t in bn_texts] + [60])  # a BN note may use the gap too
+    plot_px = CHART_PX - 70  # less the margins
+    per_line = max(1, min(n, 10, int(plot_px / (1.1 * (need + 10)))))
+    if per_line < min(n, 4):  # a very long name: four a line, the name broken in two
+        half = max(_text_px(r["stage"], NAME_PX, bold=True) for r in rows) / 2
+        per_line = max(1, min(n, 4, int(plot_px / (1.1 * (half + 10)))))
+    box_px = plot_px / (per_line * 1.1 + 0.2) - 6
     lines = math.ceil(n / per_line)
     shapes, notes = [], []  # collected as plain dicts and set once: plotly re-validates every annotation on
     for i, row in enumerate(rows):  # each add_annotation, which made this figure quadratic (1 s for 20 stages)
@@ -59,12 +115,14 @@ def stage_diagram(rows: list[dict], title: str = "") -> go.Figure:
         shapes.append(dict(type="rect", x0=x0, x1=x0 + 1, y0=y0, y1=y0 + 1, fillcolor=STATE_COLOURS[state],
                            line=dict(color="#333", width=3 if row.get("bn_modes") and "train" in row["bn_modes"]
                                      and state == "frozen" else 1)))
-        bn = "BN " + "/".join(row["bn_modes"]) if row.get("bn_modes") else "no BN"
-        notes.append(dict(x=x0 + 0.5, y=y0 + 0.62, text=f"<b>{row['stage']}</b>", showarrow=False,
-                          font=dict(size=12, color="#111")))
-        notes.append(dict(x=x0 + 0.5, y=y0 + 0.38, text=_short(row["params"]), showarrow=False,
-                          font=dict(size=11, color="#111")))
-        notes.append(dict(x=x0 + 0.5, y=y0 - 0.18, text=bn, showarrow=False, font=dict(size=11, color="#444")))
+        label = _stage_label(row["stage"], box_px)
+        two = "<br>" in label
+        notes.append(dict(x=x0 + 0.5, y=y0 + (0.66 if two else 0.62), text=f"<b>{label}</b>", showarrow=False,
+                          font=dict(size=NAME_PX, color="#111"), hovertext=row["stage"]))
+        notes.append(dict(x=x0 + 0.5, y=y0 + (0.22 if two else 0.32), text=_short(row["params"]),
+                          showarrow=False, font=dict(size=NOTE_PX, color="#111")))
+        notes.append(dict(x=x0 + 0.5, y=y0 - 0.2, text=_clip(bn_texts[i], box_px * 1.08, NOTE_PX),
+                          showarrow=False, font=dict(size=NOTE_PX, color="#444")))
         if col < per_line - 1 and i < n - 1:
             notes.append(dict(x=x0 + 1.1, y=y0 + 0.5, ax=x0 + 1.0, ay=y0 + 0.5, xref="x", yref="y", axref="x",
                               ayref="y", showarrow=True, arrowhead=2, text=""))
@@ -74,7 +132,8 @@ def stage_diagram(rows: list[dict], title: str = "") -> go.Figure:
                         name=state)
     fig.update_xaxes(visible=False, range=[-0.2, per_line * 1.1])
     fig.update_yaxes(visible=False, range=[-(lines - 1) * 1.6 - 0.5, 1.2], scaleanchor=None)
-    return _layout(fig, title or "Stages: what trains, what stays frozen", height=150 + 150 * lines)
+    _layout(fig, title or "Stages: what trains, what stays frozen", height=130 + 135 * lines)
+    return fig.update_layout(legend=dict(y=-0.02, yanchor="top"), margin=dict(b=40))
 
 
 def _short(n: int) -> str:
@@ -178,37 +237,101 @@ def _font(size: int):
         return ImageFont.load_default(size=size)
 
 
+_SEP = r"(?:[ _/-]|\.(?!\d))"  # a line may break after a space, _, / or -, and after a dot not in a number
+_TOKENS = re.compile(rf"(?:(?!{_SEP}).)+{_SEP}*|{_SEP}+")
+
+
+def _wrap(draw, para: str, font, width: int) -> list[tuple[int, int]]:
+    """`para` wrapped to `width` pixels after separators (a token wider than a line is cut by characters):
+    the (start, end) span of each line."""
+    def fits(a: int, b: int) -> bool:
+        return draw.textlength(para[a:b].strip(), font=font) <= width
+
+    spans, start, pos = [], 0, 0
+    for tok in _TOKENS.findall(para):
+        end = pos + len(tok)
+        if not fits(start, end):
+            if pos > start:
+                spans.append((start, pos))
+                start = pos
+            while not fits(start, end):  # one token wider than the cell: cut it where it overflows
+                cut = start + 1
+                while cut < end and fits(start, cut + 1):
+                    cut += 1
+                spans.append((start, cut))
+                start = cut
+        pos = end
+    spans.append((start, len(para)))
+    return spans
+
+
+def _shorten(draw, text: str, font, width: int) -> str:
+    """`text` on one line of `width` pixels: the name in "label: name (note)" loses its end (marked …) before
+    the label does, and the note in brackets goes before the name would shrink under 6 characters."""
+    def fits(t: str) -> bool:
+        return draw.textlength(t, font=font) <= width
+
+    if fits(text):
+        return text
+    m = re.match(r"^(\S*:\s+)?(.*?)(\s*\([^()]*\))?$", text)
+    head, mid, tail = m.group(1) or "", m.group(2), m.group(3) or ""
+    for note, least in ((tail, min(6, len(mid))), ("", 1)):
+        for n in range(len(mid) - 1, least - 1, -1):
+            if fits(head + mid[:n].rstrip() + "…" + note):
+                return head + mid[:n].rstrip() + "…" + note
+        if note and fits(head + mid.rstrip() + "…"):  # the whole name, the note cut
+            return head + mid.rstrip() + "…"
+    cut = text
+    while cut and not fits(cut + "…"):
+        cut = cut[:-1]
+    return cut + "…"
+
+
 def _fit_lines(draw, text: str, font, width: int, max_lines: int) -> list[str]:
-    """`text` (its own line breaks kept) wrapped to `width` pixels, at most `max_lines` lines, the last one
-    ending in an ellipsis when something was cut: captions never run into the next cell."""
+    """`text` wrapped to `width` pixels in at most `max_lines` lines: captions never run into the next cell.
+    Each of its own lines (paragraphs) keeps at least one line and the last one (a loss, a score) is shortened
+    last: when lines run out, the longest earlier paragraph gives up lines first and is cut with an ellipsis
+    ("pred: ankle_bo… (p=0.93)"), so the last line is always seen whole."""
+    paras = text.split("\n")
+    if len(paras) > max_lines:  # more paragraphs than lines: the first ones and the last
+        paras = paras[:max_lines - 1] + paras[-1:]
+    spans = [_wrap(draw, para, font, width) for para in paras]
+    budget = [len(sp) for sp in spans]
+    last = len(paras) - 1
+    while sum(budget) > max_lines:
+        i = max((i for i in range(len(budget)) if budget[i] > 1), key=lambda i: (i != last, budget[i], i))
+        budget[i] -= 1
     out: list[str] = []
-    for para in text.split("\n"):
-        line = ""
-        for ch in para:
-            if draw.textlength(line + ch, font=font) > width and line:
-                out.append(line)
-                line = ch
-            else:
-                line += ch
-        out.append(line)
-    if len(out) > max_lines:
-        out = out[:max_lines]
-        last = out[-1]
-        while last and draw.textlength(last + "…", font=font) > width:
-            last = last[:-1]
-        out[-1] = last + "…"
+    for para, sp, k in zip(paras, spans, budget):
+        out += [para[a:b].strip() for a, b in sp[:k - 1]]
+        out.append(para[sp[k - 1][0]:].strip() if k == len(sp) else _shorten(draw, para[sp[k - 1][0]:].strip(),
+                                                                           font, width))
     return out
 
 
-def image_grid(images: list[Image.Image], captions: list[str], cols: int = 4, cell: int = 180,
-               colours: list[str] | None = None, max_lines: int = 3) -> Image.Image:
-    """A captioned grid of images as one PIL image (for PNG download and slides). Each caption is wrapped to
-    its cell's width (at most `max_lines` lines)."""
-    rows = max(1, math.ceil(len(images) / cols))
-    font = _font(13)
+def caption_px(cell: int) -> int:
+    """The caption font of a grid of `cell` px images: it grows with the cell, as the page shrinks the grid."""
+    return max(13, round(cell / 9))
+
+
+def caption_lines(captions: list[str], cell: int, max_lines: int = 4, font_px: int | None = None) -> list[list[str]]:
+    """The lines `image_grid` draws under each image (see `_fit_lines`)."""
+    font = _font(font_px or caption_px(cell))
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    wrapped = [_fit_lines(measure, cap, font, cell, max_lines) for cap in captions]
-    line_h = 16
+    return [_fit_lines(measure, cap, font, cell, max_lines) for cap in captions]
+
+
+def image_grid(images: list[Image.Image], captions: list[str], cols: int = 4, cell: int = 180,
+               colours: list[str] | None = None, max_lines: int = 4, font_px: int | None = None) -> Image.Image:
+    """A captioned grid of images as one PIL image (for PNG download and slides). Each caption is wrapped to
+    its cell's width (at most `max_lines` lines, its last line never cut, see `_fit_lines`). The font grows
+    with the cell (cell / 9 px): the page shows the grid at its column's width, six 170 px cells in ~820 px,
+    so its captions stay ~14 px on a 1280 px projector."""
+    rows = max(1, math.ceil(len(images) / cols))
+    font_px = font_px or caption_px(cell)
+    font = _font(font_px)
+    wrapped = caption_lines(captions, cell, max_lines, font_px)
+    line_h = round(font_px * 1.25)
     text_h = 8 + line_h * max((len(w) for w in wrapped), default=1)
     pad = 8
     grid = Image.new("RGB", (cols * (cell + pad) + pad, rows * (cell + text_h + pad) + pad), "white")
@@ -243,14 +366,24 @@ def _downsample(m: np.ndarray, size: int = 112) -> np.ndarray:
     return m[::step_h, ::step_w]
 
 
+MAX_PANEL_COLS = 3  # CAM panels a row: ~240 px each in a full-width chart at 1280 px
+
+
 def cam_panels(panels: list[tuple[str, np.ndarray, np.ndarray | None]], opacity: float = 0.5,
                colourscale: str = "Jet", cols: int | None = None, title: str = "") -> go.Figure:
-    """Heatmaps over the image crops the model saw: one panel per (title, crop (H, W, 3) uint8, map (H, W))."""
+    """Heatmaps over the image crops the model saw: one panel per (title, crop (H, W, 3) uint8, map (H, W)).
+    At most MAX_PANEL_COLS a row (more wrap to the next), each panel square and as wide as the row allows at
+    CHART_PX, the colour bar below them rather than beside."""
     n = len(panels)
-    cols = cols or min(n, 4)
+    cols = max(1, min(cols or MAX_PANEL_COLS, MAX_PANEL_COLS, n))
     rows = math.ceil(n / cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[p[0] for p in panels],
-                        horizontal_spacing=0.02, vertical_spacing=0.08)
+    gap = 16
+    panel_px = (CHART_PX - 20 - gap * (cols - 1)) / cols
+    title_lines = max(p[0].count("<br>") + 1 for p in panels)
+    title_px = 6 + round(PANEL_TITLE_PX * 1.3) * title_lines
+    plot_h = rows * panel_px + (rows - 1) * title_px
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[_clip(p[0], panel_px, PANEL_TITLE_PX) for p in panels],
+                        horizontal_spacing=gap / (CHART_PX - 20), vertical_spacing=title_px / plot_h if rows > 1 else 0)
     for i, (_, crop, cam_map) in enumerate(panels):
         r, c = divmod(i, cols)
         fig.add_trace(go.Image(z=crop, hoverinfo="skip"), row=r + 1, col=c + 1)
@@ -260,14 +393,18 @@ def cam_panels(panels: list[tuple[str, np.ndarray, np.ndarray | None]], opacity:
             fig.add_trace(go.Heatmap(
                 z=small, x=np.linspace(0, w - 1, small.shape[1]), y=np.linspace(0, h - 1, small.shape[0]),
                 zmin=0, zmax=1, zsmooth="best", opacity=opacity, colorscale=colourscale,
-                showscale=i == 0, colorbar=dict(title="importance", len=0.8),
+                showscale=i == 0, colorbar=dict(title=dict(text="importance", side="right"), orientation="h",
+                                                x=0.5, xanchor="center", y=-12 / plot_h, yanchor="top",
+                                                len=0.6, thickness=14),
                 hovertemplate="importance %{z:.2f}<extra></extra>"), row=r + 1, col=c + 1)
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
+    fig.update_xaxes(visible=False, constrain="domain")
+    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x", constrain="domain", constraintoward="top")
     for k in range(2, n + 1):
         fig.update_yaxes(scaleanchor=f"x{k}", row=(k - 1) // cols + 1, col=(k - 1) % cols + 1)
-    fig.update_annotations(font_size=13)
-    return _layout(fig, title, height=60 + 280 * rows)
+    fig.update_annotations(font_size=PANEL_TITLE_PX)
+    top = (40 if title else 8) + title_px
+    _layout(fig, title, height=round(plot_h + top + 70))
+    return fig.update_layout(margin=dict(l=10, r=10, t=top, b=70))
 
 
 def heatmap(z: np.ndarray, x_title: str, y_labels: list[str], title: str, colourscale: str = "Viridis",
@@ -292,20 +429,33 @@ def bars(values: np.ndarray, title: str, highlight_high: list[int] = (), highlig
 
 def map_grid(maps: np.ndarray, titles: list[str], cols: int = 8, title: str = "",
              colourscale: str = "Viridis", smooth: bool = True) -> go.Figure:
-    """Small multiples of 2-D maps (feature maps, attention maps), each scaled to its own range."""
+    """Small multiples of 2-D maps (feature maps, attention maps), each scaled to its own range. Every map keeps
+    its own aspect (square cells: a 7×7 map is drawn square, never stretched to the row's height), sized for a
+    full-width chart at CHART_PX."""
     n = len(maps)
     cols = min(cols, n)
     rows = math.ceil(n / cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.01,
-                        vertical_spacing=0.06)
+    h, w = np.asarray(maps[0]).shape[-2:]
+    gap = 8
+    cell_w = (CHART_PX - 20 - gap * (cols - 1)) / cols
+    cell_h = cell_w * h / w
+    title_px = 6 + round(PANEL_TITLE_PX * 1.3)
+    plot_h = rows * cell_h + (rows - 1) * title_px
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[_clip(t, cell_w + gap, PANEL_TITLE_PX) for t in titles],
+                        horizontal_spacing=gap / (CHART_PX - 20), vertical_spacing=title_px / plot_h if rows > 1 else 0)
     for i, m in enumerate(maps):
         r, c = divmod(i, cols)
         fig.add_trace(go.Heatmap(z=m, colorscale=colourscale, showscale=False, zsmooth="best" if smooth else False,
                                  hovertemplate="%{z:.3f}<extra></extra>"), row=r + 1, col=c + 1)
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False, autorange="reversed")
-    fig.update_annotations(font_size=11)
-    return _layout(fig, title, height=60 + (1100 // cols + 30) * rows)
+    fig.update_xaxes(visible=False, constrain="domain")
+    fig.update_yaxes(visible=False, autorange="reversed", constrain="domain", constraintoward="top")
+    for k in range(1, n + 1):  # one map cell = one square: y scaled to x, axis by axis
+        fig.update_yaxes(scaleanchor="x" if k == 1 else f"x{k}", scaleratio=1, row=(k - 1) // cols + 1,
+                         col=(k - 1) % cols + 1)
+    fig.update_annotations(font_size=PANEL_TITLE_PX)
+    top = (40 if title else 8) + title_px
+    _layout(fig, title, height=round(plot_h + top + 10))
+    return fig.update_layout(margin=dict(l=10, r=10, t=top, b=10))
 
 
 def lr_sweep(lrs: list[float], losses: list[float], suggestion: float) -> go.Figure:
@@ -313,7 +463,7 @@ def lr_sweep(lrs: list[float], losses: list[float], suggestion: float) -> go.Fig
     fig = go.Figure(go.Scatter(x=lrs, y=losses, mode="lines", line=dict(width=3, color=THAWED), name="loss"))
     fig.add_vline(x=suggestion, line_dash="dash", line_color=HEAD,
                   annotation_text=f"suggested {suggestion:.1e}", annotation_position="top right")
-    fig.update_xaxes(type="log", title="learning rate")
+    fig.update_xaxes(LOG_AXIS, title="learning rate")
     fig.update_yaxes(title="smoothed training loss")
     return _layout(fig, "Learning-rate finder")
 
