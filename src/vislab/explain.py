@@ -308,7 +308,7 @@ def run(args) -> int:
     except (ExplainError, WeightsError, FileNotFoundError) as exc:
         print(f"vislab: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from vislab.cli import OutGuard
+    from vislab.fileio import OutGuard
 
     guard = OutGuard(folder)  # what a failed write created is removed again: a failure writes nothing
     try:

@@ -1,5 +1,6 @@
 """Small file helpers every module shares: atomic writes (a reader or a kill never sees half a file), a
-file lock (two servers sharing one lab home never read-modify-write one file at once) and file digests."""
+file lock (two servers sharing one lab home never read-modify-write one file at once), file digests, and the
+undo of what a failed command wrote (OutGuard)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -68,3 +70,53 @@ def digest(path: str | Path, algorithm: str = "sha256") -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+class OutGuard:
+    """What a command writes at `--out`, undone when it fails: a command that fails leaves nothing behind.
+
+    Taken before the command runs. If `out` does not exist yet, the topmost folder the command will create for
+    it (`out` itself, or the first missing parent) is removed on failure; if `out` is a folder the user already
+    had, it stays, and only the entries the command added to it are removed."""
+
+    def __init__(self, out: str | os.PathLike | None):
+        self.new: Path | None = None  # the topmost path that did not exist before
+        self.folder: Path | None = None  # an existing folder at out ...
+        self.before: set[str] = set()  # ... and its entries before
+        self.keep = False  # set by a command whose failure still leaves something worth keeping
+        if out is None or not str(out).strip():
+            return
+        path = Path(out)
+        for p in (path, *path.parents):
+            if os.path.lexists(p):
+                break
+            self.new = p
+        if self.new is None and path.is_dir():
+            self.folder = path
+            try:
+                self.before = set(os.listdir(path))
+            except OSError:
+                self.folder = None
+
+    def undo(self) -> None:
+        if self.keep:
+            return
+        if self.new is not None:
+            _remove(self.new)
+        elif self.folder is not None:
+            try:
+                added = set(os.listdir(self.folder)) - self.before
+            except OSError:
+                return
+            for name in added:
+                _remove(self.folder / name)
+
+
+def _remove(path: Path) -> None:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            path.unlink()
+    except OSError:
+        pass
