@@ -1,9 +1,14 @@
+from pathlib import Path
+
 import numpy as np
 import streamlit as st
 
-from pages import _cached, _dataset, _jobs, _state
-from vislab import cam, compare, data, features, freezing, jobs, plots, views
+from pages import _cached, _dataset, _jobs, _route, _state
+from vislab import cam, compare, data, features, freezing, jobs, plots, runs, views
+from vislab.models import DataConfig
 from vislab.transforms import crop_seen, load_image
+
+_route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
 _dataset.init_state()
 ss = st.session_state
@@ -62,6 +67,147 @@ else:
         st.caption("This lab's training job is running: a comparison can start when it ends.")
 
 
+# ---- a saved comparison's views, cached on the run folders and their weights' mtimes (issue 22) ----------
+# A revisit (this session or another, after any other page) recomputes nothing: the table is read once per
+# comparison.json version; each run's Grad-CAM and feature maps once per (run folder, weights' mtime,
+# images and their mtimes, data config, layer). A run's model is loaded only when one of them is missing.
+
+
+def load_shown(folder: Path):
+    """(model name, classes, rows without their models, folder) of a comparison of this lab."""
+    if not _state.current_lab().inside(folder):
+        raise FileNotFoundError("that comparison is not in this lab")
+    name, classes, rows = _comparison(str(folder), (folder / "comparison.json").stat().st_mtime_ns)
+    return name, classes, rows, folder
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _comparison(path: str, mtime_ns: int):
+    return compare.load(path, models=False)
+
+
+def run_version(run_dir: str | None) -> int | None:
+    """mtime of a run's weights (its best checkpoint's when it did not finish), or None without any. Checked
+    here, on every visit, that the run is in this session's lab: the cached views below are shared."""
+    if not run_dir or not _state.current_lab().inside(run_dir):
+        return None
+    folder = Path(run_dir)
+    for weights in (folder / "model.safetensors", folder / runs.CHECKPOINT / "model.safetensors"):
+        try:
+            return weights.stat().st_mtime_ns
+        except OSError:
+            continue
+    return None
+
+
+def validation_picks(run_dir: str, ds) -> list[tuple[str, int, int]]:
+    """The first three validation images of the comparison's own split (path, label, file mtime)."""
+    split = runs.load_split(run_dir)
+    val = split[1] if split else (ds.split()[1] if ds is not None else [])
+    picks = []
+    for path, label in val[:3]:
+        try:
+            picks.append((str(path), int(label), Path(path).stat().st_mtime_ns))
+        except OSError:
+            continue
+    return picks
+
+
+def _model(run_dir: str):
+    return _jobs.load_run(Path(run_dir))
+
+
+@st.cache_data(max_entries=64, show_spinner="Reading the run…")
+def run_facts(run_dir: str, version: int, model_name: str) -> dict:
+    model, run = _model(run_dir)
+    with _cached.model_lock(model):
+        try:
+            layer, why = cam.default_layer(model, model_name), ""
+        except (cam.CamNotApplicable, ValueError, RuntimeError) as exc:
+            layer, why = None, str(exc)
+        return {"data_config": run.config["data_config"], "cam_layer": layer, "cam_why": why,
+                "conv_layers": features.conv_layers(model)}
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def seen_crops(picks: list, cfg_dict: dict) -> list[np.ndarray]:
+    cfg = DataConfig.from_dict(cfg_dict)
+    return [np.asarray(crop_seen(load_image(p), cfg)) for p, _, _ in picks]
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def gradcam(run_dir: str, version: int, picks: list, cfg_dict: dict, layer: str) -> np.ndarray | str:
+    """(B, H, W) Grad-CAM maps of one run for the picked images, or why there are none."""
+    model, _ = _model(run_dir)
+    x = views.batch([load_image(p) for p, _, _ in picks], DataConfig.from_dict(cfg_dict))
+    try:
+        with _cached.model_lock(model):
+            return cam.run(model, x, ["GradCAM"], layer, [y for _, y, _ in picks])[0].maps
+    except (cam.CamNotApplicable, ValueError, RuntimeError) as exc:
+        return str(exc)
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def feature_maps(run_dir: str, version: int, picks: list, cfg_dict: dict, layer: str) -> np.ndarray | str:
+    """(C, H, W) maps of one run's `layer` for the first picked image, or why there are none."""
+    model, _ = _model(run_dir)
+    x = views.batch([load_image(p) for p, _, _ in picks[:1]], DataConfig.from_dict(cfg_dict))
+    try:
+        with _cached.model_lock(model):
+            return features.activations(model, layer, x)[0].numpy()
+    except (AttributeError, ValueError, RuntimeError) as exc:
+        return str(exc)
+
+
+# the figures too: built once per comparison / (runs and their versions, images, layer), not on every visit
+@st.cache_data(max_entries=16, show_spinner=False)
+def table_figures(path: str, mtime_ns: int):
+    """The learning curves and each run's confusion matrix of a saved comparison."""
+    _, classes, rows = _comparison(path, mtime_ns)
+    curves = plots.compare_curves([(r.config.name, r.metrics) for r in rows])
+    cms = [plots.confusion_matrix(np.asarray(r.confusion), classes).update_layout(title=f"{r.config.name}: confusion")
+           for r in rows]
+    return curves, cms
+
+
+@st.cache_data(max_entries=32, show_spinner="Grad-CAM of each run…")
+def cam_figure(shown: tuple, picks: list, cfg_dict: dict, layer: str, classes: list[str]):
+    """(figure or None, errors): Grad-CAM of each shown (name, run folder, version) on the picked images.
+    Each run's maps are cached on their own: a run whose weights changed is the only one recomputed."""
+    crops = seen_crops(picks, cfg_dict)
+    panels, errors = [], []
+    for name, run_dir, version in shown:
+        maps = gradcam(run_dir, version, picks, cfg_dict, layer)
+        if isinstance(maps, str):
+            errors.append(f"{name}: {maps}")
+            continue
+        panels += [(f"{name} · {classes[y]}", crops[b], maps[b]) for b, (_, y, _) in enumerate(picks)]
+    fig = plots.cam_panels(panels, 0.5, "Jet", cols=len(picks), title=f"Grad-CAM at {layer}") if panels else None
+    return fig, errors
+
+
+@st.cache_data(max_entries=32, show_spinner="Feature maps of each run…")
+def maps_figure(shown: tuple, picks: list, cfg_dict: dict, layer: str):
+    """(figure or None, caption, errors): the same 6 channels of `layer` under each shown run."""
+    maps, errors = [], []
+    for name, run_dir, version in shown:
+        m = feature_maps(run_dir, version, picks, cfg_dict, layer)
+        if isinstance(m, str):
+            errors.append(f"{name}: {m}")
+        else:
+            maps.append((name, m))
+    if not maps:
+        return None, "", errors
+    top = features.top_channels(maps[0][1], 6)
+    grid = np.stack([m[c] for _, m in maps for c in top])
+    titles = [f"{n} · ch {c}" for n, _ in maps for c in top]
+    fig = plots.map_grid(grid, titles, cols=6, title=f"{layer}: the same 6 channels under each run")
+    base = maps[0][1]
+    change = "Change of these maps against the first run: " + ", ".join(
+        f"{n} {features.map_change(base, m):.3f}" for n, m in maps[1:])
+    return fig, change, errors
+
+
 @st.fragment(run_every=1.0 if active is not None else None)
 def progress():
     job = _jobs.active_job("compare")
@@ -99,62 +245,51 @@ if saved:
 loaded = None
 if ss.get(_state.COMPARE_SHOWN) and (_dataset.session_runs() / ss[_state.COMPARE_SHOWN] / "comparison.json").is_file():
     try:
-        loaded = _jobs.load_comparison(_dataset.session_runs() / ss[_state.COMPARE_SHOWN])
+        loaded = load_shown(_dataset.session_runs() / ss[_state.COMPARE_SHOWN])
     except (OSError, ValueError, KeyError) as exc:
         st.error(f"Cannot reload {ss[_state.COMPARE_SHOWN]}: {exc}")
 
 if loaded:
     model_name, classes, rows, folder = loaded
     st.subheader(f"{len(rows)} runs of `{model_name}`")
-    _state.chart(plots.compare_curves([(r.config.name, r.metrics) for r in rows]), key=_state.CMP_CURVES)
-    summary = [r.summary() for r in rows]
-    st.dataframe(summary, hide_index=True, width="stretch")
-    csv_file = folder / "comparison.csv"  # written by vislab.compare.save
-    if csv_file.is_file():
-        st.download_button("Download the table (CSV)", csv_file.read_bytes(), "comparison.csv", "text/csv")
-    for line in {c for r in rows for c in r.cache}:
-        st.caption(line)
+    curves, cms = table_figures(str(folder), (folder / "comparison.json").stat().st_mtime_ns)
+    _state.chart(curves, key=_state.CMP_CURVES)
+    st.dataframe(compare.table(rows), hide_index=True, width="stretch")
+    st.markdown(compare.noise_text(compare.noise(rows)))
+    for p in compare.caching_passes(rows):
+        st.markdown(f"**{p.describe()}**")
+    st.caption("*train seconds*: each configuration's own training, without the caching pass it trained on. "
+               "*kept val acc* is the kept weights' accuracy on the validation images, *± SE* its binomial "
+               "standard error; *vs the best* compares each with the best on the same images.")
+    st.download_button("Download the table (CSV)", compare.csv_text(rows), "comparison.csv", "text/csv")
+    with st.expander("How each run's frozen prefix was run"):
+        for line in dict.fromkeys(c for r in rows for c in r.cache):
+            st.caption(line)
     cols = st.columns(min(len(rows), 4))
-    for i, r in enumerate(rows):
+    for i, fig in enumerate(cms):
         with cols[i % len(cols)]:
-            _state.chart(plots.confusion_matrix(np.asarray(r.confusion), classes).update_layout(
-                title=f"{r.config.name}: confusion"), key=f"{_state.CMP_CM_PREFIX}{i}")
+            _state.chart(fig, key=f"{_state.CMP_CM_PREFIX}{i}")
 
-    models_ok = [r for r in rows if r.model is not None]
-    if ds is not None and models_ok:
+    versions = {r.config.name: run_version(r.run_dir) for r in rows}
+    runs_ok = [r for r in rows if versions[r.config.name] is not None]
+    picks = validation_picks(runs_ok[0].run_dir, ds) if runs_ok else []
+    if picks:
         st.subheader("The same validation images under each run")
-        _, val = ds.split()
-        picks = val[: min(3, len(val))]
-        working = ss.get(_state.WORKING)
-        cfg = working[2].data_config.with_size(ss.get(_state.COMPARE_SIZE)) if working else None
-        if cfg is not None:
-            images = [(p, load_image(p)) for p, _ in picks]
-            x = views.batch([img for _, img in images], cfg)  # (B, 3, H, W)
-            crops = [np.asarray(crop_seen(img, cfg)) for _, img in images]
-            layer = _cached.cam_layer(models_ok[0].model, model_name)
-            panels = []
-            for r in models_ok:  # cached per run: changing the layer below does not redo these
-                try:
-                    res = _cached.cached_view("compare_cam", r.model, images, (layer, tuple(cfg.input_size)),
-                                              lambda r=r: cam.run(r.model, x, ["GradCAM"], layer,
-                                                               [y for _, y in picks])[0])
-                except (cam.CamNotApplicable, ValueError, RuntimeError) as exc:
-                    st.error(f"{r.config.name}: {exc}")
-                    continue
-                panels += [(f"{r.config.name} · {classes[y]}", crops[b], res.maps[b]) for b, (_, y) in enumerate(picks)]
-            if panels:
-                _state.chart(plots.cam_panels(panels, 0.5, "Jet", cols=len(picks), title=f"Grad-CAM at {layer}"),
-                             key=_state.CMP_CAM)
-            layers = features.conv_layers(models_ok[0].model)
-            layer = st.selectbox("Feature maps of layer", layers, index=len(layers) // 2, key=_state.CMP_LAYER)
-            maps = [(r.config.name, _cached.cached_view("compare_maps", r.model, images[:1], (layer,),
-                                                        lambda r=r: features.activations(r.model, layer, x[:1])[0]))
-                    for r in models_ok]
-            top = features.top_channels(maps[0][1], 6)
-            grid = np.stack([m[c].numpy() for _, m in maps for c in top])
-            titles = [f"{n} · ch {c}" for n, _ in maps for c in top]
-            _state.chart(plots.map_grid(grid, titles, cols=6, title=f"{layer}: the same 6 channels under each run"),
-                         key=_state.CMP_MAPS)
-            base = maps[0][1]
-            st.caption("Change of these maps against the first run: " + ", ".join(
-                f"{n} {features.map_change(base, m):.3f}" for n, m in maps[1:]))
+        shown = tuple((r.config.name, r.run_dir, versions[r.config.name]) for r in runs_ok)
+        facts = run_facts(shown[0][1], shown[0][2], model_name)
+        if facts["cam_layer"] is None:
+            st.info(f"No Grad-CAM for `{model_name}`: {facts['cam_why']}")
+        else:
+            fig, errors = cam_figure(shown, picks, facts["data_config"], facts["cam_layer"], classes)
+            for line in errors:
+                st.error(line)
+            if fig is not None:
+                _state.chart(fig, key=_state.CMP_CAM)
+        layers = facts["conv_layers"]
+        layer = st.selectbox("Feature maps of layer", layers, index=len(layers) // 2, key=_state.CMP_LAYER)
+        fig, change, errors = maps_figure(shown, picks[:1], facts["data_config"], layer)
+        for line in errors:
+            st.error(line)
+        if fig is not None:
+            _state.chart(fig, key=_state.CMP_MAPS)
+            st.caption(change)
