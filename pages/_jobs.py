@@ -8,6 +8,8 @@ It imports no torch at module level (the sidebar uses it on every page).
 
 from __future__ import annotations
 
+import functools
+import re
 import time
 from pathlib import Path
 
@@ -46,7 +48,18 @@ def job_kind(job: jobs.Job) -> str:
     if (job.folder / "comparison.json").is_file():
         return "compare"
     try:
-        return job.spec().get("kind", "train")
+        stamp = (job.folder / "job.json").stat().st_mtime_ns
+    except OSError:
+        return "train"  # a run folder the CLI wrote
+    return _kind_of(str(job.folder), stamp)
+
+
+@functools.lru_cache(maxsize=4096)
+def _kind_of(folder: str, stamp: int) -> str:
+    """A job's kind from its job.json, read once per file version: the job.json holds the whole dataset
+    report, and every page asks for the lab's jobs several times per rerun."""
+    try:
+        return jobs.Job(Path(folder)).spec().get("kind", "train")
     except ValueError:
         return "train"
 
@@ -109,11 +122,18 @@ def describe(job: jobs.Job | None) -> str:
         return f"queued, {ahead(job)} ahead"
     if state == "running":
         p = job.progress()
-        if p.get("stage") == "caching":
+        stage = p.get("stage")
+        if stage == "caching":
             return f"caching features {p.get('cached', 0)}/{p.get('to_cache', 0)}"
-        if p.get("epoch"):
-            return f"training, epoch {p['epoch']}/{p.get('epochs', '?')}"
-        return "starting"
+        if stage == "building":
+            return "building the model"
+        if stage == "preparing":
+            return "finding the frozen part"
+        if stage in ("finishing", "finished"):
+            return "saving the results"
+        if stage == "training" and p.get("epochs"):
+            return f"training, epoch {_epoch_now(p)}/{p['epochs']}"
+        return "starting the worker"
     return f"{state}: `{job.id}`"
 
 
@@ -128,23 +148,98 @@ def sidebar_line() -> str:
     return describe(job)
 
 
+def _epoch_now(p: dict) -> int:
+    """The epoch a training progress record is in: a batch's own epoch (1-based); before the first batch of an
+    epoch (a phase or cache event, which count the epochs done), the next one."""
+    epoch, epochs = int(p.get("epoch") or 0), int(p.get("epochs") or 0)
+    return epoch if p.get("batch") else min(epoch + 1, max(epochs, 1))
+
+
 def progress_text(job: jobs.Job) -> tuple[float, str]:
-    """(fraction done, the line under the bar) for a running training job."""
+    """(fraction done, the line under the bar) for a running job: what the worker is doing now, from its
+    progress.json; never a batch count or a loss before the first batch has run."""
     p = job.progress()
     seconds = time.time() - p.get("started", time.time())
+    took = f" · {seconds:.0f} s"
     stage = p.get("stage")
-    if stage == "starting" or not stage:
-        return 0.0, f"starting the worker and loading the model · {seconds:.0f} s"
+    epochs = max(int(p.get("epochs") or 0), 1)
+    phase = f" ({p['phase']})" if p.get("phase") else ""
+    if stage == "building":
+        model = f" `{p['model']}`" if p.get("model") else ""
+        return 0.0, f"building the model{model}: its pretrained weights, the new head and the freeze plan" + took
+    if stage == "preparing":
+        return (min(int(p.get("epoch") or 0) / epochs, 1.0),
+                f"epoch {_epoch_now(p)}/{epochs}{phase}: finding the frozen part of the network, which runs once "
+                "over your images (its outputs are then reused every epoch)" + took)
     if stage == "caching":
         done, total = p.get("cached", 0), max(p.get("to_cache", 1), 1)
         return done / total * 0.999, (f"caching features: {done}/{total} images through the frozen layers "
-                                      f"(once; the epochs then train from them) · {seconds:.0f} s")
-    epoch, epochs = p.get("epoch", 0), max(p.get("epochs", 1), 1)
-    batch, batches = p.get("batch", 0), max(p.get("batches", 1), 1)
+                                      f"(once; the epochs then train from them)" + took)
+    if stage in ("finishing", "finished"):
+        return 1.0, "training ended: keeping the best epoch's weights and predicting the validation images" + took
+    if stage != "training" or not p.get("epochs"):
+        return 0.0, "starting the worker process" + took
+    epoch = _epoch_now(p)
+    if not p.get("batch"):  # between a cache (or epoch) event and the first batch of this epoch
+        return min((epoch - 1) / epochs, 1.0), f"epoch {epoch}/{epochs}{phase}: first batch…" + took
+    batch, batches = int(p["batch"]), max(int(p.get("batches") or 1), 1)
     done = (max(epoch - 1, 0) + batch / batches) / epochs
-    phase = f" ({p['phase']})" if p.get("phase") else ""
-    return min(max(done, 0.0), 1.0), (f"epoch {epoch}/{epochs}{phase} · batch {batch}/{batches} · loss "
-                                      f"{p.get('loss', 0.0):.3f} · {seconds:.0f} s")
+    loss = f" · loss {p['loss']:.3f}" if isinstance(p.get("loss"), (int, float)) else ""
+    return min(max(done, 0.0), 1.0), f"epoch {epoch}/{epochs}{phase} · batch {batch}/{batches}{loss}" + took
+
+
+_CACHED = re.compile(r"features cached: prefix \((?P<n>\d+) modules? up to '(?P<last>[^']+)'\) (?P<how>.*?), "
+                     r"(?P<mib>\d+) MiB (?P<where>in memory|on disk); training runs from '(?P<boundary>[^']+)'")
+_RUN_ONCE = re.compile(r"run once by (?P<engine>.+?), (?P<seconds>\d+(?:\.\d+)?) s \(")
+
+
+def _seconds(s: float) -> str:
+    return f"{s * 1000:.0f} ms" if s < 0.1 else f"{s:.1f} s"
+
+
+def cache_story(message: str, images: int | None = None, epoch_seconds: float | None = None,
+                done: bool = True) -> str:
+    """A feature-cache line (caching.Cache.describe, or "no feature cache: why") said for a learner: what ran
+    once, over how many images, and what it saved per epoch. The engineering line stays as it was (for a
+    tooltip or an expander). `done`: said of a finished run (else of one still training)."""
+    were, ran = ("were", "trained") if done else ("are", "train")
+    your = f"your {images} images" if images else "your images"
+    if message.startswith("no feature cache:"):
+        why = message.removeprefix("no feature cache:").strip()
+        return (f"Every epoch {'ran' if done else 'runs'} {your} through the whole network (no part of it could be "
+                f"run once: {why}).")
+    m = _CACHED.match(message)
+    if m is None:
+        return message
+    part = f"The frozen part of the network (up to `{m['last']}`)"
+    if "shared with an earlier run" in m["how"]:
+        return f"{part} had already been run over {your} by an earlier run; its outputs {were} reused every epoch."
+    once = _RUN_ONCE.match(m["how"])
+    seconds = float(once["seconds"]) if once else None
+    line = f"{part} ran once over {your}" + (f" ({seconds:.1f} s)" if seconds is not None else "")
+    line += f", and its outputs {were} reused every epoch"
+    if seconds is not None and epoch_seconds is not None:
+        line += (f": an epoch took {_seconds(epoch_seconds)} instead of about {_seconds(epoch_seconds + seconds)} "
+                 "(running the frozen part over every image each epoch)")
+    return line + f". Only the layers from `{m['boundary']}` on {ran}."
+
+
+def cache_stories(job: jobs.Job, metrics: list[dict] | None = None, images: int | None = None,
+                  done: bool = True) -> list[tuple[str, str]]:
+    """(for a learner, the engineering line) per phase that reported its feature cache; `metrics` (epochs with
+    their phase and seconds) gives the time per epoch, `images` the number of images (else from progress)."""
+    images = images or job.progress().get("images")
+    told = [e for e in job.events() if e.get("kind") == "cache" and e.get("message")]
+    phases = {e.get("phase") for e in told}
+    out = []
+    for e in told:
+        mine = [m["seconds"] for m in metrics or [] if m.get("phase") == e.get("phase") and not m.get("partial")
+                and isinstance(m.get("seconds"), (int, float))]
+        story = cache_story(e["message"], images, sum(mine) / len(mine) if mine else None, done)
+        if len(phases) > 1 and e.get("phase"):
+            story = f"Phase {e['phase']}: {story}"
+        out.append((story, e["message"]))
+    return out
 
 
 def totals(job: jobs.Job) -> str:
@@ -199,3 +294,9 @@ def load_comparison(folder: Path):
         raise FileNotFoundError("that comparison is not in this lab")
     name, classes, rows = _load_comparison(str(folder), (folder / "comparison.json").stat().st_mtime_ns)
     return name, classes, rows, folder
+
+
+if __name__ == "__main__":  # opened as a page of its own (Streamlit's old pages-folder mode)
+    from pages import _route
+
+    _route.through_app()

@@ -1,11 +1,17 @@
 import dataclasses
+import time
+from datetime import datetime
+from pathlib import Path
 
 import streamlit as st
 from PIL import Image, UnidentifiedImageError
 
-from pages import _dataset, _images, _jobs, _runs, _state, _working
+from pages import _dataset, _images, _jobs, _route, _runs, _state, _working
 from vislab import data, evaluation, freezing, jobs, plots, runs, training
+from vislab.heads import head_names
 from vislab.transforms import Augment, load_image, to_rgb
+
+_route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
 _dataset.init_state()
 ss = st.session_state
@@ -18,29 +24,97 @@ running = active is not None
 active_spec = (active.spec().get("spec") or {}).get("train", {}) if active else {}
 
 
-def render_results(metrics, classes, predictions, cfg, trained_model, run_dir, key):
-    """Curves, confusion matrix, per-class accuracy, top losses and classify-an-image for a finished run."""
-    _state.chart(plots.curves(metrics), key=f"{_state.CURVES_PREFIX}{key}")
-    if predictions is None or not len(predictions.labels):
+def pct(x: float | None) -> str:
+    """An accuracy as the page writes it everywhere: 93.8%."""
+    return "—" if x is None else f"{x:.1%}"
+
+
+def when(saved: str | None = None, epoch_s: float | None = None, run_id: str = "") -> str:
+    """A date as the page writes it everywhere: YYYY-MM-DD HH:MM (from a run's saved time, a timestamp, or
+    the stamp its folder name starts with)."""
+    if saved:
+        return str(saved)[:16]
+    if epoch_s:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(epoch_s))
+    try:
+        return datetime.strptime(run_id[:15], "%Y%m%d-%H%M%S").strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return "—"
+
+
+def curves(metrics):
+    """The training curves with accuracy as a percentage (axis and hover)."""
+    fig = plots.curves(metrics)
+    fig.update_yaxes(tickformat=".0%", row=1, col=2)
+    fig.update_traces(hovertemplate="epoch %{x}: %{y:.1%}", selector=lambda t: (t.name or "").endswith(" acc"))
+    return fig
+
+
+RUN_FILES = ("status.json", "job.json", "events.jsonl", "progress.json", "config.json", "metrics.json",
+             "predictions.json", "model.safetensors", "checkpoint/model.safetensors", "checkpoint/metrics.json",
+             "checkpoint/config.json")
+
+
+def stamp(folder: Path) -> tuple:
+    """The versions of a run folder's files: what a cached result of that run is keyed on (with the folder)."""
+    out = []
+    for name in RUN_FILES:
+        try:
+            out.append((folder / name).stat().st_mtime_ns)
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def finished_summary(folder: str, version: tuple) -> dict:
+    """What the page says about a finished job, read from its files once per version of them."""
+    job = jobs.Job(Path(folder))
+    cfg = runs.read_config(folder)
+    events = job.metrics()  # the epochs as the worker reported them (also of a run that saved none)
+    images = (cfg.get("train_size") or 0) + (cfg.get("val_size") or 0) or None
+    return {"metrics": events, "totals": _jobs.totals(job),
+            "stories": _jobs.cache_stories(job, runs.read_metrics(folder) or events, images)}
+
+
+@st.cache_resource(max_entries=16, show_spinner="Preparing the run's results…")
+def results(folder: str, version: tuple, _model, _run, _metrics) -> dict:
+    """A finished run's curves, predictions, confusion matrix, per-class accuracy and top-loss grid, built once
+    per run folder and version of its files (shared, never changed by the page)."""
+    out = {"curves": curves(_metrics), "preds": None}
+    preds = runs.load_predictions(folder) or _runs.predict_saved_split(_model, _run)
+    if preds is None or not len(preds.labels):
+        return out
+    classes = _run.classes
+    cm = evaluation.confusion(preds, len(classes))
+    per_class = plots.per_class_accuracy(evaluation.per_class_accuracy(cm), classes)
+    per_class.update_yaxes(tickformat=".0%")
+    imgs, caps, colours = [], [], []
+    for i in evaluation.top_losses(preds, 12):
+        p, y, k = preds.paths[i], preds.labels[i], preds.predicted[i]
+        imgs.append(load_image(p))
+        caps.append(f"true: {classes[y]}\npred: {classes[k]} (p={preds.probs[i, k]:.2f})\n"
+                    f"loss {preds.losses[i]:.2f}")
+        colours.append("#B00020" if k != y else "#006400")
+    out.update(preds=preds, confusion=plots.confusion_matrix(cm, classes), per_class=per_class,
+               grid=plots.image_grid(imgs, caps, cols=6, cell=170, colours=colours))
+    return out
+
+
+def render_results(shown: dict, classes, cfg, trained_model, run_dir, key):
+    """Curves, confusion matrix, per-class accuracy, top losses and classify-an-image for a finished run
+    (`shown`: its cached `results`)."""
+    _state.chart(shown["curves"], key=f"{_state.CURVES_PREFIX}{key}")
+    if shown["preds"] is None:
         st.info("No validation images to evaluate for this run.")
         return
-    cm = evaluation.confusion(predictions, len(classes))
     left, right = st.columns(2)
     with left:
-        _state.chart(plots.confusion_matrix(cm, classes), key=f"{_state.CM_PREFIX}{key}")
+        _state.chart(shown["confusion"], key=f"{_state.CM_PREFIX}{key}")
     with right:
-        _state.chart(plots.per_class_accuracy(evaluation.per_class_accuracy(cm), classes),
-                     key=f"{_state.PC_PREFIX}{key}")
+        _state.chart(shown["per_class"], key=f"{_state.PC_PREFIX}{key}")
     st.subheader("Top losses: the validation images it got most wrong")
-    worst = evaluation.top_losses(predictions, 12)
-    imgs, caps, colours = [], [], []
-    for i in worst:
-        p, y, k = predictions.paths[i], predictions.labels[i], predictions.predicted[i]
-        imgs.append(load_image(p))
-        caps.append(f"true: {classes[y]}\npred: {classes[k]} (p={predictions.probs[i, k]:.2f})\n"
-                    f"loss {predictions.losses[i]:.2f}")
-        colours.append("#B00020" if k != y else "#006400")
-    grid = plots.image_grid(imgs, caps, cols=6, cell=170, colours=colours)
+    grid = shown["grid"]
     st.image(grid, width="stretch")
     _images.download_png(lambda: grid, f"top_losses_{key}.png", "Download top losses (PNG)")
     st.subheader("Classify a new image")
@@ -61,7 +135,24 @@ def render_results(metrics, classes, predictions, cfg, trained_model, run_dir, k
         st.caption(f"Run folder: `{run_dir}`")
 
 
-def _start(default_size: int) -> None:
+def cache_captions(stories: list[tuple[str, str]]) -> None:
+    """How the feature cache ran, said for a learner; the engineering lines folded away."""
+    if not stories:
+        return
+    for story, _ in stories:
+        st.caption(story)
+    with st.expander("Feature cache: the engineering detail"):
+        for _, line in stories:
+            st.caption(line)
+
+
+def trains_beyond_head(model, rep: freezing.FreezeReport) -> bool:
+    """Whether the plan trains anything besides the head: only then do stages get rates of their own."""
+    heads = head_names(model)
+    return any(not any(n == h or n.startswith(f"{h}.") for h in heads) for n in rep.trainable_tensors)
+
+
+def _start(default_size: int, beyond_head: bool) -> None:
     """Start's callback: queues the job from the widgets' values before the page runs again, so the one rerun
     a click costs already shows Start disabled and the live progress (a class pressing Start together is the
     server's busiest moment: no second full rerun per user)."""
@@ -73,14 +164,17 @@ def _start(default_size: int) -> None:
         ss[_state.TRAIN_START_REFUSED] = "Two-phase needs at least 2 epochs: nothing was queued."
         return
     size = ss.get(f"{_state.TRAIN_SIZE_PREFIX}{default_size}", default_size)
-    decay = float(ss.get(_state.TRAIN_LAYER_DECAY, 1.0))
+    # only the settings that apply to this plan (the page offers only those): a head-only run has one rate
+    decay = float(ss.get(_state.TRAIN_LAYER_DECAY, 1.0)) if beyond_head else 1.0
+    two_phase = ss[_state.STRATEGY] == "two-phase"
     device = ss.get(_state.TRAIN_DEVICE, "auto")
     spec = _working.session_spec()
     spec = dataclasses.replace(
         spec, img_size=size if size != default_size else None, augment=ss.get(_state.AUGMENT) or Augment(),
         train=dataclasses.replace(spec.train, epochs=int(ss[_state.TRAIN_EPOCHS]), lr=float(ss[_state.TRAIN_LR]),
                                   batch_size=int(ss[_state.TRAIN_BATCH]), device=device,
-                                  phase2_lr_factor=float(ss.get(_state.TRAIN_FACTOR, 0.1)),
+                                  **({"phase2_lr_factor": float(ss.get(_state.TRAIN_FACTOR, 0.1))} if two_phase
+                                     else {}),
                                   layer_decay=None if decay == 1.0 else decay))
     plan = ss[_state.PLAN]
     try:
@@ -114,14 +208,21 @@ else:
     found = training.devices_found()
     c[4].selectbox("Device", ["auto", "cpu"] + (["cuda"] if any(f.startswith("cuda") for f in found) else []),
                    disabled=running, help="Found here: " + ", ".join(found), key=_state.TRAIN_DEVICE)
-    c[5].select_slider("Phase-2 LR factor", [0.5, 0.2, 0.1], 0.1, disabled=running, key=_state.TRAIN_FACTOR,
-                       help="two-phase: the second phase trains everything at lr × this")
-    st.select_slider("Per-stage LR decay (1 = the same rate everywhere)", [1.0, 0.9, 0.8, 0.7, 0.5], 1.0,
-                     disabled=running, key=_state.TRAIN_LAYER_DECAY,
-                     help="The head trains at the learning rate; each stage toward the stem at this "
-                          "factor times the rate of the stage after it")
     rep = freezing.report(model)
     strategy = ss[_state.STRATEGY]
+    beyond_head = trains_beyond_head(model, rep)  # the plan (two-phase: its second phase) thaws stages
+    if strategy == "two-phase":
+        c[5].select_slider("Phase-2 LR factor", [0.5, 0.2, 0.1], 0.1, disabled=running, key=_state.TRAIN_FACTOR,
+                           help="two-phase: the second phase trains everything at lr × this")
+    if beyond_head:
+        st.select_slider("Per-stage LR decay (1 = the same rate everywhere)", [1.0, 0.9, 0.8, 0.7, 0.5], 1.0,
+                         disabled=running, key=_state.TRAIN_LAYER_DECAY,
+                         help="The head trains at the learning rate; each stage toward the stem at this "
+                              "factor times the rate of the stage after it")
+    not_here = ([] if strategy == "two-phase" else ["a phase-2 LR factor (only two-phase has a second phase)"]) + \
+        ([] if beyond_head else ["per-stage LR decay (only the head trains, so there is one rate)"])
+    if not_here:
+        st.caption(f"Not used by strategy **{strategy}**: {' and '.join(not_here)}.")
     st.caption(f"`{info.name}` · strategy **{strategy}** · {rep.trainable_params:,} trainable of {rep.total:,} "
                f"parameters · {len(ds.used.items)} images ({ds.label}) · devices found: {', '.join(found)} · "
                f"weights: {_working.weights_badge(info.weights)}")
@@ -130,7 +231,7 @@ else:
     b1, b2, _ = st.columns([1, 1, 4])
     start_help = "This lab already has a job; it must end (or be stopped) first." if running else None
     b1.button("Start training", type="primary", disabled=running or (strategy == "two-phase" and epochs < 2),
-              help=start_help, on_click=_start, args=(default_size,))
+              help=start_help, on_click=_start, args=(default_size, beyond_head))
     refused = ss.pop(_state.TRAIN_START_REFUSED, None)
     if refused:  # a second tab or a double click: the lab's job is already there
         st.warning(refused)
@@ -153,6 +254,34 @@ else:
             if st.button(f"Use {sweep.suggestion:.1e}", disabled=running):
                 ss[_state.TRAIN_LR_NEXT] = float(sweep.suggestion)
                 st.rerun()
+
+
+RUN_COLUMNS = ("run", "date", "model", "head", "strategy", "epochs", "best val acc", "status")
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def runs_table(versions: tuple) -> list[dict]:
+    """One row per training job of the lab, read from its files only when one of them changed (`versions`:
+    (folder, stamp) per job, newest first)."""
+    table = []
+    for folder, _ in versions:
+        j = jobs.Job(Path(folder))
+        status = j.status()
+        try:
+            cfg = runs.read_config(j.folder)
+        except (OSError, ValueError):
+            cfg = {}
+        try:
+            spec = (j.spec().get("spec") or {}) if (j.folder / "job.json").is_file() else {}
+        except ValueError:
+            spec = {}
+        accs = [m["val_acc"] for m in (runs.read_metrics(j.folder) or j.metrics())]
+        table.append({"run": j.id, "date": when(cfg.get("saved"), status.get("created") or status.get("queued"), j.id),
+                      "model": cfg.get("model") or spec.get("model"),
+                      "head": cfg.get("head_kind") or spec.get("head") or "linear",
+                      "strategy": cfg.get("strategy") or spec.get("strategy"), "epochs": len(accs),
+                      "best val acc": round(100 * max(accs), 1) if accs else None, "status": status.get("state")})
+    return table
 
 
 queued = running and active.state == "queued"
@@ -180,11 +309,10 @@ def live():
     st.progress(done, text=text)
     if job.stop_requested:
         st.caption("Stopping after this batch…")
-    for line in job.cache_lines():
-        st.caption(line)
     metrics = job.metrics()
+    cache_captions(_jobs.cache_stories(job, metrics, done=False))
     if metrics:
-        _state.chart(plots.curves(metrics), key=_state.LIVE_CURVES)
+        _state.chart(curves(metrics), key=_state.LIVE_CURVES)
     else:
         st.caption("Curves appear after the first epoch.")
 
@@ -201,8 +329,8 @@ if shown is not None and not shown.active:
     elif state == "cancelled":
         st.info(f"The last job was cancelled ({status.get('message', '')}).")
     else:
-        metrics = shown.metrics()
-        line = _jobs.totals(shown)
+        summary = finished_summary(str(shown.folder), stamp(shown.folder))
+        line = summary["totals"]
         try:
             trained, run = _jobs.load_run(shown.folder)
         except (FileNotFoundError, RuntimeError, ValueError, KeyError, OSError) as exc:
@@ -212,43 +340,39 @@ if shown is not None and not shown.active:
         msg = f"{word}: {line}"
         if run is not None and run.metrics:
             best = max(run.metrics, key=lambda m: m["val_acc"])
-            msg += f", best val acc {best['val_acc']:.1%} (epoch {best['epoch']}, weights kept)"
+            msg += f", best val acc {pct(best['val_acc'])} (epoch {best['epoch']}, weights kept)"
         if state == "interrupted":
             msg += (". The worker ended before the run finished; its best epoch so far is kept: reopen it below or "
                     "continue it with Resume")
         (st.warning if status.get("message") or state != "done" else st.success)(
             msg + (f". {status['message']}" if status.get("message") and state != "interrupted" else ""))
-        for line in shown.cache_lines():
-            st.caption(line)
+        cache_captions(summary["stories"])
         if run is not None:
-            preds = runs.load_predictions(shown.folder) or _runs.predict_saved_split(trained, run)
-            render_results(run.metrics or metrics, run.classes, preds, run.data_config, trained, shown.folder, "job")
+            shown_results = results(str(shown.folder), stamp(shown.folder), trained, run,
+                                    run.metrics or summary["metrics"])
+            render_results(shown_results, run.classes, run.data_config, trained, shown.folder, "job")
 
 st.divider()
 st.subheader("Runs of this lab")
-every = [j for j in _jobs.lab_jobs("train")]
+every = current  # the lab's training jobs, listed above
 if not every:
     st.caption(f"No runs in this lab yet. Each run is saved to `{_dataset.session_runs()}`, kept across reloads and "
                "server restarts (open one elsewhere with `vislab.runs.load(folder)` or `vislab export --run`).")
 else:
-    table = []
-    for j in every:
-        status = j.status()
-        try:
-            cfg = runs.read_config(j.folder)
-        except (OSError, ValueError):
-            cfg = {}
-        spec = (j.spec().get("spec") or {}) if (j.folder / "job.json").is_file() else {}
-        accs = [m["val_acc"] for m in (runs.read_metrics(j.folder) or j.metrics())]
-        table.append({"run": j.id, "status": status.get("state"), "model": cfg.get("model") or spec.get("model"),
-                      "strategy": cfg.get("strategy") or spec.get("strategy"), "epochs": len(accs),
-                      "best val acc": max(accs) if accs else None,
-                      "saved": cfg.get("saved") or j.id[:15].replace("_", " ")})
-    st.dataframe(table, hide_index=True, width="stretch")
+    table = runs_table(tuple((str(j.folder), stamp(j.folder)) for j in every))
+    for row in table:  # a running job whose worker is gone changes no file: its state is asked for each time
+        if row["status"] in jobs.ACTIVE:
+            row["status"] = jobs.Job(_dataset.session_runs() / row["run"]).state
+    st.dataframe(table, hide_index=True, width="stretch", column_order=RUN_COLUMNS, column_config={
+        "best val acc": st.column_config.NumberColumn(format="%.1f%%", help="the best epoch's validation accuracy"),
+        "date": st.column_config.TextColumn(help="when the run was saved (or started, if it never was)")})
     openable = [r["run"] for r in table if r["status"] in ("done", "stopped", "interrupted")]
     if openable:
         c1, c2, c3 = st.columns([3, 1, 1])
-        pick = c1.selectbox("Reopen a run", openable, key=_state.REOPEN_PICK)
+        by_run = {r["run"]: r for r in table}
+        pick = c1.selectbox("Reopen a run", openable, key=_state.REOPEN_PICK, format_func=lambda r: (
+            f"{by_run[r]['date']} · {by_run[r]['model']} · {by_run[r]['head']} head · {by_run[r]['strategy']} · "
+            f"{pct(None if by_run[r]['best val acc'] is None else by_run[r]['best val acc'] / 100)} · {r}"))
         if c2.button("Reopen"):
             ss[_state.REOPENED] = pick
         picked_state = next(r["status"] for r in table if r["run"] == pick)
@@ -274,8 +398,10 @@ else:
         except (FileNotFoundError, RuntimeError, ValueError, KeyError, OSError) as exc:
             st.error(f"Cannot reopen {reopened}: {exc}")
         else:
-            preds = runs.load_predictions(_dataset.session_runs() / reopened) or _runs.predict_saved_split(m, run)
-            st.markdown(f"**{reopened}** — `{run.config['model']}`, strategy {run.config['strategy']}, "
-                        f"{len(run.metrics)} epochs")
-            render_results(run.metrics, run.classes, preds, run.data_config, m, _dataset.session_runs() / reopened,
-                           "reopened")
+            folder = _dataset.session_runs() / reopened
+            best = max((x["val_acc"] for x in run.metrics), default=None)
+            st.markdown(f"**{reopened}** — `{run.config['model']}`, {run.config.get('head_kind', 'linear')} head, "
+                        f"strategy {run.config['strategy']}, {len(run.metrics)} epochs, best val acc {pct(best)}, "
+                        f"saved {when(run.config.get('saved'), run_id=reopened)}")
+            render_results(results(str(folder), stamp(folder), m, run, run.metrics), run.classes, run.data_config,
+                           m, folder, "reopened")

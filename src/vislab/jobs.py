@@ -648,8 +648,14 @@ class EventWriter:
         record = {"kind": e.kind, "epoch": e.epoch, "epochs": e.epochs, "phase": e.phase, "message": e.message,
                   "metrics": e.metrics, "time": time.time() - self.started, **extra}
         self.write_event(record)
+        if e.kind in ("phase", "cache"):  # no batch of the coming epoch yet: no batch count or loss to show
+            for key in ("batch", "batches", "loss"):
+                self.state.pop(key, None)
+        # a phase begins by finding (and caching) its frozen part; after the cache event its epochs train;
+        # after the end event the weights and predictions are written
+        stage = {"phase": "preparing", "cache": "training", "epoch": "training", "end": "finishing"}.get(e.kind)
         self.progress(force=True, epoch=e.epoch, epochs=e.epochs, phase=e.phase, **extra,
-                      **({"stage": "training"} if e.kind in ("epoch", "phase") else {}))
+                      **({"stage": stage} if stage else {}))
 
     def close(self) -> None:
         if self._events is not None:
@@ -760,6 +766,7 @@ def _run_train(job: Job, payload: dict, writer: EventWriter, stop: FileStop) -> 
 
     report = data.report_from_dict(payload["report"])
     spec = experiment.Spec.from_dict(payload["spec"])
+    writer.progress(force=True, stage="building", model=spec.model, images=len(report.items))
     if payload.get("resume"):
         result = experiment.resume(payload["resume"], report, spec.train.epochs, job.folder, writer.event, stop)
     else:
