@@ -63,7 +63,7 @@ def lab_runs(model: str | None = None) -> list[RunInfo]:
             continue
         accs = [m["val_acc"] for m in runs.read_metrics(job.folder)]
         out.append(RunInfo(job.id, cfg.get("model", "?"), cfg.get("strategy", "?"), cfg.get("head_kind", "linear"),
-                           max(accs) if accs else None, cfg.get("saved") or job.id[:15].replace("_", " ")))
+                           max(accs) if accs else None, (cfg.get("saved") or job.id[:15].replace("_", " "))[:16]))
     return out
 
 

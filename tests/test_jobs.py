@@ -263,3 +263,18 @@ def test_a_spare_worker_waits_with_torch_imported_and_runs_the_next_job_like_a_f
     finally:
         q.close(timeout=10)
     assert waiting.poll() is not None  # closing the queue ends its spare
+
+
+def test_start_right_after_a_run_ends_is_accepted(synthetic):
+    """The worker of a finished run stays in the queue's running list until the dispatcher next reaps it; a
+    Start pressed in that moment (the page already shows the run as done) was refused as 'this lab already
+    has a job' and left a cancelled row."""
+    q = jobs.LocalQueue(pools={"cpu": 1}, poll_s=30)  # the dispatcher sleeps until woken: the window stays open
+    try:
+        lab = labs.create()
+        first = q.submit(_job(synthetic, lab=lab, name="first"))
+        _wait_for(lambda: first.state == "done", timeout=120)
+        second = q.submit(_job(synthetic, lab=lab, name="second"))  # raised JobError before
+        _wait_for(lambda: second.state == "done", timeout=120)
+    finally:
+        q.close(timeout=10)

@@ -404,8 +404,8 @@ class LocalQueue:
 
     def _active_other(self, lab: str, job: Job | None) -> Job | None:
         with self._lock:
-            for e in self._running + self._pending:
-                if e.lab == lab and (job is None or e.job.folder != job.folder):
+            for e in self._running + self._pending:  # a finished worker not yet reaped holds no job any more
+                if e.lab == lab and (job is None or e.job.folder != job.folder) and e.job.active:
                     return e.job
         from vislab import labs
 
