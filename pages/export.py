@@ -1,3 +1,5 @@
+import dataclasses
+
 import streamlit as st
 
 from pages import _cached, _dataset, _images, _netron, _route, _runs, _state, _working
@@ -13,6 +15,23 @@ st.markdown("`print(model)` lists modules in the order they were **defined**, wh
             "before deciding what to freeze. Every file is reloaded and compared with the model before it is "
             "offered.")
 
+
+def _same_file(a, b) -> bool:
+    """Whether Netron's served copy `a` is the file `b` (a hard link or a copy with its size and mtime)."""
+    try:
+        sa, sb = a.stat(), b.stat()
+    except OSError:
+        return False
+    return (sa.st_size, sa.st_mtime_ns) == (sb.st_size, sb.st_mtime_ns)
+
+
+@st.cache_resource
+def _exports() -> export.Exports:
+    """The server's verified exports by model, format and destination (vislab.export.Exports), shared by every
+    session: a file already exported and checked for this model is offered again, not redone."""
+    return export.Exports()
+
+
 vm = _runs.view_models("export", allow_both=False)[0]
 c1, c2 = st.columns([2, 3])
 fmt = c1.radio("Format", export.FORMATS, horizontal=True, key=_state.EXPORT_FMT,
@@ -22,24 +41,28 @@ c2.caption({"torchscript": "torch.jit.trace at the model's input size, as the co
             "onnx": "torch.onnx.export; checked with onnxruntime. Netron shows BatchNorm folded into the convolutions.",
             "pt2": "torch.export: the successor of tracing."}[fmt])
 size = vm.data_config.input_size
+folder = _dataset.session_dir() / "export"
+strategy = ss[_state.STRATEGY] if vm.label.startswith("fine-tuned") else "pretrained"
+name = export.export_name(ss[_state.MODEL], strategy, fmt)
+meta = export.metadata(ss[_state.MODEL], vm.classes, vm.data_config)
+PHOTOS = ("cat", "coffee")
+# what the file and its check depend on: the model's weights (hashed once per model), format, size, file, images
+key = export.export_key(vm.model, size, folder / name, fmt, meta=meta,
+                        inputs=f"photos {PHOTOS} through {vm.data_config.to_dict()}")
 if st.button("Export and verify", type="primary"):
-    ss.pop(_state.EXPORT_RESULT, None)
-    folder = _dataset.session_dir() / "export"
-    folder.mkdir(exist_ok=True)
-    strategy = ss[_state.STRATEGY] if vm.label.startswith("fine-tuned") else "pretrained"
-    name = export.export_name(ss[_state.MODEL], strategy, fmt)
-    real = views.batch([_images.photo(p) for p in ("cat", "coffee")], vm.data_config)  # (2, 3, H, W)
-    with st.spinner(f"Exporting {name} and checking it against the model…"), _cached.model_lock(vm.model):
-        result = export.export_model(vm.model, size, folder / name, fmt, real_inputs=real,
-                                     meta=export.metadata(ss[_state.MODEL], vm.classes, vm.data_config))
-    ss[_state.EXPORT_RESULT] = result
-    if result.ok and result.path:
-        try:
-            _netron.netron_for(result.path)
-        except (OSError, ValueError) as exc:
-            st.error(f"Netron could not be prepared: {exc}")
+    known = _exports().get(key)
+    if known is not None:  # nothing it depends on changed: the same file, already checked
+        ss[_state.EXPORT_RESULT] = dataclasses.replace(known, reused=True)
+    else:
+        folder.mkdir(exist_ok=True)
+        real = views.batch([_images.photo(p) for p in PHOTOS], vm.data_config)  # (2, 3, H, W)
+        with st.spinner(f"Exporting {name} and checking it against the model…"), _cached.model_lock(vm.model):
+            ss[_state.EXPORT_RESULT] = _exports().export(vm.model, size, folder / name, fmt, key=key,
+                                                         real_inputs=real, meta=meta)
 
 result = ss.get(_state.EXPORT_RESULT)
+if result is None or result.key != key:  # the session's last export was of another model or format
+    result = _exports().get(key)  # this model's verified file in this format (any session's), else nothing
 if result is not None:
     if not result.ok:
         st.error(f"Not offered: {result.reason}")
@@ -48,6 +71,9 @@ if result is not None:
                    f"{result.checked}" if result.verified else f"not verified: {result.reason}")
         st.success(f"`{result.path.name}` · {result.size_bytes / 1e6:.1f} MB · exported in {result.seconds:.1f} s · "
                    + verdict)
+        if result.reused or result is not ss.get(_state.EXPORT_RESULT):
+            st.caption("This model has not changed since this file was exported and checked: it is offered as it is "
+                       "(exporting again would write the same file).")
         st.download_button("Download the file", result.path.read_bytes, file_name=result.path.name,  # read on click
                            mime="application/octet-stream", key=_state.EXPORT_DOWNLOAD)
     if result.warnings:  # torch's deprecation notes, folded into one box (the file was checked above anyway)
@@ -57,7 +83,14 @@ if result is not None:
             st.markdown("\n".join(f"- `{w[:400]}`" for w in result.warnings))
 
 viewer = _netron.current_netron()
-if viewer is not None:
+if result is not None and result.ok and result.path and (viewer is None or not _same_file(viewer.viewer.file,
+                                                                                         result.path)):
+    try:  # this session's viewer shows another file (or none): one on the file shown above, once
+        viewer = _netron.netron_for(result.path)
+    except (OSError, ValueError) as exc:
+        viewer = None
+        st.error(f"Netron could not be prepared: {exc}")
+if viewer is not None and result is not None and result.ok:
     st.subheader("Netron")
     st.caption("Netron's own viewer, served by this lab's server at its own address (no other port, so it "
                "opens wherever this page opens), showing only this export; it goes when you export again or "

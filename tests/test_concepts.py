@@ -172,3 +172,50 @@ def test_print_vs_execution_order_sequential_agrees():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     d = concepts.print_vs_execution_order(model, (4,))
     assert d["definition"] == d["execution"] == ["0", "1", "2"] and d["differs"] == []
+
+
+# ----------------------------------------------------------------------------------------------- the page (issue 22)
+
+DEMOS = ("gap_vs_flatten", "stacked_3x3_vs_7x7", "residual_gradient_norms", "se_toy", "attention_toy",
+         "print_vs_execution_order")
+
+
+def test_a_second_visit_of_the_concepts_page_computes_no_demo(monkeypatch):
+    """Each demo the page shows runs once per input, not on every visit: spies on the library's demo functions
+    count their calls over two visits (before: every visit ran five of them again). A new input (another
+    channel count) runs that one demo once."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    calls = {name: 0 for name in DEMOS}
+
+    def spy(name):
+        real = getattr(concepts, name)
+
+        def counted(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return counted
+
+    for name in DEMOS:
+        monkeypatch.setattr(concepts, name, spy(name))
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=180).run()
+    at.switch_page("pages/concepts.py").run()
+    assert not at.exception and not at.error
+    first = dict(calls)
+    assert all(n <= 1 for n in first.values()), first  # at most once each (none when an earlier test cached it)
+    at.switch_page("pages/home.py").run()
+    at.switch_page("pages/concepts.py").run()
+    assert not at.exception and calls == first, (first, calls)
+    text = " ".join(m.value for m in at.markdown)
+    assert "110,592" in text and "200,704" in text  # still the C=64 numbers, from the cache
+    assert len(at.get("plotly_chart")) == 4
+
+    at.select_slider(key="concept_c").set_value(32).run()
+    assert calls["stacked_3x3_vs_7x7"] - first["stacked_3x3_vs_7x7"] <= 1
+    assert "27,648" in " ".join(m.value for m in at.markdown)  # 27 * 32^2
+    again = dict(calls)
+    at.switch_page("pages/home.py").run()
+    at.switch_page("pages/concepts.py").run()
+    assert calls == again and at.select_slider(key="concept_c").value == 32  # the kept setting, still cached

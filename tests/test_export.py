@@ -2,6 +2,7 @@ import datetime as dt
 import re
 import urllib.parse
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -460,3 +461,115 @@ def test_class_names_and_preprocessing_travel_inside_the_file(fmt, tmp_path):
         extra = {p.key: p.value for p in onnx.load(str(result.path)).metadata_props}
     assert json.loads(extra["vislab.classes"]) == ["cat", "dog", "10"]
     assert json.loads(extra["vislab.preprocessing"])["input_size"][-1] == 64
+
+
+# ----------------------------------------------------------------------------------------------- reuse (issue 22)
+
+def _counting(monkeypatch) -> list:
+    """Replace export.export_model by a spy that records each call and runs the real one."""
+    calls, real = [], export.export_model
+
+    def spy(*args, **kwargs):
+        calls.append(args[3] if len(args) > 3 else kwargs.get("fmt"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(export, "export_model", spy)
+    return calls
+
+
+def test_model_digest_names_the_weights_and_notices_any_change():
+    import copy
+
+    model = _model("test_resnet")
+    first = export.model_digest(model)
+    assert export.model_digest(model) == first  # the second call only compares the fingerprint
+    twin = copy.deepcopy(model)
+    assert export.model_digest(twin) == first  # the same weights in another object
+    with torch.no_grad():
+        twin.fc.bias[0] += 1e-3  # in place, as an optimizer step writes
+    assert export.model_digest(twin) != first
+    twin.load_state_dict(model.state_dict())  # copied back: the same weights again
+    assert export.model_digest(twin) == first
+    other = _model("test_resnet")
+    other.fc = nn.Linear(other.fc.in_features, 3)  # a new head: other names' shapes
+    assert export.model_digest(other) != first
+    buffers = copy.deepcopy(model)
+    next(m for m in buffers.modules() if isinstance(m, nn.BatchNorm2d)).running_mean.fill_(0.5)
+    assert export.model_digest(buffers) != first  # BatchNorm statistics are part of the file
+
+
+def test_an_unchanged_model_is_exported_and_checked_once(tmp_path, monkeypatch):
+    calls = _counting(monkeypatch)
+    exports = export.Exports()
+    model = _model("test_resnet")
+    first = exports.export(model, (3, 64, 64), tmp_path / "m.pt", "torchscript")
+    assert first.ok and first.verified and not first.reused and calls == ["torchscript"]
+    again = exports.export(model, (3, 64, 64), tmp_path / "m.pt", "torchscript")
+    assert again.reused and again.path == first.path and again.max_abs_diff == first.max_abs_diff
+    assert calls == ["torchscript"]  # before: every press exported and checked again
+    assert exports.get(first.key) is not None
+    exports.export(model, (3, 64, 64), tmp_path / "m.pt2", "pt2")  # another format: its own export
+    assert calls == ["torchscript", "pt2"]
+    with torch.no_grad():
+        model.fc.weight.mul_(2)  # the model changed: its old file is not offered for it
+    changed = exports.export(model, (3, 64, 64), tmp_path / "m.pt", "torchscript")
+    assert not changed.reused and changed.key != first.key and len(calls) == 3
+    assert exports.get(first.key) is None  # its file was replaced by the new export
+    changed.path.unlink()  # deleted by hand: exported again, not offered from memory
+    assert exports.get(changed.key) is None
+    assert not exports.export(model, (3, 64, 64), tmp_path / "m.pt", "torchscript").reused and len(calls) == 4
+
+
+def test_a_refused_export_is_not_kept(tmp_path, monkeypatch):
+    calls = _counting(monkeypatch)
+    exports = export.Exports()
+    model = _model("test_resnet")
+    for _ in range(2):
+        result = exports.export(model, (3, 64, 64), tmp_path / "m.pt", "torchscript", tol=-1.0)
+        assert not result.ok and not result.reused
+    assert len(calls) == 2  # a refusal is tried again: nothing verified to offer
+
+
+def test_export_key_follows_what_the_file_depends_on(tmp_path):
+    model = _model("test_resnet")
+    key = export.export_key(model, (3, 64, 64), tmp_path / "m.pt", "torchscript")
+    assert key == export.export_key(model, [3, 64, 64], tmp_path / "m.pt", "torchscript")
+    others = [export.export_key(model, (3, 96, 96), tmp_path / "m.pt", "torchscript"),
+              export.export_key(model, (3, 64, 64), tmp_path / "n.pt", "torchscript"),
+              export.export_key(model, (3, 64, 64), tmp_path / "m.pt", "pt2"),
+              export.export_key(model, (3, 64, 64), tmp_path / "m.pt", "torchscript", tol=1e-2),
+              export.export_key(model, (3, 64, 64), tmp_path / "m.pt", "torchscript", meta={"a": "b"}),
+              export.export_key(model, (3, 64, 64), tmp_path / "m.pt", "torchscript", inputs="2 photos")]
+    assert len({key, *others}) == 7
+
+
+def test_the_export_page_exports_a_model_once_and_every_visit_shows_it(monkeypatch):
+    """Two AppTest sessions of one lab: the first exports once (a second press and a revisit reuse the checked
+    file), the second sees that file at once. Before: every press exported and checked again, and a second
+    session had nothing to show."""
+    from streamlit.testing.v1 import AppTest
+
+    calls = _counting(monkeypatch)
+    app = str(Path(__file__).resolve().parents[1] / "app.py")
+    at = AppTest.from_file(app, default_timeout=180).run()
+    at.switch_page("pages/export.py").run()
+    press = lambda: next(b for b in at.button if b.label == "Export and verify").click().run()  # noqa: E731
+    press()
+    assert not at.exception and calls == ["torchscript"]
+    shown = at.session_state["export_result"]
+    assert shown.ok and shown.verified and not shown.reused
+    at.switch_page("pages/home.py").run()
+    at.switch_page("pages/export.py").run()
+    assert not at.exception and len(calls) == 1 and at.get("iframe")
+    press()
+    assert not at.exception and len(calls) == 1  # nothing changed: not exported again
+    assert at.session_state["export_result"].reused and at.session_state["export_result"].path == shown.path
+    assert any("has not changed since this file was exported" in c.value for c in at.caption)
+
+    other = AppTest.from_file(app, default_timeout=180)
+    other.query_params["lab"] = at.session_state["lab_id"]  # the same lab link in a second tab
+    other.run()
+    other.switch_page("pages/export.py").run()
+    assert not other.exception and len(calls) == 1
+    assert any(shown.path.name in s.value for s in other.success)  # offered without pressing anything
+    assert other.get("iframe") and other.get("download_button")

@@ -14,19 +14,29 @@ not reproduce the model. The model's train/eval flags are restored and nothing i
 
 Warnings raised while exporting (deprecations, TracerWarnings) are caught with `warnings.catch_warnings`,
 which is process-wide state: two exports running at once in two threads may see each other's warnings.
+
+An export is redone only when something it depends on changed: `export_key` names the model's exact weights
+and structure (`model_digest`, hashed once per model until a tensor of it changes), the format, input size,
+destination, tolerance, metadata and check images; `Exports` keeps the verified results by that key and hands
+one back while its file on disk is still the one that was checked (same size and mtime).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
 import json
 import math
 import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import warnings
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -60,6 +70,8 @@ class ExportResult:
     warnings: list[str] = field(default_factory=list)  # "FutureWarning: `torch.jit.trace` is deprecated ..."
     size_bytes: int = 0
     checked: str = ""  # what was compared: "2 random inputs, 4 real images"
+    key: str = ""  # export_key of what was exported, when it went through `Exports` ("" otherwise)
+    reused: bool = False  # handed back by `Exports.export` without exporting again (the model had not changed)
 
     def summary(self) -> str:
         """One line for a log or the CLI."""
@@ -261,6 +273,110 @@ def _export_and_check(model: nn.Module, fmt: str, file: Path, example: torch.Ten
         text = f"{w.category.__name__}: {' '.join(str(w.message).split())}"
         if text not in result.warnings:
             result.warnings.append(text)
+
+
+# ----------------------------------------------------------------------------------------------- reuse
+
+_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (fingerprint, digest)
+_DIGESTS_LOCK = threading.Lock()
+
+
+def _fingerprint(model: nn.Module) -> tuple:
+    """Cheap: which tensor objects the model holds and how often each was written in place (`_version`, which
+    an optimizer step, `copy_` and `load_state_dict` all bump): equal fingerprints, equal weights."""
+    return tuple((name, id(t), t.data_ptr(), t._version, tuple(t.shape))
+                 for name, t in model.state_dict(keep_vars=True).items())
+
+
+def model_digest(model: nn.Module) -> str:
+    """A hex digest of the model's structure (module names and types) and every parameter and buffer (name,
+    dtype, shape, bytes). Hashed once per model object; later calls only compare a cheap fingerprint (a few ms
+    for a convnet) and hash again after any tensor changed."""
+    fingerprint = _fingerprint(model)
+    with _DIGESTS_LOCK:
+        known = _DIGESTS.get(model)
+    if known is not None and known[0] == fingerprint:
+        return known[1]
+    h = hashlib.blake2b(digest_size=20)
+    h.update(repr([(name, type(m).__name__) for name, m in model.named_modules()]).encode())
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            flat = t.detach().cpu().contiguous().reshape(-1)
+            h.update(flat.view(torch.uint8).numpy() if flat.numel() else b"")  # the raw bytes, any dtype
+    digest = h.hexdigest()
+    with _DIGESTS_LOCK:
+        _DIGESTS[model] = (fingerprint, digest)
+    return digest
+
+
+def export_key(model: nn.Module, input_size, path: str | Path, fmt: str, tol: float | None = None,
+               meta: dict[str, str] | None = None, inputs: str = "") -> str:
+    """What `export_model(model, input_size, path, fmt, tol=tol, meta=meta, real_inputs=...)` depends on, as one
+    string: the model's weights and structure, the format, input size, destination, tolerance, metadata, the
+    check images (`inputs`: a description of them, e.g. their names and preprocessing) and the torch version.
+    Equal keys: exporting again would write the same file and run the same check."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, not '{fmt}'")
+    parts = [model_digest(model), fmt, [int(v) for v in input_size], str(Path(path).absolute()),
+             TOLERANCE[fmt] if tol is None else float(tol), sorted((meta or {}).items()), inputs, torch.__version__]
+    return hashlib.blake2b(json.dumps(parts).encode(), digest_size=16).hexdigest()
+
+
+class Exports:
+    """Verified exports by `export_key`, reused while their file is untouched; at most `max_entries` (the
+    least recently used go). Thread-safe: one instance can serve every session of a server."""
+
+    def __init__(self, max_entries: int = 64):
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[ExportResult, tuple[int, int]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return st.st_size, st.st_mtime_ns
+
+    def get(self, key: str) -> ExportResult | None:
+        """The verified export of `key`, if its file is still the one that was written and checked."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            result, stamp = entry
+            if self._stamp(result.path) != stamp:  # deleted, or replaced by another export: not offered
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return result
+
+    def put(self, key: str, result: ExportResult) -> None:
+        """Keep `result` under `key` when it is a verified file (refusals and unchecked files are not kept)."""
+        stamp = self._stamp(result.path) if result.ok and result.verified and result.path else None
+        if stamp is None:
+            return
+        result.key = key
+        with self._lock:
+            self._entries[key] = (result, stamp)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def export(self, model: nn.Module, input_size, path: str | Path, fmt: str, key: str | None = None,
+               inputs: str = "", **kwargs) -> ExportResult:
+        """`export_model(...)`, or the kept result of the same key (`reused` True, nothing run). `key`: the
+        caller's export_key of the same arguments (computed here when None)."""
+        key = key or export_key(model, input_size, path, fmt, kwargs.get("tol"), kwargs.get("meta"), inputs)
+        known = self.get(key)
+        if known is not None:
+            return dataclasses.replace(known, reused=True)
+        result = export_model(model, input_size, path, fmt, **kwargs)
+        result.key = key
+        self.put(key, result)
+        return result
 
 
 def export_name(model_name: str, strategy: str | None, fmt: str, when: dt.date | None = None) -> str:
