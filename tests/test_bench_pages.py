@@ -3,7 +3,6 @@ table it writes, its quick run in a real browser. No speed assertions here: the 
 benchmark."""
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest

@@ -46,7 +46,7 @@ def _lab(page) -> str:
 
 
 def test_a_bookmarked_page_is_the_first_request_after_a_restart(server):
-    from tests.test_browser import start_training, use_sample  # noqa: F401 - the same steps as the main walk
+    from tests.test_browser import use_sample  # the same steps as the main walk
 
     url = server.start()
     with browser.browser_page() as page:
