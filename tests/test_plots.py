@@ -187,3 +187,22 @@ def test_top_loss_captions_keep_the_loss_readable_whatever_the_class_names():
     wraps = plots._fit_lines(draw, "true: a_rather_long_class_name\npred: b\nloss 2.31 (worst of 12)",
                              plots._font(13), 120, 4)  # the last line itself wraps: the others give way first
     assert len(wraps) == 4 and " ".join(wraps[-2:]) == "loss 2.31 (worst of 12)", wraps
+
+
+def test_cam_panels_send_their_crops_as_png_not_as_json_numbers():
+    """Each crop goes to the browser as a PNG data URI: a panel of a 224 px photo is tens of kB, not the
+    ~600 kB of a JSON array of pixel values (2.6 MB for the Compare page's Grad-CAM chart, issue 22)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    crop = (rng.random((224, 224, 3)) * 255).astype(np.uint8)
+    crop[:112] = 30  # half flat, like a photo's background
+    fig = plots.cam_panels([("a", crop, rng.random((7, 7))), ("b", crop, None)])
+    images = [t for t in fig.data if t.type == "image"]
+    assert len(images) == 2 and all(t.z is None for t in images)
+    back = np.asarray(Image.open(io.BytesIO(base64.b64decode(images[0].source.split(",", 1)[1]))))
+    assert np.array_equal(back, crop)  # lossless: the pixels the model saw
+    assert len(fig.to_json()) < 400_000

@@ -369,6 +369,19 @@ def _downsample(m: np.ndarray, size: int = 112) -> np.ndarray:
 MAX_PANEL_COLS = 3  # CAM panels a row: ~240 px each in a full-width chart at 1280 px
 
 
+def png_data_uri(rgb: np.ndarray) -> str:
+    """An (H, W, 3) uint8 image as a PNG data URI: a chart sends ~50 kB per 224 px crop instead of ~600 kB of
+    JSON numbers (a Compare page of Grad-CAM panels was 2.6 MB a rerun, most of a page switch)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buf, format="PNG", optimize=False)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
 def cam_panels(panels: list[tuple[str, np.ndarray, np.ndarray | None]], opacity: float = 0.5,
                colourscale: str = "Jet", cols: int | None = None, title: str = "") -> go.Figure:
     """Heatmaps over the image crops the model saw: one panel per (title, crop (H, W, 3) uint8, map (H, W)).
@@ -386,7 +399,7 @@ def cam_panels(panels: list[tuple[str, np.ndarray, np.ndarray | None]], opacity:
                         horizontal_spacing=gap / (CHART_PX - 20), vertical_spacing=title_px / plot_h if rows > 1 else 0)
     for i, (_, crop, cam_map) in enumerate(panels):
         r, c = divmod(i, cols)
-        fig.add_trace(go.Image(z=crop, hoverinfo="skip"), row=r + 1, col=c + 1)
+        fig.add_trace(go.Image(source=png_data_uri(crop), hoverinfo="skip"), row=r + 1, col=c + 1)
         if cam_map is not None:
             h, w = crop.shape[:2]
             small = _downsample(cam_map)
