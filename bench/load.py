@@ -329,15 +329,21 @@ def worker_seconds(home: Path) -> list[float]:
     return sorted(out)
 
 
-def _one_row(work: Path, tag: str, n: int, archive: Path, epochs: int, size_steps: int, probe: bool,
-             max_jobs: int | None, finish_s: float, solo: str | None, remote: bool = True) -> dict:
-    home = work / f"home-{tag}"
+def fresh_home(work: Path, name: str = "home") -> Path:
+    """An empty VISLAB_HOME with the repository's seeded weights linked in (read only)."""
+    home = work / name
     (home / "weights").mkdir(parents=True)
     seeded = ROOT / ".vislab"
     if (seeded / "hub").exists():
         (home / "hub").symlink_to(seeded / "hub")
     for f in (seeded / "weights").glob("*"):
         (home / "weights" / f.name).symlink_to(f)
+    return home
+
+
+def _one_row(work: Path, tag: str, n: int, archive: Path, epochs: int, size_steps: int, probe: bool,
+             max_jobs: int | None, finish_s: float, solo: str | None, remote: bool = True) -> dict:
+    home = fresh_home(work, f"home-{tag}")
     proc, url, log_ = serve(home, max_jobs)
     watch = MemoryWatch(proc.pid)
     try:

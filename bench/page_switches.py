@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from load import fresh_home  # noqa: E402 - bench/load.py, its sibling
 from tests import browser  # noqa: E402
 
 # the sidebar's titles (pages/_route.py), in its order
@@ -57,17 +58,6 @@ def pct95(values: list[float]) -> float:
     """The 95th percentile by nearest rank (bench/load.py's): with fewer than 20 values, the largest."""
     s = sorted(values)
     return s[min(len(s) - 1, int(0.95 * len(s)))]
-
-def fresh_home(work: Path) -> Path:
-    """An empty VISLAB_HOME with the repository's seeded weights linked in (as bench/load.py's rows)."""
-    home = work / "home"
-    (home / "weights").mkdir(parents=True)
-    seeded = ROOT / ".vislab"
-    if (seeded / "hub").exists():
-        (home / "hub").symlink_to(seeded / "hub")
-    for f in (seeded / "weights").glob("*"):
-        (home / "weights" / f.name).symlink_to(f)
-    return home
 
 class Runs:
     """Listens to the page's websocket: when each complete script run ended (ForwardMsg.script_finished,

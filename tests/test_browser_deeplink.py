@@ -11,21 +11,11 @@ import urllib.parse
 import pytest
 
 from tests import browser
-from tests.test_browser_lab import Server
+from tests.test_browser_lab import server  # noqa: F401 - the fixture: a server to kill and restart
 
 pytestmark = pytest.mark.browser
 TITLES = ["Home", "Model", "Data", "Freeze & BatchNorm", "Train", "Compare", "CAM & Grad-CAM", "SE channel weights",
           "Attention", "Feature maps", "Layer responses", "Export & Netron", "Concepts"]
-
-
-@pytest.fixture
-def server(vislab_home):
-    reason = browser.why_unavailable()
-    if reason:
-        pytest.skip(reason)
-    s = Server(vislab_home)
-    yield s
-    s.stop()
 
 
 def _nav(page) -> list[str]:

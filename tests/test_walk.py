@@ -11,9 +11,7 @@ on the page, not listed here: a control added tomorrow is walked too.
 
 from __future__ import annotations
 
-import io
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from streamlit.proto.WidgetStates_pb2 import WidgetState
 from streamlit.testing.v1 import AppTest
 
 from pages import _route
+from tests.test_app import _zip_of
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 PAGES = [path for path, _, _ in _route.PAGES]
@@ -166,14 +165,6 @@ def walk(at, state: str, pages=PAGES, log=None) -> dict:
     return done
 
 
-def _zip(folder: Path) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for p in sorted(folder.rglob("*.png")):
-            zf.write(p, f"shapes/{p.relative_to(folder)}")
-    return buf.getvalue()
-
-
 def _use_model(at, name: str) -> None:
     """Pick a model on the Model page: from the list when it is there, else typed under 'other'."""
     at.switch_page("pages/model.py").run()
@@ -221,7 +212,7 @@ def test_every_control_of_every_page_keeps_what_was_chosen(state, synthetic):
     _ok(at, "first run")
     if state != "fresh lab":
         _use_model(at, "test_resnet")
-        _use_zip(at, _zip(synthetic))
+        _use_zip(at, _zip_of(synthetic))
     if state in ("after two runs", "a run of another model"):
         _train(at)
     if state == "after two runs":  # the look pages then offer a choice of runs
@@ -242,7 +233,7 @@ def test_training_settings_survive_a_visit_a_reload_and_reach_the_job(synthetic)
     session of the same lab link (a reload, a restart) shows them too; Start trains with them."""
     at = _app()
     _use_model(at, "test_resnet")
-    _use_zip(at, _zip(synthetic))
+    _use_zip(at, _zip_of(synthetic))
     at.switch_page("pages/train.py").run()
     at.number_input(key="train_epochs").set_value(7).run()
     at.session_state["train_lr_next"] = 2.9e-4  # what the LR finder's "Use 2.9e-04" button puts there
