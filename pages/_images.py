@@ -37,7 +37,8 @@ def pick_images(key: str, max_n: int = 8, default_n: int = 1) -> list[tuple[str,
     ds: Dataset | None = st.session_state.get(DATASET)
     sources = ["bundled photos"] + (["validation images"] if ds else []) + ["upload"]
     current = current_run() if ds else None  # a run of the model in use: its own validation images come first
-    source = st.radio("Images", sources, index=1 if current else 0, horizontal=True, key=f"{key}_src")
+    _state.follow(f"{key}_src", sources[1 if current else 0])  # a person's pick stays until a run appears
+    source = st.radio("Images", sources, horizontal=True, key=f"{key}_src")
     if source == "bundled photos":
         names = st.multiselect("Photos", list(PHOTOS), default=list(PHOTOS)[:default_n], max_selections=max_n,
                                key=f"{key}_photos")

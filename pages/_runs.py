@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
+from pages import _state
 from pages._cached import model_lock
 from pages._dataset import session_runs
 from pages._state import LAST_RUN, LOOK_RUN, MODEL, REOPENED, VIEW_CHOICE
@@ -134,9 +135,11 @@ def view_models(key: str, allow_both: bool = True) -> list[ViewModel]:
                 current[1].name if current else names[0]
     tuned = trained_view()
     options = ["pretrained"] + (["fine-tuned"] + (["side by side"] if allow_both else []) if tuned else [])
-    first = 1 if tuned else 0  # a run of the model in use: the fine-tuned model first
+    # a run of the model in use: the fine-tuned model first (also when the radio was drawn before the run
+    # existed, with nothing else to pick); a person's own pick stays until the choice offered changes
+    _state.follow(f"{key}{VIEW_CHOICE}", options[1 if tuned else 0])
     c1, c2 = st.columns([2, 3])
-    choice = c1.radio("Model", options, index=first, horizontal=True, key=f"{key}{VIEW_CHOICE}",
+    choice = c1.radio("Model", options, horizontal=True, key=f"{key}{VIEW_CHOICE}",
                       help="Train a model on the Train page (or reopen a run) to compare it with the pretrained one. "
                            "Once a run of the current model exists, the fine-tuned model is shown first.")
     by_name = {r.name: r for r in mine}

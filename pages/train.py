@@ -370,6 +370,7 @@ else:
     if openable:
         c1, c2, c3 = st.columns([3, 1, 1])
         by_run = {r["run"]: r for r in table}
+        _state.follow(_state.REOPEN_PICK, openable[0])  # the newest run, until a person picks another
         pick = c1.selectbox("Reopen a run", openable, key=_state.REOPEN_PICK, format_func=lambda r: (
             f"{by_run[r]['date']} · {by_run[r]['model']} · {by_run[r]['head']} head · {by_run[r]['strategy']} · "
             f"{pct(None if by_run[r]['best val acc'] is None else by_run[r]['best val acc'] / 100)} · {r}"))

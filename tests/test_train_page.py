@@ -11,7 +11,8 @@ import time
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.test_walk import APP, _choose, _train, _use_model, _use_zip, _zip
+from tests.test_app import _zip_of as _zip
+from tests.test_walk import APP, _choose, _train, _use_model, _use_zip
 
 DATE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d$")
 PERCENT = re.compile(r"\d+\.\d%")
