@@ -115,9 +115,12 @@ def test_walk_home_to_trained_head(app_url):
         _shot(page, "freeze")
 
         start_training(page, 2)
-        page.get_by_text("caching features:").first.wait_for(timeout=120_000)  # the caching pass, with its progress
-        assert page.get_by_role("button", name="Start training").is_disabled()  # one job per lab
-        _shot(page, "train_caching")
+        # the caching pass, with its progress: on an idle machine with a warm worker the whole run can take ~2 s,
+        # between two of the page's 1 s polls, so its end is an answer too (AppTest checks Start's state)
+        page.get_by_text(re.compile(r"caching features:|best val acc \d")).first.wait_for(timeout=120_000)
+        if page.get_by_text("caching features:").count():
+            assert page.get_by_role("button", name="Start training").is_disabled()  # one job per lab
+            _shot(page, "train_caching")
         page.get_by_text(re.compile(r"best val acc \d")).wait_for(timeout=240_000)  # not the runs table's header
         browser.wait_idle(page)
         assert browser.exceptions(page) == []
