@@ -25,6 +25,7 @@ class ViewModel:
     classes: list[str]
     real_weights: bool
     arch: str = ""  # the architecture's name (a run's model may differ from the one picked now)
+    run: str = ""  # the lab's run folder it was loaded from ("" for the pretrained model)
 
 
 def class_names(name: str, num: int) -> list[str]:
@@ -114,8 +115,14 @@ def trained_view() -> ViewModel | None:
     if current is None:
         return None
     model, run, _ = current
-    name = run.path.parent.name if run.path.name == "checkpoint" else run.name
-    return ViewModel(f"fine-tuned ({name})", model, run.data_config, run.classes, True, run.config.get("model", ""))
+    name = run_folder_name(run)
+    return ViewModel(f"fine-tuned ({name})", model, run.data_config, run.classes, True, run.config.get("model", ""),
+                     name)
+
+
+def run_folder_name(run) -> str:
+    """The lab's run folder of a loaded run (an interrupted run loads from its checkpoint/ inside it)."""
+    return run.path.parent.name if run.path.name == "checkpoint" else run.name
 
 
 def view_models(key: str, allow_both: bool = True) -> list[ViewModel]:
@@ -131,8 +138,7 @@ def view_models(key: str, allow_both: bool = True) -> list[ViewModel]:
         names = [r.name for r in mine]
         if ss.get(LOOK_RUN) not in names:  # none picked yet, or one of another model: the run in view
             current = current_run()
-            ss[LOOK_RUN] = current[1].path.parent.name if current and current[1].path.name == "checkpoint" else \
-                current[1].name if current else names[0]
+            ss[LOOK_RUN] = run_folder_name(current[1]) if current else names[0]
     tuned = trained_view()
     options = ["pretrained"] + (["fine-tuned"] + (["side by side"] if allow_both else []) if tuned else [])
     # a run of the model in use: the fine-tuned model first (also when the radio was drawn before the run
@@ -147,8 +153,7 @@ def view_models(key: str, allow_both: bool = True) -> list[ViewModel]:
         c2.selectbox(f"Run of `{ss[MODEL]}`", list(by_name), key=LOOK_RUN, format_func=lambda n: by_name[n].label,
                      help="The lab's runs of the model in use, newest first (the same run on every look page)")
     if tuned is not None and choice != "pretrained":
-        name = tuned.label.removeprefix("fine-tuned (").removesuffix(")")
-        r = by_name.get(name)
+        r = by_name.get(tuned.run)
         if r is not None:
             st.caption(f"Fine-tuned: `{r.model}` · strategy **{r.strategy}** · {r.head} head · best val acc "
                        f"{'—' if r.best is None else f'{r.best:.1%}'} · saved {r.saved} · run `{r.name}`")
