@@ -281,21 +281,6 @@ def load_run(folder: Path):
     return _load_run(str(folder), model_file.stat().st_mtime_ns)
 
 
-@st.cache_resource(max_entries=4, show_spinner="Loading the comparison…")
-def _load_comparison(path: str, mtime: int):
-    from vislab import compare
-
-    return compare.load(path)
-
-
-def load_comparison(folder: Path):
-    """(model name, classes, rows, folder) of a saved comparison of this lab, cached per file version."""
-    if not current_lab().inside(folder):
-        raise FileNotFoundError("that comparison is not in this lab")
-    name, classes, rows = _load_comparison(str(folder), (folder / "comparison.json").stat().st_mtime_ns)
-    return name, classes, rows, folder
-
-
 if __name__ == "__main__":  # opened as a page of its own (Streamlit's old pages-folder mode)
     from pages import _route
 

@@ -73,7 +73,6 @@ def test_a_revisit_of_a_saved_comparison_recomputes_nothing(synthetic, counted):
         counted[k] = 0
     at.switch_page("pages/home.py").run()
     _jobs._load_run.clear()  # other users' runs pushed the loaded models out of the server's resource caches
-    _jobs._load_comparison.clear()
     at.switch_page("pages/compare.py").run()
     assert not at.exception and _titles(at) == titles
     assert counted == nothing
