@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from vislab import data, experiment, synthetic
-from vislab.training import TrainConfig
+from vislab.data import folders as data, synthetic
+from vislab.training import experiment
+from vislab.training.loop import TrainConfig
 
 MODELS = ["resnet18", "mobilenet_v2", "efficientnet_b0", "convnext_atto", "regnet_y_400mf", "densenet121",
           "googlenet", "efficientnet_v2_s", "swin_t", "seresnext26d_32x4d", "ghostnet_100", "repvgg_a0",

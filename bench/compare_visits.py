@@ -61,7 +61,9 @@ def main() -> int:
     at.select_slider(key="compare_size").set_value(args.size).run()
     from dataclasses import asdict
 
-    from vislab import compare, data, jobs, labs
+    from vislab.training import compare
+    from vislab.data import folders as data
+    from vislab.serving import jobs, labs
 
     ss_configs = [{"name": s, "strategy": s, "thaw_last": 2 if s == "partial" else 1, "bn": "default",
                    "head": "linear", "lr": 1e-3} for s in ("head", "partial", "full")]

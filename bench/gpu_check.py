@@ -22,8 +22,10 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from vislab import data, experiment, models, synthetic  # noqa: E402
-from vislab.training import TrainConfig  # noqa: E402
+from vislab.data import folders as data, synthetic  # noqa: E402
+from vislab.training import experiment
+from vislab.models import factory as models
+from vislab.training.loop import TrainConfig  # noqa: E402
 
 
 def same_run_on(device: str, folder: Path, amp: bool) -> experiment.Result:

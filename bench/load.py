@@ -46,7 +46,7 @@ def make_zip(per_class: int, size: int) -> bytes:
     """A zip of class folders from the bundled textile sample (real photos), `per_class` per class."""
     from PIL import Image
 
-    from vislab import data
+    from vislab.data import folders as data
 
     report = data.scan_folder(data.sample_root(), check=False)
     buf = io.BytesIO()

@@ -29,8 +29,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def make_jobs(home: Path, n: int, per_class: int, epochs: int) -> list:
-    from vislab import data, experiment, jobs, labs
-    from vislab.training import TrainConfig
+    from vislab.data import folders as data
+    from vislab.training import experiment
+    from vislab.serving import jobs, labs
+    from vislab.training.loop import TrainConfig
 
     os.environ["VISLAB_HOME"] = str(home)
     report = data.subset(data.scan_folder(data.sample_root()), per_class, 0)
@@ -46,7 +48,7 @@ def make_jobs(home: Path, n: int, per_class: int, epochs: int) -> list:
 
 def seed_home(home: Path) -> None:
     """A private lab home whose weights are the seeded ones (links, read only)."""
-    from vislab import paths
+    from vislab import _paths as paths
 
     seeded = paths.home() if not os.environ.get("VISLAB_HOME") else Path(os.environ["VISLAB_HOME"])
     (home / "weights").mkdir(parents=True)
@@ -86,7 +88,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "ray_queue"))
     args = ap.parse_args()
 
-    from vislab import jobs
+    from vislab.serving import jobs
 
     os.environ["VISLAB_WORKER_NICE"] = "0"  # both sides at the priority of the rest of the machine
     seeded = Path(tempfile.mkdtemp(prefix="vislab-bench-ray-"))
@@ -108,7 +110,7 @@ def main() -> int:
 
     import ray
 
-    from vislab import rayqueue
+    from vislab.serving import rayqueue
 
     t = time.perf_counter()
     ray.init(address="local", num_cpus=args.ray_cpus, include_dashboard=False, namespace=rayqueue.NAMESPACE,

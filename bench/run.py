@@ -36,9 +36,11 @@ import torch.nn as nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.browser (part d)
 
-from vislab import data, datasets, experiment, models, synthetic, training  # noqa: E402
-from vislab.training import TrainConfig  # noqa: E402
-from vislab.transforms import eval_transform  # noqa: E402
+from vislab.data import folders as data, datasets, synthetic  # noqa: E402
+from vislab.training import experiment, loop as training
+from vislab.models import factory as models
+from vislab.training.loop import TrainConfig  # noqa: E402
+from vislab.data.transforms import eval_transform  # noqa: E402
 
 
 @torch.no_grad()
@@ -103,7 +105,7 @@ def cam_case(model_name: str, img: int, batch: int) -> dict:
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from vislab import cam
+    from vislab.views import cam
 
     model, _ = models.create_model(model_name, None, weights_choice="auto")
     model.eval()
@@ -140,7 +142,8 @@ def _fresh_exports() -> Path:
     import atexit
     import shutil
 
-    from vislab import engines, paths
+    from vislab.training import engines
+    from vislab import _paths as paths
 
     paths.work_dir().mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="bench-engines-", dir=paths.work_dir()))
@@ -200,7 +203,7 @@ def engine_case(report, model_name: str, epochs: int, full_loop: dict | None, im
 
 def convnet_engines_case(report, epochs: int, names: list[str] | None = None, img_size=None) -> dict:
     """(f): each catalog convnet with real weights here, head only: auto (fresh export) vs torch."""
-    from vislab import weights
+    from vislab.models import weights
 
     if names is None:
         names = weights.convnets_with_weights()

@@ -41,14 +41,14 @@ def cached_view(kind: str, model, images: list, extra: tuple, compute):
 def cam_layer(model, name: str) -> str:
     """The model's default CAM layer; for a model outside the catalog that takes a probing forward pass,
     so it is found once per model, not on every rerun."""
-    from vislab import cam
+    from vislab.views import cam
 
     return cached_view("cam_layer", model, [], (name,), lambda: cam.default_layer(model, name))
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _forward_seconds(key: tuple, _model) -> float:
-    from vislab import views
+    from vislab.views import base as views
 
     with model_lock(_model):
         return views.forward_seconds(_model, key[-1])
@@ -62,7 +62,7 @@ def forward_seconds(model, input_size: tuple) -> float:
 @st.cache_data(show_spinner="Tracing output shapes…", max_entries=16)
 def output_shapes(key: tuple, _model) -> dict:
     """Output shape of every module, computed once per (model, head, classes, input size) key."""
-    from vislab import architecture
+    from vislab.views import architecture
 
     return architecture.output_shapes(_model, key[-1])
 
@@ -74,8 +74,8 @@ def shapes_for(model, info) -> dict:
 
 @st.cache_data(show_spinner="Tracing the execution order…", max_entries=8)
 def layer_table(key: tuple, _model) -> list[dict]:
-    """The layers of a model in execution order (vislab.layer_order), traced once per (model, input size) key."""
-    from vislab import layer_order
+    """The layers of a model in execution order (vislab.views.layer_order), traced once per (model, input size) key."""
+    from vislab.views import layer_order
 
     return layer_order.layer_table(_model, key[-1])
 

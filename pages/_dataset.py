@@ -10,7 +10,7 @@ import streamlit as st
 
 from pages import _state
 from pages._state import AUGMENT, DATASET, PENDING_DATASET, WORKING, current_lab
-from vislab import data
+from vislab.data import folders as data
 
 
 @dataclass
@@ -58,7 +58,7 @@ def restore() -> None:
     ss = st.session_state
     aug = ss.get(AUGMENT)
     if isinstance(aug, tuple):
-        from vislab.transforms import Augment
+        from vislab.data.transforms import Augment
 
         try:
             ss[AUGMENT] = Augment(**aug[1])

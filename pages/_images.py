@@ -32,7 +32,7 @@ def pick_images(key: str, max_n: int = 8, default_n: int = 1) -> list[tuple[str,
     """Images from scikit-image's photos, the current validation split, or an upload: [(label, PIL)]."""
     from PIL import Image, UnidentifiedImageError
 
-    from vislab.transforms import load_image, to_rgb
+    from vislab.data.transforms import load_image, to_rgb
 
     ds: Dataset | None = st.session_state.get(DATASET)
     sources = ["bundled photos"] + (["validation images"] if ds else []) + ["upload"]
@@ -48,7 +48,7 @@ def pick_images(key: str, max_n: int = 8, default_n: int = 1) -> list[tuple[str,
         preds = current[2] if current else None
         order = list(range(len(val)))
         if preds is not None and st.toggle("top losses first", True, key=f"{key}_toplosses"):
-            from vislab import evaluation
+            from vislab.training import evaluation
 
             by_path = {p: i for i, (p, _) in enumerate(val)}
             order = [by_path[preds.paths[i]] for i in evaluation.top_losses(preds, len(val))
@@ -74,7 +74,7 @@ def pick_images(key: str, max_n: int = 8, default_n: int = 1) -> list[tuple[str,
 
 @st.cache_data(show_spinner=False, max_entries=2000)
 def _thumbnail(path: str, mtime: float, size: int):
-    from vislab.transforms import load_image
+    from vislab.data.transforms import load_image
 
     img = load_image(path)
     img.thumbnail((size, size))  # a 6000 px photo is not sent to the browser on every rerun

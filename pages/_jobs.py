@@ -1,5 +1,5 @@
 """Background jobs for the pages: the server's one queue, submitting a lab's training or comparison, and
-reading a job's progress and results back from its folder (vislab.jobs).
+reading a job's progress and results back from its folder (vislab.serving.jobs).
 
 Nothing here trains: the queue starts a worker process per job. A page only writes a job folder, asks the
 queue to run it, and reads files, so a reload, a second tab or a restarted server shows the same job.
@@ -16,7 +16,8 @@ from pathlib import Path
 import streamlit as st
 
 from pages._state import LAB, LAST_RUN, current_lab
-from vislab import fileio, jobs, labs, queues
+from vislab import _fileio as fileio
+from vislab.serving import jobs, labs, queues
 
 
 POLL_RUNNING_S = 1.0  # how often a page polls its lab's running job
@@ -85,7 +86,7 @@ def new_folder(prefix: str) -> Path:
 
 def submit(kind: str, prefix: str, payload: dict, device: str = "cpu") -> jobs.Job:
     """Queue a job for this lab; JobError when the lab already has one (a double click, a second tab)."""
-    from vislab.data import safe_name
+    from vislab.data.folders import safe_name
 
     q = queue()  # first: a new queue adopts queued jobs it finds, and must not find this one half-made
     with fileio.lock(current_lab().runs_dir):  # one submit per lab at a time, on every server of this home
@@ -260,14 +261,14 @@ def totals(job: jobs.Job) -> str:
 
 @st.cache_resource(max_entries=8, show_spinner="Loading the run…")
 def _load_run(path: str, mtime: int):
-    from vislab import runs
+    from vislab.training import runs
 
     return runs.load(path)
 
 
 def load_run(folder: Path):
     """(model, Run) of a run folder of this lab, cached per file version."""
-    from vislab import runs
+    from vislab.training import runs
 
     lab = current_lab()
     if not lab.inside(folder):

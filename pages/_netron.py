@@ -1,6 +1,6 @@
 """One Netron viewer per browser session, served by the lab's own Streamlit server (no second port).
 
-Each export gets a private folder (vislab.netron_web: netron's web files and that one exported file) that is
+Each export gets a private folder (vislab.export.netron: netron's web files and that one exported file) that is
 registered as a Streamlit component, so Streamlit serves it from its own origin at
 `<base>/component/pages._netron.<token>/`. The iframe's address is a path on the page's own origin, never a
 host name: a browser on another machine that can open the lab can open the viewer. The token (128 bits from
@@ -16,7 +16,7 @@ from pathlib import Path
 import streamlit as st
 
 from pages import _state
-from vislab import netron_web
+from vislab.export import netron as netron_web
 
 
 @dataclass(eq=False)

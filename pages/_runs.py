@@ -29,7 +29,7 @@ class ViewModel:
 
 
 def class_names(name: str, num: int) -> list[str]:
-    from vislab.evaluation import class_names as names
+    from vislab.training.evaluation import class_names as names
 
     return names(name, num)
 
@@ -53,7 +53,7 @@ class RunInfo:
 
 def lab_runs(model: str | None = None) -> list[RunInfo]:
     """The lab's openable training runs, newest first; only those of `model` when given."""
-    from vislab import runs
+    from vislab.training import runs
     from pages import _jobs
 
     out = []
@@ -73,7 +73,7 @@ def current_run():
     """(model, Run, Predictions or None) of the run the look pages show: one of the lab's runs *of the model in
     use* (the one picked on a look page, else a reopened one, else the lab's latest run, else its newest run
     of this model; also from before a reload or a restart); None when the lab has no run of this model."""
-    from vislab import runs
+    from vislab.training import runs
     from pages import _jobs
 
     ss = st.session_state
@@ -96,7 +96,7 @@ def predict_saved_split(model, run):
     """Validation predictions of a run saved without them (older runs), from its split.json, once."""
     import os
 
-    from vislab import evaluation, runs
+    from vislab.training import evaluation, runs
 
     folder = run.path.parent if run.path.name == runs.CHECKPOINT else run.path  # an interrupted run's own folder
     split = runs.load_split(folder)

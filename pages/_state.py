@@ -5,7 +5,7 @@ is in `pages/_dataset.py` (the session's dataset), `_working.py` (the cached pre
 session's copy), `_runs.py` (the models the look pages show), `_cached.py` (cached views and their locks)
 and `_images.py` (image pickers, thumbnails, downloads); `pages/_jobs.py` has the background jobs.
 
-A browser session works in a *lab* (vislab.labs): its id is in the URL (`?lab=<32 hex digits>`), and the
+A browser session works in a *lab* (vislab.serving.labs): its id is in the URL (`?lab=<32 hex digits>`), and the
 choices below are written to the lab's folder at the end of every script run and read back by any session
 that opens the same link (a reload, a second tab, the same link after a server restart).
 """
@@ -16,7 +16,9 @@ import json
 
 import streamlit as st
 
-from vislab import catalog, labs, paths
+from vislab.models import catalog
+from vislab.serving import labs
+from vislab import _paths as paths
 
 # ---- session state keys (every key a page reads, writes or gives a widget lives here) -------------------
 MODEL = "model_name"  # catalog or any timm / torchvision name

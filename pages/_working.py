@@ -10,8 +10,9 @@ import streamlit as st
 
 from pages._dataset import Dataset
 from pages._state import BN, DATASET, HEAD, MODEL, PLAN, PLAN_VERSION, STRATEGY, THAW_LAST, VIEW_CHOICE, WORKING
-from vislab import catalog, experiment, freezing, heads, models, stages, training, weights
-from vislab.freezing import FreezePlan
+from vislab.models import catalog, freezing, heads, factory as models, stages, weights
+from vislab.training import experiment, loop as training
+from vislab.models.freezing import FreezePlan
 
 
 def _weights_key(name: str) -> str:
@@ -153,8 +154,8 @@ def set_modules_trainable(names: list[str], on: bool) -> None:
 
 
 def find_lr(ds: Dataset, img_size: int, batch: int):
-    """The LR finder on a copy of the working model and this session's data (see vislab.lr_finder)."""
-    from vislab import lr_finder
+    """The LR finder on a copy of the working model and this session's data (see vislab.training.lr_finder)."""
+    from vislab.training import lr_finder
 
     model, info = working()
     train_items, val_items = ds.split()

@@ -2,8 +2,10 @@ import numpy as np
 import streamlit as st
 
 from pages import _cached, _dataset, _images, _route, _runs, _state, _working
-from vislab import attention, cam, heads, plots, views
-from vislab.transforms import crop_seen
+from vislab.views import attention, cam, base as views
+from vislab.models import heads
+from vislab.figures import charts as plots
+from vislab.data.transforms import crop_seen
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
@@ -35,7 +37,7 @@ if not attention.has_attention(vm.model):
         c1, c2 = st.columns(2)
         c1.page_link("pages/freeze.py", label="Freeze & BatchNorm: check what trains", icon=":material/ac_unit:")
         c2.page_link("pages/train.py", label="Train the head", icon=":material/monitoring:")
-    from vislab import weights
+    from vislab.models import weights
 
     vit = "vit_tiny_patch16_224"
     vit_weights = weights.status(vit, "timm").available

@@ -2,8 +2,9 @@ import numpy as np
 import streamlit as st
 
 from pages import _cached, _dataset, _images, _route, _runs, _state
-from vislab import cam, plots, views
-from vislab.transforms import crop_seen
+from vislab.views import cam, base as views
+from vislab.figures import charts as plots
+from vislab.data.transforms import crop_seen
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 

@@ -4,9 +4,14 @@ import numpy as np
 import streamlit as st
 
 from pages import _cached, _dataset, _jobs, _route, _state
-from vislab import cam, compare, data, features, freezing, jobs, plots, runs, views
-from vislab.models import DataConfig
-from vislab.transforms import crop_seen, load_image
+from vislab.views import cam, features, base as views
+from vislab.training import compare, runs
+from vislab.data import folders as data
+from vislab.models import freezing
+from vislab.serving import jobs
+from vislab.figures import charts as plots
+from vislab.data.config import DataConfig
+from vislab.data.transforms import crop_seen, load_image
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 

@@ -3,7 +3,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages import _dataset, _route, _state
-from vislab import catalog, concepts, plots
+from vislab.models import catalog
+from vislab.teaching import concepts
+from vislab.figures import charts as plots
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 

@@ -5,8 +5,9 @@ from pathlib import Path
 import streamlit as st
 
 from pages import _dataset, _images, _route, _state, _working
-from vislab import data, datasets, plots
-from vislab.transforms import Augment, crop_seen, denormalize, load_image, train_transform
+from vislab.data import folders as data, datasets
+from vislab.figures import charts as plots
+from vislab.data.transforms import Augment, crop_seen, denormalize, load_image, train_transform
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 

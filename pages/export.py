@@ -3,7 +3,8 @@ import dataclasses
 import streamlit as st
 
 from pages import _cached, _dataset, _images, _netron, _route, _runs, _state, _working
-from vislab import export, netron_web, views
+from vislab.export import formats as export, netron as netron_web
+from vislab.views import base as views
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
@@ -27,7 +28,7 @@ def _same_file(a, b) -> bool:
 
 @st.cache_resource
 def _exports() -> export.Exports:
-    """The server's verified exports by model, format and destination (vislab.export.Exports), shared by every
+    """The server's verified exports by model, format and destination (vislab.export.formats.Exports), shared by every
     session: a file already exported and checked for this model is offered again, not redone."""
     return export.Exports()
 

@@ -3,8 +3,9 @@ from functools import partial
 import streamlit as st
 
 from pages import _cached, _dataset, _images, _route, _runs, _state
-from vislab import cam, features, plots, views
-from vislab.transforms import crop_seen, eval_transform
+from vislab.views import cam, features, base as views
+from vislab.figures import charts as plots
+from vislab.data.transforms import crop_seen, eval_transform
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 

@@ -1,7 +1,9 @@
 import streamlit as st
 
 from pages import _cached, _dataset, _route, _state, _working
-from vislab import architecture, freezing, heads, plots, stages
+from vislab.views import architecture
+from vislab.models import freezing, heads, stages
+from vislab.figures import charts as plots
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 

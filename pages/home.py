@@ -1,7 +1,8 @@
 import streamlit as st
 
 from pages import _route, _state
-from vislab import advisor, plots  # light: the heavy imports (torch, timm) wait until the catalog below
+from vislab.teaching import advisor  # light: the heavy imports (torch, timm) wait until the catalog below
+from vislab.figures import charts as plots
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
@@ -68,7 +69,7 @@ if ready:
     st.caption(f"Real pretrained weights on this machine: {', '.join(ready)}. The others start from random "
                "init unless you import weights on the Model page.")
 else:
-    from vislab import catalog, weights
+    from vislab.models import catalog, weights
 
     st.warning("No pretrained weights found for this server: models start from random init. "
                + weights.missing_advice(catalog.DEFAULT_MODEL))

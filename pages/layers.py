@@ -8,7 +8,7 @@ from pages._cached import cached_view, model_lock
 from pages._dataset import init_state
 from pages._images import PHOTOS, download_png, photo
 from pages._runs import view_models
-from vislab import featurevis, units, views
+from vislab.views import featurevis, units, base as views
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 

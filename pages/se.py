@@ -2,8 +2,10 @@ import numpy as np
 import streamlit as st
 
 from pages import _cached, _dataset, _images, _route, _runs, _state, _working
-from vislab import evaluation, plots, se, views
-from vislab.transforms import crop_seen
+from vislab.training import evaluation
+from vislab.figures import charts as plots
+from vislab.views import se, base as views
+from vislab.data.transforms import crop_seen
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 

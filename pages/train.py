@@ -7,9 +7,13 @@ import streamlit as st
 from PIL import Image, UnidentifiedImageError
 
 from pages import _dataset, _images, _jobs, _route, _runs, _state, _working
-from vislab import data, evaluation, freezing, jobs, plots, runs, training
-from vislab.heads import head_names
-from vislab.transforms import Augment, load_image, to_rgb
+from vislab.data import folders as data
+from vislab.training import evaluation, runs, loop as training
+from vislab.models import freezing
+from vislab.serving import jobs
+from vislab.figures import charts as plots
+from vislab.models.heads import head_names
+from vislab.data.transforms import Augment, load_image, to_rgb
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
@@ -357,7 +361,7 @@ st.subheader("Runs of this lab")
 every = current  # the lab's training jobs, listed above
 if not every:
     st.caption(f"No runs in this lab yet. Each run is saved to `{_dataset.session_runs()}`, kept across reloads and "
-               "server restarts (open one elsewhere with `vislab.runs.load(folder)` or `vislab export --run`).")
+               "server restarts (open one elsewhere with `vislab.training.runs.load(folder)` or `vislab export --run`).")
 else:
     table = runs_table(tuple((str(j.folder), stamp(j.folder)) for j in every))
     for row in table:  # a running job whose worker is gone changes no file: its state is asked for each time

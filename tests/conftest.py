@@ -30,7 +30,7 @@ def vislab_home(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory):
-    from vislab.synthetic import make_synthetic
+    from vislab.data.synthetic import make_synthetic
 
     return make_synthetic(tmp_path_factory.mktemp("synthetic"), classes=3, per_class=8, size=64)
 

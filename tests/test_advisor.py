@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from vislab import advisor, freezing
+from vislab.teaching import advisor
+from vislab.models import freezing
 
 
 @pytest.mark.parametrize("images,size", [
@@ -76,7 +77,7 @@ def test_the_course_matrix_is_unchanged_and_drawn_with_explicit_rows():
 
 def test_plots_draws_the_matrix_with_the_row_highlighted():
     pytest.importorskip("plotly")
-    from vislab import plots
+    from vislab.figures import charts as plots
 
     texts = [a.text for a in plots.strategy_matrix(advisor.chart_row("tiny"), "similar", advisor.MATRIX)
              .layout.annotations]
@@ -92,7 +93,7 @@ APP = Path(__file__).resolve().parents[1] / "app.py"
 def _dataset(images: int):
     """A dataset of `images` images as the Data page leaves it in the session (pages._dataset.Dataset)."""
     from pages import _dataset
-    from vislab import data
+    from vislab.data import folders as data
 
     report = data.DataReport("/nowhere", ["a", "b"], [(f"/nowhere/{i}.png", i % 2) for i in range(images)])
     return _dataset.Dataset(report, f"test dataset ({images})")

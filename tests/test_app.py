@@ -57,8 +57,8 @@ def _chart_titles(at) -> list[str]:
 
 
 def _job(at, key: str = "last_run"):
-    """The lab's job the session last started (vislab.jobs.Job, read from its folder)."""
-    from vislab import jobs, labs
+    """The lab's job the session last started (vislab.serving.jobs.Job, read from its folder)."""
+    from vislab.serving import jobs, labs
 
     return jobs.Job(labs.Lab(at.session_state["lab_id"]).runs_dir / at.session_state[key])
 
@@ -91,7 +91,7 @@ def test_every_page_renders_without_exception():
 
 def _skip_without_seeded(name: str = "mobilenet_v2") -> None:
     """Tests that read real predictions need the weights scripts/setup.sh seeds; without them, say so."""
-    from vislab import catalog, weights
+    from vislab.models import catalog, weights
 
     found = weights.status(name, catalog.source_of(name))
     if not found.available:
@@ -121,7 +121,7 @@ def test_home_preset_changes_freeze_page():
 
 
 def test_toggling_a_stage_changes_trainable_count():
-    from vislab import models, stages
+    from vislab.models import factory as models, stages
 
     at = _app()
     at.switch_page("pages/freeze.py").run()
@@ -264,7 +264,7 @@ def test_export_page_verifies_serves_netron_and_lists_layers():
     from pages import _netron
     from tests.test_export import _registered, streamlit_get
 
-    from vislab import labs
+    from vislab.serving import labs
 
     at = _app()
     at.switch_page("pages/export.py").run()
@@ -328,7 +328,7 @@ def test_lr_finder_on_the_train_page_sets_the_rate(synthetic):
 
 
 def test_a_crash_inside_a_view_is_one_message_and_the_app_survives(monkeypatch):
-    from vislab import features
+    from vislab.views import features
 
     def boom(*a, **k):
         raise RuntimeError("simulated failure")
@@ -374,7 +374,8 @@ def test_two_sessions_never_see_each_others_state_or_files(synthetic):
 
 def test_out_of_memory_in_a_worker_gives_advice_and_the_app_keeps_working(synthetic, monkeypatch):
     """The worker's error (here an OOM raised inside training, run in-process) reaches the page as advice."""
-    from vislab import experiment, jobs
+    from vislab.training import experiment
+    from vislab.serving import jobs
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -407,7 +408,7 @@ def test_compare_page_runs_four_strategies_and_shows_them_together(synthetic):
     at.select_slider(key="compare_size").set_value(64).run()
     at.select_slider(key="compare_batch").set_value(8).run()
     next(b for b in at.button if b.label == "Run comparison").click().run()
-    from vislab import jobs, labs
+    from vislab.serving import jobs, labs
 
     job = jobs.list_jobs(labs.Lab(at.session_state["lab_id"]).runs_dir)[0]
     _wait(job, 180)
@@ -549,7 +550,7 @@ def test_typing_no_model_name_keeps_the_current_model():
 
 
 def test_many_classes_preview_a_chosen_few(tmp_path):
-    from vislab.synthetic import make_synthetic
+    from vislab.data.synthetic import make_synthetic
 
     many = make_synthetic(tmp_path / "many", classes=30, per_class=3, size=32)
     at = _app()
@@ -635,7 +636,7 @@ def test_the_session_model_is_walked_again_only_when_its_plan_changes(monkeypatc
     of the server's one interpreter), so it happens only when the plan differs from what the model carries,
     also when a page changed the plan in place."""
     from pages import _state
-    from vislab import freezing
+    from vislab.models import freezing
 
     at = _app()
     at.switch_page("pages/freeze.py").run()

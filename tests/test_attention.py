@@ -3,8 +3,9 @@ import pytest
 import timm
 import torch
 
-from vislab import attention, models, views
-from vislab.views import ViewNotApplicable
+from vislab.views import attention, base as views
+from vislab.models import factory as models
+from vislab.views.base import ViewNotApplicable
 
 
 def _no_hooks(model):

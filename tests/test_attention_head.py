@@ -12,9 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from vislab import attention, cam, data, experiment, export, freezing, heads, models, runs, stages
-from vislab.training import TrainConfig
-from vislab.transforms import Augment
+from vislab.views import attention, cam
+from vislab.data import folders as data
+from vislab.training import experiment, runs
+from vislab.export import formats as export
+from vislab.models import freezing, heads, factory as models, stages
+from vislab.training.loop import TrainConfig
+from vislab.data.transforms import Augment
+from vislab.data.config import resize_for
 
 
 def _model(name, n=3, weights="random"):
@@ -132,7 +137,7 @@ def test_cached_training_matches_the_full_loop(synthetic, name):
 
 def test_the_cache_holds_the_spatial_map(synthetic):
     """The head is the first trainable module, so the frozen prefix ends at the map before pooling."""
-    from vislab import caching
+    from vislab.training import feature_cache as caching
 
     model, _ = _model("mobilenet_v2")
     freezing.apply(model, freezing.preset(model, "head")[0])
@@ -205,8 +210,8 @@ def _object_images(root, n_per_class, seed, full, offset):
 def _object_share(model, items, boxes, cfg):
     """Mean over images of (class-token attention on the object's cells) / (their uniform share): last
     block, heads averaged, attention to grid cells only."""
-    from vislab import views
-    from vislab.transforms import load_image
+    from vislab.views import base as views
+    from vislab.data.transforms import load_image
 
     x = views.batch([load_image(p) for p, _ in items], cfg)  # (B, 3, SIZE, SIZE)
     found = attention.view(model, x)
@@ -226,13 +231,13 @@ def _object_share(model, items, boxes, cfg):
 
 @pytest.mark.slow
 def test_the_class_token_attends_to_the_object(tmp_path):
-    from vislab import weights
+    from vislab.models import weights
 
     if not weights.status("mobilenet_v2", "torchvision").available:
         pytest.skip("no pretrained mobilenet_v2 weights on this machine (vislab weights pull mobilenet_v2)")
     untrained, info = _model("mobilenet_v2", 2, "pretrained")
     cfg = info.data_config.with_size(SIZE)
-    full = models.resize_for(cfg)  # the eval transform resizes to this, then centre-crops SIZE
+    full = resize_for(cfg)  # the eval transform resizes to this, then centre-crops SIZE
     offset = int(round((full - SIZE) / 2))
     train_root, _ = _object_images(tmp_path / "train", 50, 0, full, offset)
     test_root, boxes = _object_images(tmp_path / "test", 12, 1, full, offset)

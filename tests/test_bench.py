@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 def test_bench_suite_runs_in_a_tiny_configuration(tmp_path, monkeypatch):
     import run as bench
 
-    from vislab import engines
+    from vislab.training import engines
 
     monkeypatch.setattr(engines, "exports_dir", engines.exports_dir)  # the bench points it at its own folder
 

@@ -77,7 +77,7 @@ def test_a_bare_page_address_is_the_first_request(server):
     with browser.browser_page() as page:
         page.goto(f"{url}/cam")  # no lab in the address: a new lab, and the CAM page through app.py
         _opened(page, "CAM & Grad-CAM")
-        from vislab import labs
+        from vislab.serving import labs
 
         assert labs.valid_id(_lab(page))
         assert "/cam" in page.url

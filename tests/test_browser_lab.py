@@ -98,7 +98,7 @@ def _start_long_run(page, epochs: int = 150):
     assert page.get_by_label("Epochs", exact=True).input_value() == str(epochs)
     page.get_by_role("button", name="Start training").click()
     # the bar shows each epoch for about a second: wait on the run's own files, then for the bar
-    from vislab import jobs, labs
+    from vislab.serving import jobs, labs
 
     runs_dir = labs.Lab(_lab_of(page)).runs_dir
     deadline = time.time() + 300
@@ -125,7 +125,7 @@ def _runs_listed(page) -> str:
 
 
 def test_a_lab_survives_reload_restart_and_crash_and_stays_private(server, synthetic, tmp_path):
-    from vislab import jobs, labs
+    from vislab.serving import jobs, labs
 
     archive = tmp_path / "shapes.zip"
     archive.write_bytes(_zip_of(synthetic))

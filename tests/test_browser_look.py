@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def _seeded() -> bool:
-    from vislab import catalog, weights
+    from vislab.models import catalog, weights
 
     return weights.status("mobilenet_v2", catalog.source_of("mobilenet_v2")).available
 

@@ -3,9 +3,11 @@
 import pytest
 import torch
 
-from vislab import caching, data, datasets, experiment, models
-from vislab.training import TrainConfig
-from vislab.transforms import Augment
+from vislab.training import feature_cache as caching, experiment
+from vislab.data import folders as data, datasets
+from vislab.models import factory as models
+from vislab.training.loop import TrainConfig
+from vislab.data.transforms import Augment
 
 
 def _train(synthetic, name, strategy, cache, head="linear", thaw_last=1, epochs=2, augment=None, pool=None):
@@ -41,7 +43,7 @@ def test_vit_falls_back_to_the_full_loop(synthetic):
 
 
 def test_prefix_stops_at_the_first_trainable_or_random_module():
-    from vislab import freezing
+    from vislab.models import freezing
 
     model, _ = models.create_model("test_resnet", 3, weights_choice="random")
     freezing.apply(model, freezing.preset(model, "partial", thaw_last=1)[0])
@@ -85,7 +87,7 @@ def test_fresh_augmentation_falls_back_and_says_why(synthetic):
 
 
 def test_a_view_is_the_same_pixels_every_time_and_views_differ(synthetic):
-    from vislab.transforms import train_transform
+    from vislab.data.transforms import train_transform
 
     items = data.scan_folder(synthetic).items[:3]
     cfg = models.create_model("test_resnet", 3, weights_choice="random")[1].data_config
@@ -111,7 +113,7 @@ def test_shared_features_are_not_reused_for_other_images_or_sizes(synthetic):
 
 
 def test_convnets_train_in_channels_last_unless_their_forward_refuses_it(synthetic):
-    from vislab import training
+    from vislab.training import loop as training
 
     class Viewer(torch.nn.Module):  # flattens its maps with .view: fails on channels_last tensors
         def __init__(self):
@@ -125,7 +127,7 @@ def test_convnets_train_in_channels_last_unless_their_forward_refuses_it(synthet
 
     items = data.scan_folder(synthetic).items
     cfg = models.create_model("test_resnet", 3, weights_choice="random")[1].data_config.with_size(64)
-    from vislab.transforms import eval_transform
+    from vislab.data.transforms import eval_transform
     ds = datasets.ImageDataset(items, eval_transform(cfg))
     net = models.create_model("test_resnet", 3, weights_choice="random")[0]
     assert training._memory_format(net, ds, torch.device("cpu")) is torch.channels_last
@@ -173,7 +175,8 @@ def test_caching_hands_every_module_its_own_train_flag_back():
     import timm
     from torch.utils.data import DataLoader, TensorDataset
 
-    from vislab import freezing, training
+    from vislab.models import freezing
+    from vislab.training import loop as training
 
     torch.manual_seed(0)
     model = timm.create_model("test_convnext", num_classes=3, drop_path_rate=0.3)  # residual DropPath per block
@@ -205,7 +208,7 @@ def test_caching_hands_every_module_its_own_train_flag_back():
 def test_forward_seconds_times_one_batch_after_a_warm_up_and_puts_flags_back(monkeypatch):
     """views.forward_seconds (the CAM page's cost estimate; here until views get their own test file): a warm-up
     on 2 images, then n images timed once, per image; eval inside, each module's own flag back after."""
-    from vislab import views
+    from vislab.views import base as views
 
     seen = []
 

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from pytorch_grad_cam import GradCAM, HiResCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from vislab import cam, models, views, weights
+from vislab.views import cam, base as views
+from vislab.models import factory as models, weights
 
 
 class TinyGapNet(nn.Module):
@@ -170,7 +171,7 @@ def test_the_default_cam_layer_of_an_attention_head_model_is_a_feature_map_not_t
     speckled map (a run of another model on the CAM page, issue 22); the default is the backbone's last map."""
     import timm
 
-    from vislab import heads
+    from vislab.models import heads
 
     model = heads.attach_head(timm.create_model("test_resnet"), 3, "attention")
     head = heads.attention_head_names(model)[0]

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from vislab import catalog, heads, models
+from vislab.models import catalog, heads, factory as models
 
 # timm's tiny test models stand in for each family at 64 px; torchvision small ones run for real
 TINY = ["test_resnet", "test_vit", "test_efficientnet", "test_convnext", "mobilenet_v2", "mobilenet_v3_small",

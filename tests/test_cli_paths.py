@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vislab import cli, fileio, freezing, heads, runs, training
+from vislab import cli, _fileio as fileio
+from vislab.models import freezing, heads
+from vislab.training import runs, loop as training
 
 REPO = Path(__file__).resolve().parents[1]
 VISLAB = Path(sys.executable).with_name("vislab")  # the installed console script, beside the venv's python
@@ -191,7 +193,7 @@ def test_the_parser_offers_the_library_choices():  # spelled in cli.py so that t
 
 
 def test_explain_run_called_directly_removes_what_a_failed_write_made(image, tmp_path, monkeypatch, capsys):
-    from vislab import explain
+    from vislab.views import explain
 
     parser = argparse.ArgumentParser()
     explain.add_parser(parser.add_subparsers(dest="command"))

@@ -8,7 +8,9 @@ import time
 import pytest
 import torch
 
-from vislab import cli, compare, data
+from vislab import cli
+from vislab.training import compare
+from vislab.data import folders as data
 
 
 def test_compare_cli_writes_a_table_that_matches_each_runs_metrics(synthetic, tmp_path, capsys):
@@ -51,7 +53,7 @@ def test_compare_rejects_duplicate_names_and_unknown_strategies(synthetic, tmp_p
 
 
 def test_a_custom_freeze_plan_is_compared_too(synthetic, tmp_path):
-    from vislab import freezing, models
+    from vislab.models import freezing, factory as models
 
     model, _ = models.create_model("test_resnet", 3, weights_choice="random")
     plan = freezing.preset(model, "head")[0]
@@ -136,7 +138,7 @@ def test_a_clear_winner_is_named_as_one_and_a_tie_is_no_winner():
 
 
 def test_the_shared_caching_pass_is_not_in_the_first_configurations_seconds(synthetic, tmp_path, monkeypatch):
-    from vislab import caching, training
+    from vislab.training import feature_cache as caching, loop as training
 
     build = caching.build
     slow = 1.5

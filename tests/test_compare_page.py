@@ -20,7 +20,9 @@ def _titles(at) -> list[str]:
 def counted(monkeypatch):
     """Calls of the work behind the page's views: loading a run's model, Grad-CAM, a layer's maps, and
     building the figures of the CAM panels, the feature maps and the confusion matrices."""
-    from vislab import cam, features, plots, runs
+    from vislab.views import cam, features
+    from vislab.figures import charts as plots
+    from vislab.training import runs
 
     calls = {"runs.load": 0, "cam.run": 0, "features.activations": 0, "cam_panels": 0, "map_grid": 0,
              "confusion_matrix": 0}
@@ -44,7 +46,9 @@ def counted(monkeypatch):
 
 def test_a_revisit_of_a_saved_comparison_recomputes_nothing(synthetic, counted):
     from pages import _jobs
-    from vislab import compare, data, labs
+    from vislab.training import compare
+    from vislab.data import folders as data
+    from vislab.serving import labs
 
     at = AppTest.from_file(str(APP), default_timeout=120).run()
     lab = labs.Lab(at.session_state["lab_id"])

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from vislab import concepts
+from vislab.teaching import concepts
 
 # ----------------------------------------------------------------------------------------------- GAP vs flatten
 

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vislab import cli, data
+from vislab import cli
+from vislab.data import folders as data
 
 
 def _image(path, size=(32, 32), color=(200, 30, 30), mode="RGB"):
@@ -211,7 +212,7 @@ def test_unreadable_root_is_a_message(tmp_path, monkeypatch):
 def test_extreme_strips_and_nan_pixels(tmp_path):
     import numpy as np
 
-    from vislab.transforms import load_image
+    from vislab.data.transforms import load_image
 
     strip = _image(tmp_path / "strip.png", size=(3000, 20))
     assert "aspect ratio" in data.check_image(strip)
@@ -224,7 +225,7 @@ def test_extreme_strips_and_nan_pixels(tmp_path):
 
 
 def test_odd_images_are_read_upright_rgb(tmp_path):
-    from vislab.transforms import load_image
+    from vislab.data.transforms import load_image
 
     gray = _image(tmp_path / "g.png", mode="L")
     pal = tmp_path / "p.png"

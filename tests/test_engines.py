@@ -6,8 +6,10 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from vislab import caching, cli, data, engines, experiment
-from vislab.training import TrainConfig
+from vislab.training import feature_cache as caching, engines, experiment
+from vislab import cli
+from vislab.data import folders as data
+from vislab.training.loop import TrainConfig
 
 
 def _prepared(name, strategy, size=64):
@@ -163,7 +165,7 @@ def test_engine_choice_is_checked_and_old_run_configs_load():
 
 
 def test_predictions_of_a_model_frozen_up_to_its_head_run_its_prefix_in_the_engine(synthetic, monkeypatch):
-    from vislab import evaluation
+    from vislab.training import evaluation
 
     spec = experiment.Spec(model="test_resnet", strategy="head", weights="random", img_size=64)
     model, info, _ = experiment.prepare(spec, 3)
@@ -231,7 +233,7 @@ def test_a_reused_export_does_not_import_onnx(tmp_path):
     script = f"""
 import sys, torch
 from pathlib import Path
-from vislab import caching, engines, experiment
+from vislab.training import feature_cache as caching, engines, experiment
 engines.exports_dir = lambda: Path({str(tmp_path)!r})
 model, _, _ = experiment.prepare(experiment.Spec(model="test_resnet", weights="random", img_size=64), 3)
 model.eval()

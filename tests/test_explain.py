@@ -7,10 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from vislab import attention, cam, explain, runs, se, views
-from vislab.build import build_architecture
-from vislab.heads import attach_head
-from vislab.models import DataConfig, resize_for
+from vislab.views import attention, cam, explain, se, base as views
+from vislab.training import runs
+from vislab.models.build import build_architecture
+from vislab.models.heads import attach_head
+from vislab.data.config import DataConfig, resize_for
 
 CFG = DataConfig((3, 64, 64))  # crop_pct 0.875: short side to 73, then the center 64 x 64
 SQUARE = resize_for(CFG)  # a 73 x 73 image: the crop is pixels 4..67 of it, one to one

@@ -8,7 +8,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from vislab import cli, export, freezing, layer_order, models, netron_web, runs
+from vislab import cli
+from vislab.export import formats as export, netron as netron_web
+from vislab.models import freezing, factory as models
+from vislab.views import layer_order
+from vislab.training import runs
 
 # (model, input size): the tiny timm test models at 64 px (test_vit only runs at its 160 px) and a torchvision one
 FAMILIES = [("test_resnet", 64), ("test_efficientnet", 64), ("test_convnext", 64), ("test_vit", 160),

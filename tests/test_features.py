@@ -3,8 +3,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from vislab import features, freezing, models
-from vislab.views import ViewNotApplicable
+from vislab.views import features
+from vislab.models import freezing, factory as models
+from vislab.views.base import ViewNotApplicable
 
 
 def _no_hooks(model):

@@ -5,8 +5,8 @@ import pytest
 import timm
 import torch
 
-from vislab import featurevis as fv
-from vislab.models import DataConfig
+from vislab.views import featurevis as fv
+from vislab.data.config import DataConfig
 
 CFG = DataConfig((3, 64, 64))
 LAYER, CHANNEL = "layer2", 5

@@ -1,9 +1,11 @@
 import pytest
 import torch
 
-from vislab import data, datasets, freezing, models, stages, training
-from vislab.training import Phase, TrainConfig
-from vislab.transforms import eval_transform
+from vislab.data import folders as data, datasets
+from vislab.models import freezing, factory as models, stages
+from vislab.training import loop as training
+from vislab.training.loop import Phase, TrainConfig
+from vislab.data.transforms import eval_transform
 
 
 def _loaders(folder, cfg, batch=8):
@@ -147,7 +149,7 @@ def test_stage_names_are_real_modules():
 def test_frozen_stages_drop_nothing_trained_ones_still_do():
     """Like Keras' base_model(x, training=False): a frozen stage is a fixed feature extractor, so its
     stochastic depth and dropout are off in model.train(); a thawed stage keeps them."""
-    from vislab import caching
+    from vislab.training import feature_cache as caching
 
     torch.manual_seed(0)
     from torchvision.models import efficientnet_b0
@@ -175,7 +177,7 @@ def test_frozen_stages_drop_nothing_trained_ones_still_do():
 
 
 def test_training_mode_puts_every_modules_own_flag_back():
-    from vislab.modes import training_mode
+    from vislab._modes import training_mode
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Dropout())
     model.train()

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from vislab import data, experiment, jobs, labs, runs
-from vislab.training import TrainConfig
+from vislab.data import folders as data
+from vislab.training import experiment, runs
+from vislab.serving import jobs, labs
+from vislab.training.loop import TrainConfig
 
 
 def _spec(epochs=2, batch=8, **kw) -> experiment.Spec:
@@ -124,7 +126,7 @@ def test_a_worker_killed_mid_training_leaves_an_interrupted_run_that_resumes(syn
 def test_a_server_that_dies_takes_its_workers_with_it_and_the_run_reads_interrupted(synthetic, tmp_path):
     job = _job(synthetic, spec=_spec(epochs=300, batch=4))
     server = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from vislab import jobs\n"
+        "import sys, time; from vislab.serving import jobs\n"
         "q = jobs.LocalQueue(pools={'cpu': 1}, poll_s=0.05); q.submit(jobs.Job(sys.argv[1]))\n"
         "time.sleep(600)\n"), str(job.folder)], env={**os.environ})
     try:
@@ -174,15 +176,15 @@ def test_progress_and_status_files_are_always_whole(synthetic, queue):
 
 
 def test_the_worker_refuses_a_folder_without_a_job(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "vislab.jobs", str(tmp_path)], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "vislab.serving.jobs", str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 2 and "job.json" in out.stderr
 
 
 def test_the_app_never_imports_ray_without_a_ray_address():
     code = ("import os, sys; os.environ.pop('VISLAB_RAY_ADDRESS', None)\n"
-            "import vislab.jobs, vislab.queues, pages._jobs\n"
-            "q = vislab.queues.make_queue(); assert type(q).__name__ == 'LocalQueue'; q.close()\n"
-            "assert 'ray' not in sys.modules and 'vislab.rayqueue' not in sys.modules, 'ray imported'\n")
+            "import vislab.serving.jobs, vislab.serving.queues, pages._jobs\n"
+            "q = vislab.serving.queues.make_queue(); assert type(q).__name__ == 'LocalQueue'; q.close()\n"
+            "assert 'ray' not in sys.modules and 'vislab.serving.rayqueue' not in sys.modules, 'ray imported'\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr[-2000:]
@@ -210,7 +212,7 @@ def test_queues_of_two_servers_see_each_others_jobs_and_never_both_start_one(syn
 
 def test_two_servers_adopting_one_lab_home_run_each_queued_job_once(synthetic):
     queued = [_job(synthetic, name=f"run{i}", spec=_spec(epochs=1, batch=8)) for i in range(3)]
-    server = ("import sys, time; from vislab import jobs, labs\n"
+    server = ("import sys, time; from vislab.serving import jobs, labs\n"
               "q = jobs.LocalQueue(pools={'cpu': 1}, poll_s=0.05); q.adopt(labs.labs_dir())\n"
               "time.sleep(600)\n")
     procs = [subprocess.Popen([sys.executable, "-c", server], env={**os.environ, "VISLAB_THREADS": "1"})

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from vislab import fileio, labs, paths
+from vislab import _fileio as fileio, _paths as paths
+from vislab.serving import labs
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
 
@@ -135,7 +136,7 @@ def test_a_lab_with_damaged_settings_gives_a_message(vislab_home):
 def test_a_dataset_that_is_gone_is_asked_for_again(synthetic, tmp_path):
     import shutil
 
-    from vislab import data
+    from vislab.data import folders as data
 
     copy = tmp_path / "gone"
     shutil.copytree(synthetic, copy)
@@ -170,7 +171,7 @@ def test_everything_a_session_writes_stays_in_its_lab(synthetic, vislab_home):
 def test_a_file_lock_keeps_two_processes_read_modify_writes_whole(tmp_path):
     counter = tmp_path / "counter.json"
     fileio.write_json(counter, {"n": 0})
-    code = ("import sys, time; from vislab import fileio\n"
+    code = ("import sys, time; from vislab import _fileio as fileio\n"
             "for _ in range(40):\n"
             "    with fileio.lock(sys.argv[1]):\n"
             "        n = fileio.read_json(sys.argv[1])['n']; time.sleep(0.002)\n"

@@ -1,5 +1,7 @@
-"""The shape of the code: imports inside src/vislab read top-down (no module imports one that imports it
-back, lazily inside a function included), and pages render: no tensor math in pages/*.py."""
+"""The shape of the code: the library is a handful of subpackages stacked in layers (a module imports only
+from its own layer or those below; no module imports one that imports it back, lazily inside a function
+included), modules and functions stay small enough to read, and pages render: no tensor math in
+pages/*.py."""
 
 import ast
 import re
@@ -11,28 +13,58 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "vislab"
 PAGES = ROOT / "pages"
 
+# The library's layers, lowest first. `_support` is the `_`-prefixed modules at the top of the package
+# (paths, file io, train/eval modes, hooks); `front` is vislab/__init__ and __main__, which may use all.
+LAYERS = ("_support", "figures", "data", "models", "training", "export", "views", "teaching", "serving", "cli",
+          "front")
+MAX_MODULE_LINES = 450
+MAX_FUNCTION_LINES = 80
+
 
 # ----------------------------------------------------------------------------------------------- import graph
 
-def imported_modules(source: str, modules: set[str]) -> set[str]:
-    """The vislab modules `source` imports, at any depth (top level, inside functions, under `if`)."""
+def module_names(package: Path = PACKAGE) -> dict[str, Path]:
+    """Every module of the package by dotted name below `vislab`: 'training.runs', '_paths', 'cli' (a
+    subpackage's __init__ is the subpackage itself), '' for vislab/__init__."""
+    names = {}
+    for p in sorted(package.rglob("*.py")):
+        parts = list(p.relative_to(package).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        names[".".join(parts)] = p
+    return names
+
+
+def imported_modules(source: str, modules: set[str], here: str = "") -> set[str]:
+    """The vislab modules `source` imports, at any depth (top level, inside functions, under `if`):
+    `from vislab.training import runs` is 'training.runs', `from vislab.training.runs import load` too,
+    `from vislab import _paths` is '_paths', `import vislab.views.cam` is 'views.cam'; relative imports are
+    resolved against `here` (the importing module's dotted name)."""
     found = set()
+
+    def add(base: str, names: list[str]) -> None:
+        for name in names:
+            dotted = f"{base}.{name}" if base else name
+            found.add(dotted if dotted in modules else base)
+
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "vislab":  # from vislab import data, models
-                found |= {a.name for a in node.names if a.name in modules}
-            elif node.module.startswith("vislab."):  # from vislab.data import scan_folder
-                found.add(node.module.split(".")[1])
-        elif isinstance(node, ast.ImportFrom) and node.level == 1:  # from . import data / from .data import x
-            found |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                package = here.split(".")[: len(here.split(".")) - node.level] if here else []
+                base = ".".join(package + ([node.module] if node.module else []))
+            elif node.module == "vislab" or (node.module or "").startswith("vislab."):
+                base = node.module[len("vislab."):] if node.module != "vislab" else ""
+            else:
+                continue
+            add(base, [a.name for a in node.names])
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("vislab.")}
-    return found & modules
+            found |= {a.name[len("vislab."):] for a in node.names if a.name.startswith("vislab.")}
+    return {m for m in found if m in modules}
 
 
 def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
-    modules = {p.stem for p in package.glob("*.py")}
-    return {p.stem: imported_modules(p.read_text(), modules) - {p.stem} for p in sorted(package.glob("*.py"))}
+    modules = module_names(package)
+    return {name: imported_modules(p.read_text(), set(modules), name) - {name, ""} for name, p in modules.items()}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -56,20 +88,88 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def layer_of(module: str) -> str:
+    top = module.split(".")[0]
+    if module in ("", "__main__"):
+        return "front"
+    return "_support" if top.startswith("_") else top
+
+
+def layer_breaches(graph: dict[str, set[str]], layers: tuple[str, ...] = LAYERS) -> list[str]:
+    """Each import that runs up the stack, 'a -> b (layer A below layer B)'; a module in no layer is one too."""
+    rank = {layer: i for i, layer in enumerate(layers)}
+    found = []
+    for module, deps in sorted(graph.items()):
+        if layer_of(module) not in rank:
+            found.append(f"{module}: in no layer of {layers}")
+            continue
+        for dep in sorted(deps):
+            if rank.get(layer_of(dep), len(layers)) > rank[layer_of(module)]:
+                found.append(f"{module} -> {dep} ({layer_of(module)} is below {layer_of(dep)})")
+    return found
+
+
 def test_the_import_graph_has_no_cycle():
     found = cycles(import_graph())
     assert not found, "modules that import each other back: " + "; ".join(" -> ".join(c) for c in found)
 
 
-def test_the_cycle_finder_sees_lazy_and_indirect_cycles(tmp_path):
-    """The rule itself can fail: a cycle through an import inside a function, three modules long."""
-    (tmp_path / "a.py").write_text("from vislab import b\n")
-    (tmp_path / "b.py").write_text("import vislab.c as c\n")
-    (tmp_path / "c.py").write_text("def f():\n    if True:\n        from vislab.a import thing\n")
-    (tmp_path / "d.py").write_text("from vislab import a, paths\n")  # imports into the cycle: not itself one
+def test_the_subpackages_import_only_down_the_stack():
+    graph = import_graph()
+    assert {layer_of(m) for m in graph} == set(LAYERS), "a layer without a module, or a module without a layer"
+    found = layer_breaches(graph)
+    assert not found, "imports that run up the stack: " + "; ".join(found)
+
+
+def test_the_cycle_and_layer_rules_see_lazy_indirect_and_upward_imports(tmp_path):
+    """The rules themselves can fail: a cycle through an import inside a function, three modules long, across
+    subpackages; and a low layer that imports a higher one."""
+    for pkg in ("data", "models", "views"):
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "__init__.py").write_text("")
+    (tmp_path / "data" / "a.py").write_text("from vislab.models import b\n")
+    (tmp_path / "models" / "b.py").write_text("import vislab.views.c as c\n")
+    (tmp_path / "views" / "c.py").write_text("def f():\n    if True:\n        from vislab.data.a import thing\n")
+    (tmp_path / "views" / "d.py").write_text("from vislab.data import a\nfrom vislab import _paths\nfrom . import c\n")
+    (tmp_path / "_paths.py").write_text("")
     graph = import_graph(tmp_path)
-    assert graph == {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
-    assert cycles(graph) == [["a", "b", "c", "a"]]
+    assert graph["data.a"] == {"models.b"} and graph["models.b"] == {"views.c"}
+    assert graph["views.c"] == {"data.a"} and graph["views.d"] == {"data.a", "_paths", "views.c"}
+    assert cycles(graph) == [["data.a", "models.b", "views.c", "data.a"]]
+    assert layer_breaches(graph) == ["data.a -> models.b (data is below models)",
+                                     "models.b -> views.c (models is below views)"]
+
+
+def _functions(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node
+
+
+def long_code(package: Path = PACKAGE, max_module: int = MAX_MODULE_LINES,
+              max_function: int = MAX_FUNCTION_LINES) -> list[str]:
+    """Modules over `max_module` lines and functions over `max_function` lines (decorators to last line)."""
+    found = []
+    for name, p in module_names(package).items():
+        text = p.read_text()
+        if len(text.splitlines()) > max_module:
+            found.append(f"{name}: {len(text.splitlines())} lines")
+        for f in _functions(ast.parse(text)):
+            start = min([f.lineno] + [d.lineno for d in f.decorator_list])
+            if f.end_lineno - start + 1 > max_function:
+                found.append(f"{name}.{f.name} (line {f.lineno}): {f.end_lineno - start + 1} lines")
+    return found
+
+
+def test_modules_and_functions_stay_short():
+    found = long_code()
+    assert not found, "too long to read: " + "; ".join(found)
+
+
+def test_the_length_rule_counts_lines(tmp_path):
+    (tmp_path / "long.py").write_text("def f():\n" + "    x = 1\n" * 80 + "\n\ndef g():\n    pass\n")
+    assert long_code(tmp_path, max_module=80, max_function=80) == ["long: 85 lines", "long.f (line 1): 81 lines"]
+    assert long_code(tmp_path, max_module=85, max_function=81) == []
 
 
 # ----------------------------------------------------------------------------------------------- pages

@@ -5,8 +5,10 @@ import dataclasses
 import pytest
 import torch
 
-from vislab import data, datasets, freezing, lr_finder, models, stages, training
-from vislab.transforms import eval_transform
+from vislab.data import folders as data, datasets
+from vislab.models import freezing, factory as models, stages
+from vislab.training import lr_finder, loop as training
+from vislab.data.transforms import eval_transform
 
 
 def test_layer_decay_gives_geometric_rates_from_the_head():

@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vislab import plots
+from vislab.figures import charts as plots
 
 
 def test_grid_captions_wrap_inside_their_cell_and_never_run_into_the_next():

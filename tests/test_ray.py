@@ -1,4 +1,4 @@
-"""The Ray backend (vislab.rayqueue) on a real local Ray instance, started once for the module: the same
+"""The Ray backend (vislab.serving.rayqueue) on a real local Ray instance, started once for the module: the same
 result as the local worker, progress in order, Stop, a dead worker, the CLI's path and the app's queue."""
 
 import os
@@ -12,7 +12,9 @@ ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.
 import torch  # noqa: E402
 
 from tests.test_jobs import _job, _spec, _wait_for  # noqa: E402
-from vislab import data, experiment, queues, rayqueue, runs  # noqa: E402
+from vislab.data import folders as data  # noqa: E402
+from vislab.training import experiment, runs
+from vislab.serving import queues, rayqueue
 
 pytestmark = pytest.mark.slow
 
@@ -129,7 +131,7 @@ def test_a_queued_ray_job_counts_whats_ahead_and_cancels(synthetic, rq):
 def test_a_comparison_runs_on_ray_as_it_does_in_process(synthetic, tmp_path, cluster):
     from dataclasses import asdict
 
-    from vislab import compare
+    from vislab.training import compare
 
     report = data.scan_folder(synthetic)
     configs = [compare.Config.preset("head"), compare.Config.preset("full")]

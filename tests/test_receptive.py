@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vislab import receptive
+from vislab.views import receptive
 
 
 def tiny_net() -> nn.Sequential:

@@ -13,9 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from vislab import archives, cli, data, experiment, runs, training
-from vislab.synthetic import make_synthetic
-from vislab.training import TrainConfig
+from vislab.data import archives, folders as data
+from vislab import cli
+from vislab.training import experiment, runs, loop as training
+from vislab.data.synthetic import make_synthetic
+from vislab.training.loop import TrainConfig
 
 
 def _png(color=(200, 30, 30), size=(32, 32), mode="RGB") -> bytes:
@@ -265,14 +267,14 @@ def test_upload_limit_is_configured_and_stated():
 
 def test_old_session_folders_are_removed_at_start_up(vislab_home):
     from pages import _state
-    from vislab import paths
+    from vislab import _paths as paths
 
     old = paths.work_dir() / "a1b2c3d4e5f6"
     (old / "zip-1" / "a").mkdir(parents=True)
     (old / "zip-1" / "a" / "x.png").write_bytes(_png())
     cli_dir = paths.work_dir() / "cli"
     cli_dir.mkdir()
-    from vislab import engines
+    from vislab.training import engines
 
     exported = engines.exports_dir() / "m-0123.onnx"  # set-up's exports outlive a server start
     exported.parent.mkdir(parents=True)

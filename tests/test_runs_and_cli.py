@@ -3,8 +3,9 @@ import json
 import pytest
 import torch
 
-from vislab import cli, experiment, runs
-from vislab.training import TrainConfig
+from vislab import cli
+from vislab.training import experiment, runs
+from vislab.training.loop import TrainConfig
 
 
 def test_vislab_train_writes_the_four_files(synthetic, tmp_path, capsys):
@@ -26,7 +27,7 @@ def test_vislab_train_writes_the_four_files(synthetic, tmp_path, capsys):
 def test_saved_run_reloads_to_identical_outputs(synthetic, tmp_path):
     spec = experiment.Spec(model="test_efficientnet", strategy="full", head="mlp", weights="auto", img_size=64,
                            train=TrainConfig(epochs=1, batch_size=8, device="cpu"))
-    report = __import__("vislab.data", fromlist=["scan_folder"]).scan_folder(synthetic)
+    report = __import__("vislab.data.folders", fromlist=["scan_folder"]).scan_folder(synthetic)
     result = experiment.train(spec, report, tmp_path / "run")
     model, run = runs.load(result.run_dir)
     x = torch.randn(3, 3, 64, 64)
@@ -40,7 +41,7 @@ def test_saved_run_reloads_to_identical_outputs(synthetic, tmp_path):
 def test_two_phase_records_both_phases(synthetic, tmp_path):
     spec = experiment.Spec(model="test_resnet", strategy="two-phase", weights="auto", img_size=64,
                            train=TrainConfig(epochs=3, lr=1e-2, batch_size=8, device="cpu"))
-    report = __import__("vislab.data", fromlist=["scan_folder"]).scan_folder(synthetic)
+    report = __import__("vislab.data.folders", fromlist=["scan_folder"]).scan_folder(synthetic)
     result = experiment.train(spec, report, tmp_path / "run")
     phases = [m["phase"] for m in result.history.epochs]
     assert phases == ["head", "full", "full"]
@@ -60,7 +61,7 @@ def test_stop_flag_ends_training_early(synthetic, tmp_path):
 
     spec = experiment.Spec(model="test_resnet", strategy="head", weights="auto", img_size=64,
                            train=TrainConfig(epochs=5, batch_size=4, device="cpu"))
-    report = __import__("vislab.data", fromlist=["scan_folder"]).scan_folder(synthetic)
+    report = __import__("vislab.data.folders", fromlist=["scan_folder"]).scan_folder(synthetic)
     result = experiment.train(spec, report, tmp_path / "run", on_event, stop)
     assert result.history.stopped and len(result.history.epochs) == 1 and result.history.epochs[0]["partial"]
     assert seen.count("batch") == 1
@@ -112,7 +113,7 @@ def test_models_command_lists_catalog(capsys):
     out = capsys.readouterr().out
     for name in ("alexnet", "vgg16_bn", "resnet50", "mobilenet_v2", "vit_tiny_patch16_224", "convnext_atto"):
         assert name in out
-    from vislab import catalog, weights
+    from vislab.models import catalog, weights
 
     rows = {line.split()[0]: line for line in out.splitlines()[1:-1]}
     for e in catalog.CATALOG:  # each row ends with where its weights come from
@@ -122,7 +123,7 @@ def test_models_command_lists_catalog(capsys):
 
 
 def test_training_is_seeded_and_reproducible(synthetic, tmp_path):
-    from vislab import data
+    from vislab.data import folders as data
 
     report = data.scan_folder(synthetic)
     spec = experiment.Spec(model="test_resnet", strategy="partial", weights="auto", img_size=64,

@@ -3,9 +3,10 @@ import pytest
 import timm
 import torch
 
-from vislab import models, se
-from vislab.views import ViewNotApplicable
-from vislab.weights import WeightsError
+from vislab.models import factory as models
+from vislab.views import se
+from vislab.views.base import ViewNotApplicable
+from vislab.models.weights import WeightsError
 
 # model -> SE block type it exercises
 SE_MODELS = {
@@ -108,7 +109,7 @@ def test_real_trained_gates_differ_between_images():
     skimage_data = pytest.importorskip("skimage.data")
     from PIL import Image
 
-    from vislab.transforms import eval_transform
+    from vislab.data.transforms import eval_transform
 
     try:
         model, info = models.create_model("mobilenet_v3_small", None, weights_choice="pretrained")

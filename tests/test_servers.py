@@ -25,7 +25,7 @@ def two_servers(vislab_home):
 
 
 def test_a_run_started_on_one_server_is_listed_stopped_and_opened_on_the_other(two_servers, synthetic, tmp_path):
-    from vislab import jobs, labs
+    from vislab.serving import jobs, labs
 
     a, b = two_servers
     archive = tmp_path / "shapes.zip"

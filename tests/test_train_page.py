@@ -23,7 +23,7 @@ def _app() -> AppTest:
 
 
 def _lab(at):
-    from vislab import labs
+    from vislab.serving import labs
 
     return labs.Lab(at.session_state["lab_id"])
 
@@ -48,8 +48,8 @@ def _preset(at, strategy: str) -> None:
 
 # ---- 1. a starting job says what it does, never "epoch 0/5 · batch 0/1 · loss 0.000" ---------------------
 def test_a_starting_job_says_what_the_worker_is_doing(monkeypatch):
-    from vislab import jobs
-    from vislab.training import Event
+    from vislab.serving import jobs
+    from vislab.training.loop import Event
 
     monkeypatch.setattr(jobs, "PROGRESS_EVERY_S", 0.0)  # every batch event is written (the worker throttles)
     at = _app()
@@ -223,8 +223,10 @@ def test_the_runs_table_has_the_head_percentages_and_one_date_format(two_runs):
 def test_a_warm_rerun_recomputes_nothing_of_a_finished_run(two_runs, monkeypatch):
     """Results of a finished run (weights, predictions, confusion matrix, figures, top-loss grid) are built once
     per run folder and version of its files; the runs table is read from the files only when they change."""
-    import vislab.transforms
-    from vislab import evaluation, jobs, plots, runs
+    import vislab.data.transforms
+    from vislab.training import evaluation, runs
+    from vislab.serving import jobs
+    from vislab.figures import charts as plots
 
     at, first = two_runs
     calls: dict[str, int] = {}
@@ -240,7 +242,7 @@ def test_a_warm_rerun_recomputes_nothing_of_a_finished_run(two_runs, monkeypatch
     for owner, name in ((runs, "load"), (runs, "load_predictions"), (runs, "read_config"), (runs, "read_metrics"),
                         (evaluation, "confusion"), (evaluation, "predict"), (plots, "curves"),
                         (plots, "confusion_matrix"), (plots, "per_class_accuracy"), (plots, "image_grid"),
-                        (vislab.transforms, "load_image"), (jobs.Job, "spec"), (jobs.Job, "events")):
+                        (vislab.data.transforms, "load_image"), (jobs.Job, "spec"), (jobs.Job, "events")):
         counted(owner, name)
     for _ in range(2):
         at.switch_page("pages/model.py").run()

@@ -6,10 +6,10 @@ import timm
 import torch
 from PIL import Image
 
-from vislab import features, receptive, units
-from vislab.models import DataConfig
-from vislab.transforms import denormalize
-from vislab.views import batch
+from vislab.views import features, receptive, units
+from vislab.data.config import DataConfig
+from vislab.data.transforms import denormalize
+from vislab.views.base import batch
 
 CFG = DataConfig((3, 64, 64), crop_pct=1.0)
 

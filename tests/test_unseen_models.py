@@ -7,8 +7,11 @@ import torch.nn as nn
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from vislab import attention, cam, caching, data, experiment, features, freezing, heads, models, runs, stages, views
-from vislab.training import TrainConfig
+from vislab.views import attention, cam, features, base as views
+from vislab.training import feature_cache as caching, experiment, runs
+from vislab.data import folders as data
+from vislab.models import freezing, heads, factory as models, stages
+from vislab.training.loop import TrainConfig
 
 
 def _trainable(model) -> set[str]:

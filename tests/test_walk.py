@@ -186,7 +186,7 @@ def _use_zip(at, blob: bytes) -> None:
 
 
 def _train(at) -> None:
-    from vislab import jobs, labs
+    from vislab.serving import jobs, labs
 
     at.switch_page("pages/train.py").run()
     at.number_input(key="train_epochs").set_value(1).run()
@@ -254,7 +254,7 @@ def test_training_settings_survive_a_visit_a_reload_and_reach_the_job(synthetic)
     _choose(next(w for w in again.select_slider if w.key.startswith("train_size_")), "64")
     again.run()
     next(b for b in again.button if b.label == "Start training").click().run()
-    from vislab import jobs, labs
+    from vislab.serving import jobs, labs
 
     job = jobs.Job(labs.Lab(again.session_state["lab_id"]).runs_dir / again.session_state["last_run"])
     train = job.spec()["spec"]["train"]

@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vislab import cli, fileio, models, weights
-from vislab.transforms import eval_transform
+from vislab import cli, _fileio as fileio
+from vislab.models import factory as models, weights
+from vislab.data.transforms import eval_transform
 
 
 
@@ -139,7 +140,7 @@ def test_gguf_tensors_read_back_what_the_gguf_writer_wrote(tmp_path):
     import gguf
     import numpy as np
 
-    from vislab.gguf_tensors import read_gguf
+    from vislab.models.gguf import read_gguf
 
     conv = np.arange(2 * 3 * 4 * 5, dtype=np.float16).reshape(2, 3, 4, 5) / 8  # (out, in, kh, kw)
     bias = np.array([0.5, -1.25], dtype=np.float32)
@@ -183,7 +184,7 @@ def _machine(tmp_path, monkeypatch, *, default=True, env=False):
     the checkout's `.vislab` (what a plain `bash scripts/setup.sh` seeds) or `VISLAB_WEIGHTS`."""
     import huggingface_hub.constants
 
-    from vislab import paths
+    from vislab import _paths as paths
 
     lab_home, machine, checkout = tmp_path / "srv_class", tmp_path / "machine", tmp_path / "checkout_vislab"
     monkeypatch.setenv("VISLAB_HOME", str(lab_home))
@@ -225,7 +226,7 @@ def test_a_server_on_another_lab_home_loads_the_machines_seeded_weights(tmp_path
     """Set-up seeded the checkout's .vislab (or VISLAB_WEIGHTS); a server on VISLAB_HOME=/srv/class loads them
     through the real paths: torchvision's hub loader for mobilenet_v2, timm's pretrained=True with the record's
     own head and data config for a seeded safetensors file."""
-    from vislab import evaluation
+    from vislab.training import evaluation
 
     lab_home, machine = _machine(tmp_path, monkeypatch, env=where == "VISLAB_WEIGHTS")
     tv, _ = models.create_model("mobilenet_v2", num_classes=None, weights_choice="random")
@@ -248,7 +249,7 @@ def test_a_server_on_another_lab_home_loads_the_machines_seeded_weights(tmp_path
 
 
 def test_lookup_order_lab_home_then_vislab_weights_then_checkout(tmp_path, monkeypatch):
-    from vislab import paths
+    from vislab import _paths as paths
 
     lab_home, machine = _machine(tmp_path, monkeypatch, env=True)
     checkout = paths.default_home()
@@ -289,7 +290,7 @@ def test_missing_advice_gives_the_command_that_makes_them_appear_for_this_server
     import shlex
     import sys
 
-    from vislab import seeding
+    from vislab.models import seeding
 
     lab_home, machine = _machine(tmp_path, monkeypatch, env=where == "VISLAB_WEIGHTS")
     assert not weights.status("mobilenet_v2", "torchvision").available
