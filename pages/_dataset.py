@@ -48,7 +48,7 @@ class Dataset:
                 "root": self.report.root, "images": len(self.report.items)}
 
 
-def init_state() -> None:
+def open_page() -> None:
     """Session defaults, and what the lab saved that needs the heavy libraries (dataset, augmentations)."""
     _state.init_state()
     restore()
@@ -83,12 +83,12 @@ def restore() -> None:
     ss.pop(WORKING, None)
 
 
-def session_runs() -> Path:
+def runs_folder() -> Path:
     """This lab's runs: other labs' runs on a shared server are never listed or opened."""
     return current_lab().runs_dir
 
 
-def session_dir() -> Path:
+def uploads_folder() -> Path:
     """This lab's own folder for uploads and extracted zips (kept across reloads and restarts)."""
     folder = current_lab().data_dir
     folder.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import streamlit as st
 
 from pages import _state
 from pages._cached import model_lock
-from pages._dataset import session_runs
+from pages._dataset import runs_folder
 from pages._state import LAST_RUN, LOOK_RUN, MODEL, REOPENED, VIEW_CHOICE
 from pages._working import pretrained
 
@@ -81,7 +81,7 @@ def current_run():
     for name in [ss.get(LOOK_RUN), ss.get(REOPENED), ss.get(LAST_RUN), *mine]:
         if not name or name not in mine:
             continue
-        folder = session_runs() / name
+        folder = runs_folder() / name
         if not folder.is_dir() or _jobs.jobs.Job(folder).active:
             continue
         try:

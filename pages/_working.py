@@ -61,7 +61,7 @@ def num_classes() -> int:
     return len(ds.report.classes) if ds else 2
 
 
-def session_spec(strategy: str | None = None) -> experiment.Spec:
+def working_spec(strategy: str | None = None) -> experiment.Spec:
     """The session's choices as an experiment spec (what the working model and a job are built from)."""
     ss = st.session_state
     ds = ss.get(DATASET)
@@ -81,7 +81,7 @@ def working():
     key = (ss[MODEL], ss[HEAD], num_classes(), _weights_key(ss[MODEL]), ss[STRATEGY] == "scratch")
     cached = ss.get(WORKING)
     if cached is None or cached[0] != key:
-        spec = session_spec("scratch" if ss[STRATEGY] == "scratch" else "head")
+        spec = working_spec("scratch" if ss[STRATEGY] == "scratch" else "head")
         base, base_info = pretrained() if spec.strategy != "scratch" else (None, None)
         try:
             model, info, _ = experiment.prepare(spec, num_classes(), base, base_info)  # the one job builder

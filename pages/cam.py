@@ -8,7 +8,7 @@ from vislab.data.transforms import crop_seen
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
-_dataset.init_state()
+_dataset.open_page()
 ss = st.session_state
 st.title("CAM & Grad-CAM")
 st.markdown("Where does the network look when it decides? **CAM** reads it exactly off a head that is global "

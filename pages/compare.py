@@ -15,7 +15,7 @@ from vislab.data.transforms import crop_seen, load_image
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
-_dataset.init_state()
+_dataset.open_page()
 ss = st.session_state
 st.title("Compare strategies")
 st.markdown("Queue several configurations on the **same data split and seed**, run them one after another, "
@@ -248,9 +248,9 @@ if saved:
     if st.button("Show"):
         ss[_state.COMPARE_SHOWN] = pick
 loaded = None
-if ss.get(_state.COMPARE_SHOWN) and (_dataset.session_runs() / ss[_state.COMPARE_SHOWN] / "comparison.json").is_file():
+if ss.get(_state.COMPARE_SHOWN) and (_dataset.runs_folder() / ss[_state.COMPARE_SHOWN] / "comparison.json").is_file():
     try:
-        loaded = load_shown(_dataset.session_runs() / ss[_state.COMPARE_SHOWN])
+        loaded = load_shown(_dataset.runs_folder() / ss[_state.COMPARE_SHOWN])
     except (OSError, ValueError, KeyError) as exc:
         st.error(f"Cannot reload {ss[_state.COMPARE_SHOWN]}: {exc}")
 

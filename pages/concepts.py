@@ -9,7 +9,7 @@ from vislab.figures import charts as plots
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
-_dataset.init_state()
+_dataset.open_page()
 ss = st.session_state
 st.title("Concepts, live")
 st.markdown("The course's key ideas as small computations on real PyTorch modules: every number below is "

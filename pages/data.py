@@ -11,7 +11,7 @@ from vislab.data.transforms import Augment, crop_seen, denormalize, load_image, 
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
-_dataset.init_state()
+_dataset.open_page()
 ss = st.session_state
 st.title("Data")
 limit = st.get_option("server.maxUploadSize")
@@ -48,10 +48,10 @@ elif source == "A .zip of class folders":
                                          help="It was read when chosen; read it again (e.g. after a fix)")
     if up is not None and (fresh or again):
         ss[_state.ZIP_READ_ID] = up.file_id
-        archive = _dataset.session_dir() / (data.safe_name(Path(up.name).stem)[:60] or "upload")
+        archive = _dataset.uploads_folder() / (data.safe_name(Path(up.name).stem)[:60] or "upload")
         archive = archive.with_name(archive.name + ".zip")  # messages name the user's own file
         archive.write_bytes(up.getvalue())
-        folder = _dataset.session_dir() / "zips"  # extracted by content: the same zip is one folder, reused
+        folder = _dataset.uploads_folder() / "zips"  # extracted by content: the same zip is one folder, reused
         report = None
         try:
             with st.spinner(f"Reading {up.name}…"):
@@ -89,7 +89,7 @@ else:
             st.error("Each class needs its own, non-empty name.")
         else:
             try:
-                report = data.from_uploads(files, _dataset.session_dir() / "uploads")
+                report = data.from_uploads(files, _dataset.uploads_folder() / "uploads")
             except data.DataError as exc:
                 st.error(str(exc))
             else:

@@ -8,7 +8,7 @@ from vislab.views import base as views
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
-_dataset.init_state()
+_dataset.open_page()
 ss = st.session_state
 st.title("Export & Netron")
 st.markdown("`print(model)` lists modules in the order they were **defined**, which is not always the order "
@@ -42,7 +42,7 @@ c2.caption({"torchscript": "torch.jit.trace at the model's input size, as the co
             "onnx": "torch.onnx.export; checked with onnxruntime. Netron shows BatchNorm folded into the convolutions.",
             "pt2": "torch.export: the successor of tracing."}[fmt])
 size = vm.data_config.input_size
-folder = _dataset.session_dir() / "export"
+folder = _dataset.uploads_folder() / "export"
 strategy = ss[_state.STRATEGY] if vm.label.startswith("fine-tuned") else "pretrained"
 name = export.export_name(ss[_state.MODEL], strategy, fmt)
 meta = export.metadata(ss[_state.MODEL], vm.classes, vm.data_config)

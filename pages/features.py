@@ -9,7 +9,7 @@ from vislab.data.transforms import crop_seen, eval_transform
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
-_dataset.init_state()
+_dataset.open_page()
 ss = st.session_state
 st.title("Feature maps and filters")
 st.markdown("The first layer's filters are small RGB pictures: edges, colour blobs, stripes. Deeper layers "

@@ -7,7 +7,7 @@ from vislab.figures import charts as plots
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
-_dataset.init_state()
+_dataset.open_page()
 ss = st.session_state
 st.title("Freeze & BatchNorm")
 st.markdown(

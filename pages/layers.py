@@ -5,7 +5,7 @@ import streamlit as st
 
 from pages import _route, _state
 from pages._cached import cached_view, model_lock
-from pages._dataset import init_state
+from pages._dataset import open_page
 from pages._images import PHOTOS, download_png, photo
 from pages._runs import view_models
 from vislab.views import featurevis, units, base as views
@@ -13,7 +13,7 @@ from vislab.views import featurevis, units, base as views
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
 
-init_state()
+open_page()
 ss = st.session_state
 st.title("What each layer responds to")
 st.markdown(

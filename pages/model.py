@@ -7,7 +7,7 @@ from vislab.figures import charts as plots
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
-_dataset.init_state()
+_dataset.open_page()
 ss = st.session_state
 st.title("Model")
 
@@ -57,7 +57,7 @@ if entry:
 with st.expander("Import a weights file (.pth, .pt, .bin, .safetensors)"):
     up = st.file_uploader("Weights file", type=["pth", "pt", "bin", "safetensors"], key=_state.WEIGHTS_UPLOAD)
     if up is not None and st.button("Check and import", key=_state.DO_IMPORT):
-        target = _dataset.session_dir() / f"upload_{up.name}"
+        target = _dataset.uploads_folder() / f"upload_{up.name}"
         target.write_bytes(up.getvalue())
         try:
             new = weights.import_file(target, name)

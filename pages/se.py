@@ -9,7 +9,7 @@ from vislab.data.transforms import crop_seen
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
-_dataset.init_state()
+_dataset.open_page()
 ss = st.session_state
 st.title("SE channel weights (Squeeze-and-Excitation)")
 st.markdown("An SE block averages each channel of a feature map to one number, passes the vector through a "

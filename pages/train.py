@@ -17,7 +17,7 @@ from vislab.data.transforms import Augment, load_image, to_rgb
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
-_dataset.init_state()
+_dataset.open_page()
 ss = st.session_state
 st.title("Train")
 
@@ -172,7 +172,7 @@ def _start(default_size: int, beyond_head: bool) -> None:
     decay = float(ss.get(_state.TRAIN_LAYER_DECAY, 1.0)) if beyond_head else 1.0
     two_phase = ss[_state.STRATEGY] == "two-phase"
     device = ss.get(_state.TRAIN_DEVICE, "auto")
-    spec = _working.session_spec()
+    spec = _working.working_spec()
     spec = dataclasses.replace(
         spec, img_size=size if size != default_size else None, augment=ss.get(_state.AUGMENT) or Augment(),
         train=dataclasses.replace(spec.train, epochs=int(ss[_state.TRAIN_EPOCHS]), lr=float(ss[_state.TRAIN_LR]),
@@ -360,13 +360,13 @@ st.divider()
 st.subheader("Runs of this lab")
 every = current  # the lab's training jobs, listed above
 if not every:
-    st.caption(f"No runs in this lab yet. Each run is saved to `{_dataset.session_runs()}`, kept across reloads and "
+    st.caption(f"No runs in this lab yet. Each run is saved to `{_dataset.runs_folder()}`, kept across reloads and "
                "server restarts (open one elsewhere with `vislab.training.runs.load(folder)` or `vislab export --run`).")
 else:
     table = runs_table(tuple((str(j.folder), stamp(j.folder)) for j in every))
     for row in table:  # a running job whose worker is gone changes no file: its state is asked for each time
         if row["status"] in jobs.ACTIVE:
-            row["status"] = jobs.Job(_dataset.session_runs() / row["run"]).state
+            row["status"] = jobs.Job(_dataset.runs_folder() / row["run"]).state
     st.dataframe(table, hide_index=True, width="stretch", column_order=RUN_COLUMNS, column_config={
         "best val acc": st.column_config.NumberColumn(format="%.1f%%", help="the best epoch's validation accuracy"),
         "date": st.column_config.TextColumn(help="when the run was saved (or started, if it never was)")})
@@ -385,25 +385,25 @@ else:
         if st.button(f"Resume {pick} for {int(more)} more epochs", disabled=running or ds is None,
                      help="Continue from its kept (best) weights with its settings on the current dataset (same "
                           "classes); a new run folder is made"):
-            spec = (jobs.Job(_dataset.session_runs() / pick).spec().get("spec") or _working.session_spec().to_dict())
+            spec = (jobs.Job(_dataset.runs_folder() / pick).spec().get("spec") or _working.working_spec().to_dict())
             spec = {**spec, "train": {**spec.get("train", {}), "epochs": int(more)}}
             try:
                 _jobs.submit("train", f"{pick[:40]}_resumed", {
                     "spec": spec, "report": data.report_to_dict(ds.used) if ds else None,
-                    "resume": str(_dataset.session_runs() / pick)})
+                    "resume": str(_dataset.runs_folder() / pick)})
                 st.rerun()
             except jobs.JobError as exc:
                 st.warning(str(exc))
         if picked_state == "interrupted":
             st.caption(f"`{pick}` was interrupted: its best checkpoint so far opens and resumes.")
     reopened = ss.get(_state.REOPENED)
-    if reopened and (_dataset.session_runs() / reopened).is_dir():
+    if reopened and (_dataset.runs_folder() / reopened).is_dir():
         try:
-            m, run = _jobs.load_run(_dataset.session_runs() / reopened)
+            m, run = _jobs.load_run(_dataset.runs_folder() / reopened)
         except (FileNotFoundError, RuntimeError, ValueError, KeyError, OSError) as exc:
             st.error(f"Cannot reopen {reopened}: {exc}")
         else:
-            folder = _dataset.session_runs() / reopened
+            folder = _dataset.runs_folder() / reopened
             best = max((x["val_acc"] for x in run.metrics), default=None)
             st.markdown(f"**{reopened}** — `{run.config['model']}`, {run.config.get('head_kind', 'linear')} head, "
                         f"strategy {run.config['strategy']}, {len(run.metrics)} epochs, best val acc {pct(best)}, "

@@ -279,7 +279,7 @@ def test_export_page_verifies_serves_netron_and_lists_layers():
     assert result.ok and result.verified and result.max_abs_diff <= result.tol and result.path.is_file()
     # torch.jit.trace's deprecations are shown, not hidden, folded into one box instead of a yellow box each
     folded = [e for e in at.expander if "from torch while exporting" in e.label]
-    assert len(folded) == 1 and "deprecated" in folded[0].markdown[0].value and not at.warning
+    assert len(folded) == 1 and "deprecated" in folded[0].markdown[0].value and not at.warning, [w.value for w in at.warning]
     shown = list(_netron._netron_servers().values())[-1]
     assert shown.lab == at.session_state["lab_id"] and shown.component.name == f"pages._netron.{shown.viewer.token}"
     url = f"/component/pages._netron.{shown.viewer.token}/index.html?url={result.path.name}"

@@ -236,7 +236,7 @@ def _export_to(path: Path, model: nn.Module, stubs: list[str], probe: torch.Tens
     return blob
 
 
-def prepare(model: nn.Module, stubs: list[str], probe: torch.Tensor, name: str = "") -> str:
+def export_ahead(model: nn.Module, stubs: list[str], probe: torch.Tensor, name: str = "") -> str:
     """Export the prefix ahead of any run (set-up does it for the seeded models' head-only prefix), so the
     first run that caches it reuses the export and only measures the engines, on its own first batch.
     Returns what happened, in words."""

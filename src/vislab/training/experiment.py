@@ -226,4 +226,4 @@ def export_prefix(model_name: str, img_size: int | None = None) -> str:
     prefix = caching.find_prefix(model, probe)
     if prefix is None or not caching.reproduces(model, prefix, probe):
         return "no frozen prefix to export"
-    return engines.prepare(model, prefix.stubs, probe, model_name)
+    return engines.export_ahead(model, prefix.stubs, probe, model_name)
