@@ -3,6 +3,7 @@ import pytest
 import timm
 import torch
 
+from vislab._hooks import forward_with_hooks
 from vislab.views import attention, base as views
 from vislab.models import factory as models
 from vislab.views.base import ViewNotApplicable
@@ -45,10 +46,7 @@ def test_maps_match_a_hand_computed_softmax(vit):
     x = torch.randn(1, 3, 64, 64)
     maps = attention.attention_maps(vit, x)
     seen = {}
-    h = vit.blocks[2].norm1.register_forward_hook(lambda mod, a, out: seen.__setitem__("t", out.detach()))
-    with torch.no_grad():
-        vit(x)
-    h.remove()
+    forward_with_hooks(vit, [(vit.blocks[2].norm1, lambda mod, a, out: seen.__setitem__("t", out.detach()))], x)
     attn = vit.blocks[2].attn
     q, k, _ = attn.qkv(seen["t"]).reshape(1, -1, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     ref = (q @ k.transpose(-2, -1) * attn.head_dim ** -0.5).softmax(-1)  # (1, heads, N, N)

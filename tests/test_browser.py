@@ -215,6 +215,9 @@ def test_four_strategies_compared_on_the_textile_sample(app_url):
         browser.wait_idle(page)
         page.get_by_role("button", name="Run comparison").click()
         _done(page, "Download the table (CSV)", "compare", timeout=300_000)
+        assert page.get_by_text(re.compile(r"^4 runs of ")).count() == 1  # the page's heading over the results
+        for strategy in ("head", "partial", "full", "scratch"):  # each run's own confusion matrix, by name
+            assert page.get_by_text(f"{strategy}: confusion", exact=True).count() == 1, strategy
         _go(page, "Concepts")
         _done(page, "print(model)", "concepts", timeout=120_000)
 

@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from vislab._hooks import forward_with_hooks
 from vislab.views import features
 from vislab.models import freezing, factory as models
 from vislab.views.base import ViewNotApplicable
@@ -87,3 +88,22 @@ def test_frozen_layer_maps_stay_and_thawed_layer_maps_move():
         opt.step()
     assert features.map_change(before[frozen_layer], features.activations(model, frozen_layer, x)) == 0.0
     assert features.map_change(before[thawed_layer], features.activations(model, thawed_layer, x)) > 1e-3
+
+
+def test_hooks_go_and_flags_come_back_even_when_the_forward_fails():
+    """_hooks.forward_with_hooks: a hook that raises mid-forward leaves no hook (forward or pre) on any module,
+    every module's own train flag back and gradients on; a good call returns the model's eval output."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.9)).train()
+    model[1].eval()  # set to eval on its own: it stays in eval
+    x = torch.randn(2, 3, 8, 8)
+
+    def boom(*args):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        forward_with_hooks(model, [(model[0], lambda m, a, out: None), (model[2], boom)], x,
+                           pre=[(model[1], lambda m, a: None)])
+    assert _no_hooks(model) and model.training and model[0].training and not model[1].training
+    assert torch.is_grad_enabled()
+    out = forward_with_hooks(model, [], x)  # (2, 4, 6, 6)
+    assert torch.equal(out, forward_with_hooks(model, [], x)) and not out.requires_grad  # dropout off: eval

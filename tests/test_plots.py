@@ -3,26 +3,26 @@
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vislab.figures import charts as plots
+from vislab.figures import charts as plots, images as pictures
 
 
 def test_grid_captions_wrap_inside_their_cell_and_never_run_into_the_next():
     long = "true: a_rather_long_class_name\npred: ankle_boot_but_even_longer_than_that (p=0.93)\nloss 2.31"
     cell = 120
-    font = plots._font(13)
+    font = pictures._font(13)
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    lines = plots._fit_lines(draw, long, font, cell, max_lines=3)
+    lines = pictures._fit_lines(draw, long, font, cell, max_lines=3)
     assert len(lines) == 3 and any(line.endswith("…") for line in lines)  # cut, and it says so
     assert lines[-1] == "loss 2.31"  # ... but never the last line
     assert all(draw.textlength(line, font=font) <= cell for line in lines)
-    assert plots._fit_lines(draw, "short\npred: x", font, cell, 3) == ["short", "pred: x"]
+    assert pictures._fit_lines(draw, "short\npred: x", font, cell, 3) == ["short", "pred: x"]
     img = Image.new("RGB", (64, 64), "gray")
-    grid = plots.image_grid([img, img], [long, long], cols=2, cell=cell)
+    grid = pictures.image_grid([img, img], [long, long], cols=2, cell=cell)
     pad = 8
     gap = grid.crop((pad + cell, 0, pad + cell + pad, grid.height))  # the white gap between the two cells
     assert gap.getextrema() == ((255, 255), (255, 255), (255, 255))  # no caption pixel crosses into it
-    taller = plots.image_grid([img], [long], cols=1, cell=cell)
-    shorter = plots.image_grid([img], ["one line"], cols=1, cell=cell)
+    taller = pictures.image_grid([img], [long], cols=1, cell=cell)
+    shorter = pictures.image_grid([img], ["one line"], cols=1, cell=cell)
     assert taller.height > shorter.height  # room for three lines, not two cut to 32 characters
 
 
@@ -175,17 +175,17 @@ def test_top_loss_captions_keep_the_loss_readable_whatever_the_class_names():
             "true: local\npred: nominal (p=0.38)\nloss 1.17"]
     cell, cols = 170, 6
     grid_px = cols * (cell + 8) + 8
-    assert plots.caption_px(cell) * PAGE_PX / grid_px >= 14  # ~10 px before
-    font = plots._font(plots.caption_px(cell))
+    assert pictures.caption_px(cell) * PAGE_PX / grid_px >= 14  # ~10 px before
+    font = pictures._font(pictures.caption_px(cell))
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    for cap, lines in zip(caps, plots.caption_lines(caps, cell)):
+    for cap, lines in zip(caps, pictures.caption_lines(caps, cell)):
         assert lines[-1] == cap.split("\n")[-1]  # the loss, whole, on the last line
         assert lines[0].startswith("true: ") and any(line.startswith("pred: ") for line in lines)
         assert all(draw.textlength(line, font=font) <= cell for line in lines)
-    assert plots.caption_lines(["true: local\npred: local (p=0.34)\nloss 1.15"], cell)[0][-2:] == [
+    assert pictures.caption_lines(["true: local\npred: local (p=0.34)\nloss 1.15"], cell)[0][-2:] == [
         "(p=0.34)", "loss 1.15"]  # a line never breaks inside a number
-    wraps = plots._fit_lines(draw, "true: a_rather_long_class_name\npred: b\nloss 2.31 (worst of 12)",
-                             plots._font(13), 120, 4)  # the last line itself wraps: the others give way first
+    wraps = pictures._fit_lines(draw, "true: a_rather_long_class_name\npred: b\nloss 2.31 (worst of 12)",
+                             pictures._font(13), 120, 4)  # the last line itself wraps: the others give way first
     assert len(wraps) == 4 and " ".join(wraps[-2:]) == "loss 2.31 (worst of 12)", wraps
 
 

@@ -1,4 +1,5 @@
-"""Where vislab keeps its own files: seeded and imported weights, downloads, runs, work folders.
+"""Where vislab keeps its own files: seeded and imported weights, downloads, work folders, the labs (whose
+runs are `serving.labs.Lab.runs_dir`).
 
 Everything the lab writes lives under one home folder, `VISLAB_HOME` if set, else `.vislab/` at the root of
 the repository (or `~/.vislab` for an install outside a checkout). The torch hub cache of the user is read
@@ -75,10 +76,6 @@ def hub_checkpoints() -> Path:
 def downloads_dir() -> Path:
     """The registry packages seeding downloads (cached, so a second seed is offline)."""
     return seed_home() / "downloads"
-
-
-def runs_dir() -> Path:
-    return home() / "runs"
 
 
 def work_dir() -> Path:

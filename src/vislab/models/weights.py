@@ -30,8 +30,6 @@ from vislab import _fileio as fileio, _paths as paths
 from vislab.models.build import build_architecture
 from vislab.models.heads import head_name
 
-SOURCES = ("imported", "hub", "seeded")
-
 
 class WeightsError(ValueError):
     """Weights are missing, unreadable or do not fit the architecture. The message says what to do."""

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vislab._hooks import forward_with_hooks
 from vislab.models import heads, factory as models
 from vislab.views import layer_order
 
@@ -55,14 +56,8 @@ def _feature_map(model: nn.Module, x: torch.Tensor, channels: int) -> tuple[torc
                 and out.shape[2] * out.shape[3] > 1:
             maps.append(out)
 
-    handles = [m.register_forward_hook(record) for m in model.modules() if m is not head]
-    handles.append(head.register_forward_pre_hook(lambda m, args: done.append(True)))
-    try:
-        with torch.no_grad():
-            logits = model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    logits = forward_with_hooks(model, [(m, record) for m in model.modules() if m is not head], x,
+                                pre=[(head, lambda m, args: done.append(True))])
     if not maps:
         raise ValueError(f"{type(model).__name__} has no (C, H, W) feature map before its head")
     return maps[-1], logits

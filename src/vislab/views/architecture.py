@@ -5,32 +5,25 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from vislab._hooks import forward_with_hooks
 from vislab.models import freezing, stages
-from vislab._modes import training_mode
 
 
-@torch.no_grad()
 def output_shapes(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str, tuple]:
-    """Module name -> output shape (without the batch dim) from one forward pass at `input_size`."""
+    """Module name -> output shape (without the batch dim) from one eval forward pass at `input_size`."""
     shapes: dict[str, tuple] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if not name:
-            continue
 
-        def hook(mod, args, out, name=name):
+    def record(name: str):
+        def hook(mod, args, out):
             if isinstance(out, torch.Tensor):
                 shapes[name] = tuple(out.shape[1:])
             elif isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
                 shapes[name] = tuple(out[0].shape[1:])
-        handles.append(module.register_forward_hook(hook))
+        return hook
+
     device = next(model.parameters()).device
-    try:
-        with training_mode(model, False):
-            model(torch.zeros(1, *input_size, device=device))  # (1, C, H, W)
-    finally:
-        for h in handles:
-            h.remove()
+    hooks = [(module, record(name)) for name, module in model.named_modules() if name]
+    forward_with_hooks(model, hooks, torch.zeros(1, *input_size, device=device))  # (1, C, H, W)
     return shapes
 
 

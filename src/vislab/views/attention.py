@@ -23,7 +23,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from vislab.views.base import ViewNotApplicable, forward_with_hooks
+from vislab._hooks import forward_with_hooks
+from vislab.models.heads import AttentionHead
+from vislab.views.base import ViewNotApplicable
 
 ATTENTION_MODELS = ("vit_tiny_patch16_224",)  # catalog models with self-attention, for error messages
 HEAD_FUSIONS = ("mean", "max", "min")
@@ -200,14 +202,7 @@ class AttentionView:
 
 
 def _attention_head(model: nn.Module) -> nn.Module | None:
-    from vislab.models.heads import AttentionHead
-
     return next((m for m in model.modules() if isinstance(m, AttentionHead)), None)
-
-
-def is_hybrid(model: nn.Module) -> bool:
-    """A CNN with the attention head on its feature map."""
-    return _attention_head(model) is not None
 
 
 def view(model: nn.Module, x: torch.Tensor) -> AttentionView:
@@ -232,23 +227,3 @@ def view(model: nn.Module, x: torch.Tensor) -> AttentionView:
         forward_with_hooks(model, [(m.attn_drop, make(name)) for name, m in mods] + [(head, feature_map)], x)
     return AttentionView([maps[name] for name, _ in mods], grid[0], head.num_prefix_tokens,
                          tuple(x.shape[-2:]), True)
-
-
-def head_maps(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """Softmax attention per block, (B, heads, T, T): a ViT's blocks, or a CNN's attention head's."""
-    return view(model, x).maps
-
-
-def class_token_maps(model: nn.Module, x: torch.Tensor, block: int = -1, head_fusion: str = "mean") -> np.ndarray:
-    """The class token's attention of one block, heads fused, laid over the input: (B, H, W) at `x`'s
-    resolution, each map scaled to [0, 1]."""
-    from vislab.views.base import fit_map
-
-    if head_fusion not in HEAD_FUSIONS:
-        raise ValueError(f"head_fusion must be one of {', '.join(HEAD_FUSIONS)}, not '{head_fusion}'")
-    found = view(model, x)
-    out = []
-    for b in range(len(x)):
-        cls = found.cls(b)  # (blocks, heads, gh, gw)
-        out.append(fit_map(getattr(cls[block], head_fusion)(axis=0), found.image_size))
-    return np.stack(out)  # (B, H, W)

@@ -1,23 +1,19 @@
 """What the view modules (features, se, attention, cam) share: the error for a model that lacks what a
-view shows, the batch of images a view runs on, eval-mode forwards with temporary hooks, the time one
-forward takes (what a slow view will cost), and maps scaled for display.
-
-Hooks live only for the duration of one call (removed in `finally`), and the training flag of every
-module is put back afterwards (`modes.training_mode`).
+view shows, the batch of images a view runs on, the time one forward takes (what a slow view will cost),
+and maps scaled for display. Eval-mode forwards with temporary hooks are `_hooks.forward_with_hooks`
+(the training side needs them too).
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vislab._modes import training_mode
+from vislab._modes import inference
 from vislab.data.transforms import eval_transform
 
 
@@ -34,24 +30,6 @@ def batch(images: list, cfg) -> torch.Tensor:
     """PIL images as one (B, 3, H, W) batch, each through the model's eval transform (its `DataConfig`)."""
     transform = eval_transform(cfg)
     return torch.stack([transform(img) for img in images])  # (B, 3, H, W)
-
-
-@contextmanager
-def inference(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and no_grad for one block of code; the training flag of every module is put back."""
-    with training_mode(model, False), torch.no_grad():
-        yield model
-
-
-def forward_with_hooks(model: nn.Module, hooks: list[tuple[nn.Module, object]], x: torch.Tensor) -> None:
-    """One eval-mode forward without gradients with temporary forward hooks [(module, hook)], always removed."""
-    handles = [module.register_forward_hook(hook) for module, hook in hooks]
-    try:
-        with inference(model):
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def forward_seconds(model: nn.Module, input_size: tuple[int, int, int], n: int = 16) -> float:

@@ -24,7 +24,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from vislab.models import catalog
 from vislab.models.heads import attention_head_names, head_name
-from vislab._modes import training_mode
+from vislab._hooks import forward_with_hooks, temporary_hooks
+from vislab._modes import inference, training_mode
 from vislab.views.base import ViewNotApplicable, normalise_maps
 
 METHODS = {
@@ -151,7 +152,6 @@ def early_layer_note(model: nn.Module, layer: str) -> str | None:
     return None
 
 
-@torch.no_grad()
 def _last_spatial_layer(model: nn.Module, input_size) -> str:
     """The last module (in execution order) whose output is a (B, C, H, W) map."""
     order: list[tuple[str, torch.Tensor]] = []  # (module, output) as each module finishes
@@ -161,14 +161,9 @@ def _last_spatial_layer(model: nn.Module, input_size) -> str:
         return isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[hw[0]] * out.shape[hw[1]] > 1
 
     heads = tuple(f"{h}." for h in attention_head_names(model))  # an attention head's (B, heads, N, d) tensors
-    handles = [m.register_forward_hook(lambda mod, a, out, n=n: order.append((n, out)) if spatial(out) else None)
-               for n, m in model.named_modules() if n and not f"{n}.".startswith(heads)]  # are tokens, not maps
-    try:
-        with training_mode(model, False):
-            model(torch.zeros(1, *input_size, device=next(model.parameters()).device))
-    finally:
-        for h in handles:
-            h.remove()
+    hooks = [(m, lambda mod, a, out, n=n: order.append((n, out)) if spatial(out) else None)
+             for n, m in model.named_modules() if n and not f"{n}.".startswith(heads)]  # are tokens, not maps
+    forward_with_hooks(model, hooks, torch.zeros(1, *input_size, device=next(model.parameters()).device))
     if not order:
         raise CamNotApplicable("the model has no layer with spatial feature maps")
     last = order[-1][1]
@@ -192,13 +187,10 @@ def _prefix_without_grad(model: nn.Module, layer: nn.Module):
         leaf = out.detach().requires_grad_(True)
         return leaf.clone()  # a non-leaf copy, so an in-place op after the layer (ReLU) stays legal
 
-    handles = [model.register_forward_pre_hook(stop_grad),
-               layer.register_forward_hook(make_leaf, prepend=True)]  # before grad-cam's own hooks
-    try:
-        yield
+    try:  # prepend: the leaf is made before grad-cam's own hook on the layer reads the activation
+        with temporary_hooks([(layer, make_leaf)], pre=[(model, stop_grad)], prepend=True):
+            yield
     finally:
-        for h in handles:
-            h.remove()
         torch.set_grad_enabled(previous)
 
 
@@ -279,12 +271,7 @@ def classic(model: nn.Module, x: torch.Tensor, classes: list[int], layer: str | 
                                "feature maps, so there is no classic CAM; Grad-CAM on a block's tokens works")
     layer = layer or _last_spatial_layer(model, tuple(x.shape[1:]))
     feats: list[torch.Tensor] = []
-    handle = model.get_submodule(layer).register_forward_hook(lambda m, a, out: feats.append(out))
-    try:
-        with training_mode(model, False):
-            logits = model(x)  # (B, K)
-    finally:
-        handle.remove()
+    logits = forward_with_hooks(model, [(model.get_submodule(layer), lambda m, a, out: feats.append(out))], x)  # (B, K)
     a = feats[-1].float()  # (B, C, h, w)
     if is_nhwc(model) and a.ndim == 4:  # Swin: (B, h, w, C)
         a = a.permute(0, 3, 1, 2)
@@ -303,10 +290,9 @@ def classic(model: nn.Module, x: torch.Tensor, classes: list[int], layer: str | 
     return CamResult("CAM", layer, maps, list(classes), time.perf_counter() - start)
 
 
-@torch.no_grad()
 def predict_topk(model: nn.Module, x: torch.Tensor, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities (B, k), class indices (B, k)), model in eval mode."""
-    with training_mode(model, False):
+    with inference(model):
         probs = model(x).float().softmax(1)
     top = probs.topk(min(k, probs.shape[1]), dim=1)
     return top.values.cpu().numpy(), top.indices.cpu().numpy()
@@ -316,7 +302,7 @@ def road_score(model: nn.Module, x: torch.Tensor, maps: np.ndarray, classes: lis
     """grad-cam's ROAD (remove and debias) combined score per image: higher means a more faithful map."""
     from pytorch_grad_cam.metrics.road import ROADCombined
 
-    with training_mode(model, False), torch.no_grad():
+    with inference(model):
         scores = ROADCombined(percentiles=[20, 40, 60, 80])(x, maps, _targets(classes), model)
     return np.asarray(scores, dtype=np.float32).reshape(-1)
 

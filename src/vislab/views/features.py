@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 
 from vislab.views.se import find_se_blocks
-from vislab.views.base import ViewNotApplicable, forward_with_hooks
+from vislab._hooks import forward_with_hooks
+from vislab.views.base import ViewNotApplicable
 
 _NORMS_2D = (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)  # plus any class named *Norm2d
 

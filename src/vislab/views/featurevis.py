@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vislab._hooks import temporary_hooks
 from vislab._modes import training_mode
 
 # Lucid's square root of the ImageNet colour correlation matrix (columns normalised to the largest norm)
@@ -126,13 +127,11 @@ def _layer_output(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.
         seen.append(output[0] if isinstance(output, (tuple, list)) else output)
         raise _Reached
 
-    handle = layer.register_forward_hook(hook)
     try:
-        model(x)
+        with temporary_hooks([(layer, hook)]):
+            model(x)
     except _Reached:
         pass
-    finally:
-        handle.remove()
     if not seen:
         raise ValueError("the layer did not run in the forward pass")
     return seen[0]
@@ -144,25 +143,12 @@ def _normalise(img: torch.Tensor, data_config) -> torch.Tensor:
     return (img - mean) / std
 
 
-def channel_activation(model: nn.Module, layer: str, channel: int, images: torch.Tensor, data_config) -> torch.Tensor:
-    """The channel's mean activation at `layer` for images (B, 3, H, W) in [0, 1] (eval mode, no gradients): (B,)."""
-    module = model.get_submodule(layer)
-    with training_mode(model, False), torch.no_grad():
-        out = _layer_output(model, module, _normalise(images, data_config))
-    return _channel_mean(out, channel, model).float().cpu()
-
-
 def _channel_mean(out: torch.Tensor, channel: int, model: nn.Module) -> torch.Tensor:
     if out.dim() != 4:
         raise ValueError(f"the layer's output is {tuple(out.shape)}, not a (B, C, H, W) feature map")
     if not 0 <= channel < out.shape[1]:
         raise ValueError(f"the layer has {out.shape[1]} channels (0-{out.shape[1] - 1}); there is no channel {channel}")
     return out[:, channel].mean(dim=(1, 2))  # (B,)
-
-
-def random_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
-    """`n` uniform-noise images (n, 3, size, size) in [0, 1]: the baseline a visualisation must beat."""
-    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def visualise(model: nn.Module, layer: str, channel: int, data_config, config: VisConfig | None = None,

@@ -14,6 +14,7 @@ import warnings
 import torch
 import torch.nn as nn
 
+from vislab._hooks import forward_with_hooks
 from vislab._modes import training_mode
 
 
@@ -62,13 +63,7 @@ def _hook_order(model: nn.Module, input_size) -> list[str]:
             seen.setdefault(name, len(seen))
         return hook
 
-    handles = [m.register_forward_pre_hook(record(n)) for n, m in _leaves(model).items()]
-    try:
-        with training_mode(model, False), torch.no_grad():
-            model(_probe(model, input_size))
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, [], _probe(model, input_size), pre=[(m, record(n)) for n, m in _leaves(model).items()])
     return list(seen)
 
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
+from vislab._hooks import forward_with_hooks, temporary_hooks
 from vislab._modes import training_mode
 
 
@@ -208,15 +209,9 @@ def receptive_fields(model: nn.Module, layers: list[str], input_size: tuple[int,
 
     param = next(model.parameters(), None)
     x = torch.zeros(1, *input_size, device=param.device if param is not None else "cpu")  # (1, C, H, W)
-    handles = [model.get_submodule(n).register_forward_hook(make(n)) for n in layers]
-    try:
-        with training_mode(model, False), torch.no_grad():
-            tracer.set(x, _Field((2, 3), tuple(input_size[1:]), _Axis(1, 1, 0), _Axis(1, 1, 0)))
-            with tracer:
-                model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    tracer.set(x, _Field((2, 3), tuple(input_size[1:]), _Axis(1, 1, 0), _Axis(1, 1, 0)))
+    with tracer:
+        forward_with_hooks(model, [(model.get_submodule(n), make(n)) for n in layers], x)
     return {n: seen[n] for n in layers if n in seen}
 
 
@@ -227,29 +222,18 @@ def gradient_extent(model: nn.Module, layer: str, input_size: tuple[int, int, in
     random images, and the unit's (i, j)."""
     module = model.get_submodule(layer)
     seen: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda m, a, out: seen.append(_output_tensor(out)))
     param = next(model.parameters(), None)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(samples, *input_size, generator=g).to(param.device if param is not None else "cpu")
     x.requires_grad_(True)  # (S, C, H, W)
-    try:
-        with training_mode(model, False), torch.enable_grad():
-            model(x)
-            out = seen[0]  # (S, C, h, w)
-            i, j = unit if unit is not None else (out.shape[2] // 2, out.shape[3] // 2)
-            (grad,) = torch.autograd.grad(out[:, :, i, j].sum(), x)
-    finally:
-        handle.remove()
+    hook = (module, lambda m, a, out: seen.append(_output_tensor(out)))
+    with temporary_hooks([hook]), training_mode(model, False), torch.enable_grad():  # eval, with a backward
+        model(x)
+        out = seen[0]  # (S, C, h, w)
+        i, j = unit if unit is not None else (out.shape[2] // 2, out.shape[3] // 2)
+        (grad,) = torch.autograd.grad(out[:, :, i, j].sum(), x)
     reached = (grad.abs().sum(dim=(0, 1)) > 0).cpu().numpy()  # (H, W)
     rows, cols = np.flatnonzero(reached.any(1)), np.flatnonzero(reached.any(0))
     if not len(rows):
         return (0, 0, 0, 0), (i, j)
     return (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1), (i, j)
-
-
-def conv_pool_layers(model: nn.Module) -> list[str]:
-    """Names of the Conv2d and pooling layers (the ones that shape a receptive field), in definition order."""
-    kinds = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
-    return [n for n, m in model.named_modules() if isinstance(m, kinds)]
-
-

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from vislab.views.base import ViewNotApplicable, forward_with_hooks
+from vislab._hooks import forward_with_hooks
+from vislab.views.base import ViewNotApplicable
 
 SE_TYPES = {  # class name -> attribute holding the gate activation
     "SqueezeExcitation": "scale_activation",

@@ -29,7 +29,9 @@ from PIL import Image
 from vislab.models import stages as stages_of
 from vislab.views.receptive import ReceptiveField, receptive_fields
 from vislab.data.transforms import denormalize, load_image
-from vislab.views.base import ViewNotApplicable, batch, forward_with_hooks
+from vislab._hooks import forward_with_hooks
+from vislab.figures.images import image_grid
+from vislab.views.base import ViewNotApplicable, batch
 
 
 @dataclass
@@ -127,70 +129,78 @@ def top_patches(model: nn.Module, data_config, images: Sequence, layers: list[st
     # a field that covers the whole input gives the whole image at every place: one patch per image then
     places = {n: 1 if fields[n].size[0] >= input_size[1] and fields[n].size[1] >= input_size[2] else per_image
               for n in layers}
+    peaks, seen, stopped = _scan(model, data_config, images, {n: (places[n], radius[n]) for n in layers},
+                                 batch_size, on_progress, should_stop)
+    out = UnitPatches([], seen, len(images), stopped)
+    crops_of: dict[int, np.ndarray] = {}  # image index -> (H, W, 3) uint8 as the model saw it, shared by layers
+    for name in layers if seen else ():
+        v, w = peaks[name]  # (N, C, P) each
+        chosen = _channels_of(name, v, channels.get(name) if isinstance(channels, dict) else channels, n_channels)
+        rows = [_patch_row(fields[name], v[:, c, :], w[:, c, :], k, images, data_config, crops_of) for c in chosen]
+        out.layers.append(LayerPatches((stages or {}).get(name, name), name, fields[name], chosen, rows, v.shape[1]))
+    out.seconds = time.perf_counter() - start
+    return out
+
+
+def _scan(model: nn.Module, data_config, images: Sequence, layers: dict[str, tuple[int, int]], batch_size: int,
+          on_progress, should_stop) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], int, bool]:
+    """One eval forward per batch with hooks on `layers` {name: (places, radius)} keeping each channel's
+    peaks: ({name: (values (N, C, P), flat indices (N, C, P))}, images seen, whether it was stopped)."""
     values: dict[str, list[torch.Tensor]] = {n: [] for n in layers}  # per batch (B, C, P)
     where: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
-    total, seen, stopped = len(images), 0, False
+    param = next(model.parameters(), None)
+
+    def make(name):
+        def hook(module, args, output):
+            acts = (output[0] if isinstance(output, (tuple, list)) else output).detach().float()
+            v, i = _peaks(acts, *layers[name])  # (B, C, P) each
+            values[name].append(v.cpu())
+            where[name].append(i.cpu())
+        return hook
+
+    total, seen = len(images), 0
     for lo in range(0, total, batch_size):
         if should_stop and should_stop():
-            stopped = True
             break
         x = batch([_load(it) for it in images[lo:lo + batch_size]], data_config)  # (B, 3, H, W)
-        param = next(model.parameters(), None)
         x = x.to(param.device) if param is not None else x
-
-        def make(name):
-            def hook(module, args, output):
-                acts = (output[0] if isinstance(output, (tuple, list)) else output).detach().float()
-                v, i = _peaks(acts, places[name], radius[name])  # (B, C, P) each
-                values[name].append(v.cpu())
-                where[name].append(i.cpu())
-            return hook
-
         forward_with_hooks(model, [(model.get_submodule(n), make(n)) for n in layers], x)
         seen = min(total, lo + batch_size)
         if on_progress:
             on_progress(seen, total)
-    out = UnitPatches([], seen, total, stopped)
-    if not seen:
-        out.seconds = time.perf_counter() - start
-        return out
-    picked: list[tuple[str, list[int], torch.Tensor, torch.Tensor]] = []
-    for name in layers:
-        v = torch.cat(values[name])  # (N, C, P)
-        w = torch.cat(where[name])
-        num = v.shape[1]
-        chosen = channels.get(name) if isinstance(channels, dict) else channels
-        if chosen is None:
-            strength = v[:, :, 0].mean(0)  # (C,) mean over images of each channel's maximum
-            chosen = torch.sort(strength, descending=True, stable=True).indices[:n_channels].tolist()
-        bad = [c for c in chosen if not 0 <= int(c) < num]
-        if bad:
-            raise ValueError(f"{name} has {num} channels (0-{num - 1}); there is no channel {bad[0]}")
-        picked.append((name, [int(c) for c in chosen], v, w))
-    crops_of: dict[int, np.ndarray] = {}  # image index -> (H, W, 3) uint8 as the model saw it
-    for name, chosen, v, w in picked:
-        f = fields[name]
-        gw = f.grid[1]
-        rows = []
-        for c in chosen:
-            cand = v[:, c, :].reshape(-1)  # (N * P,) image-major
-            order = torch.sort(cand, descending=True, stable=True).indices
-            order = [int(o) for o in order if torch.isfinite(cand[o])][:k]
-            row = []
-            for o in order:
-                img, p = divmod(o, v.shape[2])
-                flat = int(w[img, c, p])
-                unit = divmod(flat, gw)
-                box, clipped = f.box(*unit, input_size[1], input_size[2])
-                if img not in crops_of:
-                    crops_of[img] = _seen(images[img], data_config)
-                top, left, bottom, right = box
-                row.append(Patch(img, float(cand[o]), unit, box, clipped, crops_of[img][top:bottom, left:right].copy()))
-            rows.append(row)
-        stage = (stages or {}).get(name, name)
-        out.layers.append(LayerPatches(stage, name, f, chosen, rows, v.shape[1]))
-    out.seconds = time.perf_counter() - start
-    return out
+    peaks = {n: (torch.cat(values[n]), torch.cat(where[n])) for n in layers} if seen else {}
+    return peaks, seen, seen < total
+
+
+def _channels_of(name: str, v: torch.Tensor, chosen: list[int] | None, n: int) -> list[int]:
+    """The channels asked for (checked against the layer's), or the `n` with the highest mean over the images
+    of each channel's maximum, from the peaks `v` (N, C, P)."""
+    num = v.shape[1]
+    if chosen is None:
+        strength = v[:, :, 0].mean(0)  # (C,) mean over images of each channel's maximum
+        chosen = torch.sort(strength, descending=True, stable=True).indices[:n].tolist()
+    bad = [c for c in chosen if not 0 <= int(c) < num]
+    if bad:
+        raise ValueError(f"{name} has {num} channels (0-{num - 1}); there is no channel {bad[0]}")
+    return [int(c) for c in chosen]
+
+
+def _patch_row(f: ReceptiveField, v: torch.Tensor, w: torch.Tensor, k: int, images: Sequence, data_config,
+               crops_of: dict[int, np.ndarray]) -> list[Patch]:
+    """One channel's `k` strongest peaks over all images, from its values and flat unit indices (N, P): each
+    unit's receptive field cropped from the image as the model saw it (`crops_of` caches those images)."""
+    cand = v.reshape(-1)  # (N * P,) image-major
+    order = torch.sort(cand, descending=True, stable=True).indices
+    row = []
+    for o in [int(o) for o in order if torch.isfinite(cand[o])][:k]:
+        img, p = divmod(o, v.shape[1])
+        unit = divmod(int(w[img, p]), f.grid[1])
+        box, clipped = f.box(*unit, *data_config.input_size[1:])
+        if img not in crops_of:
+            crops_of[img] = _seen(images[img], data_config)
+        top, left, bottom, right = box
+        row.append(Patch(img, float(cand[o]), unit, box, clipped, crops_of[img][top:bottom, left:right].copy()))
+    return row
 
 
 def _seen(item, data_config) -> np.ndarray:
@@ -224,8 +234,6 @@ def shrink(result: UnitPatches, size: int = 96) -> UnitPatches:
 def grid(result: UnitPatches, cell: int = 96, labels: list[str] | None = None) -> Image.Image:
     """All rows of patches as one picture (one row per layer and channel, ✂ marking a clipped field), for a
     PNG download or slides."""
-    from vislab.figures.charts import image_grid
-
     k = max((len(r) for lp in result.layers for r in lp.patches), default=1)
     cells, captions = [], []
     for lp in result.layers:
