@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.browser (part d)
 
 from vislab.data import folders as data, datasets, synthetic  # noqa: E402
-from vislab.training import experiment, loop as training
+from vislab import _paths as paths  # noqa: E402
+from vislab.training import engines, experiment, loop as training  # noqa: E402
 from vislab.models import factory as models
 from vislab.training.loop import TrainConfig  # noqa: E402
 from vislab.data.transforms import eval_transform  # noqa: E402
@@ -138,12 +139,10 @@ def cam_case(model_name: str, img: int, batch: int) -> dict:
 
 
 def _fresh_exports() -> Path:
-    """An empty folder (under the lab's work folder, removed at exit) for engines' exported prefixes."""
+    """An empty folder (under the lab's work folder, removed at exit) for engines' exported prefixes; main
+    gives the lab its own folder back when the suite ends."""
     import atexit
     import shutil
-
-    from vislab.training import engines
-    from vislab import _paths as paths
 
     paths.work_dir().mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="bench-engines-", dir=paths.work_dir()))
@@ -313,6 +312,23 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "bench"), help="folder for results.json and results.md")
     p.add_argument("--skip-app", action="store_true")
     args = p.parse_args(argv)
+    lab_exports = engines.exports_dir
+    try:
+        results = _suite(args)
+    finally:  # the lab's own exports folder again, for whatever runs next in this process (the tests)
+        engines.exports_dir = lab_exports
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} "
+            f"threads", "torch": torch.__version__, "threads": torch.get_num_threads(), "tiny": args.tiny}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
+    (out / "results.md").write_text(markdown(results, meta))
+    print(markdown(results, meta))
+    return 0
+
+
+def _suite(args) -> list[dict]:
+    """Every case, in order, each printed as it ends; the engines' exports go to folders of the suite's own."""
     torch.manual_seed(0)
     _fresh_exports()  # the suite's exports stay out of the lab's own cache
     if args.tiny:
@@ -337,14 +353,7 @@ def main(argv=None) -> int:
     if not args.skip_app:
         results.append(app_case())
         print(json.dumps(results[-1]), flush=True)
-    meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {torch.get_num_threads()} "
-            f"threads", "torch": torch.__version__, "threads": torch.get_num_threads(), "tiny": args.tiny}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
-    (out / "results.md").write_text(markdown(results, meta))
-    print(markdown(results, meta))
-    return 0
+    return results
 
 
 if __name__ == "__main__":

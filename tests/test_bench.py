@@ -10,14 +10,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 
 @pytest.mark.slow
-def test_bench_suite_runs_in_a_tiny_configuration(tmp_path, monkeypatch):
+def test_bench_suite_runs_in_a_tiny_configuration(tmp_path):
     import run as bench
 
     from vislab.training import engines
 
-    monkeypatch.setattr(engines, "exports_dir", engines.exports_dir)  # the bench points it at its own folder
-
+    lab_exports = engines.exports_dir
     assert bench.main(["--tiny", "--skip-app", "--out", str(tmp_path)]) == 0
+    # the suite exported into folders of its own, and gave the lab its own folder back (untouched)
+    assert engines.exports_dir is lab_exports and not lab_exports().exists()
     results = json.loads((tmp_path / "results.json").read_text())["results"]
     cases = [r["case"] for r in results]
     assert cases == ["a: head only", "b: last stage thawed", "e: head only, prefix engines",

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from vislab.training import feature_cache as caching, experiment
+from vislab.training import decoding, engines, experiment, feature_cache
+from vislab.training.prefix import Prefix, find_prefix, fingerprint, memory_format_of, reproduces
 from vislab.data import folders as data, datasets
 from vislab.models import factory as models
 from vislab.training.loop import TrainConfig
@@ -37,6 +38,17 @@ def test_cached_training_matches_the_full_loop(synthetic, name, strategy, head):
         assert torch.allclose(v.float(), full_state[k].float(), atol=1e-4), k
 
 
+def test_the_caching_events_count_images_not_batches(synthetic):
+    """While the prefix runs, 'caching' events say how many of the pass's images are done (both splits: all
+    24), in batches of 8; `batch` stays for training batches."""
+    spec = experiment.Spec(model="test_resnet", strategy="head", weights="auto", img_size=64, engine="torch",
+                           train=TrainConfig(epochs=1, batch_size=8, device="cpu", seed=1))
+    events = []
+    experiment.train(spec, data.scan_folder(synthetic), None, on_event=events.append)
+    caching = [(e.cached, e.to_cache, e.batch, e.batches) for e in events if e.kind == "caching"]
+    assert caching == [(8, 24, 0, 0), (16, 24, 0, 0), (24, 24, 0, 0)]
+
+
 def test_vit_falls_back_to_the_full_loop(synthetic):
     result = _train(synthetic, "test_vit", "head", True, epochs=1)
     assert "no feature cache" in result.history.cache[0] and "position" in result.history.cache[0]
@@ -47,16 +59,16 @@ def test_prefix_stops_at_the_first_trainable_or_random_module():
 
     model, _ = models.create_model("test_resnet", 3, weights_choice="random")
     freezing.apply(model, freezing.preset(model, "partial", thaw_last=1)[0])
-    prefix = caching.find_prefix(model, torch.randn(2, 3, 64, 64))
+    prefix = find_prefix(model, torch.randn(2, 3, 64, 64))
     assert prefix.boundary.startswith("layer4") and prefix.stubs[-1] == "layer3"
     freezing.apply(model, freezing.plan_for(model, set(), bn_frozen="train"))  # frozen stages, BN stats moving
-    prefix = caching.find_prefix(model, torch.randn(2, 3, 64, 64))
+    prefix = find_prefix(model, torch.randn(2, 3, 64, 64))
     assert prefix.boundary == "conv1.1"  # the first BatchNorm that updates its running stats
 
 
 def test_large_features_spill_to_disk_and_train_the_same(synthetic, monkeypatch):
     full = _train(synthetic, "test_resnet", "head", False)
-    monkeypatch.setattr(caching, "MEMORY_LIMIT_BYTES", 1)  # everything counts as too large for memory
+    monkeypatch.setattr(feature_cache, "MEMORY_LIMIT_BYTES", 1)  # everything counts as too large for memory
     spilled = _train(synthetic, "test_resnet", "head", True)
     assert "on disk" in spilled.history.cache[0]
     for a, b in zip(spilled.history.epochs, full.history.epochs):
@@ -112,6 +124,34 @@ def test_shared_features_are_not_reused_for_other_images_or_sizes(synthetic):
     assert "shared" not in flipped.history.cache[0] and flipped.history.cache[0].startswith("features cached")
 
 
+def test_one_changed_weight_value_gives_the_prefix_a_new_key():
+    """Cached features and exported engines are keyed by prefix.fingerprint: moving a single weight of the
+    prefix by one float step (a rounded sum of the weights cannot see it) means a new key for both, so
+    neither is reused for other weights; the memory layout alone is no change."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    x = torch.randn(8, 3, 16, 16)  # (B, 3, H, W)
+    loader = DataLoader(TensorDataset(x, torch.arange(8) % 2), batch_size=4)
+    stubs = find_prefix(model, x[:4]).stubs
+    key, export_key = fingerprint(model, stubs), engines.export_key(model, stubs, x)
+    pool: dict = {}
+    first, _ = feature_cache.build(model, loader, loader, torch.device("cpu"), 0, pool=pool, engine="torch")
+    again, _ = feature_cache.build(model, loader, loader, torch.device("cpu"), 0, pool=pool, engine="torch")
+    assert not first.shared and again.shared
+    model.to(memory_format=torch.channels_last)
+    assert fingerprint(model, stubs) == key
+    with torch.no_grad():
+        w = model[0].weight
+        w[0, 0, 0, 0] = torch.nextafter(w[0, 0, 0, 0], torch.tensor(float("inf")))  # one float step
+    assert fingerprint(model, stubs) != key and engines.export_key(model, stubs, x) != export_key
+    moved, _ = feature_cache.build(model, loader, loader, torch.device("cpu"), 0, pool=pool, engine="torch")
+    assert not moved.shared
+
+
 def test_convnets_train_in_channels_last_unless_their_forward_refuses_it(synthetic):
     from vislab.training import loop as training
 
@@ -131,7 +171,7 @@ def test_convnets_train_in_channels_last_unless_their_forward_refuses_it(synthet
     ds = datasets.ImageDataset(items, eval_transform(cfg))
     net = models.create_model("test_resnet", 3, weights_choice="random")[0]
     assert training._memory_format(net, ds, torch.device("cpu")) is torch.channels_last
-    assert caching.memory_format_of(net) is torch.channels_last
+    assert memory_format_of(net) is torch.channels_last
     viewer = Viewer()
     assert training._memory_format(viewer, ds, torch.device("cpu")) is torch.contiguous_format
     assert viewer.conv.weight.is_contiguous()
@@ -159,13 +199,13 @@ def test_a_residual_block_is_never_cut_in_half():
     for m in list(model)[:3]:
         m.requires_grad_(False)
     x = torch.randn(4, 3, 16, 16)
-    prefix = caching.find_prefix(model, x)
+    prefix = find_prefix(model, x)
     assert prefix.boundary == "1.drop" and prefix.stubs == ["0"]
-    assert caching.reproduces(model, prefix, x)
-    bad = caching.Prefix(["0", "1.block"], "1.drop")  # the cut the old rule made
+    assert reproduces(model, prefix, x)
+    bad = Prefix(["0", "1.block"], "1.drop")  # the cut the old rule made
     with torch.no_grad():
         model[5].weight.mul_(1e-3)  # tiny logits, as with a random head: the check is relative
-    assert not caching.reproduces(model, bad, x)
+    assert not reproduces(model, bad, x)
 
 
 def test_caching_hands_every_module_its_own_train_flag_back():
@@ -189,11 +229,11 @@ def test_caching_hands_every_module_its_own_train_flag_back():
     before = flags()
     x = torch.randn(8, 3, 64, 64)  # (B, 3, H, W)
     ds = TensorDataset(x, torch.arange(8) % 3)
-    prefix = caching.find_prefix(model, x[:4])
+    prefix = find_prefix(model, x[:4])
     assert flags() == before
-    assert caching.reproduces(model, prefix, x[:4])
+    assert reproduces(model, prefix, x[:4])
     assert flags() == before
-    cache, why = caching.build(model, DataLoader(ds, batch_size=4), DataLoader(ds, batch_size=4),
+    cache, why = feature_cache.build(model, DataLoader(ds, batch_size=4), DataLoader(ds, batch_size=4),
                                torch.device("cpu"), seed=0)
     assert cache is not None, why
     assert flags() == before
@@ -274,7 +314,7 @@ def test_a_pass_whose_decoding_is_cheaper_than_its_prefix_decodes_in_line():
     model = torch.nn.Sequential(_SlowPrefix(), torch.nn.Flatten(), torch.nn.Linear(144, 2))
     model[0].requires_grad_(False)
     loader = torch.utils.data.DataLoader(_SlowDecode(0.0), batch_size=4)
-    cache, why = caching.build(model, loader, loader, torch.device("cpu"), 0, engine="torch")
+    cache, why = feature_cache.build(model, loader, loader, torch.device("cpu"), 0, engine="torch")
     assert cache is not None, why
     assert set(_decode_pids(cache)) == {os.getpid()} and cache.decode_workers == 0
     assert "in line" in cache.describe()
@@ -286,8 +326,8 @@ def test_the_caching_pass_decodes_in_worker_processes_and_times_decoding():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(144, 2))
     model[0].requires_grad_(False)
     loader = torch.utils.data.DataLoader(_SlowDecode(), batch_size=4)  # no workers of its own
-    assert caching.decode_workers(24, 4) >= 1 and caching.decode_workers(8, 4) == 0
-    cache, why = caching.build(model, loader, loader, torch.device("cpu"), 0, engine="torch")
+    assert decoding.workers_for(24, 4) >= 1 and decoding.workers_for(8, 4) == 0
+    cache, why = feature_cache.build(model, loader, loader, torch.device("cpu"), 0, engine="torch")
     assert cache is not None, why
     pids = _decode_pids(cache)
     # decoding (10 ms an image) is slower than this prefix: the first batch, measured in line, says so,

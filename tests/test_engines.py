@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from vislab.training import feature_cache as caching, engines, experiment
+from vislab.training import engines, experiment, feature_cache, prefix as frozen
 from vislab import cli
 from vislab.data import folders as data
 from vislab.training.loop import TrainConfig
@@ -17,7 +17,7 @@ def _prepared(name, strategy, size=64):
     model, _, _ = experiment.prepare(spec, 3)
     model.eval()
     x = torch.randn(6, 3, size, size)
-    return model, caching.find_prefix(model, x[:2]), x
+    return model, frozen.find_prefix(model, x[:2]), x
 
 
 @pytest.mark.parametrize("name, strategy", [
@@ -30,7 +30,7 @@ def test_onnx_prefix_equals_torch_prefix_outputs(name, strategy):
     assert engine.name == "onnxruntime", engine.describe()
     assert engine.speedup is not None and engine.speedup > 0  # both were timed on the probe
     for batch in (x[:1], x[:5]):  # other batch sizes than the export's 2 and the probe's 6
-        ref = caching.prefix_outputs(model, prefix, batch)
+        ref = frozen.prefix_outputs(model, prefix, batch)
         out = engine.run(batch)
         assert out.shape == ref.shape
         assert engines.relative_difference(out, ref) <= engines.TOLERANCE
@@ -80,7 +80,7 @@ def _toy_build(middle: nn.Module, engine: str):
     scale = torch.arange(1, 13, dtype=torch.float32).view(12, 1, 1, 1)  # images of very different contrast
     ds = TensorDataset(torch.randn(12, 3, 16, 16) * scale, torch.arange(12) % 3)
     loader = DataLoader(ds, batch_size=4)
-    return caching.build(model, loader, loader, torch.device("cpu"), 0, engine=engine)
+    return feature_cache.build(model, loader, loader, torch.device("cpu"), 0, engine=engine)
 
 
 @pytest.mark.parametrize("middle, why", [
@@ -198,7 +198,7 @@ def test_each_engine_gets_the_images_in_its_own_layout(monkeypatch):
     model, prefix, x = _prepared("test_resnet", "head")
     model.to(memory_format=torch.channels_last)
     seen = {"torch": [], "onnxruntime": []}
-    real_prefix, real_runner = engines.PrefixModule.forward, engines._ort_runner
+    real_prefix, real_runner = frozen.PrefixModule.forward, engines._ort_runner
 
     def watched_prefix(self, images):
         seen["torch"].append(images.is_contiguous(memory_format=torch.channels_last))
@@ -208,9 +208,9 @@ def test_each_engine_gets_the_images_in_its_own_layout(monkeypatch):
         run = real_runner(session, device)
         return lambda images: (seen["onnxruntime"].append(images.is_contiguous()), run(images))[1]
 
-    monkeypatch.setattr(engines.PrefixModule, "forward", watched_prefix)
+    monkeypatch.setattr(frozen.PrefixModule, "forward", watched_prefix)
     monkeypatch.setattr(engines, "_ort_runner", watched_runner)
-    fmt = caching.memory_format_of(model)
+    fmt = frozen.memory_format_of(model)
     assert fmt is torch.channels_last
     for choice in ("torch", "onnxruntime"):
         engine = engines.choose(model, prefix.stubs, x, choice, memory_format=fmt)
@@ -220,7 +220,7 @@ def test_each_engine_gets_the_images_in_its_own_layout(monkeypatch):
         assert seen[choice] == [True], (choice, seen)
     seen = {"torch": [], "onnxruntime": []}
     loader = DataLoader(TensorDataset(x, torch.arange(6) % 3), batch_size=3)
-    cache, why = caching.build(model, loader, loader, torch.device("cpu"), 0, engine="onnxruntime")
+    cache, why = feature_cache.build(model, loader, loader, torch.device("cpu"), 0, engine="onnxruntime")
     assert cache is not None and cache.engine.startswith("onnxruntime"), why
     assert seen["onnxruntime"] and all(seen["onnxruntime"])  # the caching pass hands the batches over as NCHW
 
@@ -233,12 +233,12 @@ def test_a_reused_export_does_not_import_onnx(tmp_path):
     script = f"""
 import sys, torch
 from pathlib import Path
-from vislab.training import feature_cache as caching, engines, experiment
+from vislab.training import engines, experiment, prefix as frozen
 engines.exports_dir = lambda: Path({str(tmp_path)!r})
 model, _, _ = experiment.prepare(experiment.Spec(model="test_resnet", weights="random", img_size=64), 3)
 model.eval()
 x = torch.randn(6, 3, 64, 64)
-stubs = caching.find_prefix(model, x[:2]).stubs
+stubs = frozen.find_prefix(model, x[:2]).stubs
 if sys.argv[1] == "export":
     assert engines.choose(model, stubs, x, "onnxruntime", name="t").name == "onnxruntime"
 else:
@@ -286,7 +286,7 @@ def test_a_chunked_engine_gives_the_whole_batch_outputs(choice, monkeypatch):
     engine = engines.choose(model, prefix.stubs, x, choice)
     assert engine.name == choice and engine.chunk == 2 and "2 images a call" in engine.describe()
     with torch.no_grad():
-        want = caching.prefix_outputs(model, prefix, x)
+        want = frozen.prefix_outputs(model, prefix, x)
     assert engines.relative_difference(engine.run(x[:5]), want[:5]) < engines.TOLERANCE  # 2 + 2 + 1
 
 
@@ -296,7 +296,7 @@ def test_the_engines_are_measured_on_the_first_batch_itself(monkeypatch):
     model, prefix, _ = _prepared("test_resnet", "head")
     x = torch.randn(48, 3, 64, 64)
     ran = {"torch": 0, "onnxruntime": 0}
-    real_prefix, real_runner = engines.PrefixModule.forward, engines._ort_runner
+    real_prefix, real_runner = frozen.PrefixModule.forward, engines._ort_runner
     slow = []
 
     def counted_prefix(self, images):
@@ -314,15 +314,15 @@ def test_the_engines_are_measured_on_the_first_batch_itself(monkeypatch):
 
         return counted
 
-    monkeypatch.setattr(engines.PrefixModule, "forward", counted_prefix)
+    monkeypatch.setattr(frozen.PrefixModule, "forward", counted_prefix)
     monkeypatch.setattr(engines, "_ort_runner", counted_runner)
     monkeypatch.setattr(engines, "MIN_PASS_SECONDS", 0.0)
     loader = DataLoader(TensorDataset(x, torch.arange(48) % 3), batch_size=24)
     with torch.no_grad():
-        want = caching.prefix_outputs(model, prefix, x)
+        want = frozen.prefix_outputs(model, prefix, x)
     for choice in ("onnxruntime", "auto"):
         ran.update(torch=0, onnxruntime=0)
-        cache, why = caching.build(model, loader, loader, torch.device("cpu"), 0, engine=choice)
+        cache, why = feature_cache.build(model, loader, loader, torch.device("cpu"), 0, engine=choice)
         assert cache is not None and cache.engine.startswith("onnxruntime" if not slow else "torch"), why
         # torch: 12 probe images, the export's 2-image trace (the first time), caching's own 4 + 1 (find
         # the prefix, check it reproduces the model, one image for the feature shape), and then, when it

@@ -1,12 +1,12 @@
 """The frozen prefix at the hardware's speed: PyTorch or ONNX Runtime, whichever is faster on a probe batch.
 
-Head-only training runs the frozen prefix once over the data (caching.py), so that one inference pass is
-the whole cost. PyTorch eager is slow at it on a CPU; ONNX Runtime runs MobileNetV2's features 3-4x faster
-with the same numbers. Here the prefix is exported once (`PrefixModule`: the model run until its last
-frozen module, with a dynamic batch axis), checked against PyTorch on a probe batch (relative max
+Head-only training runs the frozen prefix once over the data (feature_cache.py), so that one inference pass
+is the whole cost. PyTorch eager is slow at it on a CPU; ONNX Runtime runs MobileNetV2's features 3-4x
+faster with the same numbers. Here the prefix is exported once (prefix.PrefixModule: the model run until its
+last frozen module, with a dynamic batch axis), checked against PyTorch on a probe batch (relative max
 difference within `TOLERANCE` of the output's scale, else refused with the reason), both are timed on that
 probe, and the faster one is kept. Exports and their measurements live on disk under the lab's work folder,
-keyed by everything that changes the graph (model, prefix cut, a digest of the prefix's weights, input
+keyed by everything that changes the graph (model, prefix cut, prefix.fingerprint of its weights, input
 shape, library versions), so a second run pays neither the export nor the timing.
 
 `torch.compile` is not offered: its warm-up (20-60 s on 2 cores) is longer than a whole 300-image pass.
@@ -15,17 +15,21 @@ shape, library versions), so a second run pays neither the export nor the timing
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import time
 import warnings
 from dataclasses import dataclass, field
+from importlib import metadata  # not `import onnx`: it takes ~0.6 s, and only an export needs it
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
+from vislab import _fileio as fileio, _paths as paths
 from vislab._modes import training_mode
+from vislab.training.prefix import PrefixModule, fingerprint
 
 ENGINES = ("auto", "torch", "onnxruntime")
 TOLERANCE = 1e-4  # largest |onnx - torch| allowed, relative to max |torch| of the probe's prefix output
@@ -64,37 +68,9 @@ class Engine:
         return f"{self.name}{measured}{chunks}" + (f" ({self.note})" if self.note else "")
 
 
-class PrefixModule(nn.Module):
-    """The model run up to the end of its prefix: the forward stops (by an exception from a forward hook)
-    once the last stub has produced its output, which is returned. Works for any forward, chain or not."""
-
-    def __init__(self, model: nn.Module, last: str):
-        super().__init__()
-        self.model, self.last = model, last
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: list[torch.Tensor] = []
-
-        def capture(module, args, output):
-            out.append(output)
-            raise _Stop
-
-        handle = self.model.get_submodule(self.last).register_forward_hook(capture)
-        try:
-            self.model(x)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        return out[-1]  # (B, ...) a pooled vector, or a spatial map for an attention head
-
-
-class _Stop(Exception):
-    pass
-
-
 def choose(model: nn.Module, stubs: list[str], probe: torch.Tensor, choice: str = "auto", pass_images: int = 0,
-           name: str = "", memory_format: torch.memory_format = torch.contiguous_format) -> Engine:
+           name: str = "", memory_format: torch.memory_format = torch.contiguous_format,
+           digest: str | None = None) -> Engine:
     """The engine that runs the prefix ending at `stubs[-1]` (the model's frozen modules, in order).
 
     `probe` (B, C, H, W) is a batch of real images on the model's device, B >= 2: the caching pass hands
@@ -104,124 +80,174 @@ def choose(model: nn.Module, stubs: list[str], probe: torch.Tensor, choice: str 
     `pass_images` (how many images the pass will run) lets auto skip an export that cannot pay. Images
     come in as the loader gives them (NCHW); the torch engine puts them in `memory_format` (the model's:
     channels_last after training.fit), onnxruntime takes them as they are, so no batch is converted twice.
-    On a CPU each engine runs a batch `CHUNK` images at a time when that is faster on the probe (CHUNK)."""
+    On a CPU each engine runs a batch `CHUNK` images at a time when that is faster on the probe (CHUNK).
+    `digest` is prefix.fingerprint of the stubs when the caller has it already (it keys the export)."""
     if choice not in ENGINES:
         raise EngineError(f"unknown engine '{choice}': use {', '.join(ENGINES)}")
-    prefix = PrefixModule(model, stubs[-1])
+    run = _torch_runner(model, stubs[-1], memory_format)
+    if choice == "torch":
+        return _torch_timed(run, probe, "asked for")
+    why, providers = _unavailable(probe.device)
+    if why:
+        return _torch_timed(run, probe, f"onnxruntime {why}")
+    export = _Export.find(model, stubs, probe, name, digest)
+    if export.refused:  # the exporter failed on this very prefix before
+        return _torch_timed(run, probe, f"onnxruntime refused: {export.refused}")
+    if export.speedup is not None and choice == "auto" and export.speedup < AUTO_MARGIN:  # measured: torch won
+        return _torch_known(run, probe, f"as fast here: onnxruntime ran the probe at {export.speedup:.2f}x torch",
+                            export.record.get("torch_chunk"), export.speedup, export.reused)
+    race = _Race(run, probe, export)
+    if choice == "auto" and not export.reused:  # would an export pay? the guess from the timed probe
+        guess = race.seconds * pass_images
+        if guess < MIN_PASS_SECONDS:
+            return race.torch(f"the pass takes ~{guess:.1f} s in torch: an onnxruntime export would not pay "
+                              "for itself")
+    try:
+        ort_run = export.runner(probe, providers)
+    except _Refused as exc:
+        return race.torch(f"onnxruntime refused: {exc}")
+    return race.onnx(ort_run, choice, "onnxruntime-cuda" if providers[0].startswith("CUDA") else "onnxruntime")
+
+
+def _torch_runner(model: nn.Module, last: str, memory_format: torch.memory_format
+                  ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The prefix in torch, in eval, on images put in the model's `memory_format`."""
+    prefix = PrefixModule(model, last)
 
     @torch.no_grad()
-    def torch_batch(x: torch.Tensor) -> torch.Tensor:
+    def run(x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 4:
             x = x.contiguous(memory_format=memory_format)
         with training_mode(model, False):
             return prefix(x).detach().clone()
 
-    def in_torch(note: str, chunk: int | None = None, speedup: float | None = None, reused: bool = False,
-                 known: bool = False) -> Engine:
-        """torch runs the probe: in its recorded chunk (`known`), else timed both ways (_fastest)."""
-        if known:
-            seconds, out = _timed(_chunked(torch_batch, chunk), probe)
-            per_image = seconds / len(probe)
+    return run
+
+
+def _torch_timed(run, probe: torch.Tensor, note: str) -> Engine:
+    """torch, run on the probe both ways (whole batch, in chunks: _fastest), the faster kept."""
+    chunk, per_image, out = _fastest(run, probe)
+    return Engine("torch", _chunked(run, chunk), None, note, False, chunk, out, per_image)
+
+
+def _torch_known(run, probe: torch.Tensor, note: str, chunk: int | None, speedup: float | None,
+                 reused: bool) -> Engine:
+    """torch in the chunk measured before (a record's), run on the probe and timed."""
+    seconds, out = _timed(_chunked(run, chunk), probe)
+    return Engine("torch", _chunked(run, chunk), speedup, note, reused, chunk, out, seconds / len(probe))
+
+
+@dataclass
+class _Export:
+    """A prefix's export on disk (`<key>.onnx`, export_key) and its record beside it (`<key>.json`: the
+    engines measured on a device type and thread count, or why the exporter refused the prefix)."""
+
+    model: nn.Module
+    stubs: list[str]
+    name: str
+    path: Path
+    record: dict
+    reused: bool  # the export was on disk before this choice
+    speedup: float | None  # onnxruntime over torch, measured before on this device type and thread count
+    threads: int  # torch's: onnxruntime runs on as many
+
+    @classmethod
+    def find(cls, model: nn.Module, stubs: list[str], probe: torch.Tensor, name: str = "",
+             digest: str | None = None) -> _Export:
+        path = exports_dir() / f"{export_key(model, stubs, probe, name, digest)}.onnx"
+        record, threads = _read_record(path.with_suffix(".json")), torch.get_num_threads()
+        here = record.get("threads") == threads and record.get("device") == probe.device.type
+        speedup = record.get("speedup") if here and "ort_chunk" in record else None
+        return cls(model, stubs, name, path, record, path.exists(), speedup, threads)
+
+    @property
+    def refused(self) -> str:
+        """Why the exporter failed on this prefix before ("" when it did not, or an export is here now)."""
+        return "" if self.reused else self.record.get("refused") or ""
+
+    def runner(self, probe: torch.Tensor, providers: list[str]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """onnxruntime running the export (made now when it is not on disk); raises _Refused with the reason."""
+        blob = self.path.read_bytes() if self.reused else _export_to(self.path, self.model, self.stubs, probe,
+                                                                     self.name)
+        try:
+            session = _session(blob, providers, self.threads)
+        except Exception as exc:  # noqa: BLE001
+            raise _Refused(f"its session cannot load the export ({_short(exc)})") from exc
+        return _ort_runner(session, probe.device)
+
+    def remember(self, measured: dict) -> None:
+        """Write the engines' measurement beside the export: the next run on this device need not measure."""
+        _write_record(self.path.with_suffix(".json"), {**measured, "threads": self.threads,
+                                                       "stubs": list(self.stubs), "model": self.name})
+
+
+class _Race:
+    """torch against onnxruntime on the probe batch, each of its images run once: to be measured, torch
+    runs (and times) the probe's first half and onnxruntime its second (a training batch of 32: 4 + 4 + 8
+    and 8 + 8; a small probe: each engine times all of it), and those outputs are the probe's features
+    whichever engine wins. Measured before (the record), torch runs only the images of the check."""
+
+    def __init__(self, run, probe: torch.Tensor, export: _Export):
+        self.run, self.probe, self.export = run, probe, export
+        # the check: onnxruntime on the probe's first images (a batch size other than the export's 2, so it
+        # also proves the batch axis dynamic) against torch on the same images
+        self.check = probe[:min(CHUNK, len(probe))]
+        self.measuring = export.speedup is None
+        self.half = len(probe) // 2 if self.measuring and len(probe) >= 6 * CHUNK else len(probe)
+        if self.measuring:  # torch runs (its part of) the probe, timed; its outputs are those images' features
+            self.chunk, self.seconds, self.ref = _fastest(run, probe[:self.half])
         else:
-            chunk, per_image, out = _fastest(torch_batch, probe)
-        return Engine("torch", _chunked(torch_batch, chunk), speedup, note, reused, chunk, out, per_image)
+            self.chunk, self.seconds, self.ref = export.record.get("torch_chunk"), 0.0, run(self.check)
 
-    why, providers = ("", []) if choice == "torch" else _unavailable(probe.device)
-    if choice == "torch":
-        return in_torch("asked for")
-    if why:
-        return in_torch(f"onnxruntime {why}")
-    key = export_key(model, stubs, probe, name)
-    folder = exports_dir()
-    path, record_path = folder / f"{key}.onnx", folder / f"{key}.json"
-    record = _read_record(record_path)
-    threads = torch.get_num_threads()
-    measured = record.get("speedup") if record.get("threads") == threads and record.get("device") == \
-        probe.device.type and "ort_chunk" in record else None
-    if record.get("refused") and not path.exists():  # the exporter failed on this very prefix before
-        return in_torch(f"onnxruntime refused: {record['refused']}")
-    reused = path.exists()
-    if measured is not None and choice == "auto" and measured < AUTO_MARGIN:  # measured before: torch won
-        return in_torch(f"as fast here: onnxruntime ran the probe at {measured:.2f}x torch", record.get(
-            "torch_chunk"), measured, reused, known=True)
-    # the check: onnxruntime on the probe's first images (a batch size other than the export's 2, so it
-    # also proves the batch axis dynamic) against torch on the same images
-    check = probe[:min(CHUNK, len(probe))]
-    # to be measured: torch times the probe's first half, onnxruntime its second (a training batch of 32:
-    # 4 + 4 + 8 and 8 + 8), so each image of it runs once; a small probe: each engine times all of it
-    half = len(probe) // 2 if measured is None and len(probe) >= 6 * CHUNK else len(probe)
-    if measured is None:  # torch runs (its part of) the probe, timed; its outputs are those images' features
-        torch_chunk, t_torch, ref = _fastest(torch_batch, probe[:half])
-    else:
-        torch_chunk, t_torch, ref = record.get("torch_chunk"), 0.0, torch_batch(check)
-    torch_ran_probe = measured is None
-
-    def fallback(note: str, speedup: float | None = None, tail: torch.Tensor | None = None) -> Engine:
+    def torch(self, note: str, speedup: float | None = None, tail: torch.Tensor | None = None) -> Engine:
         """torch, with the probe's features: its own, and for the probe's second half `tail` (what
         onnxruntime computed there, checked equal) or torch's run of it."""
-        if not torch_ran_probe:
-            return in_torch(note, torch_chunk, speedup, reused, known=True)
-        out = ref
-        if half < len(probe):
-            out = torch.cat([ref, tail if tail is not None else _chunked(torch_batch, torch_chunk)(probe[half:])])
-        return Engine("torch", _chunked(torch_batch, torch_chunk), speedup, note, reused, torch_chunk, out,
-                      t_torch)
+        if not self.measuring:
+            return _torch_known(self.run, self.probe, note, self.chunk, speedup, self.export.reused)
+        out = self.ref
+        if self.half < len(self.probe):
+            rest = tail if tail is not None else _chunked(self.run, self.chunk)(self.probe[self.half:])
+            out = torch.cat([self.ref, rest])
+        return Engine("torch", _chunked(self.run, self.chunk), speedup, note, self.export.reused, self.chunk, out,
+                      self.seconds)
 
-    if choice == "auto" and not reused:  # would an export pay? the guess from the timed probe
-        guess = t_torch * pass_images
-        if guess < MIN_PASS_SECONDS:
-            return fallback(f"the pass takes ~{guess:.1f} s in torch: an onnxruntime export would not pay "
-                            "for itself")
-    if not reused:
+    def onnx(self, ort_run, choice: str, ort_name: str) -> Engine:
+        """onnxruntime, once its outputs on the check agree with torch's and (auto) it is measured faster."""
         try:
-            blob = _export_to(path, model, stubs, probe, name)
-        except _Refused as exc:
-            return fallback(f"onnxruntime refused: {exc}")
-    else:
-        blob = path.read_bytes()
-    try:
-        session = _session(blob, providers, threads)
-    except Exception as exc:  # noqa: BLE001
-        return fallback(f"onnxruntime refused: its session cannot load the export ({_short(exc)})")
-    ort_batch = _ort_runner(session, probe.device)
-    try:
-        out = ort_batch(check)
-    except Exception as exc:  # noqa: BLE001
-        return fallback(f"onnxruntime refused: it failed on a probe batch ({_short(exc)})")
-    diff = relative_difference(out, ref[:len(check)])
-    if diff > TOLERANCE:
-        return fallback(f"onnxruntime refused: its outputs differ from torch's by {diff:.1e} of their scale "
-                        f"(over {TOLERANCE:.0e}: a data-dependent branch or constant in the forward?)")
-    if measured is None:  # onnxruntime times its part of the probe (the check above was its warm-up)
-        ort_chunk, t_ort, tail = _fastest(ort_batch, probe[half:] if half < len(probe) else probe, warm=False)
-        measured = t_torch / max(t_ort, 1e-12)
-        _write_record(record_path, {"speedup": measured, "threads": threads, "device": probe.device.type,
-                                    "torch_chunk": torch_chunk, "ort_chunk": ort_chunk,
-                                    "torch_seconds_per_image": t_torch, "ort_seconds_per_image": t_ort,
-                                    "max_relative_difference": diff, "stubs": list(stubs), "model": name})
-        if choice == "auto" and measured < AUTO_MARGIN:
-            return fallback(f"as fast here: onnxruntime ran the probe at {measured:.2f}x torch", measured,
-                            tail if half < len(probe) else None)
-        if half < len(probe):
-            ref = torch.cat([ref, tail])  # the probe's features: torch's half, then onnxruntime's
-    else:  # known: onnxruntime runs the probe, its outputs are the probe's features
-        ort_chunk = record.get("ort_chunk")
-        seconds, ref = _timed(_chunked(ort_batch, ort_chunk), probe)
-        t_ort = seconds / len(probe)
-    ort_name = "onnxruntime-cuda" if providers[0].startswith("CUDA") else "onnxruntime"
-    return Engine(ort_name, _chunked(ort_batch, ort_chunk), measured, "export reused" if reused else "", reused,
-                  ort_chunk, ref, t_ort)
+            out = ort_run(self.check)
+        except Exception as exc:  # noqa: BLE001
+            return self.torch(f"onnxruntime refused: it failed on a probe batch ({_short(exc)})")
+        diff = relative_difference(out, self.ref[:len(self.check)])
+        if diff > TOLERANCE:
+            return self.torch(f"onnxruntime refused: its outputs differ from torch's by {diff:.1e} of their "
+                              f"scale (over {TOLERANCE:.0e}: a data-dependent branch or constant in the forward?)")
+        reused = self.export.reused
+        note = "export reused" if reused else ""
+        if not self.measuring:  # known: onnxruntime runs the probe, its outputs are the probe's features
+            chunk = self.export.record.get("ort_chunk")
+            seconds, features = _timed(_chunked(ort_run, chunk), self.probe)
+            return Engine(ort_name, _chunked(ort_run, chunk), self.export.speedup, note, reused, chunk, features,
+                          seconds / len(self.probe))
+        split = self.half < len(self.probe)  # onnxruntime times its part (the check above was its warm-up)
+        chunk, seconds, tail = _fastest(ort_run, self.probe[self.half:] if split else self.probe, warm=False)
+        speedup = self.seconds / max(seconds, 1e-12)
+        self.export.remember({"speedup": speedup, "device": self.probe.device.type, "torch_chunk": self.chunk,
+                              "ort_chunk": chunk, "torch_seconds_per_image": self.seconds,
+                              "ort_seconds_per_image": seconds, "max_relative_difference": diff})
+        if choice == "auto" and speedup < AUTO_MARGIN:
+            return self.torch(f"as fast here: onnxruntime ran the probe at {speedup:.2f}x torch", speedup,
+                              tail if split else None)
+        features = torch.cat([self.ref, tail]) if split else self.ref  # torch's half, then onnxruntime's
+        return Engine(ort_name, _chunked(ort_run, chunk), speedup, note, reused, chunk, features, seconds)
 
 
 class _Refused(Exception):
-    """The exporter cannot take a prefix (the reason, recorded beside where its export would be)."""
+    """The exporter or onnxruntime cannot take a prefix (the reason)."""
 
 
 def _export_to(path: Path, model: nn.Module, stubs: list[str], probe: torch.Tensor, name: str) -> bytes:
     """The prefix exported (traced on two probe images) and written to `path`; a failure is recorded beside
     it (not retried) and raised as _Refused with the reason."""
-    from vislab import _fileio as fileio
-
     try:
         blob = export(model, stubs, probe[:2].contiguous())
     except Exception as exc:  # noqa: BLE001  any exporter failure means: this prefix stays in torch
@@ -243,18 +269,17 @@ def export_ahead(model: nn.Module, stubs: list[str], probe: torch.Tensor, name: 
     why, _ = _unavailable(probe.device)
     if why:
         return f"onnxruntime {why}"
-    path = exports_dir() / f"{export_key(model, stubs, probe, name)}.onnx"
-    if path.exists():
-        return f"already exported ({path.name})"
-    record = _read_record(path.with_suffix(".json"))
-    if record.get("refused"):
-        return f"refused earlier: {record['refused']}"
+    found = _Export.find(model, stubs, probe, name)
+    if found.reused:
+        return f"already exported ({found.path.name})"
+    if found.refused:
+        return f"refused earlier: {found.refused}"
     start = time.perf_counter()
     try:
-        _export_to(path, model, stubs, probe, name)
+        _export_to(found.path, model, stubs, probe, name)
     except _Refused as exc:
         return f"refused: {exc}"
-    return f"exported in {time.perf_counter() - start:.1f} s ({path.name})"
+    return f"exported in {time.perf_counter() - start:.1f} s ({found.path.name})"
 
 
 def _fastest(run, x: torch.Tensor, warm: bool = True) -> tuple[int | None, float, torch.Tensor]:
@@ -315,30 +340,17 @@ def export(model: nn.Module, stubs: list[str], x: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def export_key(model: nn.Module, stubs: list[str], probe: torch.Tensor, name: str = "") -> str:
+def export_key(model: nn.Module, stubs: list[str], probe: torch.Tensor, name: str = "",
+               digest: str | None = None) -> str:
     """Everything that changes the exported graph: the model's name and class, the prefix cut, its modules'
-    structure and a digest of their weights, the input's non-batch shape, and the library versions."""
-    from importlib import metadata  # not `import onnx`: it takes ~0.6 s, and only an export needs it
-
+    structure and weights (prefix.fingerprint, or `digest` when the caller computed it), the input's
+    non-batch shape, and the library versions."""
     h = hashlib.sha256()
     for part in (name, type(model).__qualname__, *stubs, str(tuple(probe.shape[1:])), str(probe.dtype),
                  torch.__version__, metadata.version("onnx"), metadata.version("onnxruntime"), str(OPSET)):
         h.update(part.encode() + b"\0")
-    h.update(weights_digest(model, stubs).encode())
+    h.update((digest or fingerprint(model, stubs)).encode())
     return f"{(name or type(model).__name__)[:40]}-{h.hexdigest()[:20]}"
-
-
-@torch.no_grad()
-def weights_digest(model: nn.Module, stubs: list[str]) -> str:
-    """sha256 of the prefix modules' structure (their repr: layer types, shapes, activations) and state."""
-    h = hashlib.sha256()
-    for stub in stubs:
-        module = model.get_submodule(stub)
-        h.update(repr(module).encode())
-        for key, value in module.state_dict().items():
-            h.update(key.encode())
-            h.update(value.detach().to("cpu", copy=True).contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -350,17 +362,13 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def exports_dir() -> Path:
-    from vislab import _paths as paths
-
     return paths.work_dir() / paths.ENGINE_EXPORTS
 
 
 def _unavailable(device: torch.device) -> tuple[str, list[str]]:
     """('', providers) when onnxruntime can run on `device`, else (why not, [])."""
-    import importlib.util
-
     try:
-        import onnxruntime
+        import onnxruntime  # optional (pip install onnxruntime onnx), and only a choice between engines needs it
     except ImportError:
         onnxruntime = None
     if onnxruntime is None or importlib.util.find_spec("onnx") is None:  # the exporter needs onnx
@@ -374,7 +382,7 @@ def _unavailable(device: torch.device) -> tuple[str, list[str]]:
 
 
 def _session(graph: bytes, providers: list[str], threads: int):
-    import onnxruntime
+    import onnxruntime  # optional: _unavailable found it
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads  # the same cores torch would use, not one thread per core more
@@ -404,8 +412,6 @@ def _short(exc: Exception) -> str:
 
 
 def _read_record(path: Path) -> dict:
-    from vislab import _fileio as fileio
-
     try:
         record = fileio.read_json(path, {})
     except ValueError:
@@ -414,8 +420,6 @@ def _read_record(path: Path) -> dict:
 
 
 def _write_record(path: Path, record: dict) -> None:
-    from vislab import _fileio as fileio
-
     try:
         fileio.write_json(path, record)
     except OSError:  # a full or read-only disk: the next run measures again

@@ -12,11 +12,14 @@ import torch.nn as nn
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from vislab.training import feature_cache as caching, engines
+from vislab.training import engines
+from vislab.training.prefix import find_prefix, memory_format_of, reproduces, stubbed
 from vislab.data.datasets import ImageDataset
 from vislab.data.config import DataConfig
 from vislab._modes import training_mode
 from vislab.data.transforms import eval_transform
+
+PROBE_IMAGES = 8  # images the prefix engine is chosen (checked, timed) on before predicting: not a whole batch
 
 
 @dataclass
@@ -50,7 +53,7 @@ def predict(model: nn.Module, items: list[tuple[str, int]], cfg: DataConfig, bat
     loader = eval_loader(items, cfg, batch_size)
     with training_mode(model, False):
         prefix, runner = _frozen_prefix(model, loader.dataset, torch.device(device), engine, name)
-        with caching.stubbed(model, prefix) if runner else contextlib.nullcontext():
+        with stubbed(model, prefix) if runner else contextlib.nullcontext():
             for x, y in loader:
                 x = x.to(device)
                 logits = (model(runner.run(x)) if runner else model(x)).float().cpu()  # (B, K)
@@ -68,12 +71,11 @@ def _frozen_prefix(model: nn.Module, dataset, device: torch.device, engine: str,
     """(prefix, engine) when a frozen prefix can run in an engine other than torch, else (None, None)."""
     if engine == "torch" or len(dataset) < 2 or not any(p.requires_grad for p in model.parameters()):
         return None, None  # a model with nothing marked trainable is not one frozen up to its head
-    probe = torch.stack([dataset[i][0] for i in range(min(caching.PROBE_IMAGES, len(dataset)))]).to(device)
-    prefix = caching.find_prefix(model, probe[:4])
-    if prefix is None or not caching.reproduces(model, prefix, probe[:4]):
+    probe = torch.stack([dataset[i][0] for i in range(min(PROBE_IMAGES, len(dataset)))]).to(device)
+    prefix = find_prefix(model, probe[:4])
+    if prefix is None or not reproduces(model, prefix, probe[:4]):
         return None, None
-    runner = engines.choose(model, prefix.stubs, probe, engine, len(dataset), name,
-                            caching.memory_format_of(model))
+    runner = engines.choose(model, prefix.stubs, probe, engine, len(dataset), name, memory_format_of(model))
     return (prefix, runner) if runner.name != "torch" else (None, None)
 
 

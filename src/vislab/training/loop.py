@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from vislab.training import feature_cache as caching
+from vislab.training import feature_cache
+from vislab.training.prefix import full_state_dict, memory_format_of, stubbed
 from vislab.models import freezing, stages
 from vislab.data.datasets import ViewSampler
 from vislab.models.freezing import FreezePlan
@@ -38,7 +39,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | mps
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler)
     num_workers: int = -1  # DataLoader workers; -1: auto (CPU: 0, decode in the main process; CUDA: cores - 1)
-    cache: bool = True  # run a frozen deterministic prefix once and train the rest (caching.py)
+    cache: bool = True  # run a frozen deterministic prefix once and train the rest (feature_cache.py)
     layer_decay: float | None = None  # per-stage learning rates: lr x decay^(stages from the head); None: one lr
 
     def to_dict(self) -> dict:
@@ -56,17 +57,19 @@ class Phase:
 @dataclass
 class Event:
     """What the progress callback receives: kind is 'batch', 'epoch', 'phase', 'caching' (the frozen prefix
-    is running: `batch` of `batches` images done), 'cache' (how the prefix was run) or 'end'."""
+    is running over the images: `cached` of `to_cache` done), 'cache' (how the prefix was run) or 'end'."""
 
     kind: str
     epoch: int = 0  # 1-based over the whole run
     epochs: int = 0
-    batch: int = 0
+    batch: int = 0  # 'batch': the training batch of this epoch, 1-based
     batches: int = 0
     loss: float = 0.0
     metrics: dict | None = None
     phase: str = ""
     message: str = ""
+    cached: int = 0  # 'caching': images run through the frozen prefix so far
+    to_cache: int = 0  # 'caching': images the pass runs (both splits, every augmented view)
 
 
 @dataclass
@@ -118,7 +121,7 @@ def make_loaders(train_ds, val_ds, cfg: TrainConfig, device: torch.device):
     gen = torch.Generator().manual_seed(cfg.seed)
     pin = device.type == "cuda"
     workers = cfg.num_workers if cfg.num_workers >= 0 else (min(8, max(1, (os.cpu_count() or 2) - 1)) if pin else 0)
-    # one sampler object, shared later with the cached-feature loader (caching.py): same order, same views
+    # one sampler object, shared later with the cached-feature loader (feature_cache.py): same order, same views
     n = getattr(train_ds, "n_images", len(train_ds))
     sampler = ViewSampler(n, getattr(train_ds, "views", 1), gen)
     # a last batch of one sample breaks BatchNorm in training mode: drop it only then
@@ -199,7 +202,7 @@ def fit(
 ) -> History:
     """Train through the phases; returns per-epoch metrics and the best state (by val acc, then loss).
 
-    `cache_pool` lets several runs on the same data share cached frozen-prefix features (caching.build).
+    `cache_pool` lets several runs on the same data share cached frozen-prefix features (feature_cache.build).
     `engine` (auto | torch | onnxruntime) runs the frozen prefix once (engines.py; `model_name` keys its
     exports).
     `on_best(history)` is called each time an epoch becomes the best so far (`history.best_state` holds it),
@@ -225,14 +228,14 @@ def fit(
         if cfg.cache:
             with torch.random.fork_rng(devices=[]):  # building it must not shift the dropout RNG stream
                 def caching_progress(done, total, e=epoch, name=phase.name):
-                    emit(Event("caching", e, total_epochs, done, total, phase=name))
+                    emit(Event("caching", e, total_epochs, phase=name, cached=done, to_cache=total))
 
-                cache, why = caching.build(model, train_loader, val_loader, device, cfg.seed, stop, cache_pool,
-                                           caching_progress, engine, model_name)
+                cache, why = feature_cache.build(model, train_loader, val_loader, device, cfg.seed, stop,
+                                                 cache_pool, caching_progress, engine, model_name)
         history.cache.append(cache.describe() if cache else f"no feature cache: {why}")
         emit(Event("cache", epoch, total_epochs, phase=phase.name, message=history.cache[-1]))
-        with caching.stubbed(model, cache.prefix) if cache else contextlib.nullcontext() as originals:
-            snapshot = (lambda: caching.full_state_dict(model, originals)) if cache else model.state_dict
+        with stubbed(model, cache.prefix) if cache else contextlib.nullcontext() as originals:
+            snapshot = (lambda: full_state_dict(model, originals)) if cache else model.state_dict
             epoch = _run_phase(model, phase, cache.train if cache else train_loader,
                                cache.val if cache else val_loader, optimizer, scheduler, scaler, criterion,
                                cfg, device, history, epoch, total_epochs, emit, stop, snapshot, on_best)
@@ -244,7 +247,7 @@ def fit(
 def _run_phase(model, phase, train_loader, val_loader, optimizer, scheduler, scaler, criterion, cfg, device,
                history, epoch, total_epochs, emit, stop, snapshot, on_best=None) -> int:
     """The epochs of one phase; returns the last epoch number. `snapshot()` gives the full state_dict."""
-    fmt = caching.memory_format_of(model)
+    fmt = memory_format_of(model)
     for _ in range(phase.epochs):
         epoch += 1
         start = time.perf_counter()

@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from vislab.training import feature_cache as caching, loop as training
+from vislab.training import feature_cache, loop as training
+from vislab.training.prefix import stubbed
 from vislab.data import datasets
 from vislab.models import factory as models
 from vislab._modes import training_mode
@@ -42,10 +43,10 @@ def lr_find(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, 
     model.to(dev)
     with torch.random.fork_rng(devices=[]), training_mode(model, True):  # the sweep trains; flags back after
         torch.manual_seed(seed)
-        cache, why = caching.build(model, train_loader, val_loader, dev, seed)
+        cache, why = feature_cache.build(model, train_loader, val_loader, dev, seed)
         loader = cache.train if cache else train_loader
         try:
-            with caching.stubbed(model, cache.prefix) if cache else contextlib.nullcontext():
+            with stubbed(model, cache.prefix) if cache else contextlib.nullcontext():
                 lrs, losses = _sweep(model, loader, dev, start, end, steps, beta, weight_decay)
         finally:
             model.load_state_dict(saved)
