@@ -14,7 +14,7 @@ def test_catalog_entry_matches_the_real_model(entry):
     with torch.device("meta"):  # build without allocating: exact parameter counts for the big ones too
         model = models.build_architecture(entry.name)
     assert catalog.source_of(entry.name) == entry.source
-    assert models.count_params(model) == entry.params
+    assert sum(p.numel() for p in model.parameters()) == entry.params
     model.get_submodule(entry.cam_layer)  # the CAM layer exists under that name
     has_se = any("SqueezeExcit" in type(m).__name__ for m in model.modules())
     assert has_se == entry.has_se
@@ -27,7 +27,8 @@ def test_catalog_entry_matches_the_real_model(entry):
 def test_head_swap_for_every_catalog_family(entry, kind):
     with torch.device("meta"):
         model = models.build_architecture(entry.name)
-        name = heads.swap_head(model, 7, kind)
+        model = heads.attach_head(model, 7, kind)
+    name = heads.head_name(model)
     assert heads.num_outputs(model) == 7
     head = model.get_submodule(name)
     if kind == "mlp":

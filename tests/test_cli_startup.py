@@ -52,3 +52,15 @@ def test_main_called_in_process_leaves_the_callers_collector_alone(tmp_path, cap
     rc = cli.main(["train", "--data", str(tmp_path / "none"), "--epochs", "1", "--out", str(tmp_path / "run")])
     assert rc == cli.EXIT_BAD_INPUT  # failed after cmd_train's imports
     assert gc.isenabled() and gc.get_freeze_count() == frozen
+
+
+def test_the_front_door_loads_the_library_only_when_used():
+    """`import vislab` (which the `vislab` command does first) loads no torch; its three names load on use."""
+    probe = ("import sys, vislab; before = 'torch' in sys.modules\n"
+             "spec = vislab.Spec(model='test_resnet', weights='random', img_size=64)\n"
+             "model, info, phases = vislab.prepare(spec, 3)\n"
+             "m, i = vislab.create_model('test_resnet', 3, weights_choice='random')\n"
+             "print(before, sorted(vislab.__all__), info.num_classes, i.num_classes, phases[0].name)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "['Spec',", "'create_model',", "'prepare']", "3", "3", "head"]

@@ -1,12 +1,11 @@
 """`vislab explain`: files for every view that applies, the page's own maps in them, bad arguments refused."""
 
-import argparse
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from vislab import cli
 from vislab.views import attention, cam, explain, se, base as views
 from vislab.training import runs
 from vislab.models.build import build_architecture
@@ -39,14 +38,11 @@ def folders(tmp_path_factory):
             "hybrid": make_run(root / "hybrid", "test_resnet", "attention")}  # a CNN with the attention head
 
 
-def parser():
-    p = argparse.ArgumentParser()
-    explain.add_parser(p.add_subparsers(dest="command"))
-    return p
-
-
 def call(*argv):
-    return explain.run(parser().parse_args(["explain", *map(str, argv)]))
+    try:
+        return cli.main(["explain", *map(str, argv)])
+    except SystemExit as exc:  # argparse's errors
+        return exc.code
 
 
 @pytest.mark.parametrize("kind, view", [("cnn", v) for v in ("cam", "gradcam", "gradcampp", "layercam", "features")]
@@ -122,17 +118,15 @@ def test_bad_arguments_exit_2_with_one_line_and_write_nothing(folders, tmp_path,
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("vislab: error:") and "Traceback" not in err, err
         assert not out.exists()
-    assert explain.run(argparse.Namespace(run=str(folders["cnn"]), model=None, view="saliency", images=images,
-                                          out=str(out), layer=None, weights="auto")) == 2
-    with pytest.raises(SystemExit) as exc:
-        parser().parse_args(["explain", "--model", "resnet18", "--view", "saliency", "--images", images[0], "--out", "x"])
-    assert exc.value.code == 2
+    assert call("--model", "resnet18", "--view", "saliency", "--images", images[0], "--out", out) == 2  # argparse's
     assert not out.exists()
+    model, run = runs.load(folders["cnn"])
+    loaded = explain.Loaded(model, run.data_config, run.classes, "test_resnet")
+    with pytest.raises(explain.ExplainError, match="unknown view 'saliency'"):  # the library, called directly
+        explain.compute(loaded, "saliency", [("square", Image.open(images[0]).convert("RGB"))])
 
 
 def test_vislab_explain_is_a_cli_command_with_one_line_errors(tmp_path, capsys):
-    from vislab import cli
-
     code = cli.main(["explain", "--model", "test_resnet", "--view", "cam", "--images", str(tmp_path / "none.png"),
                      "--out", str(tmp_path / "out")])
     assert code == 2 and "no such file" in capsys.readouterr().err

@@ -101,7 +101,7 @@ def test_report_counts_and_moving_buffers():
     rep = freezing.report(model)
     head = model.get_submodule("fc")
     assert rep.trainable_params == sum(p.numel() for p in head.parameters())
-    assert rep.trainable_params + rep.frozen_params == models.count_params(model)
+    assert rep.trainable_params + rep.frozen_params == sum(p.numel() for p in model.parameters())
     assert rep.moving_bn_buffers == []
     full = freezing.preset(model, "scratch")[0]
     freezing.apply(model, full)
@@ -149,7 +149,7 @@ def test_stage_names_are_real_modules():
 def test_frozen_stages_drop_nothing_trained_ones_still_do():
     """Like Keras' base_model(x, training=False): a frozen stage is a fixed feature extractor, so its
     stochastic depth and dropout are off in model.train(); a thawed stage keeps them."""
-    from vislab.training import feature_cache as caching
+    from vislab.training import prefix as frozen
 
     torch.manual_seed(0)
     from torchvision.models import efficientnet_b0
@@ -161,7 +161,7 @@ def test_frozen_stages_drop_nothing_trained_ones_still_do():
     with torch.no_grad():
         a, b = net.features(x), net.features(x)
     assert torch.equal(a, b)  # deterministic although in train mode
-    prefix = caching.find_prefix(net, x)
+    prefix = frozen.find_prefix(net, x)
     assert prefix.boundary.startswith("classifier")  # the whole trunk can be cached
     freezing.apply(net, freezing.preset(net, "partial", thaw_last=2)[0])  # features.7 and features.8
     thawed = [m for n, m in net.named_modules() if freezing.is_stochastic(m) and n.startswith("features.7")]

@@ -266,7 +266,7 @@ def test_upload_limit_is_configured_and_stated():
 
 
 def test_old_session_folders_are_removed_at_start_up(vislab_home):
-    from pages import _state
+    from pages import _startup
     from vislab import _paths as paths
 
     old = paths.work_dir() / "a1b2c3d4e5f6"
@@ -279,7 +279,7 @@ def test_old_session_folders_are_removed_at_start_up(vislab_home):
     exported = engines.exports_dir() / "m-0123.onnx"  # set-up's exports outlive a server start
     exported.parent.mkdir(parents=True)
     exported.write_bytes(b"graph")
-    _state.clean_work_dirs.clear()
-    _state.clean_work_dirs()
+    _startup.clean_work_dirs.clear()
+    _startup.clean_work_dirs()
     assert not old.exists() and cli_dir.exists() and exported.exists()
     assert str(paths.work_dir()).startswith(str(vislab_home))  # all of it inside the app's own folder

@@ -35,7 +35,50 @@ def test_saved_run_reloads_to_identical_outputs(synthetic, tmp_path):
     with torch.no_grad():
         assert torch.equal(result.model(x), model(x))
     assert run.classes == report.classes and run.config["head_kind"] == "mlp"
-    assert runs.list_runs(tmp_path)[0].path == result.run_dir
+    # what the Train page's runs table reads of a run folder (pages/_runs.lab_runs)
+    assert runs.read_config(result.run_dir)["head_kind"] == "mlp"
+    assert runs.read_metrics(result.run_dir) == result.history.epochs
+
+
+@pytest.mark.parametrize("name, head", [("test_vit", "linear"), ("test_resnet", "attention"),
+                                        ("mobilenet_v2", "attention")])
+def test_a_rebuilt_run_is_the_model_a_fresh_run_built(tmp_path, name, head):
+    """One builder, one order (weights, head, input size): the model `runs.load` rebuilds from a run folder
+    takes the fresh model's state strictly and answers alike, a ViT at another size and the attention head's
+    traced torchvision model included."""
+    spec = experiment.Spec(model=name, strategy="partial", head=head, weights="random", img_size=64)
+    model, info, phases = experiment.prepare(spec, 3)
+    config = {"model": name, "head_kind": head, "data_config": info.data_config.to_dict(),
+              "plans": [p.plan.to_dict() for p in phases]}
+    runs.save(tmp_path / "run", model, config, [], ["a", "b", "c"])
+    rebuilt, run = runs.load(tmp_path / "run")
+    x = torch.randn(2, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), rebuilt(x))
+    assert {n for n, p in rebuilt.named_parameters() if p.requires_grad} == {
+        n for n, p in model.named_parameters() if p.requires_grad}  # the last freeze plan too
+
+
+def test_resuming_an_interrupted_run_says_so(synthetic, tmp_path, capsys):
+    spec = experiment.Spec(model="test_resnet", strategy="head", weights="auto", img_size=64,
+                           train=TrainConfig(epochs=1, batch_size=8, device="cpu"))
+    report = __import__("vislab.data.folders", fromlist=["scan_folder"]).scan_folder(synthetic)
+    done = experiment.train(spec, report, tmp_path / "done")
+    _, run = runs.load(done.run_dir)
+    killed = tmp_path / "killed"  # as a worker killed after its first epoch leaves it: only checkpoint/
+    runs.save_checkpoint(killed, done.model.state_dict(), {**run.config, "best_epoch": 1, "checkpoint": True},
+                         run.metrics, run.classes)
+    assert not runs.complete(killed) and runs.checkpoint_of(killed) is not None
+    capsys.readouterr()
+    assert cli.main(["train", "--data", str(synthetic), "--resume", str(killed), "--epochs", "1",
+                     "--out", str(tmp_path / "resumed")]) == 0
+    out = capsys.readouterr().out
+    assert f"note: {experiment.INTERRUPTED_NOTE} (1)" in out, out
+    assert json.loads((tmp_path / "resumed" / "config.json").read_text())["resumed_from"] == str(killed.resolve())
+    assert cli.main(["train", "--data", str(synthetic), "--resume", str(done.run_dir), "--epochs", "1",
+                     "--out", str(tmp_path / "again")]) == 0
+    assert experiment.INTERRUPTED_NOTE not in capsys.readouterr().out  # a finished run: no such note
 
 
 def test_two_phase_records_both_phases(synthetic, tmp_path):

@@ -8,7 +8,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from vislab.views import attention, cam, features, base as views
-from vislab.training import feature_cache as caching, experiment, runs
+from vislab.training import experiment, prefix as frozen, runs
 from vislab.data import folders as data
 from vislab.models import freezing, heads, factory as models, stages
 from vislab.training.loop import TrainConfig
@@ -49,7 +49,7 @@ def test_the_last_stage_is_never_nearly_the_whole_network(name, most):
             model = models.build_architecture(name)
     except NotImplementedError:  # RegNet computes its widths from real tensors
         model = models.build_architecture(name)
-    heads.swap_head(model, 3)
+    model = heads.attach_head(model, 3)
     freezing.apply(model, freezing.preset(model, "partial", thaw_last=1)[0])
     total = sum(p.numel() for p in model.parameters())
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) / total < most
@@ -74,12 +74,12 @@ def test_googlenet_trains_without_auxiliary_outputs(tmp_path):
 def test_stochastic_depth_counts_as_random():
     from torchvision.ops import StochasticDepth
 
-    assert caching._stochastic(StochasticDepth(0.2, "row")) and not caching._stochastic(StochasticDepth(0.0, "row"))
+    assert frozen._stochastic(StochasticDepth(0.2, "row")) and not frozen._stochastic(StochasticDepth(0.0, "row"))
     model = nn.Sequential(nn.Conv2d(3, 4, 3), StochasticDepth(0.2, "row"), nn.Flatten(), nn.LazyLinear(2))
     model(torch.randn(1, 3, 8, 8))
     model[0].requires_grad_(False)
     model[1].requires_grad_(False)
-    assert caching.find_prefix(model, torch.randn(2, 3, 8, 8)).boundary == "1"
+    assert frozen.find_prefix(model, torch.randn(2, 3, 8, 8)).boundary == "1"
 
 
 def test_swin_cam_uses_channels_last_maps_and_attention_says_why_not():
@@ -90,7 +90,7 @@ def test_swin_cam_uses_channels_last_maps_and_attention_says_why_not():
     torch.manual_seed(0)
     model = timm.create_model("swin_tiny_patch4_window7_224", embed_dim=16, depths=(1, 1, 1, 1),
                               num_heads=(1, 1, 1, 1), img_size=64, window_size=2)
-    heads.swap_head(model, 3)
+    model = heads.attach_head(model, 3)
     assert cam.is_nhwc(model) and not attention.has_attention(model)
     layer = cam.default_layer(model)
     assert layer == "norm" and layer in cam.layer_choices(model)

@@ -1,7 +1,11 @@
-"""Creating a model: architecture, real weights, a new head, and the model's own data config."""
+"""Creating a model: architecture, real weights, a new head, the input size, and the model's own data config.
+
+`create_model` is the one builder: a job's model (`training.experiment.prepare`), a reloaded run
+(`training.runs.rebuild`) and a command's `--model` all come from it."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,13 +130,38 @@ def create_model(
     num_classes: int | None = None,
     head: str = "linear",
     weights_choice: str = "auto",
+    img_size: int | None = None,
+    base: tuple[nn.Module, ModelInfo] | None = None,
+    check_size: bool = True,
 ) -> tuple[nn.Module, ModelInfo]:
-    """Build `name` with real weights when there are any, and a fresh head of `num_classes` outputs.
+    """The one model builder: every job, page, reloaded run and command gets its model here, always in one
+    order: the architecture with its weights, then the new head, then the input size.
 
     weights_choice: "pretrained" (fail with a clear WeightsError when none are on this machine),
-    "random" (random init, for training from scratch), "auto" (pretrained if available, else random,
-    and the returned info says so). `num_classes` None keeps the original head (e.g. ImageNet's 1000).
+    "random" (random init, for training from scratch or before a saved state is loaded), "auto"
+    (pretrained if available, else random, and the returned info says so). `num_classes` None keeps the
+    original head (e.g. ImageNet's 1000). `img_size`: the input size (a ViT resamples its position
+    embeddings; a model that cannot take it raises ValueError); `check_size` False skips the forward that
+    proves it (a reloaded run took that size when it trained). `base`: (model, info) of `name` as this
+    function built it with its original head (the app's cached pretrained model): a copy of it is used,
+    and `weights_choice` is not looked at.
     """
+    if base is None:
+        model, info = _backbone(name, weights_choice)
+    else:
+        model, info = copy.deepcopy(base[0]), dataclasses.replace(base[1], notes=list(base[1].notes))
+    if num_classes is not None:
+        model = heads.attach_head(model, num_classes, head)
+        info = dataclasses.replace(info, head=heads.head_name(model), head_kind=head,
+                                   num_classes=heads.num_outputs(model))
+    if img_size and img_size != info.data_config.size:
+        fit_input_size(model, name, img_size, check=check_size)
+    info.data_config = info.data_config.with_size(img_size)
+    return model, info
+
+
+def _backbone(name: str, weights_choice: str) -> tuple[nn.Module, ModelInfo]:
+    """`name` with real weights when there are any, and its original head."""
     if weights_choice not in WEIGHT_CHOICES:
         raise ValueError(f"weights must be one of {', '.join(WEIGHT_CHOICES)}")
     source = catalog.source_of(name)
@@ -153,13 +182,5 @@ def create_model(
     record = weights.read_manifest().get(name) or {}
     if status.path is not None and record.get("file") == str(status.path) and record.get("data_config"):
         cfg = dataclasses.replace(cfg, **record["data_config"])  # how that file's weights were trained
-    head_kind = "original"
-    if num_classes is not None:
-        model = heads.attach_head(model, num_classes, head)
-        head_kind = head
-    info = ModelInfo(name, source, heads.head_name(model), head_kind, heads.num_outputs(model), cfg, status, notes)
+    info = ModelInfo(name, source, heads.head_name(model), "original", heads.num_outputs(model), cfg, status, notes)
     return model, info
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -85,7 +85,7 @@ def attention_head_names(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, AttentionHead)]
 
 
-_MARK = "_vislab_heads"  # set by swap_head: the names of the heads it put in
+_MARK = "_vislab_heads"  # set by attach_head: the names of the heads it put in
 
 
 def head_names(model: nn.Module) -> list[str]:
@@ -164,11 +164,13 @@ def attach_head(model: nn.Module, num_classes: int, kind: str = "linear") -> nn.
     gets its head. Linear and MLP heads replace the classifier in place (the same object comes back); the
     attention head needs the map before pooling: in place for a timm CNN, a traced GraphModule with the same
     module names for a torchvision one. Callers use what this returns."""
+    if kind not in HEAD_KINDS:
+        raise ValueError(f"head must be one of {', '.join(HEAD_KINDS)}, not '{kind}'")
+    if num_classes < 1:
+        raise ValueError("a head needs at least one output")
     if kind == "attention":
-        if num_classes < 1:
-            raise ValueError("a head needs at least one output")
         return _attach_attention(model, num_classes)
-    swap_head(model, num_classes, kind)
+    _replace_classifier(model, num_classes, kind)
     return model
 
 
@@ -297,14 +299,8 @@ def _attach_attention_fx(model: nn.Module, num_classes: int) -> nn.Module:
     return gm
 
 
-def swap_head(model: nn.Module, num_classes: int, kind: str = "linear") -> str:
-    """Replace the classifier in place with a fresh `kind` head of `num_classes` outputs; returns its name."""
-    if kind not in HEAD_KINDS:
-        raise ValueError(f"head must be one of {', '.join(HEAD_KINDS)}, not '{kind}'")
-    if kind == "attention":
-        raise ValueError("the attention head may need to wrap the model: use heads.attach_head")
-    if num_classes < 1:
-        raise ValueError("a head needs at least one output")
+def _replace_classifier(model: nn.Module, num_classes: int, kind: str) -> None:
+    """A linear or MLP head in place of the classifier (of every classifier of a distilled timm model)."""
     if hasattr(model, "reset_classifier") and hasattr(model, "pretrained_cfg"):
         model.reset_classifier(num_classes)  # timm's own way: keeps its pooling choice, resets every head
         names = head_names(model)
@@ -323,4 +319,3 @@ def swap_head(model: nn.Module, num_classes: int, kind: str = "linear") -> str:
             new = nn.Linear(width, num_classes) if kind == "linear" else mlp_head(width, num_classes)
         set_module(model, names[0], new)
     object.__setattr__(model, _MARK, list(names))  # the MLP's own last Linear must not be taken for the head
-    return names[0]

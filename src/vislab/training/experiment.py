@@ -1,13 +1,13 @@
 """A whole fine-tuning job from one spec: model, freeze plans, data, training, and the run folder.
 
-`prepare` is the one job builder: it makes the model and its phases for the CLI, the Train page's working
-model, the background jobs (jobs.py) and compare. `train` runs what it built and writes the run folder.
+`prepare` is the one job builder: it makes the model (with `models.factory.create_model`, the one model
+builder) and its phases for the CLI, the Train page's working model, the background jobs and compare.
+`train` runs what it built and writes the run folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import threading
 from dataclasses import asdict, dataclass, field
@@ -16,16 +16,20 @@ from typing import Callable
 
 import torch.nn as nn
 
+from vislab import _fileio as fileio
 from vislab.data import folders as data, datasets
-from vislab.models import freezing, factory as models
+from vislab.models import catalog, freezing, factory as models
+from vislab.models.weights import WeightsStatus
 from vislab.training import runs, loop as training
 from vislab.training.loop import Event, TrainConfig
 from vislab.data.transforms import Augment, eval_transform, train_transform
 
+INTERRUPTED_NOTE = "the run was interrupted: continuing from its best epoch"  # + " (N)"; a resumed run's note
+
 
 @dataclass
 class Spec:
-    model: str = "mobilenet_v2"
+    model: str = catalog.DEFAULT_MODEL
     strategy: str = "head"  # head | partial | full | two-phase | scratch
     thaw_last: int = 1  # partial: how many of the last stages train with the head
     bn: str | None = None  # BN mode of thawed pretrained stages; None: eval (train for scratch)
@@ -65,19 +69,10 @@ def prepare(spec: Spec, num_classes: int, base: nn.Module | None = None, info: m
     "custom" strategy trains that plan alone; "two-phase" trains the head, then that plan.
     """
     training.seed_everything(spec.train.seed)  # the new head's (and scratch model's) init is part of the run
-    if spec.strategy == "scratch":
-        model, info = models.create_model(spec.model, num_classes, spec.head, "random")
-    elif base is not None and info is not None:
-        from vislab.models.heads import attach_head, head_name
-
-        model = attach_head(training.clone_model(base), num_classes, spec.head)
-        info = dataclasses.replace(info, head=head_name(model), head_kind=spec.head, num_classes=num_classes,
-                                   notes=list(info.notes))
-    else:
-        model, info = models.create_model(spec.model, num_classes, spec.head, spec.weights)
-    if spec.img_size and spec.img_size != info.data_config.size:
-        models.fit_input_size(model, spec.model, spec.img_size)  # ViTs resample; fixed-size models refuse
-    info.data_config = info.data_config.with_size(spec.img_size)
+    scratch = spec.strategy == "scratch"  # random weights: the cached pretrained base is not used
+    cached = (base, info) if base is not None and info is not None and not scratch else None
+    model, info = models.create_model(spec.model, num_classes, spec.head, "random" if scratch else spec.weights,
+                                      spec.img_size, base=cached)
     if isinstance(plan, dict):
         plan = freezing.FreezePlan.from_dict(plan)
     if spec.strategy in freezing.STRATEGIES:
@@ -174,20 +169,28 @@ def train(
     return Result(model, info, history, run_dir, report.classes, val_items)
 
 
-def spec_dict(spec: Spec) -> dict:
-    return spec.to_dict()
-
-
 def resume(run_dir: str | Path, report: data.DataReport, epochs: int, out: str | Path | None,
-           on_event: Callable[[Event], None] | None = None, stop: threading.Event | None = None) -> Result:
+           on_event: Callable[[Event], None] | None = None, stop: threading.Event | None = None,
+           resumed: tuple[Spec, tuple] | None = None) -> Result:
     """Continue a saved run for `epochs` more epochs: its weights, its last freeze plan, its settings.
 
     The optimizer starts afresh (run folders keep weights, not optimizer state); the new run folder's
-    config names the run it continues.
+    config names the run it continues. `resumed`: what `prepare_resume` gave for these arguments (a caller
+    that showed its notes first), else it is made here.
     """
-    from vislab.models.freezing import FreezePlan
-    from vislab.models.weights import WeightsStatus
+    spec, prepared = resumed or prepare_resume(run_dir, report, epochs)
+    result = train(spec, report, out, on_event, stop, prepared=prepared)
+    if result.run_dir is not None:
+        config = fileio.read_json(result.run_dir / "config.json")
+        config["resumed_from"] = str(Path(run_dir).resolve())
+        fileio.write_json(result.run_dir / "config.json", config)  # atomically, as every run file
+    return result
 
+
+def prepare_resume(run_dir: str | Path, report: data.DataReport, epochs: int) -> tuple[Spec, tuple]:
+    """The spec and (model, info, phases) that continue a saved run: its model and last freeze plan, for
+    `epochs` more epochs. info.notes say which folder it continues and, for a run that was interrupted,
+    that it goes on from its best epoch (`vislab train --resume` prints them)."""
     model, run = runs.load(run_dir)
     if report.classes != run.classes:
         raise data.DataError(f"the run was trained on classes {run.classes}, this dataset has {report.classes}")
@@ -200,15 +203,10 @@ def resume(run_dir: str | Path, report: data.DataReport, epochs: int, out: str |
     info = models.ModelInfo(cfg["model"], cfg["source"], cfg["head"], cfg["head_kind"], len(run.classes),
                             run.data_config, WeightsStatus(cfg["model"], None, None), [f"resumed from {run.path}"])
     if cfg.get("checkpoint"):
-        info.notes.append(f"the run was interrupted: continuing from its best epoch ({cfg.get('best_epoch')})")
+        info.notes.append(f"{INTERRUPTED_NOTE} ({cfg.get('best_epoch')})")
     last_lr = cfg["phases"][-1]["lr"] if cfg.get("phases") else train_cfg.lr
-    phases = [training.Phase(FreezePlan.from_dict(cfg["plans"][-1]), epochs, last_lr, "resumed")]
-    result = train(spec, report, out, on_event, stop, prepared=(model, info, phases))
-    if result.run_dir is not None:
-        config = json.loads((result.run_dir / "config.json").read_text())
-        config["resumed_from"] = str(Path(run_dir).resolve())
-        (result.run_dir / "config.json").write_text(json.dumps(config, indent=2))
-    return result
+    phases = [training.Phase(freezing.FreezePlan.from_dict(cfg["plans"][-1]), epochs, last_lr, "resumed")]
+    return spec, (model, info, phases)
 
 
 def export_prefix(model_name: str, img_size: int | None = None) -> str:
@@ -217,13 +215,14 @@ def export_prefix(model_name: str, img_size: int | None = None) -> str:
     reuses the export. Returns what happened, in words."""
     import torch
 
-    from vislab.training import feature_cache as caching, engines
+    from vislab.training import engines
+    from vislab.training.prefix import find_prefix, reproduces
 
     spec = Spec(model=model_name, strategy="head", weights="auto", img_size=img_size)
     model, info, _ = prepare(spec, 2)  # the head is not part of the prefix: any number of classes
     model.eval()
     probe = torch.randn(2, *info.data_config.input_size)
-    prefix = caching.find_prefix(model, probe)
-    if prefix is None or not caching.reproduces(model, prefix, probe):
+    prefix = find_prefix(model, probe)
+    if prefix is None or not reproduces(model, prefix, probe):
         return "no frozen prefix to export"
     return engines.export_ahead(model, prefix.stubs, probe, model_name)

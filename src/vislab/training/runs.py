@@ -29,8 +29,7 @@ from vislab import _fileio as fileio
 from vislab.models import freezing
 from vislab.models.freezing import FreezePlan
 from vislab.data.config import DataConfig
-from vislab.models.factory import build_architecture, fit_input_size
-from vislab.models.heads import attach_head
+from vislab.models.factory import create_model
 
 FILES = ("config.json", "metrics.json", "classes.json", "model.safetensors")
 
@@ -167,12 +166,11 @@ def load_split(folder: str | Path) -> tuple[list, list] | None:
 
 
 def rebuild(config: dict, classes: list[str]) -> nn.Module:
-    """The run's architecture (random weights), with its head and its last freeze plan applied."""
-    model = build_architecture(config["model"])
+    """The run's architecture (random weights, for its saved state to fill), built as a new run's model is
+    (`create_model`: head, then input size), with its last freeze plan applied."""
     size = (config.get("data_config") or {}).get("input_size")
-    if size:  # a ViT trained at another size has resampled position embeddings
-        fit_input_size(model, config["model"], int(size[-1]), check=False)
-    model = attach_head(model, len(classes), config["head_kind"])
+    model, _ = create_model(config["model"], len(classes), config["head_kind"], "random",
+                            img_size=int(size[-1]) if size else None, check_size=False)
     plans = config.get("plans") or []
     if plans:
         freezing.apply(model, FreezePlan.from_dict(plans[-1]), strict=False)
@@ -197,17 +195,3 @@ def load(folder: str | Path) -> tuple[nn.Module, Run]:
     model.eval()
     return model, Run(folder, config, metrics, classes)
 
-
-def list_runs(root: str | Path) -> list[Run]:
-    """Complete runs under `root`, newest first."""
-    root = Path(root)
-    runs = []
-    for folder in sorted(root.glob("*/"), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []:
-        if all((folder / f).is_file() for f in FILES):
-            try:
-                runs.append(Run(folder, json.loads((folder / "config.json").read_text()),
-                                json.loads((folder / "metrics.json").read_text()),
-                                json.loads((folder / "classes.json").read_text())))
-            except (json.JSONDecodeError, OSError):
-                continue
-    return runs

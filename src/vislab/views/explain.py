@@ -1,8 +1,5 @@
-"""`vislab explain`: the look-inside pages' maps for a list of images, as files (workshop preparation).
-
-    vislab explain --run DIR | --model NAME --view VIEW --images FILE... --out DIR
-
-writes, for each image, `<stem>_<view>.png` (the overlay, as the page draws it) and `<stem>_<view>.npy`:
+"""The look-inside pages' maps for a list of images, as files (`vislab explain` writes them; workshop
+preparation). For each image, a PNG (the overlay, as the page draws it) and an array:
 
     cam, gradcam, gradcampp, layercam   the CAM page's map for the predicted class (float32 in [0, 1])
     attention                           the Attention page's class-token attention of the last block, heads
@@ -15,26 +12,27 @@ writes, for each image, `<stem>_<view>.png` (the overlay, as the page draws it) 
 Maps are at the image's own resolution (H x W of the file): the model saw a resized center crop, so the
 map fills that square and is 0 outside it. Every map comes from the same library call the page makes
 (`cam.explain`, `attention.view` with its `cls` / `rollout`, `se.se_gates`, `features.activations`):
-the attention views read a ViT's blocks and a CNN's attention head alike. Everything is decided and computed before the first file is written: a missing
-image, a run folder that is not one, or a view that does not apply to the model (attention on a CNN)
-is one line on stderr, exit status 2, and nothing written. Files are written atomically (`vislab._fileio`).
+the attention views read a ViT's blocks and a CNN's attention head alike. `compute` decides and computes
+everything before `write` writes a file; a view that does not apply raises ExplainError.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # numpy, torch and PIL load when the command runs: `vislab --help` stays quick
-    import numpy as np
-    import torch.nn as nn
-    from PIL import Image
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from matplotlib import colormaps
+from PIL import Image
 
-EXIT_BAD_INPUT = 2
+from vislab import _fileio as fileio
+from vislab.data.config import resize_for
+from vislab.views import attention, cam, features, se, base as views
+
 CAM_VIEWS = {"cam": "CAM (classic)", "gradcam": "GradCAM", "gradcampp": "GradCAM++", "layercam": "LayerCAM"}
 VIEWS = (*CAM_VIEWS, "attention", "rollout", "se", "features")
 FEATURE_CHANNELS = 16  # the Feature-maps page's default number of channels
@@ -42,7 +40,7 @@ ROLLOUT_DISCARD = 0.9  # the ViT page's default
 
 
 class ExplainError(ValueError):
-    """Bad arguments for `vislab explain`; the message says what to change."""
+    """A view, layer or image that cannot be explained; the message says what to change."""
 
 
 @dataclass
@@ -60,61 +58,10 @@ class Output:
     array: np.ndarray  # float32
 
 
-def load_model(run: str | None = None, model: str | None = None, weights: str = "auto") -> Loaded:
-    """The model of a run folder, or a library model with its original head (pretrained when here)."""
-    from vislab.training import evaluation, runs
-    from vislab.models import factory as models
-
-    if run is not None:
-        folder = Path(run)
-        if not folder.is_dir():
-            raise ExplainError(f"--run {run} is not a folder (give a run folder written by `vislab train`)")
-        try:
-            net, r = runs.load(folder)
-        except (FileNotFoundError, KeyError, ValueError, RuntimeError, OSError) as exc:
-            raise ExplainError(f"--run {run} is not a run folder ({str(exc).splitlines()[0][:200]})") from None
-        return Loaded(net, r.data_config, list(r.classes), r.config.get("model", ""))
-    if not model:
-        raise ExplainError("give --run DIR or --model NAME")
-    try:
-        net, info = models.create_model(model, num_classes=None, weights_choice=weights)
-    except (ValueError, KeyError) as exc:
-        raise ExplainError(f"--model {model}: {str(exc).splitlines()[0]}") from None
-    return Loaded(net, info.data_config, evaluation.class_names(info.name, info.num_classes), info.name)
-
-
-def read_images(files: list[str]) -> list[tuple[str, Image.Image]]:
-    """(stem, upright RGB image) for each file; a missing or unreadable file, or two with one stem, is refused."""
-    from vislab.data.transforms import load_image
-
-    if not files:
-        raise ExplainError("--images needs at least one image file")
-    out, stems = [], set()
-    for f in files:
-        path = Path(f)
-        if not path.is_file():
-            raise ExplainError(f"--images {f}: no such file")
-        try:
-            img = load_image(path)
-        except (OSError, ValueError) as exc:
-            raise ExplainError(f"--images {f}: not a readable image ({exc})") from None
-        if path.stem in stems:
-            raise ExplainError(f"--images: two files are named {path.stem}.*; their outputs would overwrite each other")
-        stems.add(path.stem)
-        out.append((path.stem, img))
-    return out
-
-
 def to_image(m: np.ndarray, size: tuple[int, int], data_config) -> np.ndarray:
     """A map over the model's input square (S, S) laid back onto the original image (W, H) = `size`: the
     square is the resized center crop the eval transform took, and the map is 0 where the model saw nothing.
     (H, W) float32 in [0, 1]."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
-    from vislab.data.config import resize_for
-
     w, h = size
     s, r = data_config.size, resize_for(data_config)
     rw, rh = (r, int(r * h / w)) if w <= h else (int(r * w / h), r)  # torchvision's short-side resize
@@ -132,10 +79,6 @@ def to_image(m: np.ndarray, size: tuple[int, int], data_config) -> np.ndarray:
 def overlay(img: Image.Image, m: np.ndarray, colormap: str = "jet", opacity: float = 0.5) -> Image.Image:
     """The map in a colour scale over the image, as the pages draw it (Jet at 0.5 for CAMs, Inferno at 0.6
     for attention); outside the square the model saw, the image is dimmed."""
-    import numpy as np
-    from matplotlib import colormaps
-    from PIL import Image
-
     base = np.asarray(img, dtype=np.float32) / 255.0  # (H, W, 3)
     colour = colormaps[colormap](np.asarray(m))[..., :3].astype(np.float32)
     blend = (1 - opacity) * base + opacity * colour
@@ -147,9 +90,7 @@ def overlay(img: Image.Image, m: np.ndarray, colormap: str = "jet", opacity: flo
 
 
 def _figure_png(draw) -> Image.Image:
-    from PIL import Image
-
-    import matplotlib
+    import matplotlib  # pyplot only under the Agg backend, chosen before pyplot loads (no display here)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -162,8 +103,6 @@ def _figure_png(draw) -> Image.Image:
 
 
 def _se_png(matrix: np.ndarray, blocks: list[str], title: str) -> Image.Image:
-    import numpy as np
-
     def draw(plt):
         fig, ax = plt.subplots(figsize=(10, 1.2 + 0.22 * len(blocks)))
         cmap = plt.get_cmap("viridis").with_extremes(bad="#cccccc")
@@ -192,10 +131,6 @@ def _maps_png(maps: np.ndarray, titles: list[str], title: str, cols: int = 8) ->
 
 def compute(loaded: Loaded, view: str, images: list[tuple[str, Image.Image]], layer: str | None = None) -> list[Output]:
     """Each image's PNG and array for `view`; a view that does not apply raises ExplainError."""
-    import numpy as np
-
-    from vislab.views import attention, cam, features, se, base as views
-
     if view not in VIEWS:
         raise ExplainError(f"unknown view '{view}': choose from {', '.join(VIEWS)}")
     model, cfg = loaded.model, loaded.data_config
@@ -254,10 +189,6 @@ def compute(loaded: Loaded, view: str, images: list[tuple[str, Image.Image]], la
 
 def write(outputs: list[Output], view: str, folder: Path) -> list[Path]:
     """`<stem>_<view>.png` and `.npy` for each output, each written atomically."""
-    import numpy as np
-
-    from vislab import _fileio as fileio
-
     written = []
     for o in outputs:
         png = io.BytesIO()
@@ -267,60 +198,3 @@ def write(outputs: list[Output], view: str, folder: Path) -> list[Path]:
         written.append(fileio.write_bytes(folder / f"{o.stem}_{view}.png", png.getvalue()))
         written.append(fileio.write_bytes(folder / f"{o.stem}_{view}.npy", arr.getvalue()))
     return written
-
-
-def _out_folder(out: str) -> Path:
-    if not str(out).strip():
-        raise ExplainError("--out needs a folder name")
-    folder = Path(out)
-    if folder.exists() and not folder.is_dir():
-        raise ExplainError(f"--out {out} is a file, not a folder")
-    return folder
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """`vislab explain` on the CLI's subparsers."""
-    p = subparsers.add_parser("explain", help="write the look-inside pages' maps (CAM, attention, SE, features) "
-                                              "for images, as PNG overlays and .npy arrays")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", help="run folder written by `vislab train`")
-    src.add_argument("--model", help="torchvision or timm model name (its original head)")
-    p.add_argument("--weights", choices=("auto", "pretrained", "random"), default="auto",
-                   help="--model: pretrained weights if here (auto), required (pretrained), or random init")
-    p.add_argument("--view", choices=VIEWS, required=True)
-    p.add_argument("--images", nargs="+", required=True, metavar="FILE")
-    p.add_argument("--out", required=True, help="folder for <stem>_<view>.png and .npy")
-    p.add_argument("--layer", default=None, help="CAM target layer or feature-map layer (default: the page's)")
-    return p
-
-
-def run(args) -> int:
-    """The command: 0 when every file was written; 2 with one line on stderr (and nothing written) otherwise."""
-    from vislab.models.weights import WeightsError
-
-    try:
-        view = getattr(args, "view", None)
-        if view not in VIEWS:
-            raise ExplainError(f"unknown view '{view}': choose from {', '.join(VIEWS)}")
-        images = read_images(list(getattr(args, "images", None) or []))
-        folder = _out_folder(args.out)
-        loaded = load_model(getattr(args, "run", None), getattr(args, "model", None), getattr(args, "weights", "auto"))
-        outputs = compute(loaded, view, images, getattr(args, "layer", None))
-    except (ExplainError, WeightsError, FileNotFoundError) as exc:
-        print(f"vislab: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    from vislab._fileio import OutGuard
-
-    guard = OutGuard(folder)  # what a failed write created is removed again: a failure writes nothing
-    try:
-        written = write(outputs, view, folder)
-    except OSError as exc:
-        guard.undo()
-        print(f"vislab: error: --out {args.out} cannot be written ({exc.strerror or exc})", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except BaseException:  # an interrupt half-way: the files written so far go too
-        guard.undo()
-        raise
-    for path in written:
-        print(path)
-    return 0

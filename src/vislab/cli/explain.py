@@ -1,0 +1,70 @@
+"""`vislab explain`: the look-inside pages' maps for a list of images, as files (workshop preparation).
+
+    vislab explain --run DIR | --model NAME --view VIEW --images FILE... --out DIR
+
+writes, for each image, `<stem>_<view>.png` (the overlay, as the page draws it) and `<stem>_<view>.npy` (the
+map; `vislab.views.explain` says what each view holds). Everything is decided and computed before the first
+file is written: a missing image, a run folder that is not one, or a view that does not apply to the model
+(attention on a CNN) is one line on stderr, exit status 2, and nothing written (main's OutGuard removes what a
+failed write made). Files are written atomically (`vislab._fileio`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vislab.cli._common import CliError, add_model_source, out_folder
+
+# vislab.views.explain.VIEWS, spelled here: that module imports torch, and building the parser must not
+# (tests/test_cli_paths.py checks that the two spellings agree)
+VIEWS = ("cam", "gradcam", "gradcampp", "layercam", "attention", "rollout", "se", "features")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("explain", help="write the look-inside pages' maps (CAM, attention, SE, features) "
+                                       "for images, as PNG overlays and .npy arrays")
+    add_model_source(p)
+    p.add_argument("--view", choices=VIEWS, required=True)
+    p.add_argument("--images", nargs="+", required=True, metavar="FILE")
+    p.add_argument("--out", required=True, help="folder for <stem>_<view>.png and .npy")
+    p.add_argument("--layer", default=None, help="CAM target layer or feature-map layer (default: the page's)")
+
+
+def run(args) -> int:
+    """0 when every file was written; a bad argument or a failed write raises CliError (exit 2)."""
+    # torch: loaded when the command runs, not for its --help
+    from vislab.cli._source import open_model
+    from vislab.views import explain
+
+    images = read_images(args.images)
+    folder = out_folder(args.out)
+    loaded, _ = open_model(args)
+    outputs = explain.compute(loaded, args.view, images, args.layer)
+    try:
+        written = explain.write(outputs, args.view, folder)
+    except OSError as exc:
+        raise CliError(f"--out {args.out} cannot be written ({exc.strerror or exc})") from None
+    for path in written:
+        print(path)
+    return 0
+
+
+def read_images(files: list[str]) -> list[tuple[str, object]]:
+    """(stem, upright RGB PIL image) for each file; a missing or unreadable file, or two with one stem, is
+    refused."""
+    from vislab.data.transforms import load_image  # torch: loaded when the command runs (see run)
+
+    out, stems = [], set()
+    for f in files:
+        path = Path(f)
+        if not path.is_file():
+            raise CliError(f"--images {f}: no such file")
+        try:
+            img = load_image(path)
+        except (OSError, ValueError) as exc:
+            raise CliError(f"--images {f}: not a readable image ({exc})") from None
+        if path.stem in stems:
+            raise CliError(f"--images: two files are named {path.stem}.*; their outputs would overwrite each other")
+        stems.add(path.stem)
+        out.append((path.stem, img))
+    return out
