@@ -63,7 +63,7 @@ def main() -> int:
 
     from vislab.training import compare
     from vislab.data import folders as data
-    from vislab.serving import jobs, labs
+    from vislab.serving import jobs, labs, worker
 
     ss_configs = [{"name": s, "strategy": s, "thaw_last": 2 if s == "partial" else 1, "bn": "default",
                    "head": "linear", "lr": 1e-3} for s in ("head", "partial", "full")]
@@ -74,8 +74,8 @@ def main() -> int:
         "model": args.model, "report": data.report_to_dict(ds.used),
         "configs": [asdict(compare.Config(**c | {"bn": None})) for c in ss_configs], "epochs": 1,
         "img_size": args.size, "batch_size": 16, "seed": ds.seed}, lab=lab.id)
-    jobs._be_nice = lambda: None  # trained here, in this process, at normal priority
-    jobs.run_worker(job.folder)
+    worker.be_nice = lambda: None  # trained here, in this process, at normal priority
+    worker.run_worker(job.folder)
     print(f"comparison trained in {time.perf_counter() - t:.1f} s: {job.state}", flush=True)
     assert job.state == "done", job.status()
     at.session_state["compare_shown"] = job.folder.name

@@ -5,7 +5,7 @@
 
 Each job is small but real: pretrained MobileNetV3-small, the last stage thawed with its head (so every
 epoch runs the network, no cached features), 96 px, on the bundled textile photos (`--per-class` a class),
-its own seed; workers at nice 0 on both sides (the machine may be busy with other work). The baseline is `jobs.LocalQueue` as one lab server runs it (one job at a time with every core:
+its own seed; workers at nice 0 on both sides (the machine may be busy with other work). The baseline is `localqueue.LocalQueue` as one lab server runs it (one job at a time with every core:
 VISLAB_THREADS = cores), the same job folders' specs. The Ray side is a local instance with 2 CPUs; each
 job asks for one CPU (`VISLAB_RAY_CPUS`, default 1), so Ray runs two side by side, one thread each.
 Timed: the first submit to the last job's end, per backend; Ray's start (`ray.init`) is reported apart
@@ -88,7 +88,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "ray_queue"))
     args = ap.parse_args()
 
-    from vislab.serving import jobs
+    from vislab.serving.localqueue import LocalQueue
 
     os.environ["VISLAB_WORKER_NICE"] = "0"  # both sides at the priority of the rest of the machine
     seeded = Path(tempfile.mkdtemp(prefix="vislab-bench-ray-"))
@@ -101,7 +101,7 @@ def main() -> int:
     seed_home(ray_home)
 
     todo = make_jobs(local_home, args.jobs, args.per_class, args.epochs)
-    q = jobs.LocalQueue(pools={"cpu": 1}, poll_s=0.05)
+    q = LocalQueue(pools={"cpu": 1}, poll_s=0.05)
     try:
         result["local"] = run_all(q, todo, 1800)
     finally:

@@ -1,5 +1,6 @@
 """Background jobs for the pages: the server's one queue, submitting a lab's training or comparison, and
-reading a job's progress and results back from its folder (vislab.serving.jobs).
+reading a job's progress and results back from its folder (vislab.serving.jobs, through the codec of
+vislab.serving.events).
 
 Nothing here trains: the queue starts a worker process per job. A page only writes a job folder, asks the
 queue to run it, and reads files, so a reload, a second tab or a restarted server shows the same job.
@@ -17,7 +18,7 @@ import streamlit as st
 
 from pages._state import LAB, LAST_RUN, current_lab
 from vislab import _fileio as fileio
-from vislab.serving import jobs, labs, queues
+from vislab.serving import backends, events, jobqueue, jobs, labs
 
 
 POLL_RUNNING_S = 1.0  # how often a page polls its lab's running job
@@ -25,13 +26,13 @@ POLL_QUEUED_S = 4.0  # ... and a queued one ("N ahead of you" changes only when 
 
 
 @st.cache_resource
-def queue() -> jobs.Queue:
+def queue() -> jobqueue.Queue:
     """The one queue of this server (every session's jobs): local workers, or the Ray cluster of
     VISLAB_RAY_ADDRESS. Jobs left queued by a previous server (and not being started by another server
     sharing this lab home) start again; running ones whose worker died read as interrupted."""
     import atexit
 
-    q = queues.make_queue()
+    q = backends.make_queue()
     q.adopt(labs.labs_dir())
     atexit.register(q.close)
     return q
@@ -60,7 +61,7 @@ def _kind_of(folder: str, stamp: int) -> str:
     """A job's kind from its job.json, read once per file version: the job.json holds the whole dataset
     report, and every page asks for the lab's jobs several times per rerun."""
     try:
-        return jobs.Job(Path(folder)).spec().get("kind", "train")
+        return jobs.Job(Path(folder)).payload().get("kind", "train")
     except ValueError:
         return "train"
 
@@ -85,15 +86,15 @@ def new_folder(prefix: str) -> Path:
 
 
 def submit(kind: str, prefix: str, payload: dict, device: str = "cpu") -> jobs.Job:
-    """Queue a job for this lab; JobError when the lab already has one (a double click, a second tab)."""
+    """Queue a job for this lab; the queue's JobError when the lab already has one (a double click, a second
+    tab), asked before the job folder is made, so a refused click leaves nothing behind."""
     from vislab.data.folders import safe_name
 
     q = queue()  # first: a new queue adopts queued jobs it finds, and must not find this one half-made
+    lab = st.session_state[LAB]
     with fileio.lock(current_lab().runs_dir):  # one submit per lab at a time, on every server of this home
-        if active_job() is not None:
-            raise jobs.JobError("this lab already has a job queued or running: wait for it, or stop it first")
-        job = jobs.create(new_folder(safe_name(prefix)[:80] or kind), kind, {**payload, "device": device},
-                          lab=st.session_state[LAB])
+        q.check_free(lab)
+        job = jobs.create(new_folder(safe_name(prefix)[:80] or kind), kind, {**payload, "device": device}, lab=lab)
         try:
             q.submit(job, device)
         except jobs.JobError:
@@ -122,18 +123,18 @@ def describe(job: jobs.Job | None) -> str:
     if state == "queued":
         return f"queued, {ahead(job)} ahead"
     if state == "running":
-        p = job.progress()
-        stage = p.get("stage")
+        p = events.Progress.of(job.progress())
+        stage = p.stage
         if stage == "caching":
-            return f"caching features {p.get('cached', 0)}/{p.get('to_cache', 0)}"
+            return f"caching features {p.cached}/{p.to_cache}"
         if stage == "building":
             return "building the model"
         if stage == "preparing":
             return "finding the frozen part"
         if stage in ("finishing", "finished"):
             return "saving the results"
-        if stage == "training" and p.get("epochs"):
-            return f"training, epoch {_epoch_now(p)}/{p['epochs']}"
+        if stage == "training" and p.epochs:
+            return f"training, epoch {p.epoch_now}/{p.epochs}"
         return "starting the worker"
     return f"{state}: `{job.id}`"
 
@@ -149,43 +150,36 @@ def sidebar_line() -> str:
     return describe(job)
 
 
-def _epoch_now(p: dict) -> int:
-    """The epoch a training progress record is in: a batch's own epoch (1-based); before the first batch of an
-    epoch (a phase or cache event, which count the epochs done), the next one."""
-    epoch, epochs = int(p.get("epoch") or 0), int(p.get("epochs") or 0)
-    return epoch if p.get("batch") else min(epoch + 1, max(epochs, 1))
-
-
 def progress_text(job: jobs.Job) -> tuple[float, str]:
     """(fraction done, the line under the bar) for a running job: what the worker is doing now, from its
     progress.json; never a batch count or a loss before the first batch has run."""
-    p = job.progress()
-    seconds = time.time() - p.get("started", time.time())
+    p = events.Progress.of(job.progress())
+    seconds = time.time() - (p.started if p.started is not None else time.time())
     took = f" · {seconds:.0f} s"
-    stage = p.get("stage")
-    epochs = max(int(p.get("epochs") or 0), 1)
-    phase = f" ({p['phase']})" if p.get("phase") else ""
+    stage = p.stage
+    epochs = max(p.epochs, 1)
+    phase = f" ({p.phase})" if p.phase else ""
     if stage == "building":
-        model = f" `{p['model']}`" if p.get("model") else ""
+        model = f" `{p.model}`" if p.model else ""
         return 0.0, f"building the model{model}: its pretrained weights, the new head and the freeze plan" + took
     if stage == "preparing":
-        return (min(int(p.get("epoch") or 0) / epochs, 1.0),
-                f"epoch {_epoch_now(p)}/{epochs}{phase}: finding the frozen part of the network, which runs once "
+        return (min(p.epoch / epochs, 1.0),
+                f"epoch {p.epoch_now}/{epochs}{phase}: finding the frozen part of the network, which runs once "
                 "over your images (its outputs are then reused every epoch)" + took)
     if stage == "caching":
-        done, total = p.get("cached", 0), max(p.get("to_cache", 1), 1)
+        done, total = p.cached, max(p.to_cache, 1)
         return done / total * 0.999, (f"caching features: {done}/{total} images through the frozen layers "
                                       f"(once; the epochs then train from them)" + took)
     if stage in ("finishing", "finished"):
         return 1.0, "training ended: keeping the best epoch's weights and predicting the validation images" + took
-    if stage != "training" or not p.get("epochs"):
+    if stage != "training" or not p.epochs:
         return 0.0, "starting the worker process" + took
-    epoch = _epoch_now(p)
-    if not p.get("batch"):  # between a cache (or epoch) event and the first batch of this epoch
+    epoch = p.epoch_now
+    if not p.batch:  # between a cache (or epoch) event and the first batch of this epoch
         return min((epoch - 1) / epochs, 1.0), f"epoch {epoch}/{epochs}{phase}: first batch…" + took
-    batch, batches = int(p["batch"]), max(int(p.get("batches") or 1), 1)
+    batch, batches = p.batch, max(p.batches, 1)
     done = (max(epoch - 1, 0) + batch / batches) / epochs
-    loss = f" · loss {p['loss']:.3f}" if isinstance(p.get("loss"), (int, float)) else ""
+    loss = f" · loss {p.loss:.3f}" if isinstance(p.loss, (int, float)) else ""
     return min(max(done, 0.0), 1.0), f"epoch {epoch}/{epochs}{phase} · batch {batch}/{batches}{loss}" + took
 
 
@@ -229,17 +223,17 @@ def cache_stories(job: jobs.Job, metrics: list[dict] | None = None, images: int 
                   done: bool = True) -> list[tuple[str, str]]:
     """(for a learner, the engineering line) per phase that reported its feature cache; `metrics` (epochs with
     their phase and seconds) gives the time per epoch, `images` the number of images (else from progress)."""
-    images = images or job.progress().get("images")
-    told = [e for e in job.events() if e.get("kind") == "cache" and e.get("message")]
-    phases = {e.get("phase") for e in told}
+    images = images or events.Progress.of(job.progress()).images
+    told = [e for e in map(events.decode, job.events()) if e.kind == "cache" and e.message]
+    phases = {e.phase for e in told}
     out = []
     for e in told:
-        mine = [m["seconds"] for m in metrics or [] if m.get("phase") == e.get("phase") and not m.get("partial")
+        mine = [m["seconds"] for m in metrics or [] if m.get("phase") == e.phase and not m.get("partial")
                 and isinstance(m.get("seconds"), (int, float))]
-        story = cache_story(e["message"], images, sum(mine) / len(mine) if mine else None, done)
-        if len(phases) > 1 and e.get("phase"):
-            story = f"Phase {e['phase']}: {story}"
-        out.append((story, e["message"]))
+        story = cache_story(e.message, images, sum(mine) / len(mine) if mine else None, done)
+        if len(phases) > 1 and e.phase:
+            story = f"Phase {e.phase}: {story}"
+        out.append((story, e.message))
     return out
 
 

@@ -13,7 +13,9 @@ import torch
 
 from vislab.data import folders as data
 from vislab.training import experiment, runs
-from vislab.serving import jobs, labs
+from vislab.serving import claims, jobs, labs
+from vislab.serving.jobqueue import BaseQueue
+from vislab.serving.localqueue import LocalQueue
 from vislab.training.loop import TrainConfig
 
 
@@ -34,7 +36,7 @@ def _job(synthetic, lab=None, spec=None, name="run", **payload) -> jobs.Job:
 
 @pytest.fixture
 def queue():
-    q = jobs.LocalQueue(pools={"cpu": 1}, poll_s=0.05)
+    q = LocalQueue(pools={"cpu": 1}, poll_s=0.05)
     yield q
     q.close(timeout=10)
 
@@ -85,11 +87,11 @@ def test_stop_ends_the_worker_and_keeps_the_best_epoch(synthetic, queue):
 
 def test_the_queue_runs_one_job_at_a_time_in_order_and_one_per_lab(synthetic, queue):
     a, b, c = (_job(synthetic, name=f"run{i}", spec=_spec(epochs=1)) for i in range(3))
-    lab_a = labs.Lab(a.spec()["lab"])
+    lab_a = labs.Lab(a.payload()["lab"])
     for j in (a, b, c):
         queue.submit(j)
     assert queue.ahead(c) == 2 and queue.ahead(b) == 1  # one running or about to, one queued before
-    twin = jobs.create(lab_a.runs_dir / "twin", "train", a.spec(), lab=lab_a.id)
+    twin = jobs.create(lab_a.runs_dir / "twin", "train", a.payload(), lab=lab_a.id)
     with pytest.raises(jobs.JobError, match="already has a job"):  # a double click, a second tab
         queue.submit(twin)
     queue.cancel(c)
@@ -126,23 +128,24 @@ def test_a_worker_killed_mid_training_leaves_an_interrupted_run_that_resumes(syn
 def test_a_server_that_dies_takes_its_workers_with_it_and_the_run_reads_interrupted(synthetic, tmp_path):
     job = _job(synthetic, spec=_spec(epochs=300, batch=4))
     server = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from vislab.serving import jobs\n"
-        "q = jobs.LocalQueue(pools={'cpu': 1}, poll_s=0.05); q.submit(jobs.Job(sys.argv[1]))\n"
+        "import sys, time; from vislab.serving import jobs, localqueue\n"
+        "q = localqueue.LocalQueue(pools={'cpu': 1}, poll_s=0.05); q.submit(jobs.Job(sys.argv[1]))\n"
         "time.sleep(600)\n"), str(job.folder)], env={**os.environ})
     try:
         assert _wait_for(lambda: len(job.metrics()) >= 1, 120), job.status()
         worker = job.status()["pid"]
         server.kill()  # no goodbye: SIGKILL
         server.wait(10)
-        assert _wait_for(lambda: not jobs._alive(worker), 20), "the worker outlived its server"
-        assert job.state == "interrupted" and runs.checkpoint_of(job.folder) is not None
+        # a running job reads interrupted only once its worker process is gone
+        assert _wait_for(lambda: job.state == "interrupted", 20), ("the worker outlived its server", worker)
+        assert runs.checkpoint_of(job.folder) is not None
     finally:
         server.kill()
 
 
 def test_a_restarted_queue_adopts_jobs_left_queued(synthetic):
     job = _job(synthetic, spec=_spec(epochs=1))
-    q = jobs.LocalQueue(pools={"cpu": 1}, poll_s=0.05)
+    q = LocalQueue(pools={"cpu": 1}, poll_s=0.05)
     try:
         assert q.adopt(labs.labs_dir()) == 1
         assert q.wait(job, 180)["state"] == "done"
@@ -176,14 +179,14 @@ def test_progress_and_status_files_are_always_whole(synthetic, queue):
 
 
 def test_the_worker_refuses_a_folder_without_a_job(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "vislab.serving.jobs", str(tmp_path)], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "vislab.serving.worker", str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 2 and "job.json" in out.stderr
 
 
 def test_the_app_never_imports_ray_without_a_ray_address():
     code = ("import os, sys; os.environ.pop('VISLAB_RAY_ADDRESS', None)\n"
-            "import vislab.serving.jobs, vislab.serving.queues, pages._jobs\n"
-            "q = vislab.serving.queues.make_queue(); assert type(q).__name__ == 'LocalQueue'; q.close()\n"
+            "import vislab.serving.jobs, vislab.serving.backends, pages._jobs\n"
+            "q = vislab.serving.backends.make_queue(); assert type(q).__name__ == 'LocalQueue'; q.close()\n"
             "assert 'ray' not in sys.modules and 'vislab.serving.rayqueue' not in sys.modules, 'ray imported'\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parents[1])
@@ -192,19 +195,19 @@ def test_the_app_never_imports_ray_without_a_ray_address():
 
 def test_queues_of_two_servers_see_each_others_jobs_and_never_both_start_one(synthetic):
     idle = {"cpu": 0}  # no slot: these queues hold jobs but start none, so the test reads the queue alone
-    q1, q2 = jobs.LocalQueue(pools=idle, poll_s=0.05), jobs.LocalQueue(pools=idle, poll_s=0.05)
+    q1, q2 = LocalQueue(pools=idle, poll_s=0.05), LocalQueue(pools=idle, poll_s=0.05)
     try:
         a, b = _job(synthetic, name="a"), _job(synthetic, name="b")
         q1.submit(a)
         q2.submit(b)
         assert q2.ahead(b) == 1 and q1.ahead(a) == 0  # the other server's job counts, in order
-        assert q1.active_for(b.spec()["lab"]).folder == b.folder  # read from the lab's folder
-        twin = jobs.create(b.folder.parent / "twin", "train", b.spec(), lab=b.spec()["lab"])
+        assert q1.active_for(b.payload()["lab"]).folder == b.folder  # read from the lab's folder
+        twin = jobs.create(b.folder.parent / "twin", "train", b.payload(), lab=b.payload()["lab"])
         with pytest.raises(jobs.JobError, match="already has a job"):  # the same lab through the other server
             q1.submit(twin)
         q1.cancel(b)  # another server's queued job: claimed, so that server cannot start it meanwhile
-        assert b.state == "cancelled" and not b.claim(jobs.me(queue=q2.id))
-        assert q2.ahead(a) == 0 and a.claim(jobs.me(queue=q2.id)) and not a.claim(jobs.me(queue=q1.id))
+        assert b.state == "cancelled" and not b.claim(claims.me(queue=q2.id))
+        assert q2.ahead(a) == 0 and a.claim(claims.me(queue=q2.id)) and not a.claim(claims.me(queue=q1.id))
     finally:
         q1.close()
         q2.close()
@@ -212,8 +215,8 @@ def test_queues_of_two_servers_see_each_others_jobs_and_never_both_start_one(syn
 
 def test_two_servers_adopting_one_lab_home_run_each_queued_job_once(synthetic):
     queued = [_job(synthetic, name=f"run{i}", spec=_spec(epochs=1, batch=8)) for i in range(3)]
-    server = ("import sys, time; from vislab.serving import jobs, labs\n"
-              "q = jobs.LocalQueue(pools={'cpu': 1}, poll_s=0.05); q.adopt(labs.labs_dir())\n"
+    server = ("import sys, time; from vislab.serving import labs, localqueue\n"
+              "q = localqueue.LocalQueue(pools={'cpu': 1}, poll_s=0.05); q.adopt(labs.labs_dir())\n"
               "time.sleep(600)\n")
     procs = [subprocess.Popen([sys.executable, "-c", server], env={**os.environ, "VISLAB_THREADS": "1"})
              for _ in range(2)]
@@ -235,7 +238,7 @@ def test_a_spare_worker_waits_with_torch_imported_and_runs_the_next_job_like_a_f
 
     made = []
     def script_run():  # as a Streamlit script run does: the thread that makes the queue ends soon after
-        made.append(jobs.LocalQueue(pools={"cpu": 1}, poll_s=0.05, spares=True))
+        made.append(LocalQueue(pools={"cpu": 1}, poll_s=0.05, spares=True))
         time.sleep(2.0)
 
     maker = threading.Thread(target=script_run)
@@ -243,9 +246,10 @@ def test_a_spare_worker_waits_with_torch_imported_and_runs_the_next_job_like_a_f
     maker.join()
     q = made[0]
     try:
-        assert _wait_for(lambda: "cpu" in q._spare, 10)
+        assert _wait_for(lambda: "cpu" in q.spare_pids(), 10)
         time.sleep(1.0)  # a spare killed with the thread that made the queue would be dead by now
-        first_spare = q._spare["cpu"].pid
+        first_spare = q.spare_pids()["cpu"]
+        assert claims.worker_alive(first_spare)  # a vislab worker, as the liveness check knows one
         a, b = _job(synthetic), _job(synthetic)
         q.submit(a)
         q.submit(b)
@@ -259,19 +263,19 @@ def test_a_spare_worker_waits_with_torch_imported_and_runs_the_next_job_like_a_f
             assert [m["val_acc"] for m in run.metrics] == [m["val_acc"] for m in local.history.epochs]
             for (k, x), y in zip(model.state_dict().items(), local.model.state_dict().values()):
                 assert torch.allclose(x.float(), y.float(), atol=1e-5), k
-        waiting = q._spare["cpu"]
-        assert waiting.poll() is None  # and one waits for the job after
-        assert os.getpriority(os.PRIO_PROCESS, waiting.pid) >= min(19, max(10, os.getpriority(os.PRIO_PROCESS, 0)))
+        waiting = q.spare_pids()["cpu"]  # and one waits for the job after
+        assert waiting not in (first_spare, sb["pid"]) and claims.worker_alive(waiting)
+        assert os.getpriority(os.PRIO_PROCESS, waiting) >= min(19, max(10, os.getpriority(os.PRIO_PROCESS, 0)))
     finally:
         q.close(timeout=10)
-    assert waiting.poll() is not None  # closing the queue ends its spare
+    assert q.spare_pids() == {} and not claims.worker_alive(waiting)  # closing the queue ends its spare
 
 
 def test_start_right_after_a_run_ends_is_accepted(synthetic):
     """The worker of a finished run stays in the queue's running list until the dispatcher next reaps it; a
     Start pressed in that moment (the page already shows the run as done) was refused as 'this lab already
     has a job' and left a cancelled row."""
-    q = jobs.LocalQueue(pools={"cpu": 1}, poll_s=30)  # the dispatcher sleeps until woken: the window stays open
+    q = LocalQueue(pools={"cpu": 1}, poll_s=30)  # the dispatcher sleeps until woken: the window stays open
     try:
         lab = labs.create()
         first = q.submit(_job(synthetic, lab=lab, name="first"))
@@ -280,3 +284,51 @@ def test_start_right_after_a_run_ends_is_accepted(synthetic):
         _wait_for(lambda: second.state == "done", timeout=120)
     finally:
         q.close(timeout=10)
+
+
+def test_one_codec_turns_events_into_records_and_back():
+    from vislab.serving import events
+    from vislab.training.loop import Event
+
+    kept = Event("epoch", 2, 5, metrics={"val_acc": 0.5}, phase="train", message="")
+    rec = events.record(kept, 1.5, run="head")
+    assert rec["run"] == "head" and rec["time"] == 1.5 and events.decode(rec) == kept
+    batch = Event("batch", 2, 5, batch=3, batches=8, loss=0.25, phase="train")
+    assert events.batch_event(events.progress_fields(batch)) == batch
+    caching = events.Progress.of(events.progress_fields(Event("caching", 0, 5, phase="train", cached=40, to_cache=120)))
+    assert (caching.stage, caching.cached, caching.to_cache, caching.epoch_now) == ("caching", 40, 120, 1)
+
+
+class _Holding(BaseQueue):
+    """A backend that holds jobs and runs none: the shared rules, read alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.held: list[jobs.Job] = []
+
+    def _enqueue(self, job, lab, device, rec):
+        self.held.append(job)
+
+    def _held(self):
+        return [(j, j.payload().get("lab")) for j in self.held]
+
+    def _busy(self, job):
+        return job in self.held
+
+
+def test_a_lab_is_busy_while_its_held_job_says_queued_or_running_and_free_once_it_ended(synthetic):
+    """The one refusal of every backend: a job whose process returned but whose end is not yet written (a Ray
+    task's last messages on their way, a worker not yet reaped) still holds its lab; a finished one does not."""
+    q = _Holding()
+    first = q.submit(_job(synthetic, name="first"))
+    lab = first.payload()["lab"]
+    with pytest.raises(jobs.JobError, match="already has a job"):
+        q.check_free(lab)
+    first.write_status(state="running", driver=claims.me(queue=q.id))  # returned, its end still on its way
+    second = jobs.create(first.folder.parent / "second", "train", first.payload(), lab=lab)
+    with pytest.raises(jobs.JobError, match="already has a job"):
+        q.submit(second)
+    second.write_status(state="cancelled")  # as the page marks a refused job
+    first.write_status(state="done")  # still held by the queue, but ended
+    q.check_free(lab)
+    assert q.active_for(lab) is None

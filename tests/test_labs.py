@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,8 +22,12 @@ def _files_under(root: Path) -> set[Path]:
 
 
 def test_a_new_lab_has_an_unguessable_id_and_its_own_folder():
-    a, b = labs.create(), labs.create()
-    assert a.id != b.id and len(a.id) == 32 and int(a.id, 16) >= 0  # 128 bits of hex
+    made = [labs.create() for _ in range(20)]
+    ids = [lab.id for lab in made]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) and labs.valid_id(i) for i in ids)  # 128 bits of lowercase hex
+    assert len(set(ids)) == len(ids)
+    assert all(len({i[k] for i in ids}) > 1 for k in range(32))  # every digit varies: no counter, no clock
+    a = made[0]
     assert a.folder.parent == labs.labs_dir() and a.folder.is_dir() and a.exists()
     assert labs.open_lab(a.id) == a
 

@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from tests.test_jobs import _job, _spec, _wait_for  # noqa: E402
 from vislab.data import folders as data  # noqa: E402
 from vislab.training import experiment, runs
-from vislab.serving import queues, rayqueue
+from vislab.serving import backends, rayqueue
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def _same_weights(a, b):
 
 def test_a_ray_job_through_the_apps_queue_equals_training_in_process(synthetic, tmp_path, cluster, monkeypatch):
     monkeypatch.setenv("VISLAB_RAY_ADDRESS", "auto")
-    q = queues.make_queue()  # what pages/_jobs.queue() builds
+    q = backends.make_queue()  # what pages/_jobs.queue() builds
     assert isinstance(q, rayqueue.RayQueue)
     seen = []
     q.on_message = lambda job, kind, data: seen.append((kind, data))

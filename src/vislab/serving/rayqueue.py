@@ -1,4 +1,4 @@
-"""Training and compare jobs on a Ray cluster, behind the same `jobs.Queue` interface as `jobs.LocalQueue`.
+"""Training and compare jobs on a Ray cluster: the `jobqueue.Queue` interface and rules, as `LocalQueue` has.
 
 Set `VISLAB_RAY_ADDRESS` (`ray://...` or `HOST:PORT` of `ray start --head`, or `local`) and the lab's server
 submits each job as a Ray task that asks for what it needs, and Ray places and queues it:
@@ -10,37 +10,38 @@ One core per CPU job by default because a class is many small jobs: torch's intr
 below linearly on our small models, so N one-core jobs side by side finish sooner in all than N jobs
 taking turns with N cores each (bench/ray_queue.py measures this). A lone user on a big node can ask for more.
 
-The task runs the worker's own code (`jobs.execute` -> `jobs._run_train` / `_run_compare` ->
-`experiment.prepare`), and writes the run folder straight into the lab home, which every node mounts at
+The task runs the worker's own code (`worker.execute` -> `experiment.prepare`, or `compare.run`), and writes the run folder straight into the lab home, which every node mounts at
 the same path (NFS or the like): the dataset's images are read from the lab home anyway, and a checkpoint
 written there each epoch survives the node that wrote it, so a node dying mid-job leaves an interrupted run
 with its best epoch, as a killed local worker does (files shipped back at the end would die with the node).
 
 Progress, Stop and the result go through Ray, not files: the task sends its progress and events to this
 server's hub actor (`_Hub`, named `vislab-hub-<queue id>`), reads Stop from it, and returns how it ended.
-The server writes what it receives into the job folder (progress.json, events.jsonl, status.json), so the
-pages, a reloaded tab and every other server sharing the lab home read the job exactly as a local one.
+The server writes what it receives into the job folder through the worker's own writer (`jobs.JobWriter`;
+status.json through `Job.write_status`), so the pages, a reloaded tab and every other server sharing the lab
+home read the job exactly as a local one.
 Another server's Stop reaches the hub by its name (the job's status says which queue holds it).
 
-This module imports ray; `vislab.serving.jobs` and the pages import it only when a Ray address is set.
+This module imports ray; `vislab.serving.backends` (and so the pages) import it only when a Ray address is set.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
 
-from vislab import _fileio as fileio
-from vislab.serving import jobs
+from vislab.serving import events
+from vislab.serving.claims import HOST, me
+from vislab.serving.jobqueue import BaseQueue
+from vislab.serving.jobs import Job, JobError, JobWriter, create
+from vislab.serving.worker import be_nice, execute
 
 NAMESPACE = "vislab"
 
@@ -72,11 +73,11 @@ def connect(addr: str | None = None) -> None:
         return
     addr = addr or address()
     if not addr:
-        raise jobs.JobError("no Ray cluster: set VISLAB_RAY_ADDRESS (or pass --ray ADDRESS)")
+        raise JobError("no Ray cluster: set VISLAB_RAY_ADDRESS (or pass --ray ADDRESS)")
     try:
         ray.init(address=addr, namespace=NAMESPACE, log_to_driver=False, ignore_reinit_error=True)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise jobs.JobError(f"cannot reach the Ray cluster at {addr} ({exc}); start it with `ray start --head` "
+        raise JobError(f"cannot reach the Ray cluster at {addr} ({exc}); start it with `ray start --head` "
                             "or unset VISLAB_RAY_ADDRESS to train on this server") from None
 
 
@@ -133,6 +134,9 @@ def _hub_name(queue_id: str) -> str:
 
 # ---- the task side ------------------------------------------------------------------------------------
 class _Sender:
+    """The sink of a task's EventWriter: its progress and event records go to the server's hub, numbered so
+    the hub hands them out in the order they were sent; `close` sends the last one and waits for it."""
+
     def __init__(self, hub, job_id: str):
         self.hub, self.job_id, self.seq = hub, job_id, 0
 
@@ -142,19 +146,14 @@ class _Sender:
         if wait:  # the last one: everything sent before it has reached the hub when the task returns
             ref.future().result(60)
 
-
-class RayWriter(jobs.EventWriter):
-    """The worker's EventWriter, sending progress and events to the server instead of writing files."""
-
-    def __init__(self, job: jobs.Job, sender: _Sender):
-        super().__init__(job)
-        self.sender = sender
-
     def write_progress(self, state: dict) -> None:
-        self.sender.send("progress", dict(state))
+        self.send("progress", state)
 
-    def write_event(self, record: dict) -> None:
-        self.sender.send("event", record)
+    def append_event(self, record: dict) -> None:
+        self.send("event", record)
+
+    def close(self) -> None:
+        self.send("end", {}, wait=True)
 
 
 class RayStop:
@@ -190,24 +189,19 @@ class RayStop:
 
 @ray.remote(max_retries=0)
 def _task(folder: str, job_id: str, hub, threads: int, env: dict) -> dict:
-    """One job on a Ray worker: the worker process's own runner (`jobs.execute`), events through the hub."""
+    """One job on a Ray worker: the worker process's own runner (`worker.execute`), events through the hub."""
     os.environ.update(env)  # the lab home (the same path on every node) and the job's settings
-    try:  # as a local worker (VISLAB_WORKER_NICE, default 10): a lab server on this node stays quick
-        nice = int(os.environ.get("VISLAB_WORKER_NICE", "10"))
-        if os.getpriority(os.PRIO_PROCESS, 0) < nice:  # a reused Ray worker keeps its niceness: set, not add
-            os.setpriority(os.PRIO_PROCESS, 0, nice)
-    except (OSError, AttributeError, ValueError):
-        pass
+    be_nice()  # as a local worker: a lab server on this node stays quick
     sender = _Sender(hub, job_id)
     ctx = ray.get_runtime_context()
-    sender.send("started", {"pid": os.getpid(), "host": jobs.HOST, "node": ctx.get_node_id()})
-    job, stop = jobs.Job(folder), RayStop(hub, job_id)
+    sender.send("started", {"pid": os.getpid(), "host": HOST, "node": ctx.get_node_id()})
+    job, stop = Job(folder), RayStop(hub, job_id)
     if stop.wait_answer():  # Stop pressed while it waited in Ray's queue
-        sender.send("end", {}, wait=True)
+        sender.close()
         return {"state": "cancelled", "message": "cancelled before it started"}
-    writer = RayWriter(job, sender)
-    outcome = jobs.execute(job, writer, stop, threads)
-    sender.send("end", {}, wait=True)
+    writer = events.EventWriter(job, sink=sender)
+    outcome = execute(job, writer, stop, threads)
+    writer.close()  # its "end": the server finishes the job once everything before it is written
     return outcome
 
 
@@ -217,58 +211,55 @@ END_GRACE_S = 10.0  # how long a returned task's last messages may still be on t
 
 @dataclass
 class _Entry:
-    job: jobs.Job
+    job: Job
     ref: object
     lab: str | None
+    files: JobWriter = field(init=False)
     started: bool = False
     ended: bool = False
     told_end: bool = False  # its task's last message ("end") was delivered
     done_at: float | None = None  # when its task was first seen returned
 
-
-@dataclass
-class RayQueue:
-    """This server's jobs on a Ray cluster. Same calls as `jobs.LocalQueue` (submit, cancel, ahead,
-    active_for, adopt, wait, close); `on_message(job, kind, data)` sees each message as it arrives."""
-
-    addr: str | None = None
-    poll_s: float = 0.2
-    on_message: object = None
-    id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-
     def __post_init__(self):
+        self.files = JobWriter(self.job)
+
+
+class RayQueue(BaseQueue):
+    """This server's jobs on a Ray cluster: the interface and rules of `jobqueue.BaseQueue`;
+    `on_message(job, kind, data)` sees each message of a task as it arrives."""
+
+    def __init__(self, addr: str | None = None, poll_s: float = 0.2, on_message=None, id: str | None = None):
+        super().__init__(id)
+        self.addr, self.poll_s, self.on_message = addr, poll_s, on_message
         connect(self.addr)
         self._hub = _Hub.options(name=_hub_name(self.id), namespace=NAMESPACE).remote()
-        self._lock = threading.RLock()
         self._entries: dict[str, _Entry] = {}
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"vislab-ray-{self.id}", daemon=True)
         self._thread.start()
 
-    # -- the interface
-    def submit(self, job: jobs.Job, device: str = "cpu") -> jobs.Job:
-        lab = job.spec().get("lab")
-        with self._lock:
-            if job.id in self._entries and not self._entries[job.id].ended:
-                return job
-            rec = job.status()
-            if rec.get("state") != "queued":
-                raise jobs.JobError(f"job {job.id} is {rec.get('state')}: only a new job can be queued")
-            if lab is not None and self._active_other(lab, job) is not None:
-                raise jobs.JobError("this lab already has a job queued or running: wait for it, or stop it first")
-            if not job.claim(jobs.me(queue=self.id)):
-                raise jobs.JobError(f"job {job.id} was started by another server")
-            res = resources(device)
-            threads = res["num_cpus"] if not res["num_gpus"] else 1
-            env = {k: v for k, v in os.environ.items() if k.startswith("VISLAB_") and k != "VISLAB_RAY_ADDRESS"}
-            job.write_status(state="queued", queue=self.id, backend="ray", resources=res, queued=rec.get("queued") or
-                             time.time(), pool="cuda" if res["num_gpus"] else "cpu", driver=jobs.me(queue=self.id))
-            ref = _task.options(num_cpus=res["num_cpus"], num_gpus=res["num_gpus"]).remote(
-                str(job.folder.resolve()), job.id, self._hub, threads, env)
-            self._entries[job.id] = _Entry(job, ref, lab)
-        return job
+    # -- the backend's part of the shared rules
+    def _enqueue(self, job: Job, lab: str | None, device: str, rec: dict) -> None:
+        if not job.claim(me(queue=self.id)):
+            raise JobError(f"job {job.id} was started by another server")
+        res = resources(device)
+        threads = res["num_cpus"] if not res["num_gpus"] else 1
+        env = {k: v for k, v in os.environ.items() if k.startswith("VISLAB_") and k != "VISLAB_RAY_ADDRESS"}
+        job.write_status(state="queued", queue=self.id, backend="ray", resources=res, queued=rec.get("queued") or
+                         time.time(), pool="cuda" if res["num_gpus"] else "cpu", driver=me(queue=self.id))
+        ref = _task.options(num_cpus=res["num_cpus"], num_gpus=res["num_gpus"]).remote(
+            str(job.folder.resolve()), job.id, self._hub, threads, env)
+        self._entries[job.id] = _Entry(job, ref, lab)
 
-    def cancel(self, job: jobs.Job) -> None:
+    def _held(self) -> list[tuple[Job, str | None]]:
+        return [(e.job, e.lab) for e in self._entries.values() if not e.ended]
+
+    def _busy(self, job: Job) -> bool:
+        entry = self._entries.get(job.id)
+        return entry is not None and not entry.ended
+
+    # -- the rest of the interface
+    def cancel(self, job: Job) -> None:
         """A queued job is cancelled at once, a running one stops after its batch (it keeps its best epoch);
         a job of another server sharing the lab home is stopped through that server's hub."""
         job.request_stop()  # for the record, and for a local worker if the job is not Ray's
@@ -288,24 +279,6 @@ class RayQueue:
             except ValueError:  # that server is gone: its job reads interrupted or is adopted
                 pass
 
-    def ahead(self, job: jobs.Job) -> int:
-        return jobs.ahead_in_home(job, Path(job.folder).parents[2])
-
-    def active_for(self, lab: str) -> jobs.Job | None:
-        return self._active_other(lab, None)
-
-    def _active_other(self, lab: str, job: jobs.Job | None) -> jobs.Job | None:
-        with self._lock:
-            for e in self._entries.values():
-                if not e.ended and e.lab == lab and (job is None or e.job.folder != job.folder):
-                    return e.job
-        from vislab.serving import labs
-
-        try:
-            return jobs.active_in(labs.Lab(lab).runs_dir, exclude=job)
-        except labs.LabError:
-            return None
-
     def running_count(self) -> int:
         with self._lock:
             return sum(1 for e in self._entries.values() if e.started and not e.ended)
@@ -313,33 +286,6 @@ class RayQueue:
     def pending_count(self) -> int:
         with self._lock:
             return sum(1 for e in self._entries.values() if not e.started and not e.ended)
-
-    def adopt(self, root: str | Path) -> int:
-        """After a restart: submit again the jobs under `root` left queued and not held by a live server."""
-        found = []
-        for folder in Path(root).glob("*/runs/*/status.json"):
-            job = jobs.Job(folder.parent)
-            held = job.claimed_by()
-            if job.status().get("state") == "queued" and not (held and jobs.owner_alive(held)):
-                found.append((job.status().get("created", 0), job))
-        for _, job in sorted(found, key=lambda t: t[0]):
-            try:
-                self.submit(job, job.spec().get("device", "cpu"))
-            except jobs.JobError:
-                job.write_status(state="cancelled", message="its lab had another job when the server restarted")
-        return len(found)
-
-    def wait(self, job: jobs.Job, timeout: float = 600) -> dict:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            with self._lock:
-                entry = self._entries.get(job.id)
-                ended = entry is None or entry.ended
-            rec = job.status()
-            if ended and rec.get("state") in jobs.FINAL:
-                return rec
-            time.sleep(0.1)
-        raise TimeoutError(f"job {job.id} still {job.state} after {timeout:.0f} s")
 
     def close(self, stop_running: bool = True, timeout: float = 30) -> None:
         with self._lock:
@@ -355,6 +301,8 @@ class RayQueue:
                     ray.cancel(e.ref, force=True)
         self._closed.set()
         self._thread.join(timeout=5)
+        for e in live:
+            e.files.close()
         try:
             ray.kill(self._hub)
         except Exception:  # the cluster is already gone
@@ -395,13 +343,12 @@ class RayQueue:
         job = entry.job
         if kind == "started":
             entry.started = True
-            job.write_status(state="running", started=time.time(), worker=data, driver=jobs.me(queue=self.id),
+            job.write_status(state="running", started=time.time(), worker=data, driver=me(queue=self.id),
                              host=data.get("host"), pid=data.get("pid"))
         elif kind == "progress":
-            fileio.write_bytes(job.folder / "progress.json", json.dumps(data).encode())
+            entry.files.write_progress(data)
         elif kind == "event":
-            with open(job.folder / "events.jsonl", "a") as f:
-                f.write(json.dumps(data) + "\n")
+            entry.files.append_event(data)
         elif kind == "end":
             entry.told_end = True
         if self.on_message is not None:
@@ -418,6 +365,7 @@ class RayQueue:
             outcome = {"state": "interrupted",
                        "message": f"the Ray worker ended before the run finished ({why}: the node died or ran "
                                   "out of memory); the best epoch so far is kept"}
+        entry.files.close()
         with self._lock:
             entry.ended = True
         if job.status().get("state") not in ("cancelled",):
@@ -431,23 +379,18 @@ def run_job(folder: str | Path, kind: str, payload: dict, device: str = "cpu", a
     empty) becomes the run folder; `on_event(training.Event, run)` sees its epochs and batches as they arrive
     (`run`: the comparison's run name, None for a training job).
     Returns the final status. Ctrl-C stops the job (its best epoch is kept)."""
-    from vislab.training.loop import Event
 
-    def relay(job, k, data):
+    def relay(job, kind, data):
         if on_event is None:
             return
-        if k == "event":
-            on_event(Event(kind=data["kind"], epoch=data.get("epoch", 0), epochs=data.get("epochs", 0),
-                           metrics=data.get("metrics"), phase=data.get("phase") or "",
-                           message=data.get("message") or ""), data.get("run"))
-        elif k == "progress" and data.get("stage") == "training" and data.get("batches"):
-            on_event(Event(kind="batch", epoch=data.get("epoch", 0), epochs=data.get("epochs", 0),
-                           batch=data.get("batch", 0), batches=data["batches"], loss=data.get("loss", 0.0),
-                           phase=data.get("phase") or ""), data.get("run"))
+        if kind == "event":
+            on_event(events.decode(data), data.get("run"))
+        elif kind == "progress" and (batch := events.batch_event(data)) is not None:
+            on_event(batch, data.get("run"))
 
     q = RayQueue(addr=addr, on_message=relay)
     try:
-        job = jobs.create(folder, kind, {**payload, "device": device})
+        job = create(folder, kind, {**payload, "device": device})
         q.submit(job, device)
         try:
             return q.wait(job, timeout)

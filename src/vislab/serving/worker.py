@@ -1,0 +1,191 @@
+"""The worker: one job run in a Python process of its own (`python -m vislab.serving.worker FOLDER`), never in
+a thread of the web server. No page rerun or garbage collection of the server can stall training, and a
+worker that crashes or runs out of memory cannot take the server down.
+
+A spare worker (`python -m vislab.serving.worker --spare`) pays for importing torch while nobody waits and then
+reads one job folder from stdin (vislab.serving.localqueue keeps one per slot). `execute` is the one job
+runner: of a worker process here and of a Ray task (vislab.serving.rayqueue), which also shares `be_nice`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from vislab.serving.claims import WORKER_MODULE
+from vislab.serving.events import EventWriter
+from vislab.serving.jobs import Job
+
+
+class FileStop:
+    """A threading.Event look-alike that is set when the job's `stop` file appears (checked at most every
+    0.2 s, so the training loop can ask after every batch)."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        self._set = False
+        self._checked = 0.0
+
+    def is_set(self) -> bool:
+        now = time.monotonic()
+        if not self._set and now - self._checked > 0.2:
+            self._checked = now
+            self._set = self.job.stop_requested
+        return self._set
+
+    def set(self) -> None:
+        self.job.request_stop()
+        self._set = True
+
+
+def die_with_parent() -> None:
+    """Linux: end this worker when the server that started it dies (its run then reads as interrupted)."""
+    parent = os.environ.get("VISLAB_PARENT_PID")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if str(os.getppid()) != parent:  # the server died before prctl took effect
+        os._exit(3)
+
+
+def be_nice() -> None:
+    """Training yields the CPU to the web server: a page switch stays quick while a class trains, and the
+    worker still has every core the server does not use. `VISLAB_WORKER_NICE` (default 10; 0 turns it off)
+    is the level the worker runs at, not an increment: a spare worker (or a reused Ray worker) that was
+    niced already stays there."""
+    try:
+        level = int(os.environ.get("VISLAB_WORKER_NICE", "10"))
+        os.setpriority(os.PRIO_PROCESS, 0, max(level, os.getpriority(os.PRIO_PROCESS, 0)))
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def run_spare() -> int:
+    """A spare worker: pays for the imports while nobody waits, then reads one job folder from stdin and runs
+    it like a fresh worker, its output going to that job's worker.log."""
+    die_with_parent()
+    be_nice()  # the imports do not slow the job that is running now
+    # the expensive part of a worker's start, imported here and not at the top of the module: after be_nice, so
+    # a spare's imports run at the worker's priority and never slow the job that is running now
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
+
+    from vislab.training import compare, engines, experiment  # noqa: F401
+
+    engines.preload()
+    line = sys.stdin.readline().strip()
+    if not line or not Path(line, "job.json").is_file():
+        return 0  # the queue closed (or gave nothing): nothing was started
+    fd = os.open(Path(line) / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.chdir(line)
+    return run_worker(line)
+
+
+def run_worker(folder: str | Path) -> int:
+    """Run the job in `folder` in this process and record how it ended. Returns an exit status."""
+    job = Job(folder)
+    die_with_parent()
+    be_nice()
+    job.write_status(state="running", pid=os.getpid(), started=time.time())
+    writer = EventWriter(job)
+    try:
+        outcome = execute(job, writer, FileStop(job), os.environ.get("VISLAB_THREADS"))
+        job.write_status(finished=time.time(), **outcome)
+    finally:
+        writer.close()
+    return 1 if outcome["state"] == "error" else 0
+
+
+def execute(job: Job, writer: EventWriter, stop, threads: int | str | None = None) -> dict:
+    """Run the job's payload (job.json) here with `writer` for its events and `stop` (an Event look-alike);
+    returns how it ended, {"state": done | stopped | error, "message": ...}, and never raises."""
+    writer.progress(force=True, stage="starting")
+    try:
+        import torch  # after be_nice (see run_spare)
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        payload = job.payload()
+        if payload.get("kind") == "compare":
+            _run_compare(job, payload, writer, stop)
+        else:
+            _run_train(job, payload, writer, stop)
+        return {"state": "stopped" if stop.is_set() else "done", "message": writer.message}
+    except Exception as exc:
+        traceback.print_exc()
+        return {"state": "error", "message": _explain(exc)}
+    finally:
+        writer.progress(force=True, stage="finished")
+
+
+def _explain(exc: Exception) -> str:
+    import torch  # loaded by now: the job ran
+
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        return "out of memory: use a smaller batch size or image size"
+    if isinstance(exc, ValueError):  # the library's own explained errors (DataError, WeightsError, sizes)
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _run_train(job: Job, payload: dict, writer: EventWriter, stop) -> None:
+    from vislab.data import folders as data  # torch: after be_nice (see run_spare)
+    from vislab.training import experiment
+
+    report = data.report_from_dict(payload["report"])
+    spec = experiment.Spec.from_dict(payload["spec"])
+    writer.progress(force=True, stage="building", model=spec.model, images=len(report.items))
+    if payload.get("resume"):
+        result = experiment.resume(payload["resume"], report, spec.train.epochs, job.folder, writer.event, stop)
+    else:
+        prepared = experiment.prepare(spec, len(report.classes), plan=payload.get("plan"))
+        result = experiment.train(spec, report, job.folder, writer.event, stop, prepared=prepared,
+                                  checkpoints=True, predictions=True)
+    if result.history.failure:
+        writer.message = result.history.failure
+    if not result.history.epochs:
+        writer.message = "stopped before the first epoch finished: nothing to keep"
+
+
+def _run_compare(job: Job, payload: dict, writer: EventWriter, stop) -> None:
+    from vislab.data import folders as data  # torch: after be_nice (see run_spare)
+    from vislab.training import compare
+
+    report = data.report_from_dict(payload["report"])
+    configs = [compare.Config(**c) for c in payload["configs"]]
+    done = []
+
+    def on_event(name, e):
+        if e.kind == "end":
+            done.append(name)
+        writer.progress(runs_done=len(done), runs=len(configs))
+        writer.event(e, run=name)
+
+    compare.run(payload["model"], report, configs, payload["epochs"], job.folder, img_size=payload.get("img_size"),
+                batch_size=payload.get("batch_size", 32), seed=payload.get("seed", 0), on_event=on_event, stop=stop,
+                per_class=payload.get("per_class"), engine=payload.get("engine", "auto"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--spare"]:
+        return run_spare()
+    if len(argv) != 1 or not Path(argv[0], "job.json").is_file():
+        print(f"usage: python -m {WORKER_MODULE} JOB_FOLDER (a folder with job.json)", file=sys.stderr)
+        return 2
+    return run_worker(argv[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
