@@ -11,8 +11,10 @@ import streamlit as st
 from pages import _state
 from pages._dataset import Dataset
 from pages._runs import current_run
-from pages._state import DATASET, DL_PREFIX
+from pages._state import DATASET
 
+
+DL_PREFIX = "dl-"  # + a file name: the download button of that file
 
 PHOTOS = {"cat": "chelsea", "coffee": "coffee", "astronaut": "astronaut", "rocket": "rocket",
           "motorcycle": "stereo_motorcycle"}
@@ -41,13 +43,13 @@ def pick_images(key: str, max_n: int = 8, default_n: int = 1) -> list[tuple[str,
     source = st.radio("Images", sources, horizontal=True, key=f"{key}_src")
     if source == "bundled photos":
         names = st.multiselect("Photos", list(PHOTOS), default=list(PHOTOS)[:default_n], max_selections=max_n,
-                               key=f"{key}_photos")
+                               key=_state.kept(f"{key}_photos"))
         return [(n, photo(n)) for n in names]
     if source == "validation images":
         _, val = ds.split()
         preds = current[2] if current else None
         order = list(range(len(val)))
-        if preds is not None and st.toggle("top losses first", True, key=f"{key}_toplosses"):
+        if preds is not None and st.toggle("top losses first", True, key=_state.kept(f"{key}_toplosses")):
             from vislab.training import evaluation
 
             by_path = {p: i for i, (p, _) in enumerate(val)}
@@ -58,7 +60,7 @@ def pick_images(key: str, max_n: int = 8, default_n: int = 1) -> list[tuple[str,
             n = 1
         else:
             _state.clamp(f"{key}_count", 1, most)  # kept from a larger dataset
-            n = st.slider("How many", 1, most, min(default_n, most), key=f"{key}_count")
+            n = st.slider("How many", 1, most, min(default_n, most), key=_state.kept(f"{key}_count"))
         picked = [val[i] for i in order[:n]]
         return [(f"{ds.report.classes[y]}: {Path(p).name}", load_image(p)) for p, y in picked]
     ups = st.file_uploader("Images", type=["jpg", "jpeg", "png", "bmp", "webp", "gif", "tif", "tiff"],

@@ -138,7 +138,7 @@ def view_models(key: str, allow_both: bool = True) -> list[ViewModel]:
         names = [r.name for r in mine]
         if ss.get(LOOK_RUN) not in names:  # none picked yet, or one of another model: the run in view
             current = current_run()
-            ss[LOOK_RUN] = run_folder_name(current[1]) if current else names[0]
+            ss[_state.kept(LOOK_RUN)] = run_folder_name(current[1]) if current else names[0]
     tuned = trained_view()
     options = ["pretrained"] + (["fine-tuned"] + (["side by side"] if allow_both else []) if tuned else [])
     # a run of the model in use: the fine-tuned model first (also when the radio was drawn before the run
@@ -150,7 +150,8 @@ def view_models(key: str, allow_both: bool = True) -> list[ViewModel]:
                            "Once a run of the current model exists, the fine-tuned model is shown first.")
     by_name = {r.name: r for r in mine}
     if len(mine) > 1 and choice != "pretrained":
-        c2.selectbox(f"Run of `{ss[MODEL]}`", list(by_name), key=LOOK_RUN, format_func=lambda n: by_name[n].label,
+        c2.selectbox(f"Run of `{ss[MODEL]}`", list(by_name), key=_state.kept(LOOK_RUN),
+                     format_func=lambda n: by_name[n].label,
                      help="The lab's runs of the model in use, newest first (the same run on every look page)")
     if tuned is not None and choice != "pretrained":
         r = by_name.get(tuned.run)

@@ -1,13 +1,21 @@
 import numpy as np
 import streamlit as st
 
-from pages import _cached, _dataset, _images, _route, _runs, _state, _working
+from pages import _cached, _charts, _dataset, _images, _route, _runs, _state, _working
 from vislab.views import attention, cam, base as views
 from vislab.models import heads
 from vislab.figures import charts as plots
 from vislab.data.transforms import crop_seen
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
+
+# ---- this page's keys (kept: a person's settings, see _state.kept) ------------------------------------------
+ATTN_FUSION = "attn_fusion"
+ATTN_DISCARD = "attn_discard"
+ATTN_OPACITY = "attn_opacity"
+ATTN_MAIN = "attn_main"
+ATTN_LAYER = "attn_layer"
+ATTN_HEADS = "attn_heads"
 
 _dataset.open_page()
 ss = st.session_state
@@ -71,10 +79,11 @@ if found.hybrid:
                "field), so the map says which cells the class token reads, not which pixels.")
 
 c1, c2, c3 = st.columns(3)
-fusion = c1.selectbox("Rollout: head fusion", ["mean", "max", "min"], key=_state.ATTN_FUSION)
-discard = c2.slider("Rollout: discard lowest", 0.0, 0.99, 0.0 if found.hybrid else 0.9, 0.01, key=_state.ATTN_DISCARD,
+fusion = c1.selectbox("Rollout: head fusion", ["mean", "max", "min"], key=_state.kept(ATTN_FUSION))
+discard = c2.slider("Rollout: discard lowest", 0.0, 0.99, 0.0 if found.hybrid else 0.9, 0.01,
+                    key=_state.kept(ATTN_DISCARD),
                     help="Fraction of the weakest attention weights dropped in each layer before rollout")
-opacity = c3.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key=_state.ATTN_OPACITY)
+opacity = c3.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key=_state.kept(ATTN_OPACITY))
 roll = found.rollout(fusion, discard)
 size = crop.shape[:2]  # grid maps are laid over the crop, resized and scaled to [0, 1]
 mean_last = cls[-1].mean(0)
@@ -88,16 +97,17 @@ explained = _cached.cached_view("attn_gradcam", vm.model, images, (layer,),
 if explained.results:
     top = explained.topk[0][0]
     panels.append((f"Grad-CAM · {layer}<br>{top[0][:24]} ({top[1]:.0%})", crop, explained.results[0].maps[0]))
-_state.chart(plots.cam_panels(panels, opacity, "Inferno"), key=_state.ATTN_MAIN)
+_charts.chart(plots.cam_panels(panels, opacity, "Inferno"), key=ATTN_MAIN)
 for what, why in explained.errors:
     st.warning(f"{what}: {why}")
 if found.hybrid:
     st.caption("Grad-CAM weights the backbone's last feature maps by the gradient of the predicted class, "
                "through the attention head: two answers to 'where does it look', from the same model.")
-_state.clamp(_state.ATTN_LAYER, 1, len(found.maps))  # kept from a deeper model
-layer_n = (st.slider("Layer", 1, len(found.maps), len(found.maps), key=_state.ATTN_LAYER) if len(found.maps) > 1 else 1) - 1
+_state.clamp(ATTN_LAYER, 1, len(found.maps))  # kept from a deeper model
+layer_n = (st.slider("Layer", 1, len(found.maps), len(found.maps), key=_state.kept(ATTN_LAYER))
+           if len(found.maps) > 1 else 1) - 1
 per_head = cls[layer_n]
-_state.chart(plots.cam_panels([(f"head {h}", crop, views.fit_map(per_head[h], size)) for h in range(len(per_head))],
+_charts.chart(plots.cam_panels([(f"head {h}", crop, views.fit_map(per_head[h], size)) for h in range(len(per_head))],
                             opacity, "Inferno", cols=min(6, len(per_head)),
                             title=f"Class-token attention, layer {layer_n + 1}, per head"),
-           key=_state.ATTN_HEADS)
+           key=ATTN_HEADS)

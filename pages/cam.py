@@ -1,12 +1,27 @@
 import numpy as np
 import streamlit as st
 
-from pages import _cached, _dataset, _images, _route, _runs, _state
+from pages import _cached, _charts, _dataset, _images, _route, _runs, _state
 from vislab.views import cam, base as views
 from vislab.figures import charts as plots
 from vislab.data.transforms import crop_seen
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
+
+# ---- this page's keys (kept: a person's settings, see _state.kept) ------------------------------------------
+CAM_OUT = "cam_out"  # the CAM page's last computed panels, shown until the inputs change
+CAM_METHODS = "cam_methods"
+CAM_LAYER = "cam_layer"
+CAM_MORE_LAYERS = "cam_more_layers"
+CAM_TARGET_MODE = "cam_target_mode"
+CAM_TOPK_CLASS = "cam_topk_class"
+CAM_CLASS = "cam_class"
+CAM_OPACITY = "cam_opacity"
+CAM_COLOURS = "cam_colours"
+CAM_ROAD = "cam_road"
+CAM_STOP = "cam_stop"
+TOPK_PREFIX = "topk_"
+CAM_PREFIX = "cam_"
 
 _dataset.open_page()
 ss = st.session_state
@@ -26,31 +41,32 @@ layers = cam.layer_choices(ref.model)
 default = _cached.cam_layer(ref.model, ss[_state.MODEL])
 c1, c2, c3 = st.columns([3, 2, 2])
 methods = c1.multiselect("Methods", [cam.CLASSIC] + list(cam.METHODS),
-                         default=[cam.CLASSIC, "GradCAM", "GradCAM++", "LayerCAM"], key=_state.CAM_METHODS)
+                         default=[cam.CLASSIC, "GradCAM", "GradCAM++", "LayerCAM"], key=_state.kept(CAM_METHODS))
 layer = c2.selectbox("Target layer", layers if default in layers else [default] + layers,
-                     index=(layers.index(default) if default in layers else 0), key=_state.CAM_LAYER,
+                     index=(layers.index(default) if default in layers else 0), key=_state.kept(CAM_LAYER),
                      help="Default: the catalog's natural layer (the last feature maps)")
 note = cam.early_layer_note(ref.model, layer)
 if note:
     st.warning(note)
-extra_layers = c3.multiselect("Compare with layers", [l for l in layers if l != layer], key=_state.CAM_MORE_LAYERS,
+extra_layers = c3.multiselect("Compare with layers", [l for l in layers if l != layer],
+                              key=_state.kept(CAM_MORE_LAYERS),
                               max_selections=3)
 c4, c5, c6 = st.columns([2, 2, 2])
 target_mode = c4.radio("Explain", ["predicted class", "one of the top 5", "a class by name"], horizontal=True,
-                       key=_state.CAM_TARGET_MODE)
+                       key=_state.kept(CAM_TARGET_MODE))
 class_pick = None
 if target_mode == "one of the top 5":
     x0 = views.batch([images[0][1]], ref.data_config)  # (1, 3, H, W): the first image decides the list
     probs, idx = _cached.cached_view("topk", ref.model, images[:1], (), lambda: cam.predict_topk(ref.model, x0, 5))
     top = [(ref.classes[j], float(p)) for p, j in zip(probs[0], idx[0])]
-    class_pick = c5.selectbox("Class", [n for n, _ in top], key=_state.CAM_TOPK_CLASS,
+    class_pick = c5.selectbox("Class", [n for n, _ in top], key=_state.kept(CAM_TOPK_CLASS),
                               format_func=lambda n: f"{n} ({dict(top)[n]:.1%})")
 elif target_mode == "a class by name":
-    class_pick = c5.selectbox("Class", ref.classes, key=_state.CAM_CLASS)
-opacity = c6.slider("Opacity", 0.0, 1.0, 0.5, 0.05, key=_state.CAM_OPACITY)
-scale = c6.selectbox("Colour map", list(plots.CAM_COLOURSCALES), key=_state.CAM_COLOURS)
+    class_pick = c5.selectbox("Class", ref.classes, key=_state.kept(CAM_CLASS))
+opacity = c6.slider("Opacity", 0.0, 1.0, 0.5, 0.05, key=_state.kept(CAM_OPACITY))
+scale = c6.selectbox("Colour map", list(plots.CAM_COLOURSCALES), key=_state.kept(CAM_COLOURS))
 road = st.toggle("Faithfulness score (grad-cam's ROAD: higher = the map points at what the model uses)",
-                 key=_state.CAM_ROAD)
+                 key=_state.kept(CAM_ROAD))
 slow = [m for m in methods if m in cam.SLOW]
 if slow:
     shapes = _cached.output_shapes((ss[_state.MODEL], "view", len(ref.classes), tuple(ref.data_config.input_size)),
@@ -64,10 +80,10 @@ if not methods:
     st.stop()
 
 if st.button("Compute", type="primary"):
-    ss.pop(_state.CAM_OUT, None)  # never leave an old result on screen after a new request
+    ss.pop(CAM_OUT, None)  # never leave an old result on screen after a new request
     out = {"panels": [], "topk": [], "errors": []}
     progress = st.progress(0.0, text="starting…")
-    stop = st.button("Stop", key=_state.CAM_STOP)  # a click reruns the page, which ends the loop between images
+    stop = st.button("Stop", key=CAM_STOP)  # a click reruns the page, which ends the loop between images
     for vm in vms:
         x = views.batch([img for _, img in images], vm.data_config)  # (B, 3, H, W)
         crops = [np.asarray(crop_seen(img, vm.data_config)) for _, img in images]
@@ -86,9 +102,9 @@ if st.button("Compute", type="primary"):
                     title += f" · ROAD {scores[b]:+.3f}"
                 out["panels"].append((b, title, crops[b], res.maps[b]))
     progress.progress(1.0, text="done")
-    ss[_state.CAM_OUT] = out
+    ss[CAM_OUT] = out
 
-out = ss.get(_state.CAM_OUT)
+out = ss.get(CAM_OUT)
 if out:
     for err in out["errors"]:
         st.error(err)
@@ -104,6 +120,6 @@ if out:
         with right:
             for model_label, per_image in out["topk"]:
                 if b < len(per_image):
-                    _state.chart(plots.topk(per_image[b], "Top-5" + (f" · {model_label}" if len(vms) > 1 else "")),
-                                 key=f"{_state.TOPK_PREFIX}{b}_{model_label}")
-        _state.chart(plots.cam_panels(panels, opacity, plots.CAM_COLOURSCALES[scale]), key=f"{_state.CAM_PREFIX}{b}")
+                    _charts.chart(plots.topk(per_image[b], "Top-5" + (f" · {model_label}" if len(vms) > 1 else "")),
+                                 key=f"{TOPK_PREFIX}{b}_{model_label}")
+        _charts.chart(plots.cam_panels(panels, opacity, plots.CAM_COLOURSCALES[scale]), key=f"{CAM_PREFIX}{b}")

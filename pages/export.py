@@ -8,6 +8,12 @@ from vislab.views import base as views
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
+# ---- this page's keys (kept: a person's settings, see _state.kept) ------------------------------------------
+EXPORT_RESULT = "export_result"  # the Export page's last ExportResult (file, check, warnings)
+EXPORT_FMT = "export_fmt"
+EXPORT_DOWNLOAD = "export_download"
+LAYER_TABLE = "layer_table"
+
 _dataset.open_page()
 ss = st.session_state
 st.title("Export & Netron")
@@ -35,7 +41,7 @@ def _exports() -> export.Exports:
 
 vm = _runs.view_models("export", allow_both=False)[0]
 c1, c2 = st.columns([2, 3])
-fmt = c1.radio("Format", export.FORMATS, horizontal=True, key=_state.EXPORT_FMT,
+fmt = c1.radio("Format", export.FORMATS, horizontal=True, key=_state.kept(EXPORT_FMT),
                format_func=lambda f: {"torchscript": "TorchScript (.pt)", "onnx": "ONNX", "pt2": "torch.export (.pt2)"}[f])
 c2.caption({"torchscript": "torch.jit.trace at the model's input size, as the course does. Deprecated in torch 2.14 "
                            "(the warning is shown below); still what many tools read.",
@@ -53,15 +59,15 @@ key = export.export_key(vm.model, size, folder / name, fmt, meta=meta,
 if st.button("Export and verify", type="primary"):
     known = _exports().get(key)
     if known is not None:  # nothing it depends on changed: the same file, already checked
-        ss[_state.EXPORT_RESULT] = dataclasses.replace(known, reused=True)
+        ss[EXPORT_RESULT] = dataclasses.replace(known, reused=True)
     else:
         folder.mkdir(exist_ok=True)
         real = views.batch([_images.photo(p) for p in PHOTOS], vm.data_config)  # (2, 3, H, W)
         with st.spinner(f"Exporting {name} and checking it against the model…"), _cached.model_lock(vm.model):
-            ss[_state.EXPORT_RESULT] = _exports().export(vm.model, size, folder / name, fmt, key=key,
+            ss[EXPORT_RESULT] = _exports().export(vm.model, size, folder / name, fmt, key=key,
                                                          real_inputs=real, meta=meta)
 
-result = ss.get(_state.EXPORT_RESULT)
+result = ss.get(EXPORT_RESULT)
 if result is None or result.key != key:  # the session's last export was of another model or format
     result = _exports().get(key)  # this model's verified file in this format (any session's), else nothing
 if result is not None:
@@ -72,11 +78,11 @@ if result is not None:
                    f"{result.checked}" if result.verified else f"not verified: {result.reason}")
         st.success(f"`{result.path.name}` · {result.size_bytes / 1e6:.1f} MB · exported in {result.seconds:.1f} s · "
                    + verdict)
-        if result.reused or result is not ss.get(_state.EXPORT_RESULT):
+        if result.reused or result is not ss.get(EXPORT_RESULT):
             st.caption("This model has not changed since this file was exported and checked: it is offered as it is "
                        "(exporting again would write the same file).")
         st.download_button("Download the file", result.path.read_bytes, file_name=result.path.name,  # read on click
-                           mime="application/octet-stream", key=_state.EXPORT_DOWNLOAD)
+                           mime="application/octet-stream", key=EXPORT_DOWNLOAD)
     if result.warnings:  # torch's deprecation notes, folded into one box (the file was checked above anyway)
         n = len(result.warnings)
         with st.expander(f"{n} warning{'s' if n != 1 else ''} from torch while exporting (shown, not hidden)",
@@ -112,7 +118,7 @@ moved = sum(1 for r in rows if r["moved"])
 st.caption(f"{len(rows)} leaf layers of the working model `{ss[_state.MODEL]}`; {moved} run in a different place "
            "than `print(model)` shows them. Select rows to freeze or thaw those layers (same as the Freeze page).")
 picked = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun", selection_mode="multi-row",
-                      key=_state.LAYER_TABLE, height=420)
+                      key=LAYER_TABLE, height=420)
 names = [table[i]["layer"] for i in picked.selection.rows if table[i]["params"]]
 b1, b2, _ = st.columns([1, 1, 4])
 if b1.button("Freeze selected", disabled=not names):

@@ -2,12 +2,18 @@ from functools import partial
 
 import streamlit as st
 
-from pages import _cached, _dataset, _images, _route, _runs, _state
+from pages import _cached, _charts, _dataset, _images, _route, _runs, _state
 from vislab.views import cam, features, base as views
 from vislab.figures import charts as plots
 from vislab.data.transforms import crop_seen, eval_transform
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
+
+# ---- this page's keys (kept: a person's settings, see _state.kept) ------------------------------------------
+FEAT_ACTS_PREFIX = "feat_acts_"  # + model index: the Features page's activations of each model shown
+FEAT_LAYER = "feat_layer"
+FEAT_N = "feat_n"
+FEAT_PREFIX = "feat_"
 
 _dataset.open_page()
 ss = st.session_state
@@ -40,8 +46,8 @@ if not layers:
     st.error(str(views.ViewNotApplicable("convolution layers with spatial maps", vm.model, ("resnet18",))))
     st.stop()
 c1, c2 = st.columns([3, 1])
-layer = c1.selectbox("Layer", layers, index=len(layers) // 2, key=_state.FEAT_LAYER)
-n = c2.slider("Channels", 4, 32, 16, key=_state.FEAT_N)
+layer = c1.selectbox("Layer", layers, index=len(layers) // 2, key=_state.kept(FEAT_LAYER))
+n = c2.slider("Channels", 4, 32, 16, key=_state.kept(FEAT_N))
 st.image(crop_seen(img, vm.data_config), caption=label, width=160)
 # side by side, a convnet sees the fine-tuned model's input size twice, so the maps line up (a ViT's
 # pretrained position embeddings fix its size: then each runs at its own)
@@ -52,14 +58,14 @@ for i, m in enumerate(vms):
     acts = _cached.cached_view("features", m.model, images, (layer, cfg.size),
                                lambda: features.activations(m.model, layer, x)[0])  # (C, h, w)
     top = features.top_channels(acts, n)
-    _state.chart(plots.map_grid(acts[top].numpy(), [f"ch {c}" for c in top], cols=8,
+    _charts.chart(plots.map_grid(acts[top].numpy(), [f"ch {c}" for c in top], cols=8,
                                 title=f"{layer}: the {n} most active channels · {m.label}"),
-                 key=f"{_state.FEAT_PREFIX}{i}")
-    ss[f"{_state.FEAT_ACTS_PREFIX}{i}"] = acts
+                 key=f"{FEAT_PREFIX}{i}")
+    ss[f"{FEAT_ACTS_PREFIX}{i}"] = acts
 
 if len(vms) == 2:
     try:
-        change = features.map_change(ss[f"{_state.FEAT_ACTS_PREFIX}0"], ss[f"{_state.FEAT_ACTS_PREFIX}1"])
+        change = features.map_change(ss[f"{FEAT_ACTS_PREFIX}0"], ss[f"{FEAT_ACTS_PREFIX}1"])
     except ValueError:  # a ViT trained at another size: its maps have another grid
         st.caption(f"The two models see different input sizes ({vms[0].data_config.size} vs "
                    f"{vms[1].data_config.size} px), so their maps cannot be compared cell by cell.")

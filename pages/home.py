@@ -1,10 +1,16 @@
 import streamlit as st
 
-from pages import _route, _state
+from pages import _charts, _route, _state
 from vislab.teaching import advisor  # light: the heavy imports (torch, timm) wait until the catalog below
 from vislab.figures import charts as plots
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
+
+# ---- this page's keys (kept: a person's settings, see _state.kept) ------------------------------------------
+ADV_SIZE = "adv_size"
+ADV_SIM = "adv_sim"
+ADV_SIZE_PICKED = "adv_size_picked"  # True once a person picked a size (until then it follows the dataset's)
+MATRIX = "matrix"
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -15,7 +21,7 @@ def _matrix(size: str, similarity: str):
 
 
 def _size_picked() -> None:
-    st.session_state[_state.ADV_SIZE_PICKED] = True
+    st.session_state[_state.kept(ADV_SIZE_PICKED)] = True
 
 
 def _dataset_images() -> int | None:
@@ -37,16 +43,16 @@ left, right = st.columns([1, 2])
 with left:
     images = _dataset_images()
     fits = advisor.size_bucket(images) if images is not None else None
-    if fits is not None and not st.session_state.get(_state.ADV_SIZE_PICKED):  # until the person picks: their data's size
-        st.session_state[_state.ADV_SIZE] = fits
+    if fits is not None and not st.session_state.get(ADV_SIZE_PICKED):  # until the person picks: their data's size
+        st.session_state[ADV_SIZE] = fits
     size = st.radio("How many labelled images do you have?", advisor.SIZES, horizontal=True,
-                    format_func=advisor.SIZE_LABELS.get, key=_state.ADV_SIZE, on_change=_size_picked)
+                    format_func=advisor.SIZE_LABELS.get, key=_state.kept(ADV_SIZE), on_change=_size_picked)
     if images is not None:
         st.caption(f"Your dataset: {images:,} images → {fits}" + (f" (you picked {size})" if size != fits else ""))
     similarity = st.radio("How much do they look like ImageNet photos?", advisor.SIMILARITIES, horizontal=True,
                           format_func=lambda s: {"similar": "similar (natural photos)",
                                                  "different": "different (medical, textiles, …)"}[s],
-                          key=_state.ADV_SIM)
+                          key=_state.kept(ADV_SIM))
     advice = advisor.advise(size, similarity)
     st.markdown(f"**{advice.title}.** {advice.why}")
     if advisor.chart_note(size):  # tiny and medium: how the 2x2 chart on the right shows them
@@ -57,7 +63,7 @@ with left:
         _working.apply_preset(advice.strategy)
         st.success(f"Preset `{advice.strategy}` applied: see Freeze & BatchNorm.")
 with right:
-    _state.chart(_matrix(advisor.chart_row(size), similarity), key=_state.MATRIX)
+    _charts.chart(_matrix(advisor.chart_row(size), similarity), key=MATRIX)
 
 st.subheader("Model catalog")
 with st.spinner("Reading which weights are on this machine…"):

@@ -1,11 +1,18 @@
 import streamlit as st
 
-from pages import _cached, _dataset, _route, _state, _working
+from pages import _cached, _charts, _dataset, _route, _state, _working
 from vislab.views import architecture
 from vislab.models import catalog, weights
 from vislab.figures import charts as plots
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
+
+# ---- this page's keys (kept: a person's settings, see _state.kept) ------------------------------------------
+WEIGHTS_UPLOAD = "weights_upload"
+DO_IMPORT = "do_import"
+PARAMS_CHART = "params_chart"
+MODEL_PICK = "model_pick"
+MODEL_TYPED = "model_typed"
 
 _dataset.open_page()
 ss = st.session_state
@@ -17,17 +24,17 @@ current = ss[_state.MODEL]
 # the picker shows the model in use, and a person's pick stays picked (a keyed widget: one per page, whatever
 # model is in use; it follows the model only when that changed elsewhere: Home, another tab, a reload)
 def _follow(model: str, follow=_state.follow) -> None:
-    follow(_state.MODEL_PICK, model if model in names else OTHER)
-    follow(_state.MODEL_TYPED, model if model not in names else "")
+    follow(MODEL_PICK, model if model in names else OTHER)
+    follow(MODEL_TYPED, model if model not in names else "")
 
 
 _follow(current)
-choice = st.selectbox("Pretrained model", names + [OTHER], key=_state.MODEL_PICK,
+choice = st.selectbox("Pretrained model", names + [OTHER], key=_state.kept(MODEL_PICK),
                       format_func=lambda n: n if n == OTHER else
                       f"{n}  ·  {catalog.lookup(n).family} {catalog.lookup(n).year}")
 name = choice
 if choice == OTHER:
-    name = st.text_input("Model name", key=_state.MODEL_TYPED,
+    name = st.text_input("Model name", key=_state.kept(MODEL_TYPED),
                          placeholder="e.g. resnet34, regnet_y_400mf, seresnext26d_32x4d, deit_tiny_patch16_224",
                          help="Any torchvision.models name (resnet34, regnet_y_400mf, …) or timm name "
                               "(seresnext26d_32x4d, deit_tiny_patch16_224, …)").strip()
@@ -55,8 +62,8 @@ if entry:
                f"SE blocks: {'yes' if entry.has_se else 'no'}. Self-attention: {'yes' if entry.has_attention else 'no'}.")
 
 with st.expander("Import a weights file (.pth, .pt, .bin, .safetensors)"):
-    up = st.file_uploader("Weights file", type=["pth", "pt", "bin", "safetensors"], key=_state.WEIGHTS_UPLOAD)
-    if up is not None and st.button("Check and import", key=_state.DO_IMPORT):
+    up = st.file_uploader("Weights file", type=["pth", "pt", "bin", "safetensors"], key=WEIGHTS_UPLOAD)
+    if up is not None and st.button("Check and import", key=DO_IMPORT):
         target = _dataset.uploads_folder() / f"upload_{up.name}"
         target.write_bytes(up.getvalue())
         try:
@@ -79,7 +86,7 @@ st.markdown(f"Input **{h}×{w}**, mean {tuple(round(m, 3) for m in info.data_con
             f"for {info.num_classes} classes.")
 
 stage_rows = architecture.stage_rows(model, shapes)
-_state.chart(plots.params_by_stage(stage_rows), key=_state.PARAMS_CHART)
+_charts.chart(plots.params_by_stage(stage_rows), key=PARAMS_CHART)
 st.subheader("Stages (the names freezing uses)")
 st.dataframe(
     [{"stage": r["stage"], "modules": ", ".join(r["modules"]), "output": r["output"], "params": r["params"],

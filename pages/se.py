@@ -1,13 +1,21 @@
 import numpy as np
 import streamlit as st
 
-from pages import _cached, _dataset, _images, _route, _runs, _state, _working
+from pages import _cached, _charts, _dataset, _images, _route, _runs, _state, _working
 from vislab.training import evaluation
 from vislab.figures import charts as plots
 from vislab.views import se, base as views
 from vislab.data.transforms import crop_seen
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
+
+# ---- this page's keys (kept: a person's settings, see _state.kept) ------------------------------------------
+SE_HM_PREFIX = "se_hm_"
+SE_BLOCK = "se_block"
+SE_K = "se_k"
+SE_BARS = "se_bars"
+SE_MAPS = "se_maps"
+SE_CLASS = "se_class"
 
 _dataset.open_page()
 ss = st.session_state
@@ -40,8 +48,8 @@ cols = st.columns(4)
 for (label, img), col in zip(images, cols):  # the photos side by side, each heatmap below at full width: 576
     col.image(crop_seen(img, cfg), caption=label, width=160)  # channels in half a page were 0.7 px each
 for i, (label, _) in enumerate(images):
-    _state.chart(plots.heatmap(gates.matrix(i), "channel", gates.blocks, f"Gates · {label}"),
-                 key=f"{_state.SE_HM_PREFIX}{i}")
+    _charts.chart(plots.heatmap(gates.matrix(i), "channel", gates.blocks, f"Gates · {label}"),
+                 key=f"{SE_HM_PREFIX}{i}")
 
 if len(images) == 2:
     per_block = gates.mean_difference(0, 1)
@@ -53,20 +61,20 @@ if len(images) == 2:
                    "for every image, so its gate is a constant set by the bias alone.")
 
 st.subheader("One block")
-b_name = st.selectbox("Block", gates.blocks, index=len(gates.blocks) - 1, key=_state.SE_BLOCK)
+b_name = st.selectbox("Block", gates.blocks, index=len(gates.blocks) - 1, key=_state.kept(SE_BLOCK))
 b = gates.blocks.index(b_name)
-k = st.slider("Channels to show", 2, 16, 6, key=_state.SE_K)
+k = st.slider("Channels to show", 2, 16, 6, key=_state.kept(SE_K))
 gate = gates.gates[b][0]
 boosted, suppressed = se.top_channels(gate, k)
-_state.chart(plots.bars(gate, f"{b_name}: gate per channel · {images[0][0]} (green: most boosted, orange: most "
-                      "suppressed)", boosted, suppressed), key=_state.SE_BARS)
+_charts.chart(plots.bars(gate, f"{b_name}: gate per channel · {images[0][0]} (green: most boosted, orange: most "
+                      "suppressed)", boosted, suppressed), key=SE_BARS)
 block_in, _, block_out = _cached.cached_view("se_block", vm.model, images[:1], (b_name,),
                                              lambda: se.block_input_output(vm.model, b_name, x[:1]))
 maps = block_in[0].numpy()  # (C, h, w): the maps the gate scales
 titles = [f"ch {c} · g={gate[c]:.2f}" for c in boosted] + [f"ch {c} · g={gate[c]:.2f}" for c in suppressed]
-_state.chart(plots.map_grid(np.stack([maps[c] for c in boosted + suppressed]), titles, cols=k,
+_charts.chart(plots.map_grid(np.stack([maps[c] for c in boosted + suppressed]), titles, cols=k,
                             title="Feature maps entering the block: boosted (top), suppressed (bottom)"),
-             key=_state.SE_MAPS)
+             key=SE_MAPS)
 
 tuned = _runs.trained_view()
 ds = ss.get(_state.DATASET)
@@ -76,5 +84,5 @@ if tuned is not None and ds is not None and se.find_se_blocks(tuned.model):
         _, val = ds.split()
         means = se.class_mean_gates(tuned.model, evaluation.eval_loader(val, tuned.data_config), len(tuned.classes))
         last = len(means.blocks) - 1
-        _state.chart(plots.heatmap(np.stack([means.gates[last][c] for c in range(len(tuned.classes))]), "channel",
-                                 tuned.classes, f"{means.blocks[last]}: mean gate per class"), key=_state.SE_CLASS)
+        _charts.chart(plots.heatmap(np.stack([means.gates[last][c] for c in range(len(tuned.classes))]), "channel",
+                                 tuned.classes, f"{means.blocks[last]}: mean gate per class"), key=SE_CLASS)

@@ -375,7 +375,7 @@ def test_two_sessions_never_see_each_others_state_or_files(synthetic):
 def test_out_of_memory_in_a_worker_gives_advice_and_the_app_keeps_working(synthetic, monkeypatch):
     """The worker's error (here an OOM raised inside training, run in-process) reaches the page as advice."""
     from vislab.training import experiment
-    from vislab.serving import jobs
+    from vislab.serving import worker
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -390,8 +390,8 @@ def test_out_of_memory_in_a_worker_gives_advice_and_the_app_keeps_working(synthe
     next(b for b in at.button if b.label == "Start training").click().run()
     job = _job(at)
     monkeypatch.setattr(experiment, "train", oom)
-    monkeypatch.setattr(jobs, "_be_nice", lambda: None)  # in this process: the rest of the suite keeps its priority
-    assert jobs.run_worker(job.folder) == 1
+    monkeypatch.setattr(worker, "be_nice", lambda: None)  # in this process: the rest of the suite keeps its priority
+    assert worker.run_worker(job.folder) == 1
     at.run()
     assert job.state == "error" and "smaller batch size or image size" in job.status()["message"]
     assert any("smaller batch size" in e.value for e in at.error) and not at.exception
@@ -621,8 +621,8 @@ def test_start_queues_the_boxes_values_and_a_second_tab_is_refused(synthetic, mo
     a.select_slider[1].set_value(96).run()  # image size
     next(x for x in a.button if x.label == "Start training").click().run()
     job = _job(a)
-    train = job.spec()["spec"]["train"]
-    assert (train["epochs"], train["batch_size"], job.spec()["spec"]["img_size"]) == (7, 16, 96)
+    train = job.experiment_spec()["train"]
+    assert (train["epochs"], train["batch_size"], job.experiment_spec()["img_size"]) == (7, 16, 96)
     assert next(x for x in a.button if x.label == "Start training").disabled and not a.warning
     next(x for x in b.button if x.label == "Start training").click().run()
     assert any("already has a job" in w.value for w in b.warning) and not b.exception
@@ -654,3 +654,29 @@ def test_the_session_model_is_walked_again_only_when_its_plan_changes(monkeypatc
     at.run()
     assert walks and all(p.requires_grad for p in model.get_submodule(frozen).parameters())
     assert not at.exception
+
+
+def test_a_pages_kept_settings_outlive_a_session_that_never_drew_that_page():
+    """Each page marks its own settings kept (_state.kept, no central list): a setting read back from a lab
+    is kept by the session that read it, also when that session never opens the page: its own change on
+    another page saves the lab without losing it."""
+    at = _app()
+    at.switch_page("pages/concepts.py").run()
+    at.slider(key="concept_depth").set_value(42).run()
+    lab = at.session_state["lab_id"]
+
+    reload = AppTest.from_file(str(APP), default_timeout=120)
+    reload.query_params["lab"] = lab
+    reload.run()  # Home only
+    sim = reload.radio(key="adv_sim")
+    sim.set_value(next(o for o in sim.options if o != sim.value)).run()  # a change here saves the lab
+    assert not reload.exception
+    from vislab.serving import labs
+
+    settings = labs.Lab(lab).read_state()["settings"]
+    assert settings["concept_depth"] == 42 and settings["adv_sim"] == reload.radio(key="adv_sim").value
+    again = AppTest.from_file(str(APP), default_timeout=120)
+    again.query_params["lab"] = lab
+    again.run()
+    again.switch_page("pages/concepts.py").run()
+    assert again.slider(key="concept_depth").value == 42

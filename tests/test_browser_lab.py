@@ -125,7 +125,7 @@ def _runs_listed(page) -> str:
 
 
 def test_a_lab_survives_reload_restart_and_crash_and_stays_private(server, synthetic, tmp_path):
-    from vislab.serving import jobs, labs
+    from vislab.serving import claims, jobs, labs
 
     archive = tmp_path / "shapes.zip"
     archive.write_bytes(_zip_of(synthetic))
@@ -187,9 +187,9 @@ def test_a_lab_survives_reload_restart_and_crash_and_stays_private(server, synth
         worker = running.status()["pid"]
         server.kill()
         deadline = time.time() + 20
-        while jobs._alive(worker) and time.time() < deadline:
+        while claims.worker_alive(worker) and time.time() < deadline:
             time.sleep(0.2)
-        assert not jobs._alive(worker), "the worker outlived the server"
+        assert not claims.worker_alive(worker), "the worker outlived the server"
         url = server.start()
         page.goto(f"{url}/?lab={lab_id}")
         page.get_by_text("Strategy advisor").wait_for(timeout=60_000)

@@ -5,8 +5,6 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from pages import _state
-
 APP = Path(__file__).resolve().parents[1] / "app.py"
 
 
@@ -26,34 +24,34 @@ def _button(at, label):
 
 def test_top_patches_show_each_stage_with_its_receptive_field_and_a_visualisation_runs():
     at = _layers_page()
-    stages = at.multiselect(key=_state.LAYERS_STAGES)
+    stages = at.multiselect(key="layers_stages")
     picked = [stages.options[0], stages.options[-1]]
     stages.set_value(picked).run()
-    at.slider(key=_state.LAYERS_N).set_value(2).run()
-    at.slider(key=_state.LAYERS_K).set_value(2).run()
+    at.slider(key="layers_n").set_value(2).run()
+    at.slider(key="layers_k").set_value(2).run()
     _button(at, "Find the top patches").click().run()
     assert not at.exception, at.exception
     rows = [m.value for m in at.markdown if "receptive field" in m.value and m.value.startswith("**")]
     assert [r.split("**")[1] for r in rows] == picked  # one row per chosen stage, stem first
-    res = at.session_state[_state.LAYERS_OUT][1]
+    res = at.session_state["layers_out"][1]
     for row, lp in zip(rows, res.layers):  # the page states the field the library computed
         assert f"{lp.field.size[0]}×{lp.field.size[1]} px" in row
     assert res.layers[0].field.size[0] < res.layers[-1].field.size[0]  # later stages see more of the image
     assert len(at.get("image")) >= 2  # patch rows drawn
-    at.select_slider(key=_state.LAYERS_VIS_SIZE).set_value(64).run()
-    at.select_slider(key=_state.LAYERS_VIS_STEPS).set_value(32).run()
+    at.select_slider(key="layers_vis_size").set_value(64).run()
+    at.select_slider(key="layers_vis_steps").set_value(32).run()
     _button(at, "Visualise").click().run()
     assert not at.exception, at.exception
-    vis = at.session_state[_state.LAYERS_VIS][1]
+    vis = at.session_state["layers_vis"][1]
     assert vis.image.shape[:2] == (64, 64) and len(vis.objective) == 32
 
 
 def test_a_channel_number_the_stage_does_not_have_is_a_message_not_a_traceback():
     at = _layers_page()
-    at.radio(key=_state.LAYERS_MODE).set_value("by number").run()
-    at.text_input(key=_state.LAYERS_CHANNELS).set_value("0, 99999").run()
+    at.radio(key="layers_mode").set_value("by number").run()
+    at.text_input(key="layers_channels").set_value("0, 99999").run()
     _button(at, "Find the top patches").click().run()
     assert not at.exception, at.exception
     assert any("99999" in e.value or "channel" in e.value for e in at.error), [e.value for e in at.error]
-    at.text_input(key=_state.LAYERS_CHANNELS).set_value("zero, one").run()
+    at.text_input(key="layers_channels").set_value("zero, one").run()
     assert any("is not a list of channel numbers" in e.value for e in at.error)

@@ -48,17 +48,17 @@ def _preset(at, strategy: str) -> None:
 
 # ---- 1. a starting job says what it does, never "epoch 0/5 · batch 0/1 · loss 0.000" ---------------------
 def test_a_starting_job_says_what_the_worker_is_doing(monkeypatch):
-    from vislab.serving import jobs
+    from vislab.serving import events, jobs
     from vislab.training.loop import Event
 
-    monkeypatch.setattr(jobs, "PROGRESS_EVERY_S", 0.0)  # every batch event is written (the worker throttles)
+    monkeypatch.setattr(events, "PROGRESS_EVERY_S", 0.0)  # every batch event is written (the worker throttles)
     at = _app()
     at.switch_page("pages/train.py").run()
     lab = _lab(at)
     job = jobs.create(lab.runs_dir / "20260101-000000_test_resnet_head", "train",
                       {"spec": {"model": "test_resnet", "train": {"epochs": 5}}, "report": None}, lab=lab.id)
     job.write_status(state="running", host="another-server", pid=1, started=time.time())  # alive: not ours to see
-    writer = jobs.EventWriter(job)
+    writer = events.EventWriter(job)
 
     def line() -> str:
         at.run()
@@ -79,7 +79,7 @@ def test_a_starting_job_says_what_the_worker_is_doing(monkeypatch):
         text = line()
         assert "epoch 1/5" in text and "frozen part" in text
         assert "epoch 0" not in text and "batch" not in text and "loss" not in text
-        writer.event(Event("caching", 0, 5, 120, 240, phase="train"))
+        writer.event(Event("caching", 0, 5, phase="train", cached=120, to_cache=240))
         assert line().startswith("caching features: 120/240 images")
         writer.event(Event("cache", 0, 5, phase="train", message=(
             "features cached: prefix (6 modules up to 'layer3') run once by torch, 4.1 s (choosing the engine on "
@@ -118,7 +118,7 @@ def test_lr_factor_and_stage_decay_are_offered_and_sent_only_where_they_apply(sy
         next(b for b in at.button if b.label == "Start training").click().run()
         assert not at.exception, at.exception
         job = _jobs.jobs.Job(_lab(at).runs_dir / at.session_state["last_run"])
-        train = job.spec()["spec"]["train"]
+        train = job.experiment_spec()["train"]
         _jobs.stop(job)  # cancelled: the lab may start the next one
         at.run()
         return train
@@ -226,7 +226,7 @@ def test_a_warm_rerun_recomputes_nothing_of_a_finished_run(two_runs, monkeypatch
     import vislab.data.transforms
     from vislab.training import evaluation, runs
     from vislab.serving import jobs
-    from vislab.figures import charts as plots
+    from vislab.figures import charts as plots, images as pictures
 
     at, first = two_runs
     calls: dict[str, int] = {}
@@ -241,8 +241,8 @@ def test_a_warm_rerun_recomputes_nothing_of_a_finished_run(two_runs, monkeypatch
 
     for owner, name in ((runs, "load"), (runs, "load_predictions"), (runs, "read_config"), (runs, "read_metrics"),
                         (evaluation, "confusion"), (evaluation, "predict"), (plots, "curves"),
-                        (plots, "confusion_matrix"), (plots, "per_class_accuracy"), (plots, "image_grid"),
-                        (vislab.data.transforms, "load_image"), (jobs.Job, "spec"), (jobs.Job, "events")):
+                        (plots, "confusion_matrix"), (plots, "per_class_accuracy"), (pictures, "image_grid"),
+                        (vislab.data.transforms, "load_image"), (jobs.Job, "payload"), (jobs.Job, "events")):
         counted(owner, name)
     for _ in range(2):
         at.switch_page("pages/model.py").run()

@@ -257,6 +257,6 @@ def test_training_settings_survive_a_visit_a_reload_and_reach_the_job(synthetic)
     from vislab.serving import jobs, labs
 
     job = jobs.Job(labs.Lab(again.session_state["lab_id"]).runs_dir / again.session_state["last_run"])
-    train = job.spec()["spec"]["train"]
+    train = job.experiment_spec()["train"]
     assert (train["epochs"], train["lr"]) == (7, pytest.approx(2.9e-4))
     next(b for b in again.button if b.label in ("Stop", "Cancel")).click().run()

@@ -1,0 +1,18 @@
+"""Plotly charts as every page draws them: full width, and a toolbar that downloads a PNG for slides."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+
+
+def chart(fig, key: str | None = None) -> None:
+    """A plotly chart; its toolbar's camera button downloads it as PNG (for slides)."""
+    st.plotly_chart(fig, width="stretch", config=PLOTLY_CONFIG, key=key)
+
+
+if __name__ == "__main__":  # opened as a page of its own (Streamlit's old pages-folder mode)
+    from pages import _route
+
+    _route.through_app()
