@@ -19,6 +19,7 @@ import streamlit as st
 from pages._state import LAB, LAST_RUN, current_lab
 from vislab import _fileio as fileio
 from vislab.serving import backends, events, jobqueue, jobs, labs
+from vislab.training.tasks import CompareTask, TrainTask
 
 
 POLL_RUNNING_S = 1.0  # how often a page polls its lab's running job
@@ -85,8 +86,8 @@ def new_folder(prefix: str) -> Path:
     raise jobs.JobError("too many runs started this second")
 
 
-def submit(kind: str, prefix: str, payload: dict, device: str = "cpu") -> jobs.Job:
-    """Queue a job for this lab; the queue's JobError when the lab already has one (a double click, a second
+def submit(task: TrainTask | CompareTask, prefix: str, device: str = "cpu") -> jobs.Job:
+    """Queue `task` as a job of this lab; the queue's JobError when the lab already has one (a double click, a second
     tab), asked before the job folder is made, so a refused click leaves nothing behind."""
     from vislab.data.folders import safe_name
 
@@ -94,13 +95,14 @@ def submit(kind: str, prefix: str, payload: dict, device: str = "cpu") -> jobs.J
     lab = st.session_state[LAB]
     with fileio.lock(current_lab().runs_dir):  # one submit per lab at a time, on every server of this home
         q.check_free(lab)
-        job = jobs.create(new_folder(safe_name(prefix)[:80] or kind), kind, {**payload, "device": device}, lab=lab)
+        job = jobs.create(new_folder(safe_name(prefix)[:80] or task.kind), task.kind,
+                          {**task.to_payload(), "device": device}, lab=lab)
         try:
             q.submit(job, device)
         except jobs.JobError:
             job.write_status(state="cancelled", message="not started: this lab already had a job")
             raise
-    if kind == "train":
+    if task.kind == "train":
         st.session_state[LAST_RUN] = job.id
     return job
 
@@ -194,7 +196,7 @@ def _seconds(s: float) -> str:
 
 def cache_story(message: str, images: int | None = None, epoch_seconds: float | None = None,
                 done: bool = True) -> str:
-    """A feature-cache line (caching.Cache.describe, or "no feature cache: why") said for a learner: what ran
+    """A feature-cache line (feature_cache.Cache.describe, or "no feature cache: why") said for a learner: what ran
     once, over how many images, and what it saved per epoch. The engineering line stays as it was (for a
     tooltip or an expander). `done`: said of a finished run (else of one still training)."""
     were, ran = ("were", "trained") if done else ("are", "train")

@@ -6,12 +6,12 @@ import streamlit as st
 from pages import _cached, _charts, _dataset, _jobs, _live, _route, _state
 from vislab.views import cam, features, base as views
 from vislab.training import compare, runs
-from vislab.data import folders as data
 from vislab.models import freezing
-from vislab.serving import jobs
+from vislab.serving import events, jobs
 from vislab.figures import charts as plots
 from vislab.data.config import DataConfig
 from vislab.data.transforms import crop_seen, load_image
+from vislab.training.tasks import CompareTask
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
@@ -72,13 +72,10 @@ else:
         if len({c.name for c in configs}) != len(configs) or not configs:
             st.error("Give every configuration its own name.")
         else:
-            from dataclasses import asdict
-
             try:
-                _jobs.submit("compare", f"compare-{ss[_state.MODEL]}", {
-                    "model": ss[_state.MODEL], "report": data.report_to_dict(ds.used),
-                    "configs": [asdict(c) for c in configs], "epochs": int(epochs), "img_size": int(size),
-                    "batch_size": int(batch), "seed": ds.seed})
+                task = CompareTask(ss[_state.MODEL], ds.used, configs, int(epochs), img_size=int(size),
+                                   batch_size=int(batch), seed=ds.seed)
+                _jobs.submit(task, f"compare-{ss[_state.MODEL]}")
                 st.rerun()
             except (jobs.JobError, ValueError) as exc:
                 st.warning(str(exc))
@@ -236,10 +233,9 @@ def progress(job: jobs.Job | None) -> None:
     if job.state == "queued":
         _live.queued_note(job, ". It starts by itself.")
         return
-    p = job.progress()
-    total = max(p.get("runs", len(job.payload().get("configs", [])) or 1), 1)
-    st.progress(min(p.get("runs_done", 0) / total, 1.0),
-                text=f"run {min(p.get('runs_done', 0) + 1, total)} of {total}: {p.get('run', '')}")
+    p = events.Progress.of(job.progress())
+    total = max(p.runs or len(job.payload().get("configs", [])), 1)
+    st.progress(min(p.runs_done / total, 1.0), text=f"run {min(p.runs_done + 1, total)} of {total}: {p.run}")
     _, text = _jobs.progress_text(job)
     st.caption(text)
 

@@ -4,13 +4,14 @@ import streamlit as st
 
 from pages import _charts, _dataset, _jobs, _live, _results, _route, _runlist, _state, _working
 from pages._results import cache_captions, pct, when
-from vislab.data import folders as data
 from vislab.training import loop as training
 from vislab.models import freezing
 from vislab.serving import jobs, localqueue
 from vislab.figures import charts as plots
 from vislab.models.heads import head_names
 from vislab.data.transforms import Augment
+from vislab.training.experiment import Spec
+from vislab.training.tasks import TrainTask
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
@@ -75,10 +76,8 @@ def _start(default_size: int, beyond_head: bool) -> None:
                                   layer_decay=None if decay == 1.0 else decay))
     plan = ss[_state.PLAN]
     try:
-        _jobs.submit("train", f"{spec.model}_{ss[_state.STRATEGY]}", {
-            "spec": spec.to_dict(), "report": data.report_to_dict(ds.used),
-            "plan": plan if isinstance(plan, dict) else plan.to_dict()},  # the session's plan is the truth
-            device=device)
+        task = TrainTask(spec, ds.used, plan=plan if isinstance(plan, dict) else plan.to_dict())  # the session's plan
+        _jobs.submit(task, f"{spec.model}_{ss[_state.STRATEGY]}", device=device)
     except jobs.JobError as exc:
         ss[TRAIN_START_REFUSED] = str(exc)
 
@@ -225,9 +224,8 @@ def reopen_and_resume(table: list[dict]) -> None:
         spec = (jobs.Job(_dataset.runs_folder() / pick).experiment_spec() or _working.working_spec().to_dict())
         spec = {**spec, "train": {**spec.get("train", {}), "epochs": int(more)}}
         try:
-            _jobs.submit("train", f"{pick[:40]}_resumed", {
-                "spec": spec, "report": data.report_to_dict(ds.used) if ds else None,
-                "resume": str(_dataset.runs_folder() / pick)})
+            task = TrainTask(Spec.from_dict(spec), ds.used, resume=str(_dataset.runs_folder() / pick))
+            _jobs.submit(task, f"{pick[:40]}_resumed")
             st.rerun()
         except jobs.JobError as exc:
             st.warning(str(exc))

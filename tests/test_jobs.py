@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from vislab.data import folders as data
-from vislab.training import experiment, runs
+from vislab.training import compare, experiment, runs, tasks
+from vislab.training.tasks import CompareTask, TrainTask
 from vislab.serving import claims, jobs, labs
 from vislab.serving.jobqueue import BaseQueue
 from vislab.serving.localqueue import LocalQueue
@@ -29,9 +30,22 @@ def _spec(epochs=2, batch=8, **kw) -> experiment.Spec:
 
 def _job(synthetic, lab=None, spec=None, name="run", **payload) -> jobs.Job:
     lab = lab or labs.create()
+    task = TrainTask(spec or _spec(), data.scan_folder(synthetic))
+    return jobs.create(lab.runs_dir / name, task.kind, {**task.to_payload(), **payload}, lab=lab.id)
+
+
+def test_a_task_is_what_its_job_json_says(synthetic, tmp_path):
+    """A job is described once: the task the pages or the CLI built is the task the worker reads back."""
     report = data.scan_folder(synthetic)
-    return jobs.create(lab.runs_dir / name, "train", {"spec": (spec or _spec()).to_dict(),
-                                                      "report": data.report_to_dict(report), **payload}, lab=lab.id)
+    train = TrainTask(_spec(epochs=4), report, plan={"layer4": "trainable"}, resume=str(tmp_path / "old"))
+    comp = CompareTask("test_resnet", report, [compare.Config.preset("head"), compare.Config.preset("full")], 2,
+                       img_size=64, batch_size=8, seed=5, per_class=3, engine="torch")
+    for task in (train, comp):
+        job = jobs.create(tmp_path / task.kind, task.kind, task.to_payload())
+        assert tasks.from_payload(job.payload()["kind"], job.payload()) == task
+    assert jobs.Job(tmp_path / "train").experiment_spec()["train"]["epochs"] == 4
+    with pytest.raises(ValueError, match="unknown job kind"):
+        tasks.from_payload("study", {})
 
 
 @pytest.fixture
@@ -119,7 +133,7 @@ def test_a_worker_killed_mid_training_leaves_an_interrupted_run_that_resumes(syn
                           str(job.folder), "--epochs", "1", "--out", str(out)], capture_output=True, text=True,
                          timeout=300, env={**os.environ})
     assert cli.returncode == 0, cli.stderr
-    assert "interrupted" in cli.stdout or "resuming" in cli.stdout
+    assert f"note: {experiment.INTERRUPTED_NOTE} ({run.config['best_epoch']})" in cli.stdout  # said, not only done
     resumed = json.loads((out / "config.json").read_text())
     assert Path(resumed["resumed_from"]) == job.folder.resolve() and runs.complete(out)
     assert resumed["plans"] == run.config["plans"]  # its last freeze plan goes on

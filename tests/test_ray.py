@@ -15,6 +15,7 @@ from tests.test_jobs import _job, _spec, _wait_for  # noqa: E402
 from vislab.data import folders as data  # noqa: E402
 from vislab.training import experiment, runs
 from vislab.serving import backends, rayqueue
+from vislab.training.tasks import CompareTask, TrainTask
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +79,7 @@ def test_the_cli_path_runs_one_job_on_ray_and_relays_its_epochs(synthetic, tmp_p
     epochs = []
     out = tmp_path / "cli_run"
     out.mkdir()  # the CLI's --out folder exists (empty) when the job is made
-    status = rayqueue.run_job(out, "train", {"spec": _spec(epochs=1).to_dict(), "report": data.report_to_dict(report)},
+    status = rayqueue.run_job(out, TrainTask(_spec(epochs=1), report),
                               on_event=lambda e, run: epochs.append((e.epoch, run)) if e.kind == "epoch" else None)
     assert status["state"] == "done" and runs.complete(out)
     assert epochs == [(1, None)]
@@ -129,17 +130,14 @@ def test_a_queued_ray_job_counts_whats_ahead_and_cancels(synthetic, rq):
 
 
 def test_a_comparison_runs_on_ray_as_it_does_in_process(synthetic, tmp_path, cluster):
-    from dataclasses import asdict
-
     from vislab.training import compare
 
     report = data.scan_folder(synthetic)
     configs = [compare.Config.preset("head"), compare.Config.preset("full")]
     names = []
     out = tmp_path / "cmp"
-    status = rayqueue.run_job(out, "compare", {
-        "model": "test_resnet", "report": data.report_to_dict(report), "configs": [asdict(c) for c in configs],
-        "epochs": 1, "img_size": 64, "batch_size": 8, "seed": 1, "per_class": 6},
+    task = CompareTask("test_resnet", report, configs, 1, img_size=64, batch_size=8, seed=1, per_class=6)
+    status = rayqueue.run_job(out, task,
         on_event=lambda e, run: names.append(run) if e.kind == "epoch" else None)
     assert status["state"] == "done", status
     assert names == ["head", "full"]  # each run's epochs came back under its name

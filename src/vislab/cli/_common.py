@@ -125,8 +125,8 @@ def lasting_imports(args):
         gc.enable()
 
 
-def on_ray(args, out: Path, kind: str, payload: dict, on_event) -> dict:
-    """Run one job as a task on the Ray cluster of --ray, relaying its events; its final status."""
+def on_ray(args, out: Path, task, on_event) -> dict:
+    """Run `task` (a training.tasks TrainTask or CompareTask) as one job on the Ray cluster of --ray, relaying its events; its final status."""
     try:  # ray is an optional dependency (the ray extra): imported only when --ray asks for it
         from vislab.serving import rayqueue
     except ImportError:
@@ -134,7 +134,7 @@ def on_ray(args, out: Path, kind: str, payload: dict, on_event) -> dict:
     from vislab.serving import jobs  # torch: loaded once the command runs, never for its help
 
     try:
-        status = rayqueue.run_job(out, kind, payload, device=getattr(args, "device", "cpu"), addr=args.ray,
+        status = rayqueue.run_job(out, task, device=getattr(args, "device", "cpu"), addr=args.ray,
                                   on_event=on_event)
     except jobs.JobError as exc:
         raise CliError(str(exc)) from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 from vislab.cli._common import (ENGINES, STRATEGIES, CliError, between, lasting_imports, on_ray, out_folder,
@@ -38,6 +37,7 @@ def run(args) -> int:
         from vislab import _paths as paths
         from vislab.data import folders as data
         from vislab.training import compare
+        from vislab.training.tasks import CompareTask
 
     out = out_folder(args.out, "comparison.json", "a comparison")
     report = data.load_dataset(data.resolve(args.data), paths.work_dir() / "cli")
@@ -54,18 +54,14 @@ def run(args) -> int:
         elif e.kind == "cache":
             print(f"{name}: {e.message}", flush=True)
 
+    task = CompareTask(args.model, report, configs, args.epochs, img_size=args.img_size,
+                       batch_size=args.batch_size, seed=args.seed, per_class=args.per_class, engine=args.engine)
     if args.ray:
-        on_ray(args, out, "compare", {"model": args.model, "report": data.report_to_dict(report),
-                                      "configs": [asdict(c) for c in configs], "epochs": args.epochs,
-                                      "img_size": args.img_size, "batch_size": args.batch_size, "seed": args.seed,
-                                      "per_class": args.per_class, "engine": args.engine},
-               lambda e, run: progress(run, e))
+        on_ray(args, out, task, lambda e, run: progress(run, e))
         print(compare.markdown(compare.load(out)[2]))
         print(f"wrote {Path(args.out) / 'comparison.csv'} and the run folders under {args.out} (trained on Ray)")
         return 0
-    rows = compare.run(args.model, report, configs, args.epochs, out, img_size=args.img_size,
-                       batch_size=args.batch_size, seed=args.seed, per_class=args.per_class, on_event=progress,
-                       engine=args.engine)
+    rows = task.run(out, progress)
     print(compare.markdown(rows))
     print(f"wrote {Path(args.out) / 'comparison.csv'} and the run folders under {args.out}")
     return 0

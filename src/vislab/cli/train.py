@@ -131,12 +131,11 @@ def _resume(args, report, out) -> int:
 
 
 def _train_on_ray(args, spec, report, out) -> int:
-    from vislab.data import folders as data  # loaded by run() already
-    from vislab.training import runs
+    from vislab.training import runs  # loaded by run() already
+    from vislab.training.tasks import TrainTask
 
     progress = Progress()
-    on_ray(args, out, "train", {"spec": spec.to_dict(), "report": data.report_to_dict(report)},
-           lambda e, run: progress(e))
+    on_ray(args, out, TrainTask(spec, report), lambda e, run: progress(e))
     best = max(runs.read_metrics(out), key=lambda m: m["val_acc"])
     print(f"best val acc {best['val_acc']:.3f} (epoch {best['epoch']}); run saved to {out} (trained on Ray)")
     return 0

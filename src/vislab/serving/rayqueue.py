@@ -373,10 +373,10 @@ class RayQueue(BaseQueue):
 
 
 # ---- the CLI's path: one job, here, waited for --------------------------------------------------------
-def run_job(folder: str | Path, kind: str, payload: dict, device: str = "cpu", addr: str | None = None,
+def run_job(folder: str | Path, task, device: str = "cpu", addr: str | None = None,
             on_event=None, timeout: float = 24 * 3600) -> dict:
     """Run one job on the cluster and wait for it (`vislab train/compare --ray ADDRESS`): `folder` (new or
-    empty) becomes the run folder; `on_event(training.Event, run)` sees its epochs and batches as they arrive
+    empty) becomes the run folder of `task` (a training.tasks TrainTask or CompareTask); `on_event(training.Event, run)` sees its epochs and batches as they arrive
     (`run`: the comparison's run name, None for a training job).
     Returns the final status. Ctrl-C stops the job (its best epoch is kept)."""
 
@@ -390,7 +390,7 @@ def run_job(folder: str | Path, kind: str, payload: dict, device: str = "cpu", a
 
     q = RayQueue(addr=addr, on_message=relay)
     try:
-        job = create(folder, kind, {**payload, "device": device})
+        job = create(folder, task.kind, {**task.to_payload(), "device": device})
         q.submit(job, device)
         try:
             return q.wait(job, timeout)

@@ -116,11 +116,14 @@ def execute(job: Job, writer: EventWriter, stop, threads: int | str | None = Non
 
         if threads:
             torch.set_num_threads(int(threads))
+        from vislab.training import tasks  # torch: after be_nice (see run_spare)
+
         payload = job.payload()
-        if payload.get("kind") == "compare":
-            _run_compare(job, payload, writer, stop)
+        task = tasks.from_payload(payload.get("kind", "train"), payload)
+        if isinstance(task, tasks.CompareTask):
+            _run_compare(job, task, writer, stop)
         else:
-            _run_train(job, payload, writer, stop)
+            _run_train(job, task, writer, stop)
         return {"state": "stopped" if stop.is_set() else "done", "message": writer.message}
     except Exception as exc:
         traceback.print_exc()
@@ -139,42 +142,27 @@ def _explain(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _run_train(job: Job, payload: dict, writer: EventWriter, stop) -> None:
-    from vislab.data import folders as data  # torch: after be_nice (see run_spare)
-    from vislab.training import experiment
-
-    report = data.report_from_dict(payload["report"])
-    spec = experiment.Spec.from_dict(payload["spec"])
-    writer.progress(force=True, stage="building", model=spec.model, images=len(report.items))
-    if payload.get("resume"):
-        result = experiment.resume(payload["resume"], report, spec.train.epochs, job.folder, writer.event, stop)
-    else:
-        prepared = experiment.prepare(spec, len(report.classes), plan=payload.get("plan"))
-        result = experiment.train(spec, report, job.folder, writer.event, stop, prepared=prepared,
-                                  checkpoints=True, predictions=True)
+def _run_train(job: Job, task, writer: EventWriter, stop) -> None:
+    """A TrainTask, its events into the job's files; a failure or an empty stop becomes the job's message."""
+    writer.progress(force=True, stage="building", model=task.spec.model, images=len(task.report.items))
+    result = task.run(job.folder, writer.event, stop)
     if result.history.failure:
         writer.message = result.history.failure
     if not result.history.epochs:
         writer.message = "stopped before the first epoch finished: nothing to keep"
 
 
-def _run_compare(job: Job, payload: dict, writer: EventWriter, stop) -> None:
-    from vislab.data import folders as data  # torch: after be_nice (see run_spare)
-    from vislab.training import compare
-
-    report = data.report_from_dict(payload["report"])
-    configs = [compare.Config(**c) for c in payload["configs"]]
+def _run_compare(job: Job, task, writer: EventWriter, stop) -> None:
+    """A CompareTask: each configuration's events tagged with its name, and how many have ended so far."""
     done = []
 
     def on_event(name, e):
         if e.kind == "end":
             done.append(name)
-        writer.progress(runs_done=len(done), runs=len(configs))
+        writer.progress(runs_done=len(done), runs=len(task.configs))
         writer.event(e, run=name)
 
-    compare.run(payload["model"], report, configs, payload["epochs"], job.folder, img_size=payload.get("img_size"),
-                batch_size=payload.get("batch_size", 32), seed=payload.get("seed", 0), on_event=on_event, stop=stop,
-                per_class=payload.get("per_class"), engine=payload.get("engine", "auto"))
+    task.run(job.folder, on_event, stop)
 
 
 def main(argv: list[str] | None = None) -> int:
