@@ -14,9 +14,9 @@ from PIL import Image
 
 from vislab.views import attention, base as views, cam
 from vislab.data import folders as data
-from vislab.training import experiment, runs
+from vislab.training import experiment, prefix as frozen, runs
 from vislab.export import formats as export
-from vislab.models import freezing, heads, factory as models, stages
+from vislab.models import freezing, heads, factory as models, stages, weights
 from vislab.training.loop import TrainConfig
 from vislab.data.transforms import Augment, load_image
 from vislab.data.config import resize_for
@@ -131,8 +131,6 @@ def test_cached_training_matches_the_full_loop(synthetic, name):
 
 def test_the_cache_holds_the_spatial_map(synthetic):
     """The head is the first trainable module, so the frozen prefix ends at the map before pooling."""
-    from vislab.training import prefix as frozen
-
     model, _ = _model("mobilenet_v2")
     freezing.apply(model, freezing.preset(model, "head")[0])
     x = torch.randn(2, 3, 64, 64)
@@ -222,8 +220,6 @@ def _object_share(model, items, boxes, cfg):
 
 @pytest.mark.slow
 def test_the_class_token_attends_to_the_object(tmp_path):
-    from vislab.models import weights
-
     if not weights.status("mobilenet_v2", "torchvision").available:
         pytest.skip("no pretrained mobilenet_v2 weights on this machine (vislab weights pull mobilenet_v2)")
     untrained, info = _model("mobilenet_v2", 2, "pretrained")

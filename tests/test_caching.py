@@ -3,12 +3,13 @@
 import pytest
 import torch
 
-from vislab.training import decoding, engines, experiment, feature_cache
+from vislab.training import decoding, engines, experiment, feature_cache, loop as training
 from vislab.training.prefix import Prefix, find_prefix, fingerprint, memory_format_of, reproduces
 from vislab.data import folders as data, datasets
-from vislab.models import factory as models
+from vislab.models import factory as models, freezing
 from vislab.training.loop import TrainConfig
-from vislab.data.transforms import Augment
+from vislab.data.transforms import Augment, eval_transform, train_transform
+from vislab.views import base as view_base
 
 
 def _train(synthetic, name, strategy, cache, head="linear", thaw_last=1, epochs=2, augment=None, pool=None):
@@ -55,8 +56,6 @@ def test_vit_falls_back_to_the_full_loop(synthetic):
 
 
 def test_prefix_stops_at_the_first_trainable_or_random_module():
-    from vislab.models import freezing
-
     model, _ = models.create_model("test_resnet", 3, weights_choice="random")
     freezing.apply(model, freezing.preset(model, "partial", thaw_last=1)[0])
     prefix = find_prefix(model, torch.randn(2, 3, 64, 64))
@@ -99,8 +98,6 @@ def test_fresh_augmentation_falls_back_and_says_why(synthetic):
 
 
 def test_a_view_is_the_same_pixels_every_time_and_views_differ(synthetic):
-    from vislab.data.transforms import train_transform
-
     items = data.scan_folder(synthetic).items[:3]
     cfg = models.create_model("test_resnet", 3, weights_choice="random")[1].data_config
     views = datasets.AugmentedViews(items, train_transform(cfg, Augment(crop=True, color=True)), views=3, seed=0)
@@ -153,8 +150,6 @@ def test_one_changed_weight_value_gives_the_prefix_a_new_key():
 
 
 def test_convnets_train_in_channels_last_unless_their_forward_refuses_it(synthetic):
-    from vislab.training import loop as training
-
     class Viewer(torch.nn.Module):  # flattens its maps with .view: fails on channels_last tensors
         def __init__(self):
             super().__init__()
@@ -167,7 +162,6 @@ def test_convnets_train_in_channels_last_unless_their_forward_refuses_it(synthet
 
     items = data.scan_folder(synthetic).items
     cfg = models.create_model("test_resnet", 3, weights_choice="random")[1].data_config.with_size(64)
-    from vislab.data.transforms import eval_transform
     ds = datasets.ImageDataset(items, eval_transform(cfg))
     net = models.create_model("test_resnet", 3, weights_choice="random")[0]
     assert training._memory_format(net, ds, torch.device("cpu")) is torch.channels_last
@@ -210,13 +204,10 @@ def test_a_residual_block_is_never_cut_in_half():
 
 def test_caching_hands_every_module_its_own_train_flag_back():
     """find_prefix, reproduces, build and the channels_last probe run in eval, then give each module its own
-    flag back (modes.training_mode): a layer set to eval on its own stays in eval, and a frozen stage's
+    flag back (_modes.inference): a layer set to eval on its own stays in eval, and a frozen stage's
     stilled stochastic depth still drops nothing in the next training forward."""
     import timm
     from torch.utils.data import DataLoader, TensorDataset
-
-    from vislab.models import freezing
-    from vislab.training import loop as training
 
     torch.manual_seed(0)
     model = timm.create_model("test_convnext", num_classes=3, drop_path_rate=0.3)  # residual DropPath per block
@@ -246,10 +237,8 @@ def test_caching_hands_every_module_its_own_train_flag_back():
 
 
 def test_forward_seconds_times_one_batch_after_a_warm_up_and_puts_flags_back(monkeypatch):
-    """views.forward_seconds (the CAM page's cost estimate; here until views get their own test file): a warm-up
-    on 2 images, then n images timed once, per image; eval inside, each module's own flag back after."""
-    from vislab.views import base as views
-
+    """views.base.forward_seconds (the CAM page's cost estimate; here until views get their own test file): a
+    warm-up on 2 images, then n images timed once, per image; eval inside, each module's own flag back after."""
     seen = []
 
     class Probe(torch.nn.Module):
@@ -265,8 +254,8 @@ def test_forward_seconds_times_one_batch_after_a_warm_up_and_puts_flags_back(mon
     model = Probe().train()
     model.drop.eval()  # set to eval on its own: stays so
     clock = iter([100.0, 103.2])
-    monkeypatch.setattr(views.time, "perf_counter", lambda: next(clock))
-    assert views.forward_seconds(model, (3, 8, 8), n=16) == pytest.approx(0.2)
+    monkeypatch.setattr(view_base.time, "perf_counter", lambda: next(clock))
+    assert view_base.forward_seconds(model, (3, 8, 8), n=16) == pytest.approx(0.2)
     assert seen == [((2, 3, 8, 8), False, False, False), ((16, 3, 8, 8), False, False, False)]
     assert model.training and model.conv.training and not model.drop.training
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from vislab.training import engines, experiment, feature_cache, prefix as frozen
+from vislab.training import engines, evaluation, experiment, feature_cache, prefix as frozen
 from vislab import cli
 from vislab.data import folders as data
 from vislab.training.loop import TrainConfig
@@ -165,8 +165,6 @@ def test_engine_choice_is_checked_and_old_run_configs_load():
 
 
 def test_predictions_of_a_model_frozen_up_to_its_head_run_its_prefix_in_the_engine(synthetic, monkeypatch):
-    from vislab.training import evaluation
-
     spec = experiment.Spec(model="test_resnet", strategy="head", weights="random", img_size=64)
     model, info, _ = experiment.prepare(spec, 3)
     items = data.scan_folder(synthetic).items[:10]

@@ -28,7 +28,7 @@ class AugmentedViews(Dataset):
     """K fixed random views of each training image: item `view * n + i` is view `view` of image `i`.
 
     Each view's augmentation is drawn from its own seed (seed, view, image), so a view is the same pixels
-    whenever it is asked for: in the image loop, and once in the frozen-prefix cache (caching.py), which
+    whenever it is asked for: in the image loop, and once in the frozen-prefix cache (training/feature_cache.py), which
     therefore can cache augmented training too. ViewSampler walks the views, one per image per epoch."""
 
     def __init__(self, items: list[tuple[str, int]], transform, views: int, seed: int):

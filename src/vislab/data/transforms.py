@@ -56,7 +56,7 @@ class Augment:
     rotate: bool = False  # random rotation up to 15 degrees
     color: bool = False  # brightness / contrast / saturation jitter 0.2
     # 0: a new random view of each image every epoch (the full loop runs); K > 0: K fixed random views per
-    # image, epoch e using view e mod K, so a frozen prefix can be cached on K x the images (caching.py)
+    # image, epoch e using view e mod K, so a frozen prefix can be cached on K x the images (training/feature_cache.py)
     views: int = 0
 
     @property

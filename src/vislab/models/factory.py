@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from vislab.models import catalog, heads, weights
 from vislab.models.build import build_architecture
-from vislab._modes import training_mode
+from vislab._modes import inference
 from vislab.models.weights import WeightsError, WeightsStatus
 from vislab.data.config import DataConfig
 
@@ -52,7 +52,7 @@ def fit_input_size(model: nn.Module, name: str, size: int, check: bool = True) -
     if not check:
         return
     try:
-        with training_mode(model, False), torch.no_grad():
+        with inference(model):
             model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
     except Exception as exc:
         raise ValueError(f"{name} cannot take {size}x{size} input ({str(exc).splitlines()[0][:200]}): use "

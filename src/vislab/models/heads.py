@@ -20,7 +20,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vislab._modes import training_mode
+from vislab._hooks import forward_with_hooks
+from vislab._modes import inference
 
 HEAD_KINDS = ("linear", "mlp", "attention")
 ATTENTION_WIDTH = 128  # token width of the attention head (the backbone's channels are projected to it)
@@ -235,14 +236,10 @@ def _attach_attention_timm(model: nn.Module, num_classes: int) -> nn.Module:
         seen.append(tuple(args[0].shape))
         raise _Seen  # the old classifier cannot take the map: the forward stops here
 
-    handle = model.get_submodule(name).register_forward_pre_hook(record)
     try:
-        with training_mode(model, False), torch.no_grad():
-            model(_probe(model))
+        forward_with_hooks(model, [], _probe(model), pre=[(model.get_submodule(name), record)])
     except _Seen:
         pass
-    finally:
-        handle.remove()
     if not seen or len(seen[0]) != 4 or seen[0][2] * seen[0][3] < 1:
         raise AttentionHeadError(model, f"hands its classifier {seen[0] if seen else 'nothing'}, not a (B, C, H, W) map")
     _, channels, h, w = seen[0]
@@ -268,7 +265,7 @@ def _attach_attention_fx(model: nn.Module, num_classes: int) -> nn.Module:
     except Exception as exc:  # fx raises assorted errors on data-dependent control flow
         raise AttentionHeadError(model, f"cannot be traced ({str(exc).splitlines()[0][:160]})") from None
     gm = fx.GraphModule(model, graph, class_name=f"{type(model).__name__}WithAttention")
-    with training_mode(gm, False), torch.no_grad():
+    with inference(gm):
         ShapeProp(gm).propagate(_probe(model))
     nodes = list(gm.graph.nodes)
     calls = [i for i, n in enumerate(nodes) if n.op == "call_module" and n.target == root]

@@ -172,6 +172,7 @@ def status(name: str, source: str) -> WeightsStatus:
 # -- what to run when there are none -----------------------------------------------------------------------
 
 def _seedable() -> set[str]:
+    # seeding imports timm and torchvision (about a second): only the commands that seed or list need it
     from vislab.models.seeding import SEEDERS
 
     return {model for model, *_ in SEEDERS}

@@ -1,6 +1,6 @@
 """Freeze strategies side by side: several configurations on the same split and seed, one table.
 
-Runs share the cached features of a frozen prefix they have in common (caching.build's pool), so a
+Runs share the cached features of a frozen prefix they have in common (feature_cache.build's pool), so a
 comparison of head-only and partial runs runs the backbone about once. That shared caching pass is timed
 apart (`caching_passes`): a configuration's "train seconds" are its own, not the pass that the first of
 its group happened to pay for.
@@ -247,7 +247,7 @@ def table(rows: list[Row]) -> list[dict]:
 
 
 class _Pool(dict):
-    """caching.build's feature pool that notes which entry was built or reused (the caching passes)."""
+    """feature_cache.build's feature pool that notes which entry was built or reused (the caching passes)."""
 
     def __init__(self):
         super().__init__()
@@ -363,7 +363,7 @@ _SHARED = re.compile(r"prefix \((\d+) modules up to '(.*?)'\) shared with an ear
 
 def passes_from_cache_lines(rows: list[Row]) -> None:
     """The caching passes of a comparison saved before they were recorded, read back from each run's cache
-    lines (caching.Cache.describe): a shared prefix is matched to the latest earlier pass over the same one."""
+    lines (feature_cache.Cache.describe): a shared prefix is matched to the latest earlier pass over the same one."""
     latest: dict[tuple, int] = {}  # (modules, last module) of a prefix -> id of its latest pass
     built = 0
     for r in rows:

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from vislab import _fileio as fileio, _paths as paths
-from vislab._modes import training_mode
+from vislab._modes import inference
 from vislab.training.prefix import PrefixModule, fingerprint
 
 ENGINES = ("auto", "torch", "onnxruntime")
@@ -114,11 +114,10 @@ def _torch_runner(model: nn.Module, last: str, memory_format: torch.memory_forma
     """The prefix in torch, in eval, on images put in the model's `memory_format`."""
     prefix = PrefixModule(model, last)
 
-    @torch.no_grad()
     def run(x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 4:
             x = x.contiguous(memory_format=memory_format)
-        with training_mode(model, False):
+        with inference(model):
             return prefix(x).detach().clone()
 
     return run
@@ -332,7 +331,7 @@ def preload() -> None:
 def export(model: nn.Module, stubs: list[str], x: torch.Tensor) -> bytes:
     """The prefix as an ONNX graph (TorchScript exporter, dynamic batch axis), traced on `x`."""
     buffer = io.BytesIO()
-    with training_mode(model, False), torch.no_grad(), warnings.catch_warnings():
+    with inference(model), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings: a data-dependent forward shows up in the check
         torch.onnx.export(PrefixModule(model, stubs[-1]), (x,), buffer, dynamo=False, opset_version=OPSET,
                           input_names=["images"], output_names=["features"],

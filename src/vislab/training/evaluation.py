@@ -12,11 +12,12 @@ import torch.nn as nn
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from vislab.models import weights
 from vislab.training import engines
 from vislab.training.prefix import find_prefix, memory_format_of, reproduces, stubbed
 from vislab.data.datasets import ImageDataset
 from vislab.data.config import DataConfig
-from vislab._modes import training_mode
+from vislab._modes import inference
 from vislab.data.transforms import eval_transform
 
 PROBE_IMAGES = 8  # images the prefix engine is chosen (checked, timed) on before predicting: not a whole batch
@@ -43,7 +44,6 @@ def eval_loader(items: list[tuple[str, int]], cfg: DataConfig, batch_size: int =
     return DataLoader(ImageDataset(items, eval_transform(cfg)), batch_size=batch_size, shuffle=False)
 
 
-@torch.no_grad()
 def predict(model: nn.Module, items: list[tuple[str, int]], cfg: DataConfig, batch_size: int = 32,
             device: str | torch.device = "cpu", engine: str = "auto", name: str = "") -> Predictions:
     """Softmax and loss of every image. A model frozen up to its head runs its frozen prefix through the
@@ -51,7 +51,7 @@ def predict(model: nn.Module, items: list[tuple[str, int]], cfg: DataConfig, bat
     model.to(device)
     probs, losses, labels = [], [], []
     loader = eval_loader(items, cfg, batch_size)
-    with training_mode(model, False):
+    with inference(model):
         prefix, runner = _frozen_prefix(model, loader.dataset, torch.device(device), engine, name)
         with stubbed(model, prefix) if runner else contextlib.nullcontext():
             for x, y in loader:
@@ -96,13 +96,12 @@ def top_losses(pred: Predictions, k: int = 12) -> list[int]:
     return [int(i) for i in np.argsort(-pred.losses)[:k]]
 
 
-@torch.no_grad()
 def classify(model: nn.Module, img: Image.Image, cfg: DataConfig, classes: list[str], k: int = 5,
              device: str | torch.device = "cpu") -> list[tuple[str, float]]:
     """Top-k (class name, probability) for one image."""
     model.to(device)
     x = eval_transform(cfg)(img.convert("RGB")).unsqueeze(0).to(device)  # (1, 3, H, W)
-    with training_mode(model, False):
+    with inference(model):
         probs = model(x).float().softmax(1)[0].cpu()
     top = probs.topk(min(k, len(probs)))
     return [(classes[i] if i < len(classes) else str(i), float(p)) for p, i in zip(top.values, top.indices)]
@@ -117,8 +116,6 @@ def imagenet_classes() -> list[str]:
 
 def class_names(model_name: str, num: int) -> list[str]:
     """Names of a model's outputs: those recorded with its weights file, ImageNet's for 1,000, else numbers."""
-    from vislab.models import weights
-
     record = weights.read_manifest().get(model_name) or {}
     if record.get("class_names") and len(record["class_names"]) == num:
         return list(record["class_names"])

@@ -14,13 +14,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
 from vislab import _fileio as fileio
 from vislab.data import folders as data, datasets
 from vislab.models import catalog, freezing, factory as models
 from vislab.models.weights import WeightsStatus
-from vislab.training import runs, loop as training
+from vislab.training import engines, evaluation, runs, loop as training
+from vislab.training.prefix import find_prefix, reproduces
 from vislab.training.loop import Event, TrainConfig
 from vislab.data.transforms import Augment, eval_transform, train_transform
 
@@ -109,8 +111,6 @@ def train(
     `predictions`, the run folder also gets the validation predictions of the kept weights."""
     if not report.usable:
         raise data.DataError("; ".join(report.errors))
-    from vislab.training import engines
-
     if spec.engine not in engines.ENGINES:
         raise engines.EngineError(f"unknown engine '{spec.engine}': use {', '.join(engines.ENGINES)}")
     report = data.subset(report, spec.per_class, spec.train.seed)
@@ -160,8 +160,6 @@ def train(
                        "feature_cache": history.cache})
         runs.save_split(out, train_items, val_items)
         if predictions:
-            from vislab.training import evaluation
-
             runs.save_predictions(out, evaluation.predict(model.cpu(), val_items, cfg, spec.train.batch_size,
                                                                 engine=spec.engine, name=spec.model))
         run_dir = runs.save(out, model.cpu(), config, history.epochs, report.classes)
@@ -213,11 +211,6 @@ def export_prefix(model_name: str, img_size: int | None = None) -> str:
     """Export `model_name`'s head-only frozen prefix (its weights as a run finds them) to the engines' disk
     cache ahead of any run (set-up calls it for the seeded models), so the first head-only run on this server
     reuses the export. Returns what happened, in words."""
-    import torch
-
-    from vislab.training import engines
-    from vislab.training.prefix import find_prefix, reproduces
-
     spec = Spec(model=model_name, strategy="head", weights="auto", img_size=img_size)
     model, info, _ = prepare(spec, 2)  # the head is not part of the prefix: any number of classes
     model.eval()

@@ -21,7 +21,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from vislab import _paths as paths
-from vislab._modes import training_mode
+from vislab._modes import inference
 from vislab.data.datasets import ViewSampler
 from vislab.training import decoding, engines
 from vislab.training.prefix import Prefix, find_prefix, fingerprint, memory_format_of, prefix_outputs, reproduces
@@ -87,7 +87,7 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
     if pool is not None and key in pool:
         feats, nbytes, spill = pool[key]
         return _cache(prefix, feats, train_loader, val_loader, seed, 0.0, nbytes, spill, shared=True), ""
-    with training_mode(model, False):
+    with inference(model):
         sample = prefix_outputs(model, prefix, first_x[:1])  # (1, ...) one image's features
         n_images = len(train_loader.dataset) + len(val_loader.dataset)
         nbytes = n_images * sample.numel() * sample.element_size()

@@ -24,7 +24,7 @@ from vislab.training.prefix import full_state_dict, memory_format_of, stubbed
 from vislab.models import freezing, stages
 from vislab.data.datasets import ViewSampler
 from vislab.models.freezing import FreezePlan
-from vislab._modes import training_mode
+from vislab._modes import inference
 
 
 @dataclass
@@ -313,7 +313,7 @@ def _memory_format(model: nn.Module, dataset, device: torch.device) -> torch.mem
         return torch.contiguous_format
     try:
         model.to(memory_format=torch.channels_last)
-        with training_mode(model, False), torch.no_grad():
+        with inference(model):
             model(x.contiguous(memory_format=torch.channels_last))
         return torch.channels_last
     except Exception:

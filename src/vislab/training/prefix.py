@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from vislab._modes import training_mode
+from vislab._hooks import forward_with_hooks, temporary_hooks
+from vislab._modes import inference
 from vislab.models import freezing
 from vislab.models.heads import set_module
 
@@ -48,18 +49,11 @@ def _moving(m: nn.Module) -> bool:
     return _stochastic(m) and not getattr(m, "_vislab_still", False)  # frozen stages drop nothing
 
 
-@torch.no_grad()
 def find_prefix(model: nn.Module, x: torch.Tensor) -> Prefix | None:
     """The frozen deterministic modules before the first moving one, from one forward on `x`."""
     started: list[str] = []
-    handles = [m.register_forward_pre_hook(lambda mod, a, n=n: started.append(n))
-               for n, m in model.named_modules() if n]
-    try:
-        with training_mode(model, False):
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, [], x, pre=[(m, lambda mod, a, n=n: started.append(n))
+                                          for n, m in model.named_modules() if n])
     modules = dict(model.named_modules())
     boundary = next((n for n in started if _moving(modules[n])), None)
     if boundary is None:
@@ -93,13 +87,11 @@ class PrefixModule(nn.Module):
             out.append(output)
             raise _Stop
 
-        handle = self.model.get_submodule(self.last).register_forward_hook(capture)
         try:
-            self.model(x)
+            with temporary_hooks([(self.model.get_submodule(self.last), capture)]):
+                self.model(x)
         except _Stop:
             pass
-        finally:
-            handle.remove()
         return out[-1]  # (B, ...) a pooled vector, or a spatial map for an attention head
 
 
@@ -134,10 +126,9 @@ def full_state_dict(model: nn.Module, originals: dict[str, nn.Module]) -> dict[s
     return state
 
 
-@torch.no_grad()
 def reproduces(model: nn.Module, prefix: Prefix, x: torch.Tensor, atol: float = 1e-4) -> bool:
     """True when running the stubbed model on the cached tensor gives the full model's logits."""
-    with training_mode(model, False):
+    with inference(model):
         full = model(x)
         cached = prefix_outputs(model, prefix, x)
         with stubbed(model, prefix):

@@ -30,6 +30,7 @@ from vislab.models import freezing
 from vislab.models.freezing import FreezePlan
 from vislab.data.config import DataConfig
 from vislab.models.factory import create_model
+from vislab.training.evaluation import Predictions
 
 FILES = ("config.json", "metrics.json", "classes.json", "model.safetensors")
 
@@ -138,8 +139,6 @@ def save_predictions(folder: str | Path, pred) -> None:
 
 def load_predictions(folder: str | Path):
     """The saved evaluation.Predictions of a run, or None."""
-    from vislab.training.evaluation import Predictions
-
     try:
         d = fileio.read_json(Path(folder) / "predictions.json")
     except (ValueError, OSError):
