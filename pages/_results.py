@@ -22,7 +22,7 @@ CURVES_PREFIX = "curves_"
 CM_PREFIX = "cm_"
 PC_PREFIX = "pc_"
 CLASSIFY_PREFIX = "classify_"
-TOPK_PREFIX = "topk_"
+TOPK_PREFIX = "result_topk_"  # not cam.py's "topk_": each page owns its keys
 
 RUN_FILES = ("status.json", "job.json", "events.jsonl", "progress.json", "config.json", "metrics.json",
              "predictions.json", "model.safetensors", "checkpoint/model.safetensors", "checkpoint/metrics.json",
