@@ -1,4 +1,4 @@
-"""The `vislab` command: models, weights, engines, data check, train, compare, export, explain.
+"""The `vislab` command: models, weights, engines, data check, train, compare, study, export, explain.
 
 One module per command (`vislab.cli.train`, ...), each with `add_parser` (its own subparser) and `run(args)`;
 this module assembles the parser and dispatches. Errors are one line and exit status 2; a command that fails
@@ -15,11 +15,11 @@ import os
 import sys
 
 from vislab._fileio import OutGuard
-from vislab.cli import compare, data, engines, explain, export, models, train, weights
+from vislab.cli import compare, data, engines, explain, export, models, study, train, weights
 from vislab.cli._common import EXIT_BAD_INPUT, CliError, Parser
 
 COMMANDS = {"models": models, "weights": weights, "engines": engines, "data": data, "train": train,
-            "compare": compare, "export": export, "explain": explain}  # in the order --help lists them
+            "compare": compare, "study": study, "export": export, "explain": explain}  # in the order --help lists them
 
 
 def _collect_then_freeze() -> None:

@@ -32,6 +32,9 @@ def add_parser(sub) -> None:
     t.add_argument("--per-class", type=positive(int), default=None, help="use at most N images per class")
     t.add_argument("--val-frac", type=between(float, 0.05, 0.9), default=0.2,
                    help="share of each class held out for validation (ignored for a train/ val/ layout)")
+    t.add_argument("--train-fraction", type=between(float, 0.01, 1.0), default=1.0,
+                   help="train on this share of each class's training images (nested: a smaller share lies "
+                        "inside a larger one for the same --seed); the validation images stay the same")
     t.add_argument("--augment", action="store_true", help="random crops and flips while training")
     t.add_argument("--aug-views", type=positive(int, zero_ok=True), default=0, metavar="K",
                    help="with --augment: K fixed random views per image, cached with the frozen prefix "
@@ -108,7 +111,7 @@ def run(args) -> int:
     spec = experiment.Spec(
         model=args.model, strategy=args.strategy, thaw_last=args.thaw_last, bn=args.bn, head=args.head,
         weights="random" if args.strategy == "scratch" else args.weights, img_size=args.img_size,
-        per_class=args.per_class, val_frac=args.val_frac,
+        per_class=args.per_class, val_frac=args.val_frac, train_fraction=args.train_fraction,
         augment=Augment(hflip=args.augment, crop=args.augment, views=args.aug_views),
         train=TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                           device=args.device, num_workers=args.workers, cache=not args.no_cache,

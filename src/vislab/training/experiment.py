@@ -39,6 +39,7 @@ class Spec:
     weights: str = "pretrained"  # pretrained | auto | random (scratch always random)
     img_size: int | None = None  # None: the model's own input size
     val_frac: float = 0.2
+    train_fraction: float = 1.0  # train on this stratified, nested share of the training split (the study's axis)
     per_class: int | None = None  # use at most this many images per class
     augment: Augment = field(default_factory=Augment)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -120,6 +121,7 @@ def train(
     if prepared is not None:  # the UI's own model: make sure it takes the chosen size (a ViT resamples)
         models.fit_input_size(model, spec.model, info.data_config.size)
     train_items, val_items = data.split(report.items, spec.val_frac, spec.train.seed, report.fixed_val)
+    train_items = data.fraction_of(train_items, spec.train_fraction, spec.train.seed)  # val stays whole
     cfg = info.data_config
     augment = spec.augment
     if augment.any and augment.views > 0:  # K fixed views: the frozen prefix can still be cached
@@ -141,7 +143,7 @@ def train(
         "plans": [p.plan.to_dict() for p in phases], "phases": [
             {"name": p.name, "epochs": p.epochs, "lr": p.lr} for p in phases],
         "train": spec.train.to_dict(), "augment": spec.augment.to_dict(), "val_frac": spec.val_frac,
-        "per_class": spec.per_class, "data": report.root, "train_size": len(train_items),
+        "per_class": spec.per_class, "train_fraction": spec.train_fraction, "data": report.root, "train_size": len(train_items),
         "val_size": len(val_items), "engine": spec.engine,
     }
 
