@@ -149,6 +149,32 @@ def test_one_changed_weight_value_gives_the_prefix_a_new_key():
     assert not moved.shared
 
 
+def test_a_smaller_training_set_inside_a_cached_one_reuses_its_features(synthetic):
+    """A study's smaller fraction (a nested subset of the training images, the same validation images) takes
+    its features as rows of the larger set's cache: the same numbers a pass of its own computes, in its order."""
+    from torch.utils.data import DataLoader
+
+    model, info = models.create_model("test_resnet", 3, weights_choice="random", img_size=64)
+    freezing.apply(model, freezing.preset(model, "head")[0])
+    report = data.scan_folder(synthetic)
+    train, val = data.split(report.items, 0.2, 0)
+    half = data.fraction_of(train, 0.5, 0)
+    tf = eval_transform(info.data_config)
+
+    def build(items, pool):
+        loaders = [DataLoader(datasets.ImageDataset(i, tf), batch_size=5) for i in (items, val)]
+        return feature_cache.build(model, *loaders, torch.device("cpu"), 0, pool=pool, engine="torch")[0]
+
+    pool: dict = {}
+    full = build(train, pool)
+    shared, own = build(half, pool), build(half, None)
+    assert not full.shared and shared.shared and not own.shared
+    for split in ("train", "val"):
+        got, want = getattr(shared, split).dataset.tensors, getattr(own, split).dataset.tensors
+        assert got[0].shape == want[0].shape and torch.equal(got[1], want[1])  # same images, same order
+        assert torch.allclose(got[0], want[0], atol=1e-5, rtol=1e-4)  # the same numbers
+
+
 def test_convnets_train_in_channels_last_unless_their_forward_refuses_it(synthetic):
     class Viewer(torch.nn.Module):  # flattens its maps with .view: fails on channels_last tensors
         def __init__(self):

@@ -51,9 +51,14 @@ def test_the_grid_counts_depth_as_thaw_last_does(report):
 
 
 def test_a_study_row_is_the_single_run_its_command_makes(report, synthetic, tmp_path):
-    plan = study.Plan(**PLAN, depths=[0, 1], fractions=[0.5], seeds=[1], strategies=["finetune"])
+    """The 50 % rows train on features the study took from the 100 % rows' cache (shared, not recomputed);
+    each row still equals the run of its own command in a fresh pool."""
+    plan = study.Plan(**PLAN, depths=[0, 1], fractions=[0.5, 1.0], seeds=[1], strategies=["finetune"])
     result = study.run(plan, report, tmp_path / "study", data_arg=str(synthetic))
-    assert [r.point.name for r in result.rows] == ["finetune_d0_f50_s1", "finetune_d1_f50_s1"]
+    assert [r.point.name for r in result.rows] == ["finetune_d0_f100_s1", "finetune_d1_f100_s1",
+                                                   "finetune_d0_f50_s1", "finetune_d1_f50_s1"]
+    shared = [runs.read_config(r.run_dir)["feature_cache"][0] for r in result.rows[2:]]
+    assert all("shared with an earlier run" in line for line in shared), shared
     for row in result.rows:
         alone = tmp_path / f"alone_{row.point.name}"
         argv = shlex.split(row.command)
@@ -63,7 +68,8 @@ def test_a_study_row_is_the_single_run_its_command_makes(report, synthetic, tmp_
         assert [m["val_acc"] for m in ran] == [m["val_acc"] for m in single]
         assert [m["val_loss"] for m in ran] == pytest.approx([m["val_loss"] for m in single], abs=1e-6)
         assert runs.load_split(row.run_dir) == runs.load_split(alone)  # same split, same nested fraction
-        assert row.train_images == runs.read_config(alone)["train_size"] < len(report.items) * 0.8 * 0.75
+        assert row.train_images == runs.read_config(alone)["train_size"]
+    assert result.rows[2].train_images < result.rows[0].train_images
 
 
 def test_resume_trains_only_the_missing_rows(report, tmp_path):
@@ -108,3 +114,16 @@ def test_bad_study_arguments_say_one_line_and_write_nothing(synthetic, tmp_path,
     err = capsys.readouterr().err
     assert rc == 2 and says in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_the_measured_similarity_refuses_a_head_that_is_not_imagenets(report):
+    """A random-init or non-ImageNet head cannot say how ImageNet-like the images look: no verdict, a reason."""
+    from vislab.teaching import measured
+
+    sim = measured.similarity("test_resnet", report, n=6)  # no pretrained weights for the test model
+    assert sim.verdict is None and sim.note.startswith("not measured")
+    confident = measured.Similarity(0.6, 40, [("velvet", 30)])
+    assert confident.verdict == "similar" and measured.Similarity(0.1, 40, []).verdict == "different"
+    row = study.Row(study.Point("finetune", 0, 1.0, 0), 0.9, 0.9, 0.3, 1, 1.0, 10, 40, 20, None, "")
+    lines = measured.matrix_against_study(60, confident, [row])
+    assert "“Train only the new head”" in lines[0] and lines[1].startswith("Measured: 100% of the training images")

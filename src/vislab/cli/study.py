@@ -84,6 +84,7 @@ def run(args) -> int:
     with lasting_imports(args):  # torch: loaded when the command runs, not for its --help or argument errors
         from vislab import _paths as paths
         from vislab.data import folders as data
+        from vislab.teaching import measured
         from vislab.training import study
 
     plan = _plan(args, study)
@@ -111,7 +112,9 @@ def run(args) -> int:
         raise CliError(f"interrupted: the finished rows are kept in {out}; run the same command again to "
                        "train only the rest") from None
     figures = study.write_figures(result, out)
-    for line in study.verdicts(result.rows):
+    sim = measured.similarity(plan.model, report, img_size=plan.img_size)
+    print(f"similarity to ImageNet: {sim.describe()}".replace("**", ""))
+    for line in measured.matrix_against_study(len(data.subset(report, plan.per_class).items), sim, result.rows):
         print(line)
     print(f"wrote {out / 'study.csv'}, {out / 'study.json'}"
           + "".join(f", {f}" for f in figures) + f" and {len(result.rows)} run folders under {out / 'runs'}")

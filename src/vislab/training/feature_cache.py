@@ -84,8 +84,8 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
         return None, "this model's forward does work between its frozen modules (e.g. position embeddings)"
     digest = fingerprint(model, prefix.stubs)
     key = (tuple(prefix.stubs), digest, _data_key(train_loader.dataset), _data_key(val_loader.dataset))
-    if pool is not None and key in pool:
-        feats, nbytes, spill = pool[key]
+    if pool is not None and (found := pool.get(key) or _from_larger(pool, key)) is not None:
+        feats, nbytes, spill = found
         return _cache(prefix, feats, train_loader, val_loader, seed, 0.0, nbytes, spill, shared=True), ""
     with inference(model):
         sample = prefix_outputs(model, prefix, first_x[:1])  # (1, ...) one image's features
@@ -159,6 +159,27 @@ def _fill(stores, train_loader: DataLoader, val_loader: DataLoader, device: torc
     if runner is None:
         return "no images to cache"
     return _Pass(torch.cat(ys), runner.describe(), decode_s, prefix_s, choose_s, images.workers)
+
+
+def _from_larger(pool: dict, key: tuple):
+    """The features of a training set that lies inside one already in `pool` (a study's smaller fraction:
+    same prefix, weights, validation images and transform), as rows of that larger set's store; else None."""
+    stubs, digest, (kind, items, *rest), val = key
+    if kind != "ImageDataset":  # augmented views store several rows per image: not rows of the items
+        return None
+    wanted = set(items)
+    for (o_stubs, o_digest, (o_kind, o_items, *o_rest), o_val), (feats, nbytes, spill) in pool.items():
+        if (o_stubs, o_digest, o_kind, o_rest, o_val) != (stubs, digest, kind, rest, val) or len(o_items) <= len(items):
+            continue
+        where = {item: i for i, item in enumerate(o_items)}
+        if not wanted <= where.keys():
+            continue
+        rows = torch.tensor([where[item] for item in items])  # this set's order: its sampler indexes it
+        store, labels = feats["train"]
+        part = {"train": (store[rows], labels[rows]), "val": feats["val"]}
+        pool[key] = (part, nbytes, spill)  # the same arrays' rows: asked again, found at once
+        return pool[key]
+    return None
 
 
 def _data_key(ds) -> tuple:
