@@ -175,6 +175,32 @@ def test_a_smaller_training_set_inside_a_cached_one_reuses_its_features(syntheti
         assert torch.allclose(got[0], want[0], atol=1e-5, rtol=1e-4)  # the same numbers
 
 
+def test_a_longer_prefix_continues_from_a_shorter_ones_cached_output(synthetic):
+    """A study's head-only run after its depth-1 run: the longer frozen prefix is computed from the depth-1
+    cut's cached tensors (no image decoded again), and gives the numbers its own pass over the images gives."""
+    from torch.utils.data import DataLoader
+
+    model, info = models.create_model("test_resnet", 3, weights_choice="random", img_size=64)
+    report = data.scan_folder(synthetic)
+    train, val = data.split(report.items, 0.2, 0)
+    tf = eval_transform(info.data_config)
+
+    def build(strategy, pool):
+        freezing.apply(model, freezing.preset(model, strategy, thaw_last=1)[0])
+        loaders = [DataLoader(datasets.ImageDataset(i, tf), batch_size=5) for i in (train, val)]
+        return feature_cache.build(model, *loaders, torch.device("cpu"), 0, pool=pool, engine="torch")[0]
+
+    pool: dict = {}
+    deeper = build("partial", pool)
+    chained, own = build("head", pool), build("head", None)
+    assert len(deeper.prefix.stubs) < len(chained.prefix.stubs) == len(own.prefix.stubs)
+    assert chained.continued == deeper.prefix.stubs[-1] and "continued from" in chained.describe()
+    for split in ("train", "val"):
+        got, want = getattr(chained, split).dataset.tensors, getattr(own, split).dataset.tensors
+        assert got[0].shape == want[0].shape and torch.equal(got[1], want[1])
+        assert torch.allclose(got[0], want[0], atol=1e-5, rtol=1e-4)  # the same numbers
+
+
 def test_convnets_train_in_channels_last_unless_their_forward_refuses_it(synthetic):
     class Viewer(torch.nn.Module):  # flattens its maps with .view: fails on channels_last tensors
         def __init__(self):

@@ -55,10 +55,11 @@ def test_a_study_row_is_the_single_run_its_command_makes(report, synthetic, tmp_
     each row still equals the run of its own command in a fresh pool."""
     plan = study.Plan(**PLAN, depths=[0, 1], fractions=[0.5, 1.0], seeds=[1], strategies=["finetune"])
     result = study.run(plan, report, tmp_path / "study", data_arg=str(synthetic))
-    assert [r.point.name for r in result.rows] == ["finetune_d0_f100_s1", "finetune_d1_f100_s1",
-                                                   "finetune_d0_f50_s1", "finetune_d1_f50_s1"]
-    shared = [runs.read_config(r.run_dir)["feature_cache"][0] for r in result.rows[2:]]
-    assert all("shared with an earlier run" in line for line in shared), shared
+    assert [r.point.name for r in result.rows] == ["finetune_d1_f100_s1", "finetune_d0_f100_s1",
+                                                   "finetune_d1_f50_s1", "finetune_d0_f50_s1"]
+    cached = [runs.read_config(r.run_dir)["feature_cache"][0] for r in result.rows]
+    assert "continued from the cached output of" in cached[1], cached  # head only: from the depth-1 cut
+    assert all("shared with an earlier run" in line for line in cached[2:]), cached  # 50 %: rows of 100 %
     for row in result.rows:
         alone = tmp_path / f"alone_{row.point.name}"
         argv = shlex.split(row.command)

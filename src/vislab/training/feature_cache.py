@@ -24,7 +24,8 @@ from vislab import _paths as paths
 from vislab._modes import inference
 from vislab.data.datasets import ViewSampler
 from vislab.training import decoding, engines
-from vislab.training.prefix import Prefix, find_prefix, fingerprint, memory_format_of, prefix_outputs, reproduces
+from vislab.training.prefix import (Prefix, PrefixModule, find_prefix, fingerprint, memory_format_of, prefix_outputs,
+                                    reproduces, stubbed)
 
 MEMORY_LIMIT_BYTES = 1 << 30  # features up to 1 GiB stay in memory; larger ones spill to a file on disk
 DISK_LIMIT_BYTES = 32 << 30  # beyond this, caching is not worth it: the full loop
@@ -39,6 +40,7 @@ class Cache:
     nbytes: int
     spill: tempfile.TemporaryDirectory | None = None  # the on-disk copy when too large for memory (removed with us)
     shared: bool = False  # reused from an earlier run with the same frozen prefix
+    continued: str = ""  # computed from an earlier run's cached output of this shorter prefix's last module
     engine: str = "torch"  # what ran the prefix and why (engines.Engine.describe)
     decode_seconds: float = 0.0  # JPEG decode + resize of every image, summed over the loader's workers
     prefix_seconds: float = 0.0  # the prefix itself, in the main process
@@ -55,6 +57,7 @@ class Cache:
         else:  # cheaper than the prefix: a worker beside it would only slow it down (decoding.py)
             decoding = f"decoding {self.decode_seconds:.1f} s in line, the prefix {self.prefix_seconds:.1f} s"
         how = "shared with an earlier run" if self.shared else (
+            f"continued from the cached output of '{self.continued}', {self.seconds:.1f} s" if self.continued else
             f"run once by {self.engine}, {self.seconds:.1f} s (choosing the engine on the first batch cost "
             f"{self.choose_seconds:.1f} s; "
             f"{decoding})")
@@ -87,6 +90,11 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
     if pool is not None and (found := pool.get(key) or _from_larger(pool, key)) is not None:
         feats, nbytes, spill = found
         return _cache(prefix, feats, train_loader, val_loader, seed, 0.0, nbytes, spill, shared=True), ""
+    if pool is not None and (chained := _from_shorter(pool, model, prefix, key, first_x, device)) is not None:
+        (feats, nbytes, spill), seconds, shorter = chained
+        cache = _cache(prefix, feats, train_loader, val_loader, seed, seconds, nbytes, spill)
+        cache.continued = shorter
+        return cache, ""
     with inference(model):
         sample = prefix_outputs(model, prefix, first_x[:1])  # (1, ...) one image's features
         n_images = len(train_loader.dataset) + len(val_loader.dataset)
@@ -179,6 +187,34 @@ def _from_larger(pool: dict, key: tuple):
         part = {"train": (store[rows], labels[rows]), "val": feats["val"]}
         pool[key] = (part, nbytes, spill)  # the same arrays' rows: asked again, found at once
         return pool[key]
+    return None
+
+
+def _from_shorter(pool: dict, model: nn.Module, prefix: Prefix, key: tuple, first_x: torch.Tensor,
+                  device: torch.device):
+    """This prefix's features computed from the cached output of a shorter prefix of the same weights and
+    images (a study's deeper thaw, cached first): the stubbed model runs only the modules between the two
+    cuts on the stored tensors, no image decoded again. ((feats, nbytes, None), seconds, the shorter
+    prefix's last module), or None when the pool holds no such prefix."""
+    stubs, _, train_key, val_key = key
+    for (o_stubs, o_digest, o_train, o_val), (feats, _, _) in list(pool.items()):
+        if (o_train, o_val) != (train_key, val_key) or not 0 < len(o_stubs) < len(stubs) \
+                or tuple(stubs[:len(o_stubs)]) != o_stubs:
+            continue
+        shorter = Prefix(list(o_stubs), stubs[len(o_stubs)])
+        if fingerprint(model, shorter.stubs) != o_digest or not reproduces(model, shorter, first_x):
+            continue
+        start = time.perf_counter()
+        rest = PrefixModule(model, stubs[-1])
+        out, nbytes = {}, 0
+        with inference(model), stubbed(model, shorter):
+            for split in ("train", "val"):
+                store, labels = feats[split]
+                parts = [rest(store[i:i + 64].to(device)).detach().clone() for i in range(0, len(store), 64)]
+                out[split] = (torch.cat(parts), labels)  # (N, ...) this prefix's output per image
+                nbytes += out[split][0].numel() * out[split][0].element_size()
+        pool[key] = (out, nbytes, None)
+        return pool[key], time.perf_counter() - start, o_stubs[-1]
     return None
 
 

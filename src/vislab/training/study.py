@@ -8,8 +8,9 @@ then everything at a lower rate). Every configuration of one seed is validated o
 that `vislab train --seed` makes, so rows of a seed differ only in what the study varies.
 
 Each row is the run `vislab train` makes with the same arguments (its `command` column), trained in this one
-process with one feature-cache pool, so a frozen prefix is run once per (depth, fraction, seed) at most and
-no process starts per configuration. Rows are written to `study.json` / `study.csv` as they finish; a study
+process with one feature-cache pool: no process starts per configuration, a smaller fraction takes its
+features as rows of the larger one's, and a shallower cut's longer frozen prefix continues from the deeper
+cut's cached output, so the images are decoded and the shared part of the network run about once per seed. Rows are written to `study.json` / `study.csv` as they finish; a study
 run again on the same folder keeps the finished rows and trains only the rest.
 """
 
@@ -100,14 +101,15 @@ class Plan:
 
     def points(self, n_stages: int) -> list[Point]:
         """Every configuration, seed by seed, largest fraction first (its cache serves the smaller ones), then
-        thaw depth from the head down (each shallower cut's frozen prefix is longer)."""
+        the deepest thaw first: its frozen prefix is the shortest, and each shallower cut's longer prefix
+        continues from that cached output instead of decoding and running the images again."""
         depths = self.depths if self.depths is not None else default_depths(n_stages)
         out = []
         for seed in self.seeds:
             for fraction in sorted(set(self.fractions), reverse=True):
                 for bn in self.bn:
                     if "finetune" in self.strategies:
-                        out += [Point("finetune", d, fraction, seed, bn) for d in sorted(set(depths))]
+                        out += [Point("finetune", d, fraction, seed, bn) for d in sorted(set(depths), reverse=True)]
                     if "lp-ft" in self.strategies:
                         out.append(Point("lp-ft", n_stages, fraction, seed, bn))
                 if "scratch" in self.strategies:  # random init trains its BatchNorm: one row, whatever `bn`
