@@ -19,7 +19,7 @@ import streamlit as st
 from pages._state import LAB, LAST_RUN, current_lab
 from vislab import _fileio as fileio
 from vislab.serving import backends, events, jobqueue, jobs, labs
-from vislab.training.tasks import CompareTask, TrainTask
+from vislab.training.tasks import CompareTask, StudyTask, TrainTask
 
 
 POLL_RUNNING_S = 1.0  # how often a page polls its lab's running job
@@ -86,7 +86,7 @@ def new_folder(prefix: str) -> Path:
     raise jobs.JobError("too many runs started this second")
 
 
-def submit(task: TrainTask | CompareTask, prefix: str, device: str = "cpu") -> jobs.Job:
+def submit(task: TrainTask | CompareTask | StudyTask, prefix: str, device: str = "cpu") -> jobs.Job:
     """Queue `task` as a job of this lab; the queue's JobError when the lab already has one (a double click, a second
     tab), asked before the job folder is made, so a refused click leaves nothing behind."""
     from vislab.data.folders import safe_name

@@ -25,6 +25,7 @@ PAGES = (
     ("pages/freeze.py", "Freeze & BatchNorm", ":material/ac_unit:"),
     ("pages/train.py", "Train", ":material/monitoring:"),
     ("pages/compare.py", "Compare", ":material/compare:"),
+    ("pages/study.py", "Transfer study", ":material/query_stats:"),
     ("pages/cam.py", "CAM & Grad-CAM", ":material/visibility:"),
     ("pages/se.py", "SE channel weights", ":material/tune:"),
     ("pages/attention.py", "Attention", ":material/center_focus_strong:"),

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from vislab.data import folders as data
-from vislab.training import compare, experiment, runs, tasks
-from vislab.training.tasks import CompareTask, TrainTask
+from vislab.training import compare, experiment, runs, study, tasks
+from vislab.training.tasks import CompareTask, StudyTask, TrainTask
 from vislab.serving import claims, jobs, labs
 from vislab.serving.jobqueue import BaseQueue
 from vislab.serving.localqueue import LocalQueue
@@ -40,12 +40,18 @@ def test_a_task_is_what_its_job_json_says(synthetic, tmp_path):
     train = TrainTask(_spec(epochs=4), report, plan={"layer4": "trainable"}, resume=str(tmp_path / "old"))
     comp = CompareTask("test_resnet", report, [compare.Config.preset("head"), compare.Config.preset("full")], 2,
                        img_size=64, batch_size=8, seed=5, per_class=3, engine="torch")
-    for task in (train, comp):
+    plan = study.Plan(model="test_resnet", depths=[0, 2], fractions=[0.25, 1.0], seeds=[0, 1],
+                      bn=[None, "train"], strategies=["finetune", "lp-ft"], epochs=2, img_size=64, batch_size=8,
+                      per_class=3, engine="torch")
+    studied = StudyTask(plan, report, str(synthetic), folder=str(tmp_path / "old study"))
+    for task in (train, comp, studied):
         job = jobs.create(tmp_path / task.kind, task.kind, task.to_payload())
         assert tasks.from_payload(job.payload()["kind"], job.payload()) == task
     assert jobs.Job(tmp_path / "train").experiment_spec()["train"]["epochs"] == 4
+    assert StudyTask(plan, report, "sample").where(tmp_path / "job") == tmp_path / "job"  # no folder: the job's
+    assert studied.where(tmp_path / "job") == tmp_path / "old study"
     with pytest.raises(ValueError, match="unknown job kind"):
-        tasks.from_payload("study", {})
+        tasks.from_payload("survey", {})
 
 
 @pytest.fixture

@@ -128,3 +128,10 @@ def test_the_measured_similarity_refuses_a_head_that_is_not_imagenets(report):
     row = study.Row(study.Point("finetune", 0, 1.0, 0), 0.9, 0.9, 0.3, 1, 1.0, 10, 40, 20, None, "")
     lines = measured.matrix_against_study(60, confident, [row])
     assert "“Train only the new head”" in lines[0] and lines[1].startswith("Measured: 100% of the training images")
+
+
+def test_the_study_command_offers_the_librarys_choices():
+    from vislab.cli import study as command
+    from vislab.models import freezing
+
+    assert command.STUDY_STRATEGIES == study.STRATEGIES and command.BN_CHOICES == freezing.BN_MODES

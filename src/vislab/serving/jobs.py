@@ -33,7 +33,7 @@ from vislab.serving.claims import me, owner_alive, running_alive
 
 ACTIVE = ("queued", "running")
 FINAL = ("done", "stopped", "error", "cancelled", "interrupted")
-KINDS = ("train", "compare")
+KINDS = ("train", "compare", "study")
 
 
 class JobError(ValueError):

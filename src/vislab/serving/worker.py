@@ -122,6 +122,8 @@ def execute(job: Job, writer: EventWriter, stop, threads: int | str | None = Non
         task = tasks.from_payload(payload.get("kind", "train"), payload)
         if isinstance(task, tasks.CompareTask):
             _run_compare(job, task, writer, stop)
+        elif isinstance(task, tasks.StudyTask):
+            _run_study(job, task, writer, stop)
         else:
             _run_train(job, task, writer, stop)
         return {"state": "stopped" if stop.is_set() else "done", "message": writer.message}
@@ -163,6 +165,33 @@ def _run_compare(job: Job, task, writer: EventWriter, stop) -> None:
         writer.event(e, run=name)
 
     task.run(job.folder, on_event, stop)
+
+
+def _run_study(job: Job, task, writer: EventWriter, stop) -> None:
+    """A StudyTask: each row's events tagged with its name; runs_done/runs are the study's rows finished of all
+    (a Resume starts with the rows it found), so a page says "row 5 of 16"."""
+    from vislab.training import study  # torch: after be_nice (see run_spare)
+
+    total = task.rows()
+    found = study.load(task.where(job.folder))
+    done = [len(found.rows) if found is not None and found.plan == task.plan else 0]
+    writer.progress(force=True, runs_done=done[0], runs=total)
+
+    def on_event(name, e):
+        writer.progress(runs_done=done[0], runs=total)
+        writer.event(e, run=name)
+
+    def on_row(s):
+        done[0] = len(s.rows)
+        writer.progress(force=True, runs_done=done[0], runs=total)
+
+    result = task.run(job.folder, on_event, stop, on_row)
+    missing = len(result.missing())
+    if missing and stop.is_set():
+        writer.message = f"stopped with {len(result.rows)} of {total} rows finished (they are kept): Resume " \
+                         "trains the rest"
+    elif missing:
+        writer.message = f"{missing} row(s) did not finish (a run that stopped early or failed): Resume trains them"
 
 
 def main(argv: list[str] | None = None) -> int:

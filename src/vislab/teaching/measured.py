@@ -21,6 +21,11 @@ from vislab.models.weights import WeightsError
 from vislab.teaching import advisor
 from vislab.training import evaluation, study
 
+LIMITS = ("How far the proxy goes: it is one model's confidence (a stronger model is more confident on "
+          "everything), it counts a confident wrong label as similar, and ImageNet's 1,000 classes include fabrics, "
+          "textures and scenes, so 'different' means the model finds no class of its own that fits well, not that "
+          "the images are unlike photos. The threshold is a rule of thumb set on this lab's bundled sets. The "
+          "study's own numbers are the answer for this dataset; the matrix is the prior.")
 IMAGENET_CLASSES = 1000
 SIMILAR_CONFIDENCE = 0.35  # mean top-1 probability of the ImageNet head at or above which images count as similar
 

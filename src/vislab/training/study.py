@@ -341,6 +341,18 @@ def figure_data(rows: list[Row]) -> tuple[dict, dict]:
     return lines, refs
 
 
+def heatmap_data(study: Study) -> tuple[list[int], list[float], list[list[float | None]]] | None:
+    """The depth x fraction heatmap as numbers (the fine-tune rows of the first BatchNorm mode): depths,
+    fractions (largest first), and the mean best accuracy of each (None: not measured); None without rows."""
+    fine = [c for c in cells(study.rows) if c.strategy == "finetune" and c.bn == study.plan.bn[0]]
+    if not fine:
+        return None
+    depths = sorted({c.depth for c in fine})
+    fractions = sorted({c.fraction for c in fine}, reverse=True)
+    mean = {(c.fraction, c.depth): c.mean for c in fine}
+    return depths, fractions, [[mean.get((f, d)) for d in depths] for f in fractions]
+
+
 def write_figures(study: Study, folder: str | Path) -> list[Path]:
     """study_depth.png (accuracy against thaw depth) and study_heatmap.png (depth x fraction) in `folder`."""
     from vislab.figures import study as pictures  # matplotlib: only a study that draws files needs it
@@ -351,12 +363,7 @@ def write_figures(study: Study, folder: str | Path) -> list[Path]:
     title = f"{study.plan.model}: what to thaw, for how much data ({len(study.plan.seeds)} seed(s))"
     made = [pictures.accuracy_by_depth(lines, refs, Path(folder) / "study_depth.png", title,
                                        {0: "0\nhead only", study.n_stages: f"{study.n_stages}\nall"})]
-    fine = [c for c in cells(study.rows) if c.strategy == "finetune" and c.bn == study.plan.bn[0]]
-    if fine:
-        depths = sorted({c.depth for c in fine})
-        fractions = sorted({c.fraction for c in fine}, reverse=True)
-        mean = {(c.fraction, c.depth): c.mean for c in fine}
-        made.append(pictures.depth_fraction_heatmap(
-            depths, fractions, [[mean.get((f, d)) for d in depths] for f in fractions],
-            Path(folder) / "study_heatmap.png", f"{study.plan.model}: mean best validation accuracy"))
+    if (grid := heatmap_data(study)) is not None:
+        made.append(pictures.depth_fraction_heatmap(*grid, Path(folder) / "study_heatmap.png",
+                                                    f"{study.plan.model}: mean best validation accuracy"))
     return made

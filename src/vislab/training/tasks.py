@@ -1,5 +1,6 @@
-"""What a background job runs, as typed payloads: a `TrainTask` (one experiment, or the resume of a run) and a
-`CompareTask` (several configurations of one model on one dataset).
+"""What a background job runs, as typed payloads: a `TrainTask` (one experiment, or the resume of a run), a
+`CompareTask` (several configurations of one model on one dataset) and a `StudyTask` (a transfer study: thaw
+depth x training fraction x seeds, vislab.training.study).
 
 The pages and the CLI build a task; a job's job.json holds `to_payload()` beside its kind; the worker (local
 process or Ray task) reads it back with `from_payload` and calls `run`. So a job is described in one place and
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Callable, ClassVar
 
 from vislab.data import folders as data
-from vislab.training import compare, experiment
+from vislab.training import compare, experiment, study
 from vislab.training.loop import Event
 
 
@@ -82,10 +83,47 @@ class CompareTask:
                            per_class=self.per_class, engine=self.engine)
 
 
-TASKS = {task.kind: task for task in (TrainTask, CompareTask)}
+@dataclass
+class StudyTask:
+    """A transfer study of `plan` on `report`'s images. `data_label` is what the rows' commands pass as `--data`
+    (the dataset's name or path); `folder` is where the study lives: None, the job's own folder; a Resume
+    names the interrupted study's folder, so only its missing rows train."""
+
+    kind: ClassVar[str] = "study"
+    plan: study.Plan
+    report: data.DataReport
+    data_label: str
+    folder: str | None = None
+
+    def to_payload(self) -> dict:
+        return {"plan": self.plan.to_dict(), "report": data.report_to_dict(self.report),
+                "data_label": self.data_label, "folder": self.folder}
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> StudyTask:
+        return cls(study.Plan.from_dict(payload["plan"]), data.report_from_dict(payload["report"]),
+                   payload["data_label"], payload.get("folder"))
+
+    def where(self, out: str | Path) -> Path:
+        """The study's folder when the job runs in `out`."""
+        return Path(self.folder or out)
+
+    def rows(self) -> int:
+        """How many rows the whole study has (finished or not)."""
+        return len(self.plan.points(study.body_stages(self.plan.model)))
+
+    def run(self, out: str | Path, on_event: Callable[[str, Event], None], stop=None,
+            on_row: Callable[[study.Study], None] | None = None) -> study.Study:
+        """Train the rows not yet in the study's folder; `on_event(row name, event)`, `on_row(study)` after
+        each finished row."""
+        return study.run(self.plan, self.report, self.where(out), data_arg=self.data_label, on_event=on_event,
+                         stop=stop, on_row=on_row)
 
 
-def from_payload(kind: str, payload: dict) -> TrainTask | CompareTask:
+TASKS = {task.kind: task for task in (TrainTask, CompareTask, StudyTask)}
+
+
+def from_payload(kind: str, payload: dict) -> TrainTask | CompareTask | StudyTask:
     """The task a job.json of `kind` describes."""
     if kind not in TASKS:
         raise ValueError(f"unknown job kind '{kind}': one of {', '.join(TASKS)}")
