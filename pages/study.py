@@ -22,6 +22,7 @@ STUDY_FRACTIONS = "study_fractions"
 STUDY_SEEDS = "study_seeds"
 STUDY_SCRATCH = "study_scratch"
 STUDY_LPFT = "study_lpft"
+STUDY_LLRD = "study_llrd"
 STUDY_BN = "study_bn"
 STUDY_EPOCHS = "study_epochs"
 STUDY_SIZE = "study_size"
@@ -80,6 +81,7 @@ def _controls(n: int) -> study.Plan | None:
     c2.checkbox("finetune (the depth sweep)", True, disabled=True)
     scratch = c3.checkbox("scratch (random init)", key=_state.kept(STUDY_SCRATCH), disabled=running)
     lpft = c4.checkbox("lp-ft (head, then all)", key=_state.kept(STUDY_LPFT), disabled=running)
+    llrd = c4.checkbox("llrd (all, lr x 0.75 per stage down)", key=_state.kept(STUDY_LLRD), disabled=running)
     bn = st.multiselect("BatchNorm of the thawed stages", list(BN_MODES), key=_state.kept(STUDY_BN), disabled=running)
     c1, c2, c3 = st.columns(3)
     epochs = c1.number_input("Epochs per run", 1, 50, key=_state.kept(STUDY_EPOCHS), disabled=running)
@@ -93,7 +95,8 @@ def _controls(n: int) -> study.Plan | None:
         model=ss[_state.MODEL], depths=sorted(depths), fractions=sorted(fractions), bn=_bn_axis(bn),
         seeds=list(range(ds.seed, ds.seed + int(seeds))), epochs=int(epochs), img_size=int(size),
         batch_size=int(batch), per_class=ds.per_class, val_frac=ds.val_frac,
-        strategies=["finetune"] + (["lp-ft"] if lpft else []) + (["scratch"] if scratch else []))
+        strategies=["finetune"] + (["lp-ft"] if lpft else []) + (["llrd"] if llrd else [])
+        + (["scratch"] if scratch else []))
 
 
 def _bn_axis(modes: list[str]) -> list[str | None]:

@@ -73,6 +73,21 @@ def test_a_study_row_is_the_single_run_its_command_makes(report, synthetic, tmp_
     assert result.rows[2].train_images < result.rows[0].train_images
 
 
+def test_the_reference_strategies_are_their_single_runs_too(report, synthetic, tmp_path):
+    """lp-ft and llrd rows (every stage thawed) say so in their commands and equal those runs."""
+    plan = study.Plan(**PLAN, depths=[], fractions=[1.0], seeds=[0], strategies=["lp-ft", "llrd"])
+    result = study.run(plan, report, tmp_path / "study", data_arg=str(synthetic))
+    assert [r.point.strategy for r in result.rows] == ["lp-ft", "llrd"]
+    assert "--strategy two-phase" in result.rows[0].command and "--layer-decay 0.75" in result.rows[1].command
+    for row in result.rows:
+        argv = shlex.split(row.command)
+        argv[argv.index("--out") + 1] = str(tmp_path / row.point.name)
+        assert cli.main(argv[1:]) == 0
+        assert [m["val_acc"] for m in runs.read_metrics(row.run_dir)] == [
+            m["val_acc"] for m in runs.read_metrics(tmp_path / row.point.name)]
+        assert runs.read_config(row.run_dir)["train"]["layer_decay"] == (0.75 if row.point.strategy == "llrd" else None)
+
+
 def test_resume_trains_only_the_missing_rows(report, tmp_path):
     plan = study.Plan(**PLAN, depths=[0, 1], fractions=[1.0], seeds=[0, 1], strategies=["finetune"])
     stop = threading.Event()

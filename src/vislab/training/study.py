@@ -4,7 +4,8 @@ A study trains a grid of configurations of one model on one dataset: thaw depth 
 exactly as `--thaw-last` counts them: 0 = the new head only, all = a full fine-tune) x training fraction
 (nested and stratified: with one seed the 10 % set lies inside the 25 % set) x seed, with optional BatchNorm
 modes of the thawed stages and reference strategies (scratch: random init, all stages; lp-ft: head first,
-then everything at a lower rate). Every configuration of one seed is validated on the same images, the split
+then everything at a lower rate; llrd: everything at once, each stage's rate lower the farther it is from
+the head). Every configuration of one seed is validated on the same images, the split
 that `vislab train --seed` makes, so rows of a seed differ only in what the study varies.
 
 Each row is the run `vislab train` makes with the same arguments (its `command` column), trained in this one
@@ -35,7 +36,8 @@ from vislab.models.stages import HEAD, stages
 from vislab.training import experiment, runs
 from vislab.training.loop import Event, TrainConfig
 
-STRATEGIES = ("finetune", "lp-ft", "scratch")
+STRATEGIES = ("finetune", "lp-ft", "llrd", "scratch")
+LLRD_DECAY = 0.75  # llrd: every stage thawed, its learning rate lr x 0.75 per stage below the head
 COLUMNS = ("name", "strategy", "depth", "fraction", "seed", "bn", "best_val_acc", "final_val_acc",
            "final_val_loss", "best_epoch", "train_s", "trainable_params", "train_images", "val_images", "command")
 
@@ -110,15 +112,15 @@ class Plan:
                 for bn in self.bn:
                     if "finetune" in self.strategies:
                         out += [Point("finetune", d, fraction, seed, bn) for d in sorted(set(depths), reverse=True)]
-                    if "lp-ft" in self.strategies:
-                        out.append(Point("lp-ft", n_stages, fraction, seed, bn))
+                    out += [Point(s, n_stages, fraction, seed, bn) for s in ("lp-ft", "llrd") if s in self.strategies]
                 if "scratch" in self.strategies:  # random init trains its BatchNorm: one row, whatever `bn`
                     out.append(Point("scratch", n_stages, fraction, seed))
         return out
 
     def spec(self, point: Point, n_stages: int) -> experiment.Spec:
         """The experiment a point is: the same Spec `vislab train` builds from `command`'s arguments."""
-        strategy, thaw = {"lp-ft": ("two-phase", 1), "scratch": ("scratch", 1)}.get(point.strategy, (None, 1))
+        strategy, thaw = {"lp-ft": ("two-phase", 1), "llrd": ("full", 1),
+                          "scratch": ("scratch", 1)}.get(point.strategy, (None, 1))
         if strategy is None:  # finetune: thaw the last `depth` stages
             strategy, thaw = (("head", 1) if point.depth == 0 else ("full", 1) if point.depth >= n_stages
                               else ("partial", point.depth))
@@ -126,7 +128,8 @@ class Plan:
             model=self.model, strategy=strategy, thaw_last=thaw, bn=point.bn,
             weights="random" if strategy == "scratch" else self.weights, img_size=self.img_size,
             val_frac=self.val_frac, per_class=self.per_class, train_fraction=point.fraction, engine=self.engine,
-            train=TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=point.seed))
+            train=TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=point.seed,
+                              layer_decay=LLRD_DECAY if point.strategy == "llrd" else None))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -147,6 +150,8 @@ def command(spec: experiment.Spec, data_arg: str, out: str | Path) -> str:
         args += ["--weights", spec.weights]
     args += ["--epochs", spec.train.epochs, "--lr", f"{spec.train.lr:g}", "--batch-size", spec.train.batch_size,
              "--seed", spec.train.seed]
+    if spec.train.layer_decay:
+        args += ["--layer-decay", f"{spec.train.layer_decay:g}"]
     for flag, value in (("--img-size", spec.img_size), ("--per-class", spec.per_class)):
         if value:
             args += [flag, value]
