@@ -3,6 +3,7 @@ import streamlit as st
 from pages import _charts, _route, _state
 from vislab.teaching import advisor  # light: the heavy imports (torch, timm) wait until the catalog below
 from vislab.figures import charts as plots
+from vislab.serving import joining
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
@@ -24,6 +25,37 @@ def _size_picked() -> None:
     st.session_state[_state.kept(ADV_SIZE_PICKED)] = True
 
 
+@st.cache_data(show_spinner=False, ttl=300, max_entries=4)
+def _join_urls(host: str | None, port: int, base_path: str) -> list[str]:
+    """Where participants join, looked up at most every 5 minutes: a host-name lookup can wait on a slow
+    resolver, and a laptop that changes networks gets its new address without a restart."""
+    return joining.join_urls(host, port, base_path)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _qr(url: str) -> bytes:
+    return joining.qr_png(url)
+
+
+def _join_screen(host: str | None, urls: list[str]) -> None:
+    """The address to join, as a QR code and in large type, for the instructor to project."""
+    st.subheader("Join this lab")
+    if not urls:  # listening on every interface, yet none that another machine could reach
+        st.warning(f"The lab listens on `{host}`, but this machine has no address that another machine could "
+                   "reach (no network?): there is no address to show.")
+        return
+    code, text = st.columns([1, 2], vertical_alignment="center")
+    # its own size (330-370 px) and PNG: Streamlit would send it as a JPEG, blurring the modules' edges
+    code.image(_qr(urls[0]), caption="Scan to join", output_format="PNG")
+    with text:
+        st.header(urls[0], anchor=False)
+        st.markdown("Open this address, or scan the code: **each participant gets their own private lab** from "
+                    "that link (a new one, with its own private address to bookmark); nobody sees anyone "
+                    "else's.")
+        if len(urls) > 1:
+            st.caption("Also: " + " · ".join(f"`{u}`" for u in urls[1:]))
+
+
 def _dataset_images() -> int | None:
     """How many images the lab's dataset uses (the Data page's choice), when this session has one."""
     used = getattr(st.session_state.get(_state.DATASET), "used", None)
@@ -37,6 +69,9 @@ st.markdown(
     "your own images. **Model** picks the network, **Data** your images, **Freeze & BatchNorm** decides "
     "what may change, **Train** runs it and shows the results."
 )
+host = st.get_option("server.address")
+if not joining.is_loopback(host):  # served to a room: the address to join comes first, for the projector
+    _join_screen(host, _join_urls(host, st.get_option("server.port"), st.get_option("server.baseUrlPath")))
 
 st.subheader("Strategy advisor")
 left, right = st.columns([1, 2])
@@ -80,3 +115,6 @@ else:
     st.warning("No pretrained weights found for this server: models start from random init. "
                + weights.missing_advice(catalog.DEFAULT_MODEL))
 st.dataframe(rows, hide_index=True, width="stretch")
+if joining.is_loopback(host):
+    st.caption("Serving a class? Start the lab with `bash scripts/start.sh --server.address 0.0.0.0` and this "
+               "page shows the address to join, as a QR code to project.")
