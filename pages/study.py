@@ -206,7 +206,7 @@ def _advisor_section(s: study.Study, report) -> None:
     if report is None or not s.rows:
         return
     st.subheader("The advisor against the measurement")
-    sim = _similarity(s.plan.model, report.root, len(report.items), s.plan.img_size, report)
+    sim = _similarity(s.plan.model, report.root, len(report.items), None, report)  # the head at its own size
     st.markdown(f"Similarity to ImageNet: {sim.describe()}.")
     for line in measured.matrix_against_study(len(report.items), sim, s.rows):
         st.markdown(f"- {line}")

@@ -114,7 +114,10 @@ def test_noise_is_called_noise():
     assert "(within noise: depth 0)" in study.verdicts(close)[0]
     apart = [row(0, 0.50, 0), row(0, 0.52, 1), row(1, 0.90, 0), row(1, 0.92, 1)]
     line = study.verdicts(apart)[0]
-    assert "thawing 1 stage(s) is best" in line and "within noise" not in line and "+40.0%" in line
+    assert "thawing 1 stage(s) is best" in line and "within noise" not in line and "+40.0 ±" in line
+    assert "points over 2 seeds" in line
+    single = study.verdicts([row(0, 0.5, 0), row(1, 0.9, 0)])[0]
+    assert "one seed, so no spread measured" in single
 
 
 @pytest.mark.parametrize("args, says", [

@@ -112,7 +112,7 @@ def run(args) -> int:
         raise CliError(f"interrupted: the finished rows are kept in {out}; run the same command again to "
                        "train only the rest") from None
     figures = study.write_figures(result, out)
-    sim = measured.similarity(plan.model, report, img_size=plan.img_size)
+    sim = measured.similarity(plan.model, report)  # the ImageNet head at the size it was trained at
     print(f"similarity to ImageNet: {sim.describe()}".replace("**", ""))
     for line in measured.matrix_against_study(len(data.subset(report, plan.per_class).items), sim, result.rows):
         print(line)

@@ -36,7 +36,7 @@ def accuracy_by_depth(lines: dict[str, list[tuple[int, float, float]]], referenc
             hovertemplate=f"{label}: {mean:.1%} ± {spread:.1%}<extra></extra>"))
     labels = depth_labels or {}
     fig.update_xaxes(title=DEPTH_AXIS, tickvals=depths, ticktext=[labels.get(d, str(d)) for d in depths])
-    fig.update_yaxes(title="best validation accuracy", tickformat=".0%")
+    fig.update_yaxes(title="best validation accuracy", tickformat=".0%", range=[0, 1.05])  # error bars past 100 %: cut
     return charts._layout(fig, title, height=440)
 
 

@@ -183,7 +183,7 @@ def _run_study(job: Job, task, writer: EventWriter, stop) -> None:
 
     def on_row(s):
         done[0] = len(s.rows)
-        writer.progress(force=True, runs_done=done[0], runs=total)
+        writer.progress(force=True, runs_done=done[0], runs=total, run="")  # the next row is not named until it starts
 
     result = task.run(job.folder, on_event, stop, on_row)
     missing = len(result.missing())

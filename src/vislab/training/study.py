@@ -320,12 +320,14 @@ def verdicts(rows: list[Row]) -> list[str]:
         best = max(group, key=lambda c: c.mean)
         ties = [c.depth for c in group if c is not best and within_noise(c, best)]
         head = next((c for c in group if c.depth == 0), None)
-        gain = (f"; {best.mean - head.mean:+.1%} ± {math.hypot(best.se, head.se):.1%} over the head only"
-                if head is not None and best is not head else "")
+        gain = (f"; {100 * (best.mean - head.mean):+.1f} ± {100 * math.hypot(best.se, head.se):.1f} points over "
+                "the head only" if head is not None and best is not head else "")
         tie = f" (within noise: depth {', '.join(map(str, ties))})" if ties else ""
         bn_text = f", BatchNorm {bn}" if bn else ""
+        spread = (f"± {100 * best.se:.1f} points over {len(best.accs)} seeds" if len(best.accs) > 1 else
+                  f"one seed, so no spread measured (± {100 * best.se:.1f} points is one validation image)")
         lines.append(f"{fraction:.0%} of the training images{bn_text}: thawing {best.depth} stage(s) is best at "
-                     f"{best.mean:.1%} ± {best.se:.1%} over {len(best.accs)} seed(s){gain}{tie}.")
+                     f"{best.mean:.1%} ({spread}){gain}{tie}.")
     return lines
 
 
