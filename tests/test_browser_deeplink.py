@@ -14,8 +14,8 @@ from tests import browser
 from tests.test_browser_lab import server  # noqa: F401 - the fixture: a server to kill and restart
 
 pytestmark = pytest.mark.browser
-TITLES = ["Home", "Model", "Data", "Freeze & BatchNorm", "Train", "Compare", "CAM & Grad-CAM", "SE channel weights",
-          "Attention", "Feature maps", "Layer responses", "Export & Netron", "Concepts"]
+TITLES = ["Home", "Model", "Data", "Freeze & BatchNorm", "Train", "Compare", "Transfer study", "CAM & Grad-CAM",
+          "SE channel weights", "Attention", "Feature maps", "Layer responses", "Export & Netron", "Concepts"]
 
 
 def _nav(page) -> list[str]:

@@ -87,7 +87,8 @@ def build(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, de
         return None, "this model's forward does work between its frozen modules (e.g. position embeddings)"
     digest = fingerprint(model, prefix.stubs)
     key = (tuple(prefix.stubs), digest, _data_key(train_loader.dataset), _data_key(val_loader.dataset))
-    if pool is not None and (found := pool.get(key) or _from_larger(pool, key)) is not None:
+    # pool[key], not pool.get: a caller's pool may watch its lookups (compare's _Pool logs each reuse)
+    if pool is not None and (found := pool[key] if key in pool else _from_larger(pool, key)) is not None:
         feats, nbytes, spill = found
         return _cache(prefix, feats, train_loader, val_loader, seed, 0.0, nbytes, spill, shared=True), ""
     if pool is not None and (chained := _from_shorter(pool, model, prefix, key, first_x, device)) is not None:
