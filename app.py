@@ -16,7 +16,7 @@ slot = st.sidebar.empty()
 _sidebar.summary(slot.container())  # drawn first: a page that calls st.stop() ends the run, and with it anything
                                     # drawn after
 _sidebar.run_line()
-_sidebar.new_lab_button()
+_sidebar.lab_controls()
 try:
     _state.keep_settings()  # what a person set on another page stays set
     with _route.routed():

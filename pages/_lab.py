@@ -14,8 +14,8 @@ import json
 import streamlit as st
 
 from pages import _state
-from pages._state import (AUGMENT, COMPARE_SHOWN, DATASET, HEAD, LAB, LAST_RUN, MODEL, PENDING_DATASET, PERSISTED,
-                          PLAN, PLAN_VERSION, REOPENED, WORKING, ZIP_FOLDER)
+from pages._state import (AUGMENT, COMPARE_SHOWN, DATASET, HEAD, LAB, LAST_RUN, MODEL, NAME, PENDING_DATASET,
+                          PERSISTED, PLAN, PLAN_VERSION, PROJECTOR, REOPENED, WORKING, ZIP_FOLDER)
 from vislab.serving import labs
 
 _SAVED = "_lab_saved"  # the JSON last written to / read from the lab, to write only on change
@@ -85,7 +85,7 @@ def _adopt(lab: labs.Lab, state: dict) -> None:
     for key in PERSISTED:
         if key in state:
             ss[key] = state[key]
-        elif key in (LAST_RUN, REOPENED, COMPARE_SHOWN, ZIP_FOLDER):
+        elif key in (LAST_RUN, REOPENED, COMPARE_SHOWN, ZIP_FOLDER, NAME, PROJECTOR):  # another lab's, not this one's
             ss.pop(key, None)
     _state.init_state()
     _state.keep_loaded(ss, state.get("settings") or {})

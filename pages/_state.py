@@ -35,8 +35,10 @@ WORKING = "working"  # (key, model, info): the session's own copy with a head fo
 LAB = "lab_id"  # the lab of this browser session
 PENDING_DATASET = "_lab_pending_dataset"  # a saved dataset to restore (needs torch: done in _dataset)
 VIEW_CHOICE = "_models"  # the look pages' "pretrained / fine-tuned / side by side" radios end in this
+NAME = "lab_name"  # the lab's display name (labs.clean_name: plain text; shown through labs.name_markdown)
+PROJECTOR = "projector"  # projector mode on: large type, thick lines, Cividis (pages/_charts.py, _sidebar.py)
 
-PERSISTED = (MODEL, HEAD, STRATEGY, THAW_LAST, BN, LAST_RUN, REOPENED, COMPARE_SHOWN, ZIP_FOLDER)
+PERSISTED = (MODEL, HEAD, STRATEGY, THAW_LAST, BN, LAST_RUN, REOPENED, COMPARE_SHOWN, ZIP_FOLDER, NAME, PROJECTOR)
 LAB_KEYS = frozenset((*PERSISTED, DATASET, PLAN, AUGMENT, PLAN_VERSION, WORKING, LAB, PENDING_DATASET))  # never a
 # setting (LOOK_RUN is one: the look pages keep it)
 

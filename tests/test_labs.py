@@ -186,3 +186,21 @@ def test_a_file_lock_keeps_two_processes_read_modify_writes_whole(tmp_path):
     assert fileio.read_json(counter)["n"] == 80  # no update lost between the two "servers"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
+
+
+def test_a_name_is_kept_as_plain_text_on_one_line_and_cut_to_its_limit():
+    assert labs.clean_name("  Ada \t Lovelace\n") == "Ada Lovelace"  # any whitespace: one space, ends stripped
+    assert labs.clean_name("a\x1b[31mred\x00\x7f b\u200b\u202ec") == "a[31mred bc"  # escapes, NUL, DEL, zero-width
+    assert labs.clean_name("line\r\nbreak\u2028sep") == "line break sep"  # and direction marks are dropped
+    assert labs.clean_name("x" * 100) == "x" * labs.NAME_LIMIT == labs.clean_name("x" * 100, limit=None)[:40]
+    assert labs.clean_name("a" * 39 + " bcd") == "a" * 39  # cut, never ending on a space
+    assert labs.clean_name("Zoë 李 🙂") == "Zoë 李 🙂"  # any script, as typed
+    assert labs.clean_name("**x** <b>y</b> [z](u)") == "**x** <b>y</b> [z](u)"  # markup is kept as text...
+    assert all(labs.clean_name(v) == "" for v in ("", "  \n\t ", "\x00\x1b", None, 42, ["Ann"]))  # no name
+
+
+def test_a_name_is_shown_as_typed_never_as_markdown_or_html():
+    shown = labs.name_markdown("**x** <b>y</b> [z](u) $1$ :red[w] a_b `c` \\")
+    assert shown == r"\*\*x\*\* \<b\>y\<\/b\> \[z\]\(u\) \$1\$ \:red\[w\] a\_b \`c\` \\"  # ... escaped to show
+    assert labs.name_markdown("Zoë Ada 42") == "Zoë Ada 42"  # letters, digits and spaces as they are
+    assert re.sub(r"\\(.)", r"\1", shown) == "**x** <b>y</b> [z](u) $1$ :red[w] a_b `c` \\"  # nothing lost

@@ -1,6 +1,7 @@
 """Figure builders: what a chart or a grid shows can be read whole."""
 
 import numpy as np
+import plotly.graph_objects as go
 from PIL import Image, ImageDraw
 
 from vislab.figures import charts as plots, images as pictures
@@ -206,3 +207,37 @@ def test_cam_panels_send_their_crops_as_png_not_as_json_numbers():
     back = np.asarray(Image.open(io.BytesIO(base64.b64decode(images[0].source.split(",", 1)[1]))))
     assert np.array_equal(back, crop)  # lossless: the pixels the model saw
     assert len(fig.to_json()) < 400_000
+
+
+def test_projector_mode_makes_type_larger_lines_thicker_and_colour_maps_cividis():
+    metrics = [{"epoch": e, "phase": "head" if e < 2 else "all", "train_loss": 1 / (e + 1), "val_loss": 1 / (e + 2),
+                "train_acc": 0.5, "val_acc": 0.6} for e in range(4)]
+    curves = plots.curves(metrics)
+    big = plots.projector(curves)
+    s = plots.PROJECTOR_SCALE
+    assert s >= 1.4
+    assert big.layout.font.size == plots.FONT["size"] * s and big.layout.title.font.size == plots.TITLE_PX * s
+    for ax in ("xaxis", "xaxis2", "yaxis", "yaxis2"):  # every subplot's axes, not only the first
+        assert big.layout[ax].tickfont.size == plots.TICK_PX * s
+        assert big.layout[ax].title.font.size == plots.AXIS_TITLE_PX * s
+    assert big.layout.legend.font.size == plots.TICK_PX * s
+    assert [a.font.size for a in big.layout.annotations] == [16 * s] * 2 + [plots.FONT["size"] * s] * 4  # subplot
+    # titles (plotly's 16 px) and the phase bands' names (the layout's font before)
+    assert [t.line.width for t in big.data] == [t.line.width * s for t in curves.data] == [4.5] * 4
+    assert all(t.marker.size == 6 * s for t in big.data)  # plotly's default markers, made larger too
+    assert [sh.line.width for sh in big.layout.shapes] == [0] * 4  # phase bands stay without an outline...
+    assert all(sh.fillcolor.endswith(",0.24)") for sh in big.layout.shapes)  # ... and twice as strong
+    assert big.layout.height - curves.layout.height == (curves.layout.margin.t + curves.layout.margin.b) * (s - 1)
+    assert curves.layout.font.size == plots.FONT["size"] and curves.data[0].line.width == 3  # the original: as it was
+
+    cividis = go.Heatmap(colorscale="Cividis").colorscale
+    cm = plots.projector(plots.confusion_matrix(np.array([[5, 1], [0, 6]]), ["a", "b"]))
+    assert cm.data[0].colorscale == cividis and cm.data[0].textfont.size == plots.TICK_PX * s  # Blues: gone
+    assert cm.data[0].colorbar.tickfont.size == plots.TICK_PX * s
+    crop, cam = np.zeros((16, 16, 3), np.uint8), np.random.default_rng(0).random((16, 16))
+    panels = plots.projector(plots.cam_panels([("a", crop, cam), ("b", crop, cam)], colourscale="Jet"))
+    heat = [t for t in panels.data if t.type == "heatmap"]
+    assert len(heat) == 2 and all(t.colorscale == cividis for t in heat)  # CAM overlays too
+    assert all(a.font.size == plots.PANEL_TITLE_PX * s for a in panels.layout.annotations)
+    maps = plots.projector(plots.map_grid(np.random.default_rng(0).random((4, 5, 5)), list("abcd")))
+    assert all(t.colorscale == cividis for t in maps.data)

@@ -4,6 +4,7 @@ image grids and PNG encoding are `figures.images`."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import plotly.graph_objects as go
@@ -361,3 +362,70 @@ def compare_curves(runs: list[tuple[str, list[dict]]]) -> go.Figure:
     fig.update_xaxes(title="epoch", dtick=1)
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
     return _layout(fig, "Strategies compared")
+
+
+# ---- projector mode: the same figures for the back of a room ---------------------------------------------
+PROJECTOR_SCALE = 1.5  # type, lines and markers, against the sizes above
+PROJECTOR_COLOURSCALE = "Cividis"  # perceptually uniform, colour-blind safe, and its ends stay apart when a
+# projector washes the dark end out (Jet and Blues lose their middle, and red/green is lost to many viewers)
+_RGBA = re.compile(r"rgba\(([^,]+),([^,]+),([^,]+),\s*([0-9.]+)\)")
+
+
+_AXIS = re.compile(r"[xy]axis\d*")
+
+
+def projector(fig: go.Figure, scale: float = PROJECTOR_SCALE) -> go.Figure:
+    """A copy of `fig` for a projector (the original, maybe cached, is left as it is): every font `scale`
+    times its size (titles, axes, legends, colour bars, annotations, text on bars and cells), lines, markers
+    and outlines `scale` times thicker, every colour map Cividis, pale shading twice as strong, and the
+    margins grown with the type (the figure taller by as much, so its plot keeps its size). Works on the
+    figure's dict and validates once: property by property took 0.5 s for a grid of 64 maps."""
+    d = fig.to_dict()
+    lay = d.setdefault("layout", {})
+
+    def grow(node: dict, key: str, default: float) -> None:  # node[key] (a size) `scale` times larger
+        node[key] = round((default if node.get(key) is None else node[key]) * scale, 1)
+
+    def font(node: dict, default: float) -> None:
+        grow(node.setdefault("font", {}), "size", default)
+
+    font(lay, FONT["size"])
+    for key, default in (("title", TITLE_PX), ("legend", TICK_PX), ("hoverlabel", TICK_PX)):
+        font(lay.setdefault(key, {}), default)
+    for key in [k for k in lay if _AXIS.fullmatch(k)] or ["xaxis", "yaxis"]:
+        ax = lay.setdefault(key, {})
+        grow(ax.setdefault("tickfont", {}), "size", TICK_PX)
+        font(ax.setdefault("title", {}), AXIS_TITLE_PX)
+    for note in lay.get("annotations", []):
+        font(note, FONT["size"])
+    for shape in lay.get("shapes", []):
+        grow(shape.setdefault("line", {}), "width", 2)
+        m = _RGBA.fullmatch(str(shape.get("fillcolor", "")).replace(" ", ""))
+        if m and float(m[4]) < 0.5:
+            shape["fillcolor"] = f"rgba({m[1]},{m[2]},{m[3]},{min(1.0, 2 * float(m[4])):g})"
+    for trace in d.get("data", []):
+        _projector_trace(trace, grow)
+    margin = lay.get("margin", {})
+    if margin:
+        old = sum(margin.get(k, 0) for k in "tb")
+        lay["margin"] = {k: round(v * scale) if k in "lrtb" else v for k, v in margin.items()}
+        if lay.get("height"):
+            lay["height"] = lay["height"] + sum(lay["margin"].get(k, 0) for k in "tb") - old
+    return go.Figure(d)
+
+
+def _projector_trace(trace: dict, grow) -> None:
+    """One trace of `projector`: its text, colour bar and colour map, line and markers."""
+    kind = trace.get("type", "scatter")
+    if kind in ("scatter", "bar", "heatmap"):
+        grow(trace.setdefault("textfont", {}), "size", TICK_PX)
+    if kind in ("heatmap", "contour", "histogram2d"):
+        trace["colorscale"] = PROJECTOR_COLOURSCALE
+        bar = trace.setdefault("colorbar", {})
+        grow(bar.setdefault("tickfont", {}), "size", TICK_PX)
+        grow(bar.setdefault("title", {}).setdefault("font", {}), "size", TICK_PX)
+    if kind == "scatter":
+        grow(trace.setdefault("line", {}), "width", 2)
+        marker = trace.setdefault("marker", {})
+        if not isinstance(marker.get("size"), (list, tuple, np.ndarray)):
+            grow(marker, "size", 6)

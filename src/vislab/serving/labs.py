@@ -18,6 +18,7 @@ import re
 import secrets
 import shutil
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from vislab import _fileio as fileio, _paths as paths
 
 ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 DEFAULT_MAX_AGE_DAYS = 30.0
+NAME_LIMIT = 40  # characters of a lab's display name: a line of the sidebar, a cell of the Class page's table
 
 
 class LabError(ValueError):
@@ -37,6 +39,28 @@ def labs_dir() -> Path:
 
 def valid_id(lab_id: object) -> bool:
     return isinstance(lab_id, str) and ID_PATTERN.fullmatch(lab_id) is not None
+
+
+def clean_name(text: object, limit: int | None = NAME_LIMIT) -> str:
+    """A lab's display name as it is kept: plain text on one line. Whitespace of any kind (tabs, newlines)
+    becomes one space, other control and format characters (escapes, zero-width and direction marks that
+    would disguise the name) are dropped, the ends are stripped and the rest cut to `limit` characters.
+    Markdown and HTML characters are kept as typed: whoever shows the name escapes it (a name is text, never
+    markup). Not text at all: an empty name."""
+    if not isinstance(text, str):
+        return ""
+    kept = "".join(ch for ch in text if ch.isspace() or not unicodedata.category(ch).startswith("C"))
+    name = " ".join(kept.split())  # str.split() splits on every Unicode space, tab and line break
+    return name if limit is None else name[:limit].rstrip()
+
+
+_MARKUP = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation character: CommonMark escapes each one
+
+
+def name_markdown(name: str) -> str:
+    """A name as Markdown that shows exactly its text: every punctuation character backslash-escaped, so
+    `**x**`, `<b>`, `[link](url)`, `$math$` or `:red[x]` in a name are shown as typed, never rendered."""
+    return _MARKUP.sub(r"\\\1", name)
 
 
 @dataclass(frozen=True)
