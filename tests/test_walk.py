@@ -100,8 +100,8 @@ def _candidates(w) -> list:
 
 
 def _controls(at) -> dict:
-    """The page's enabled controls (the sidebar holds none), by key, or by kind and label for a control
-    without a key."""
+    """The page's enabled controls, the sidebar's (your name, projector mode) included, by key, or by kind and
+    label for a control without a key."""
     out = {}
     for kind in KINDS:
         for w in getattr(at, kind):
