@@ -305,7 +305,9 @@ st.divider()
 latest = next(iter(_jobs.lab_jobs("study")), None)  # the lab's last study (a reload, another tab show it too)
 if latest is not None and active is None:
     folder = study_folder(latest)
-    st.subheader(f"The last study: `{latest.id}`")
+    resumed = folder is not None and folder != latest.folder  # a Resume writes into the old study's folder
+    st.subheader(f"The last study: `{folder.name}` (resumed by `{latest.id}`)" if resumed
+                 else f"The last study: `{latest.id}`")
     shown = saved_study(folder)
     ended(latest, shown)
     shown = results(folder) if shown is not None else None

@@ -183,3 +183,5 @@ def test_stop_keeps_the_finished_rows_and_resume_trains_only_the_missing(lab):
     _settle(at)
     assert any(s.value.startswith("Done: 6 rows") for s in at.success)
     assert at.dataframe[0].value.shape[0] == 6
+    # the heading names the study whose rows are shown, and the Resume job that finished it
+    assert f"The last study: `{job.folder.name}` (resumed by `{again.id}`)" in [h.value for h in at.subheader]
