@@ -140,6 +140,17 @@ def test_the_cycle_and_layer_rules_see_lazy_indirect_and_upward_imports(tmp_path
                                      "models.b -> views.c (models is below views)"]
 
 
+def test_the_readmes_module_map_names_every_module():
+    """The README's map is by subpackage and matches the tree: every module of src/vislab is named in it."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## The library and the CLI"):readme.index("`import vislab` is a small front door")]
+    names = {name.rsplit(".", 1)[-1] for name in module_names() if name and name != "__main__"}
+    missing = sorted(n for n in names if f"`{n}`" not in section)
+    assert not missing, f"modules missing from the README's module map: {missing}"
+    for sub in {name.split(".")[0] for name in module_names() if "." in name}:
+        assert f"| `{sub}` |" in section, f"subpackage {sub} has no row of its own in the README's map"
+
+
 def _functions(tree: ast.AST):
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
