@@ -131,3 +131,31 @@ def test_vislab_explain_is_a_cli_command_with_one_line_errors(tmp_path, capsys):
                      "--out", str(tmp_path / "out")])
     assert code == 2 and "no such file" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_scores_rank_each_map_beside_a_random_and_a_centred_one(folders, tmp_path, capsys):
+    """--scores writes one row per image: the map's deletion and insertion AUC for the predicted class and the
+    two baselines', numbers in [0, 1]; the SE gates (no map) are refused before any file is written."""
+    import csv
+
+    out = tmp_path / "scored"
+    assert call("--run", folders["cnn"], "--view", "gradcam", "--images", *folders["images"], "--out", out,
+                "--scores") == 0
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert [r["image"] for r in rows] == ["square", "wide"] and {r["view"] for r in rows} == {"gradcam"}
+    for r in rows:
+        assert r["target"] in ("red", "green", "blue") and r["fill"] == "blur" and r["steps"] == "20"
+        for key in explain.SCORE_COLUMNS[3:9]:
+            assert 0.0 <= float(r[key]) <= 1.0
+    # the square image's row is its saved map's own score (the 64 x 64 crop sits at 4..67 of the 73 x 73 file)
+    model, run, img, x = page_inputs(folders, "cnn")
+    from vislab.views import faithfulness
+
+    target = int(model.eval()(x).argmax(1)[0])
+    own = faithfulness.score(model, x, np.load(out / "square_gradcam.npy")[4:68, 4:68], target)
+    assert float(rows[0]["deletion_auc"]) == pytest.approx(own.deletion_auc, abs=1e-4)
+    assert float(rows[0]["insertion_auc"]) == pytest.approx(own.insertion_auc, abs=1e-4)
+    refused = tmp_path / "refused"
+    assert call("--run", folders["se"], "--view", "se", "--images", *folders["images"], "--out", refused,
+                "--scores") == 2
+    assert "--scores needs a map" in capsys.readouterr().err and not refused.exists()

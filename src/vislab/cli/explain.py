@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vislab import _fileio as fileio
 from vislab.cli._common import CliError, add_model_source, out_folder
 
 # vislab.views.explain.VIEWS, spelled here: that module imports torch, and building the parser must not
@@ -28,6 +29,8 @@ def add_parser(sub) -> None:
     p.add_argument("--images", nargs="+", required=True, metavar="FILE")
     p.add_argument("--out", required=True, help="folder for <stem>_<view>.png and .npy")
     p.add_argument("--layer", default=None, help="CAM target layer or feature-map layer (default: the page's)")
+    p.add_argument("--scores", action="store_true", help="also write scores.csv: deletion and insertion AUC of each "
+                   "map for the predicted class, beside a random map's and a centred blob's")
 
 
 def run(args) -> int:
@@ -40,8 +43,11 @@ def run(args) -> int:
     folder = out_folder(args.out)
     loaded, _ = open_model(args)
     outputs = explain.compute(loaded, args.view, images, args.layer)
+    rows = explain.scores(loaded, args.view, images, outputs) if args.scores else None  # before any file
     try:
         written = explain.write(outputs, args.view, folder)
+        if rows is not None:
+            written.append(fileio.write_bytes(folder / "scores.csv", explain.scores_csv(rows).encode()))
     except OSError as exc:
         raise CliError(f"--out {args.out} cannot be written ({exc.strerror or exc})") from None
     for path in written:

@@ -18,6 +18,7 @@ everything before `write` writes a file; a view that does not apply raises Expla
 
 from __future__ import annotations
 
+import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,8 @@ from PIL import Image
 
 from vislab import _fileio as fileio
 from vislab.data.config import resize_for
-from vislab.views import attention, cam, features, se, base as views
+from vislab._modes import inference
+from vislab.views import attention, cam, faithfulness, features, se, base as views
 
 CAM_VIEWS = {"cam": "CAM (classic)", "gradcam": "GradCAM", "gradcampp": "GradCAM++", "layercam": "LayerCAM"}
 VIEWS = (*CAM_VIEWS, "attention", "rollout", "se", "features")
@@ -56,6 +58,7 @@ class Output:
     stem: str
     png: Image.Image
     array: np.ndarray  # float32
+    crop_map: np.ndarray | None = None  # (S, S) in [0, 1]: the map on the crop the model saw (for --scores)
 
 
 def to_image(m: np.ndarray, size: tuple[int, int], data_config) -> np.ndarray:
@@ -150,7 +153,7 @@ def compute(loaded: Loaded, view: str, images: list[tuple[str, Image.Image]], la
             maps = found.results[0].maps  # (B, S, S) in [0, 1]
             for b, (stem, img) in enumerate(images):
                 full = to_image(maps[b], img.size, cfg)
-                out.append(Output(stem, overlay(img, full, "jet", 0.5), full))
+                out.append(Output(stem, overlay(img, full, "jet", 0.5), full, maps[b]))
         elif view in ("attention", "rollout"):
             if not attention.has_attention(model):
                 raise views.ViewNotApplicable("self-attention layers", model, attention.ATTENTION_MODELS,
@@ -162,8 +165,9 @@ def compute(loaded: Loaded, view: str, images: list[tuple[str, Image.Image]], la
                     m = found.cls(b)[-1].mean(0)  # (gh, gw): the last block, heads averaged
                 else:
                     m = found.rollout("mean", discard, image=b)
-                full = to_image(views.fit_map(m, size), img.size, cfg)
-                out.append(Output(stem, overlay(img, full, "inferno", 0.6), full))
+                crop = views.fit_map(m, size)
+                out.append(Output(stem, overlay(img, to_image(crop, img.size, cfg), "inferno", 0.6),
+                                  to_image(crop, img.size, cfg), crop))
         elif view == "se":
             gates = se.se_gates(model, x)
             for b, (stem, img) in enumerate(images):
@@ -181,10 +185,43 @@ def compute(loaded: Loaded, view: str, images: list[tuple[str, Image.Image]], la
                 top = features.top_channels(acts[b], FEATURE_CHANNELS)
                 png = _maps_png(acts[b][top].numpy(), [f"ch {c}" for c in top],
                                 f"{target}: the {len(top)} most active channels · {stem}")
-                out.append(Output(stem, png, to_image(views.fit_map(acts[b][top[0]].numpy(), size), img.size, cfg)))
+                crop = views.fit_map(acts[b][top[0]].numpy(), size)
+                out.append(Output(stem, png, to_image(crop, img.size, cfg), crop))
     except views.ViewNotApplicable as exc:
         raise ExplainError(f"--view {view} does not apply to {loaded.name or type(model).__name__}: {exc}") from None
     return out
+
+
+SCORE_COLUMNS = ("image", "view", "target", "deletion_auc", "insertion_auc", "random_deletion_auc",
+                 "random_insertion_auc", "centre_deletion_auc", "centre_insertion_auc", "fill", "steps")
+
+
+def scores(loaded: Loaded, view: str, images: list[tuple[str, Image.Image]], outputs: list[Output]) -> list[dict]:
+    """Deletion and insertion AUC of each output's map for the model's predicted class, beside a random map's
+    and a centred blob's (views.faithfulness); one row per image. The SE gates are no map: refused."""
+    if any(o.crop_map is None for o in outputs):
+        raise ExplainError(f"--scores needs a map over the image; --view {view} has none")
+    x = views.batch([img for _, img in images], loaded.data_config)  # (B, 3, S, S)
+    with inference(loaded.model):
+        targets = loaded.model(x).argmax(1).tolist()
+    rows = []
+    for b, o in enumerate(outputs):
+        found = faithfulness.with_baselines(loaded.model, x[b:b + 1], o.crop_map, targets[b])
+        rows.append({"image": o.stem, "view": view, "target": loaded.classes[targets[b]]
+                     if targets[b] < len(loaded.classes) else targets[b],
+                     **{f"{prefix}{kind}_auc": round(getattr(found[name], f"{kind}_auc"), 5)
+                        for name, prefix in (("map", ""), ("random", "random_"), ("centre", "centre_"))
+                        for kind in ("deletion", "insertion")},
+                     "fill": faithfulness.FILL, "steps": faithfulness.STEPS})
+    return rows
+
+
+def scores_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SCORE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
 
 
 def write(outputs: list[Output], view: str, folder: Path) -> list[Path]:
