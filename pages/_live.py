@@ -15,7 +15,7 @@ from typing import Callable
 import streamlit as st
 
 from pages import _jobs
-from vislab.serving import jobs
+from vislab.serving import events, jobs
 
 
 def follow_job(kind: str | None, draw: Callable, *, mark: str | None = None, ended: Callable | None = None,
@@ -48,6 +48,20 @@ def queued_note(job: jobs.Job, then: str) -> None:
     """Where a queued job stands: how many jobs are ahead of it, and `then` (what happens next)."""
     n = _jobs.ahead(job)
     st.info(f"**Queued: {n} job{'s' if n != 1 else ''} ahead of you**{then}")
+
+
+def runs_progress(job: jobs.Job, unit: str, then: str, total: int = 0) -> bool:
+    """A job of several runs (a comparison's runs, a study's rows): queued, its note (`then`: what happens
+    next); running, a bar "<unit> k of N: <name>" (`total`: N until the worker reports it) and the step's
+    caption. True when it is running."""
+    if job.state == "queued":
+        queued_note(job, then)
+        return False
+    p = events.Progress.of(job.progress())
+    n = max(p.runs or total, 1)
+    st.progress(min(p.runs_done / n, 1.0), text=f"{unit} {min(p.runs_done + 1, n)} of {n}: {p.run or 'starting'}")
+    st.caption(_jobs.progress_text(job)[1])
+    return True
 
 
 if __name__ == "__main__":  # opened as a page of its own (Streamlit's old pages-folder mode)

@@ -7,7 +7,7 @@ from pages import _cached, _charts, _dataset, _jobs, _live, _route, _state
 from vislab.views import cam, features, base as views
 from vislab.training import compare, runs
 from vislab.models import freezing
-from vislab.serving import events, jobs
+from vislab.serving import jobs
 from vislab.figures import charts as plots
 from vislab.data.config import DataConfig
 from vislab.data.transforms import crop_seen, load_image
@@ -228,16 +228,8 @@ def maps_figure(shown: tuple, picks: list, cfg_dict: dict, layer: str):
 
 def progress(job: jobs.Job | None) -> None:
     """Where the lab's comparison is: queued, or which of its runs is training (see _live.follow_job)."""
-    if job is None:
-        return
-    if job.state == "queued":
-        _live.queued_note(job, ". It starts by itself.")
-        return
-    p = events.Progress.of(job.progress())
-    total = max(p.runs or len(job.payload().get("configs", [])), 1)
-    st.progress(min(p.runs_done / total, 1.0), text=f"run {min(p.runs_done + 1, total)} of {total}: {p.run}")
-    _, text = _jobs.progress_text(job)
-    st.caption(text)
+    if job is not None:
+        _live.runs_progress(job, "run", ". It starts by itself.", len(job.payload().get("configs", [])))
 
 
 def _show(job_id: str) -> None:

@@ -9,7 +9,7 @@ import streamlit as st
 from pages import _charts, _dataset, _jobs, _live, _results, _route, _state
 from vislab.data import folders as data
 from vislab.figures import study_charts
-from vislab.serving import events, jobs
+from vislab.serving import jobs
 from vislab.training import study, tasks
 from vislab.teaching import measured
 from vislab.training.tasks import StudyTask
@@ -237,16 +237,8 @@ def results(folder: Path | None) -> study.Study | None:
 
 def progress(job: jobs.Job | None) -> None:
     """Which row of the lab's study is training, and the rows finished so far (see _live.follow_job)."""
-    if job is None:
+    if job is None or not _live.runs_progress(job, "row", ". It starts by itself; Stop takes it out of the queue."):
         return
-    if job.state == "queued":
-        _live.queued_note(job, ". It starts by itself; Stop takes it out of the queue.")
-        return
-    p = events.Progress.of(job.progress())
-    total = max(p.runs, 1)
-    st.progress(min(p.runs_done / total, 1.0),
-                text=f"row {min(p.runs_done + 1, total)} of {total}: {p.run or 'starting'}")
-    st.caption(_jobs.progress_text(job)[1])
     if job.stop_requested:
         st.caption("Stopping after this batch: the rows that finished are kept…")
     results(study_folder(job))
