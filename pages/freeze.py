@@ -34,9 +34,11 @@ _state.follow(PRESET_THAW, min(max(int(ss[_state.THAW_LAST]), 1), 50))
 _state.follow(PRESET_BN, ss[_state.BN])
 _state.follow(HEAD_CHOICE, ss[_state.HEAD])
 strategy = c1.selectbox("Strategy preset", freezing.STRATEGIES, key=_state.kept(PRESET_CHOICE),
-                        help="head: only the new head · partial: head + last N stages · full: everything · "
+                        help="head: only the new head · partial: head + last N stages · surgical: head + only "
+                             "the N-th stage from the head · full: everything · "
                              "two-phase: head, then everything at a smaller LR · scratch: random init, everything")
-thaw = c2.number_input("Last N stages", 1, 50, key=_state.kept(PRESET_THAW))
+thaw = c2.number_input("Last N stages", 1, 50, key=_state.kept(PRESET_THAW),
+                       help="partial: the last N stages train · surgical: only the N-th stage from the head trains")
 bn = c3.selectbox("BN of thawed stages", freezing.BN_MODES, key=_state.kept(PRESET_BN))
 kinds = list(heads.HEAD_KINDS)
 head_kind = c4.radio("Head", kinds, key=_state.kept(HEAD_CHOICE),

@@ -23,6 +23,7 @@ STUDY_SEEDS = "study_seeds"
 STUDY_SCRATCH = "study_scratch"
 STUDY_LPFT = "study_lpft"
 STUDY_LLRD = "study_llrd"
+STUDY_SURGICAL = "study_surgical"
 STUDY_BN = "study_bn"
 STUDY_EPOCHS = "study_epochs"
 STUDY_SIZE = "study_size"
@@ -65,7 +66,7 @@ def _controls(n: int) -> study.Plan | None:
     """The grid's settings, each kept; the plan they make, or None (a warning says why)."""
     depths_key = _state.kept(f"{STUDY_DEPTHS_PREFIX}{n}")
     for key, value in ((depths_key, study.default_depths(n)), (STUDY_FRACTIONS, [0.25, 1.0]), (STUDY_SEEDS, 2),
-                       (STUDY_SCRATCH, True), (STUDY_LPFT, False), (STUDY_BN, ["eval"]), (STUDY_EPOCHS, 3),
+                       (STUDY_SCRATCH, True), (STUDY_LPFT, False), (STUDY_SURGICAL, False), (STUDY_BN, ["eval"]), (STUDY_EPOCHS, 3),
                        (STUDY_SIZE, 224), (STUDY_BATCH, 32)):
         ss.setdefault(key, value)
     c1, c2 = st.columns([3, 2])
@@ -82,6 +83,9 @@ def _controls(n: int) -> study.Plan | None:
     scratch = c3.checkbox("scratch (random init)", key=_state.kept(STUDY_SCRATCH), disabled=running)
     lpft = c4.checkbox("lp-ft (head, then all)", key=_state.kept(STUDY_LPFT), disabled=running)
     llrd = c4.checkbox("llrd (all, lr x 0.75 per stage down)", key=_state.kept(STUDY_LLRD), disabled=running)
+    surgical = c2.checkbox("surgical (one stage only)", key=_state.kept(STUDY_SURGICAL), disabled=running,
+                           help="The head and a single stage train, the rest stays frozen (Lee et al. 2023): one "
+                                "row per depth above 0, that depth's stage alone")
     bn = st.multiselect("BatchNorm of the thawed stages", list(BN_MODES), key=_state.kept(STUDY_BN), disabled=running)
     c1, c2, c3 = st.columns(3)
     epochs = c1.number_input("Epochs per run", 1, 50, key=_state.kept(STUDY_EPOCHS), disabled=running)
@@ -95,7 +99,7 @@ def _controls(n: int) -> study.Plan | None:
         model=ss[_state.MODEL], depths=sorted(depths), fractions=sorted(fractions), bn=_bn_axis(bn),
         seeds=list(range(ds.seed, ds.seed + int(seeds))), epochs=int(epochs), img_size=int(size),
         batch_size=int(batch), per_class=ds.per_class, val_frac=ds.val_frac,
-        strategies=["finetune"] + (["lp-ft"] if lpft else []) + (["llrd"] if llrd else [])
+        strategies=["finetune"] + (["surgical"] if surgical else []) + (["lp-ft"] if lpft else []) + (["llrd"] if llrd else [])
         + (["scratch"] if scratch else []))
 
 

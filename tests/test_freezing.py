@@ -132,6 +132,31 @@ def test_presets():
         freezing.preset(model, "sideways")
 
 
+def test_surgical_trains_one_stage_and_the_head():
+    """Surgical (Lee et al. 2023): the N-th stage from the head and the head train, nothing else; a count past
+    the stem means the stem. After training, every other stage's parameters are bit-identical."""
+    model, _ = models.create_model("test_convnext", 3, weights_choice="random")
+    body = [s.name for s in stages.stages(model) if s.name != stages.HEAD]
+    assert len(body) >= 3
+    for n in (1, 2, len(body)):
+        (plan,) = freezing.preset(model, "surgical", thaw_last=n)
+        assert [s for s, on in plan.trainable.items() if on] == [body[-n], stages.HEAD]
+        assert plan.bn[body[-n]] == "eval" and all(plan.bn[s] == "frozen" for s in body if s != body[-n])
+    assert freezing.preset(model, "surgical", thaw_last=99)[0].trainable[body[0]]
+    with pytest.raises(ValueError):
+        freezing.preset(model, "surgical", thaw_last=0)
+    (plan,) = freezing.preset(model, "surgical", thaw_last=2)
+    freezing.apply(model, plan)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model.train()
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    opt.step()
+    owner = stages.stage_of_modules(model)
+    moved = {owner.get(k.rsplit(".", 1)[0]) for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert moved == {body[-2], stages.HEAD}
+
+
 def test_stage_names_are_real_modules():
     for name in ["vgg16_bn", "alexnet", "mobilenet_v2", "test_vit"]:
         with torch.device("meta"):

@@ -74,11 +74,16 @@ def test_a_study_row_is_the_single_run_its_command_makes(report, synthetic, tmp_
 
 
 def test_the_reference_strategies_are_their_single_runs_too(report, synthetic, tmp_path):
-    """lp-ft and llrd rows (every stage thawed) say so in their commands and equal those runs."""
-    plan = study.Plan(**PLAN, depths=[], fractions=[1.0], seeds=[0], strategies=["lp-ft", "llrd"])
+    """lp-ft and llrd rows (every stage thawed) and a surgical row (one stage) say so in their commands and equal
+    those runs; the surgical row trained the head and that one stage only."""
+    plan = study.Plan(**PLAN, depths=[0, 2], fractions=[1.0], seeds=[0], strategies=["surgical", "lp-ft", "llrd"])
     result = study.run(plan, report, tmp_path / "study", data_arg=str(synthetic))
-    assert [r.point.strategy for r in result.rows] == ["lp-ft", "llrd"]
-    assert "--strategy two-phase" in result.rows[0].command and "--layer-decay 0.75" in result.rows[1].command
+    assert [r.point.strategy for r in result.rows] == ["surgical", "lp-ft", "llrd"]  # no surgical depth 0
+    assert "--strategy surgical --thaw-last 2" in result.rows[0].command
+    assert "--strategy two-phase" in result.rows[1].command and "--layer-decay 0.75" in result.rows[2].command
+    body = [s for s, on in runs.read_config(result.rows[0].run_dir)["plans"][0]["trainable"].items()]
+    trained = [s for s, on in runs.read_config(result.rows[0].run_dir)["plans"][0]["trainable"].items() if on]
+    assert trained == [body[-3], "head"], trained  # the second stage from the head, and the head
     for row in result.rows:
         argv = shlex.split(row.command)
         argv[argv.index("--out") + 1] = str(tmp_path / row.point.name)
@@ -118,6 +123,15 @@ def test_noise_is_called_noise():
     assert "points over 2 seeds" in line
     single = study.verdicts([row(0, 0.5, 0), row(1, 0.9, 0)])[0]
     assert "one seed, so no spread measured" in single
+    surgical = [study.Row(study.Point("surgical", d, 1.0, s), acc, acc, 1.0, 1, 1.0, 10, 40, 20, None, "")
+                for d, acc, s in ((1, 0.60, 0), (1, 0.62, 1), (3, 0.95, 0), (3, 0.93, 1))]
+    lines = study.verdicts(apart + surgical)
+    assert len(lines) == 2 and "training only stage 3 from the head (surgical)" in lines[1]
+    assert "+43.0 ±" in lines[1]  # 94 % against the head only's 51 %
+    drawn, refs = study.figure_data(apart + surgical)
+    assert drawn["surgical, one stage: 100% of the images"] == [(1, pytest.approx(0.61), pytest.approx(0.01414, abs=1e-4)),
+                                                               (3, pytest.approx(0.94), pytest.approx(0.01414, abs=1e-4))]
+    assert not refs  # surgical is a line over depth, not a reference
 
 
 @pytest.mark.parametrize("args, says", [

@@ -102,6 +102,8 @@ def test_with_a_dataset_the_grid_is_offered_and_counted(lab):
     assert any("**24 runs**" in c.value for c in at.caption)
     at.multiselect(key="study_bn").set_value(["eval", "train"]).run()  # a BatchNorm axis: finetune and lp-ft twice
     assert any("**44 runs**" in c.value for c in at.caption)
+    at.checkbox(key="study_surgical").check().run()  # one row per depth above 0: stages 1, 2 and 5 alone
+    assert any("**68 runs**" in c.value for c in at.caption), [c.value for c in at.caption]
     at.multiselect(key="study_fractions").set_value([]).run()
     assert any("at least one" in w.value for w in at.warning)
     assert next(b for b in at.button if b.label == "Start the study").disabled

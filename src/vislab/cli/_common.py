@@ -16,7 +16,7 @@ EXIT_BAD_INPUT = 2
 
 # The choices of vislab.models.freezing and vislab.models.heads, spelled out here: those modules import torch, and
 # building the parser (help, argument errors) must not (tests/test_cli_paths.py checks that the spellings agree).
-STRATEGIES = ("head", "partial", "full", "two-phase", "scratch")
+STRATEGIES = ("head", "partial", "surgical", "full", "two-phase", "scratch")
 BN_MODES = ("train", "eval", "frozen")
 HEAD_KINDS = ("linear", "mlp", "attention")
 WEIGHT_CHOICES = ("auto", "pretrained", "random")  # models.factory.WEIGHT_CHOICES

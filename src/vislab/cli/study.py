@@ -8,7 +8,7 @@ import threading
 from vislab.cli._common import ENGINES, CliError, between, lasting_imports, out_folder, positive
 from vislab.models import catalog
 
-STUDY_STRATEGIES = ("finetune", "lp-ft", "llrd", "scratch")
+STUDY_STRATEGIES = ("finetune", "surgical", "lp-ft", "llrd", "scratch")
 BN_CHOICES = ("train", "eval", "frozen")
 
 
@@ -50,7 +50,7 @@ def add_parser(sub) -> None:
     s.add_argument("--bn", default=None, help="BatchNorm mode(s) of the thawed stages: train, eval, frozen "
                    "(comma-separated for a BatchNorm axis; default eval)")
     s.add_argument("--strategies", default="finetune,scratch",
-                   help="finetune (the depth sweep), lp-ft (head, then everything at lr x 0.1), llrd (everything, "
+                   help="finetune (the depth sweep), surgical (the head and only the depth-th stage from it), lp-ft (head, then everything at lr x 0.1), llrd (everything, "
                         "lr x 0.75 per stage below the head), scratch (random init: the reference line)")
     s.add_argument("--epochs", type=positive(int), required=True)
     s.add_argument("--lr", type=positive(float), default=1e-3)

@@ -16,7 +16,9 @@ def add_parser(sub) -> None:
     t.add_argument("--data", required=True, help="folder, .zip, or 'sample' for the bundled textile set")
     t.add_argument("--model", default=catalog.DEFAULT_MODEL)
     t.add_argument("--strategy", choices=STRATEGIES, default="head")
-    t.add_argument("--thaw-last", type=positive(int), default=1, help="partial: stages thawed before the head")
+    t.add_argument("--thaw-last", type=positive(int), default=1,
+                   help="partial: how many of the last stages train with the head; surgical: the one stage that "
+                        "trains, counted from the head (1 = the last)")
     t.add_argument("--bn", choices=BN_MODES, default=None,
                    help="BatchNorm mode of thawed stages (default eval; train for scratch)")
     t.add_argument("--head", choices=HEAD_KINDS, default="linear",

@@ -23,13 +23,15 @@ def accuracy_by_depth(lines: dict[str, list[tuple[int, float, float]]], referenc
     fig, ax = plt.subplots(figsize=(8, 4.8), dpi=120)
     for i, (label, points) in enumerate(lines.items()):
         xs, ys, es = zip(*sorted(points))
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=4, lw=2, color=COLOURS[i % len(COLOURS)], label=label)
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=4, lw=2, color=COLOURS[i % len(COLOURS)], label=label,
+                    ls=":" if label.startswith("surgical") else "-")
     for label, (mean, spread, colour) in references.items():
         ax.axhline(mean, ls="--", lw=1.5, color=COLOURS[int(colour) % len(COLOURS)], label=label)
         ax.axhspan(mean - spread, mean + spread, alpha=0.08, color=COLOURS[int(colour) % len(COLOURS)])
     depths = sorted({d for points in lines.values() for d, _, _ in points})
     ax.set_xticks(depths, [(depth_labels or {}).get(d, str(d)) for d in depths])
-    ax.set_xlabel("stages thawed below the head (0 = head only)")
+    ax.set_xlabel("stages thawed below the head (0 = head only)"
+                  + ("; surgical: the one stage trained" if any(k.startswith("surgical") for k in lines) else ""))
     ax.set_ylabel("best validation accuracy")
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     ax.set_title(title)

@@ -16,6 +16,11 @@ COLOURS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9"]
 DEPTH_AXIS = "stages thawed below the head (0 = head only)"
 
 
+def axis_title(lines: dict) -> str:
+    """The depth axis says what x means for a surgical line too (the one stage trained), when there is one."""
+    return DEPTH_AXIS + ("; surgical: the one stage trained" if any(k.startswith("surgical") for k in lines) else "")
+
+
 def accuracy_by_depth(lines: dict[str, list[tuple[int, float, float]]], references: dict[str, list[float]],
                       title: str, depth_labels: dict[int, str] | None = None) -> go.Figure:
     """`lines`: label -> [(depth, mean, spread over seeds)], drawn with error bars; `references`: label ->
@@ -25,7 +30,8 @@ def accuracy_by_depth(lines: dict[str, list[tuple[int, float, float]]], referenc
         xs, ys, es = zip(*sorted(points))
         fig.add_trace(go.Scatter(
             x=list(xs), y=list(ys), error_y=dict(type="data", array=list(es), visible=True), mode="lines+markers",
-            name=label, line=dict(color=COLOURS[i % len(COLOURS)], width=3), marker=dict(size=9),
+            name=label, line=dict(color=COLOURS[i % len(COLOURS)], width=3,
+                                  dash="dot" if label.startswith("surgical") else "solid"), marker=dict(size=9),
             hovertemplate="depth %{x}: %{y:.1%} ± %{error_y.array:.1%}<extra>" + label + "</extra>"))
     depths = sorted({d for points in lines.values() for d, _, _ in points}) or [0, 1]
     span = [depths[0], depths[-1]] if depths[0] != depths[-1] else [depths[0] - 0.5, depths[0] + 0.5]
@@ -35,7 +41,7 @@ def accuracy_by_depth(lines: dict[str, list[tuple[int, float, float]]], referenc
             line=dict(color=COLOURS[int(colour) % len(COLOURS)], width=2, dash="dash"),
             hovertemplate=f"{label}: {mean:.1%} ± {spread:.1%}<extra></extra>"))
     labels = depth_labels or {}
-    fig.update_xaxes(title=DEPTH_AXIS, tickvals=depths, ticktext=[labels.get(d, str(d)) for d in depths])
+    fig.update_xaxes(title=axis_title(lines), tickvals=depths, ticktext=[labels.get(d, str(d)) for d in depths])
     fig.update_yaxes(title="best validation accuracy", tickformat=".0%", range=[0, 1.05])  # error bars past 100 %: cut
     return charts._layout(fig, title, height=440)
 

@@ -25,7 +25,7 @@ import torch.nn as nn
 from vislab.models.stages import HEAD, stage_of_modules, stages
 
 BN_MODES = ("train", "eval", "frozen")
-STRATEGIES = ("head", "partial", "full", "two-phase", "scratch")
+STRATEGIES = ("head", "partial", "surgical", "full", "two-phase", "scratch")
 
 def is_batchnorm(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
@@ -62,6 +62,8 @@ def preset(model: nn.Module, strategy: str, thaw_last: int = 1, bn: str | None =
     """The course's strategies as plans, one per training phase.
 
     head      train only the new head;                  partial   head plus the last `thaw_last` stages;
+    surgical  head plus one stage only, the `thaw_last`-th counted from the head (Lee et al. 2023: tuning
+              one block, the rest frozen; 1 is the last stage, the number of stages the stem);
     full      everything at once;                        two-phase head first, then everything;
     scratch   everything, from random init (the caller builds the model with random weights).
     `bn` is the BatchNorm mode of thawed pretrained stages (default `eval`; `train` for scratch).
@@ -81,6 +83,10 @@ def preset(model: nn.Module, strategy: str, thaw_last: int = 1, bn: str | None =
         if thaw_last < 1:
             raise ValueError("thaw-last must be at least 1 for the partial strategy")
         return [plan_for(model, set(body[-thaw_last:]), bn)]
+    if strategy == "surgical":  # like partial, a count past the stem means the stem (a lab's saved choice
+        if thaw_last < 1:  # stays usable on a model with fewer stages)
+            raise ValueError("thaw-last must be at least 1 for the surgical strategy")
+        return [plan_for(model, {body[-min(thaw_last, len(body))]}, bn)]
     if strategy == "full":
         return [plan_for(model, None, bn)]
     return [head_only, plan_for(model, None, bn)]  # two-phase

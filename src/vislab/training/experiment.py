@@ -32,8 +32,8 @@ INTERRUPTED_NOTE = "the run was interrupted: continuing from its best epoch"  # 
 @dataclass
 class Spec:
     model: str = catalog.DEFAULT_MODEL
-    strategy: str = "head"  # head | partial | full | two-phase | scratch
-    thaw_last: int = 1  # partial: how many of the last stages train with the head
+    strategy: str = "head"  # head | partial | surgical | full | two-phase | scratch
+    thaw_last: int = 1  # partial: how many of the last stages train with the head; surgical: the one that does
     bn: str | None = None  # BN mode of thawed pretrained stages; None: eval (train for scratch)
     head: str = "linear"  # linear | mlp | attention (heads.HEAD_KINDS)
     weights: str = "pretrained"  # pretrained | auto | random (scratch always random)

@@ -5,7 +5,8 @@ exactly as `--thaw-last` counts them: 0 = the new head only, all = a full fine-t
 (nested and stratified: with one seed the 10 % set lies inside the 25 % set) x seed, with optional BatchNorm
 modes of the thawed stages and reference strategies (scratch: random init, all stages; lp-ft: head first,
 then everything at a lower rate; llrd: everything at once, each stage's rate lower the farther it is from
-the head). Every configuration of one seed is validated on the same images, the split
+the head; surgical: the head and one stage only, the depth-th from the head, as Lee et al. 2023 tune one
+block). Every configuration of one seed is validated on the same images, the split
 that `vislab train --seed` makes, so rows of a seed differ only in what the study varies.
 
 Each row is the run `vislab train` makes with the same arguments (its `command` column), trained in this one
@@ -36,7 +37,8 @@ from vislab.models.stages import HEAD, stages
 from vislab.training import experiment, runs
 from vislab.training.loop import Event, TrainConfig
 
-STRATEGIES = ("finetune", "lp-ft", "llrd", "scratch")
+STRATEGIES = ("finetune", "surgical", "lp-ft", "llrd", "scratch")
+LINES = ("finetune", "surgical")  # strategies drawn as a line over depth (the others as one reference each)
 LLRD_DECAY = 0.75  # llrd: every stage thawed, its learning rate lr x 0.75 per stage below the head
 COLUMNS = ("name", "strategy", "depth", "fraction", "seed", "bn", "best_val_acc", "final_val_acc",
            "final_val_loss", "best_epoch", "train_s", "trainable_params", "train_images", "val_images", "command")
@@ -56,8 +58,9 @@ def default_depths(n: int) -> list[int]:
 class Point:
     """One configuration of the grid (one row of one seed)."""
 
-    strategy: str  # finetune | lp-ft | scratch
-    depth: int  # stages thawed below the head; scratch and lp-ft train all of them
+    strategy: str  # finetune | surgical | lp-ft | llrd | scratch
+    depth: int  # finetune: stages thawed below the head; surgical: the one stage thawed, counted from the head;
+                # scratch, lp-ft and llrd train all of them
     fraction: float
     seed: int
     bn: str | None = None
@@ -112,6 +115,9 @@ class Plan:
                 for bn in self.bn:
                     if "finetune" in self.strategies:
                         out += [Point("finetune", d, fraction, seed, bn) for d in sorted(set(depths), reverse=True)]
+                    if "surgical" in self.strategies:  # depth 0 would be the head only: finetune's row
+                        out += [Point("surgical", d, fraction, seed, bn) for d in sorted(set(depths), reverse=True)
+                                if d > 0]
                     out += [Point(s, n_stages, fraction, seed, bn) for s in ("lp-ft", "llrd") if s in self.strategies]
                 if "scratch" in self.strategies:  # random init trains its BatchNorm: one row, whatever `bn`
                     out.append(Point("scratch", n_stages, fraction, seed))
@@ -121,7 +127,9 @@ class Plan:
         """The experiment a point is: the same Spec `vislab train` builds from `command`'s arguments."""
         strategy, thaw = {"lp-ft": ("two-phase", 1), "llrd": ("full", 1),
                           "scratch": ("scratch", 1)}.get(point.strategy, (None, 1))
-        if strategy is None:  # finetune: thaw the last `depth` stages
+        if point.strategy == "surgical":
+            strategy, thaw = "surgical", point.depth
+        elif strategy is None:  # finetune: thaw the last `depth` stages
             strategy, thaw = (("head", 1) if point.depth == 0 else ("full", 1) if point.depth >= n_stages
                               else ("partial", point.depth))
         return experiment.Spec(
@@ -142,7 +150,7 @@ class Plan:
 def command(spec: experiment.Spec, data_arg: str, out: str | Path) -> str:
     """The `vislab train` command line that trains `spec` on its own (the study's row, reproduced)."""
     args = ["vislab", "train", "--data", data_arg, "--model", spec.model, "--strategy", spec.strategy]
-    if spec.strategy == "partial":
+    if spec.strategy in ("partial", "surgical"):
         args += ["--thaw-last", spec.thaw_last]
     if spec.bn:
         args += ["--bn", spec.bn]
@@ -312,39 +320,51 @@ def within_noise(a: Cell, b: Cell) -> bool:
 
 
 def verdicts(rows: list[Row]) -> list[str]:
-    """Per fraction (and BatchNorm mode), the best thaw depth and which depths are within noise of it, in words."""
+    """Per fraction (and BatchNorm mode), the best thaw depth and which depths are within noise of it, in words;
+    the same for surgical rows (which single stage to train), when the study has them."""
     lines = []
-    found = [c for c in cells(rows) if c.strategy == "finetune"]
-    for fraction, bn in sorted({(c.fraction, c.bn) for c in found}, key=lambda k: (-k[0], str(k[1]))):
-        group = sorted((c for c in found if (c.fraction, c.bn) == (fraction, bn)), key=lambda c: c.depth)
-        best = max(group, key=lambda c: c.mean)
-        ties = [c.depth for c in group if c is not best and within_noise(c, best)]
-        head = next((c for c in group if c.depth == 0), None)
-        gain = (f"; {100 * (best.mean - head.mean):+.1f} ± {100 * math.hypot(best.se, head.se):.1f} points over "
-                "the head only" if head is not None and best is not head else "")
-        tie = f" (within noise: depth {', '.join(map(str, ties))})" if ties else ""
-        bn_text = f", BatchNorm {bn}" if bn else ""
-        spread = (f"± {100 * best.se:.1f} points over {len(best.accs)} seeds" if len(best.accs) > 1 else
-                  f"one seed, so no spread measured (± {100 * best.se:.1f} points is one validation image)")
-        lines.append(f"{fraction:.0%} of the training images{bn_text}: thawing {best.depth} stage(s) is best at "
-                     f"{best.mean:.1%} ({spread}){gain}{tie}.")
+    found = cells(rows)
+    heads = {(c.fraction, c.bn): c for c in found if c.strategy == "finetune" and c.depth == 0}
+    for strategy in LINES:
+        mine = [c for c in found if c.strategy == strategy]
+        for fraction, bn in sorted({(c.fraction, c.bn) for c in mine}, key=lambda k: (-k[0], str(k[1]))):
+            group = sorted((c for c in mine if (c.fraction, c.bn) == (fraction, bn)), key=lambda c: c.depth)
+            lines.append(_verdict(strategy, group, heads.get((fraction, bn))))
     return lines
 
 
+def _verdict(strategy: str, group: list[Cell], head: Cell | None) -> str:
+    best = max(group, key=lambda c: c.mean)
+    ties = [c.depth for c in group if c is not best and within_noise(c, best)]
+    gain = (f"; {100 * (best.mean - head.mean):+.1f} ± {100 * math.hypot(best.se, head.se):.1f} points over "
+            "the head only" if head is not None and best is not head else "")
+    tie = f" (within noise: {'depth' if strategy == 'finetune' else 'stage'} {', '.join(map(str, ties))})" if ties else ""
+    bn_text = f", BatchNorm {best.bn}" if best.bn else ""
+    spread = (f"± {100 * best.se:.1f} points over {len(best.accs)} seeds" if len(best.accs) > 1 else
+              f"one seed, so no spread measured (± {100 * best.se:.1f} points is one validation image)")
+    what = (f"thawing {best.depth} stage(s) is best" if strategy == "finetune" else
+            f"training only stage {best.depth} from the head (surgical) is the best single stage")
+    return f"{best.fraction:.0%} of the training images{bn_text}: {what} at {best.mean:.1%} ({spread}){gain}{tie}."
+
+
 def figure_data(rows: list[Row]) -> tuple[dict, dict]:
-    """The accuracy-by-depth picture as numbers: {'finetune, 50 %[, BN eval]': [(depth, mean, sd)]} and the
-    references {'scratch, 50 %': [mean, sd, colour index]} (a reference shares its fraction's colour)."""
+    """The accuracy-by-depth picture as numbers: {'50 % of the images[, BatchNorm eval]': [(depth, mean, sd)]}
+    (surgical rows as their own lines, 'surgical, one stage: 50 %...', x = the stage trained) and the references
+    {'scratch, 50 %': [mean, sd, colour index]} (a reference shares its fraction's colour)."""
     found = cells(rows)
     keys = sorted({(c.fraction, c.bn) for c in found if c.strategy == "finetune"}, key=lambda k: (-k[0], str(k[1])))
     colour = {k: i for i, k in enumerate(keys)}
     lines = {}
-    for fraction, bn in keys:
-        label = f"{fraction:.0%} of the images" + (f", BatchNorm {bn}" if bn else "")
-        lines[label] = [(c.depth, c.mean, c.sd) for c in found
-                        if c.strategy == "finetune" and (c.fraction, c.bn) == (fraction, bn)]
+    for strategy in LINES:
+        for fraction, bn in sorted({(c.fraction, c.bn) for c in found if c.strategy == strategy},
+                                   key=lambda k: (-k[0], str(k[1]))):
+            label = (("" if strategy == "finetune" else "surgical, one stage: ") + f"{fraction:.0%} of the images"
+                     + (f", BatchNorm {bn}" if bn else ""))
+            lines[label] = [(c.depth, c.mean, c.sd) for c in found
+                            if c.strategy == strategy and (c.fraction, c.bn) == (fraction, bn)]
     refs = {f"{c.strategy}, {c.fraction:.0%}" + (f", BN {c.bn}" if c.bn else ""):
             [c.mean, c.sd, colour.get((c.fraction, c.bn), colour.get((c.fraction, None), 0))]
-            for c in found if c.strategy != "finetune"}
+            for c in found if c.strategy not in LINES}
     return lines, refs
 
 
