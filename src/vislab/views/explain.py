@@ -33,7 +33,7 @@ from PIL import Image
 from vislab import _fileio as fileio
 from vislab.data.config import resize_for
 from vislab._modes import inference
-from vislab.views import attention, cam, faithfulness, features, se, base as views
+from vislab.views import attention, cam, faithfulness, features, sanity as sanity_check, se, base as views
 
 CAM_VIEWS = {"cam": "CAM (classic)", "gradcam": "GradCAM", "gradcampp": "GradCAM++", "layercam": "LayerCAM"}
 VIEWS = (*CAM_VIEWS, "attention", "rollout", "se", "features")
@@ -219,6 +219,48 @@ def scores(loaded: Loaded, view: str, images: list[tuple[str, Image.Image]], out
 def scores_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=SCORE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+SANITY_COLUMNS = ("image", "view", "target", "step", "step_name", "stage", "layers_randomised", "modules_randomised",
+                  "spearman", "ssim")
+
+
+def sanity(loaded: Loaded, view: str, images: list[tuple[str, Image.Image]], layer: str | None = None,
+           seed: int = 0) -> tuple[list[dict], dict[str, bytes]]:
+    """The cascading-randomisation check (views.sanity) of a CAM view's map for the predicted class, on a copy
+    of the model, at the layer `compute` used: one row per image and step (step 0: the original map), and
+    each image's strip as PNG bytes by file name (`<stem>_<view>_sanity.png`). A view that is no CAM is
+    refused."""
+    if view not in CAM_VIEWS:
+        raise ExplainError(f"--sanity checks a class activation map; --view {view} is not one "
+                           f"(choose {', '.join(CAM_VIEWS)})")
+    model, cfg = loaded.model, loaded.data_config
+    x = views.batch([img for _, img in images], cfg)  # (B, 3, S, S)
+    default = cam.default_layer(model, loaded.name or None)
+    method = CAM_VIEWS[view]
+    try:
+        found = sanity_check.check(model, x, method, default if method == cam.CLASSIC else (layer or default))
+    except views.ViewNotApplicable as exc:
+        raise ExplainError(f"--view {view} does not apply to {loaded.name or type(model).__name__}: {exc}") from None
+    pictures = sanity_check.crops(x, cfg.mean, cfg.std)  # (B, S, S, 3)
+    with inference(model):
+        targets = model(x).argmax(1).tolist()
+    rows, strips = [], {}
+    for (stem, _), steps, picture, target in zip(images, found, pictures, targets):
+        strips[f"{stem}_{view}_sanity.png"] = sanity_check.strip_png(steps, picture, method)
+        rows += [{"image": stem, "view": view, "target": loaded.classes[target] if target < len(loaded.classes)
+                  else target, "step": s.step, "step_name": s.name, "stage": s.stage,
+                  "layers_randomised": s.layers_randomised, "modules_randomised": s.modules_randomised,
+                  "spearman": round(s.spearman, 5), "ssim": round(s.ssim, 5)} for s in steps]
+    return rows, strips
+
+
+def sanity_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SANITY_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
