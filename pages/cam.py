@@ -1,7 +1,7 @@
 import numpy as np
 import streamlit as st
 
-from pages import _cached, _charts, _dataset, _images, _route, _runs, _state
+from pages import _cached, _charts, _dataset, _images, _route, _runs, _sanity, _scores, _state
 from vislab.views import cam, base as views
 from vislab.figures import charts as plots
 from vislab.data.transforms import crop_seen
@@ -9,7 +9,7 @@ from vislab.data.transforms import crop_seen
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
 # ---- this page's keys (kept: a person's settings, see _state.kept) ------------------------------------------
-CAM_OUT = "cam_out"  # the CAM page's last computed panels, shown until the inputs change
+CAM_OUT = "cam_out"  # the CAM page's last computed panels, shown until the inputs change (with their scores)
 CAM_METHODS = "cam_methods"
 CAM_LAYER = "cam_layer"
 CAM_MORE_LAYERS = "cam_more_layers"
@@ -76,12 +76,22 @@ if slow:
     st.warning(f"{', '.join(slow)}: one forward pass per channel of `{layer}` ({channels} channels) for each "
                f"image, about {per_image:.0f} s per image per method here ({per_image * len(images) * len(slow) * len(vms):.0f} s "
                "in all). Progress shows below; Stop ends it between images.")
+# what the panels were computed from: when it changes, the panels and their scores are dropped together
+# (opacity and colours only redraw them)
+inputs = (ss[_state.MODEL], [(vm.label, vm.run) for vm in vms], [(n, img.size) for n, img in images], methods,
+          layer, extra_layers, target_mode, class_pick, road)
+if ss.get(CAM_OUT) is not None and ss[CAM_OUT].get("inputs") != inputs:
+    ss.pop(CAM_OUT, None)
+    ss.pop(_scores.CAM_SCORES, None)
+    ss.pop(_sanity.CAM_SANITY, None)
 if not methods:
     st.stop()
 
 if st.button("Compute", type="primary"):
     ss.pop(CAM_OUT, None)  # never leave an old result on screen after a new request
-    out = {"panels": [], "topk": [], "errors": []}
+    ss.pop(_scores.CAM_SCORES, None)
+    ss.pop(_sanity.CAM_SANITY, None)
+    out = {"panels": [], "topk": [], "errors": [], "maps": [], "inputs": inputs}
     progress = st.progress(0.0, text="starting…")
     stop = st.button("Stop", key=CAM_STOP)  # a click reruns the page, which ends the loop between images
     for vm in vms:
@@ -94,6 +104,7 @@ if st.button("Compute", type="primary"):
                                     i / n, text=f"{m}: image {i + 1} of {n}"))
         out["topk"].append((vm.label, found.topk))
         out["errors"] += [f"{tag}{which}: {why}" for tag, why in found.errors]
+        out["maps"].append(_scores.maps_of(vm, found, several_layers=bool(extra_layers)))
         for res, scores in zip(found.results, found.road):
             for b in range(len(res.maps)):
                 title = (f"{res.method} · {res.layer}{which}"
@@ -123,3 +134,5 @@ if out:
                     _charts.chart(plots.topk(per_image[b], "Top-5" + (f" · {model_label}" if len(vms) > 1 else "")),
                                  key=f"{TOPK_PREFIX}{b}_{model_label}")
         _charts.chart(plots.cam_panels(panels, opacity, plots.CAM_COLOURSCALES[scale]), key=f"{CAM_PREFIX}{b}")
+    _scores.section(out, vms, images)
+    _sanity.section(out, vms, images, opacity, plots.CAM_COLOURSCALES[scale])

@@ -92,3 +92,9 @@ def with_baselines(model: nn.Module, x: torch.Tensor, saliency: np.ndarray, targ
     return {"map": score(model, x, saliency, target, steps), "random": score(model, x, random_map(shape, seed),
                                                                             target, steps),
             "centre": score(model, x, centre_blob(shape), target, steps)}
+
+
+def baselines(shape: tuple[int, int], seed: int = 0) -> dict[str, np.ndarray]:
+    """The two baselines' maps by the names `with_baselines` gives their scores: for a caller that scores
+    several maps of one image (the CAM page's methods) and needs the baselines only once."""
+    return {"random": random_map(shape, seed), "centre": centre_blob(shape)}
