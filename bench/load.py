@@ -15,7 +15,9 @@ user <= 1.2 x serial, wall <= 1.1 x serial, page switch < 2 s, no errors. The br
 cores here; in a workshop they run on the participants' laptops, so the class's browsers run at nice 19 (they
 get what the server leaves over: SCHED_IDLE and nice 19), while the browsing user's own
 browser, the one timed, runs at normal priority. --browsers-here puts the class's at normal priority too.
-Writes bench/load.json and bench/load.md (or --out).
+--instructor adds, for each class size, the same class again with the instructor's Class page open (the key
+typed, its live table polling every 3 s) from another browser, so page switches and training times compare
+with and without it. Writes bench/load.json and bench/load.md (or --out).
 """
 
 from __future__ import annotations
@@ -234,6 +236,35 @@ async def prober(browser_, url: str, gate: asyncio.Event, done: asyncio.Event, s
     await ctx.close()
 
 
+INSTRUCTOR_KEY = "bench-instructor-key"  # the server's VISLAB_INSTRUCTOR_KEY in an --instructor row
+
+
+async def teacher(browser_, url: str, gate: asyncio.Event, done: asyncio.Event, seen: list):
+    """The instructor: the Class page open with the key from before the class starts to after it ends (its live
+    table polls every few seconds on its own); `seen` gets how many labs it listed, once a second."""
+    ctx = await browser_.new_context(viewport={"width": 1280, "height": 1000})
+    ctx.set_default_timeout(180_000)
+    page = await ctx.new_page()
+    try:
+        await page.goto(url)
+        await page.get_by_text("Strategy advisor").wait_for(timeout=180_000)
+        await _go(page, "Class")
+        await page.get_by_label("Instructor key").fill(INSTRUCTOR_KEY)
+        await page.get_by_role("button", name="Open the class").click()
+        await page.get_by_text(re.compile(r"labs? on this server")).first.wait_for(timeout=60_000)
+    except Exception as exc:  # noqa: BLE001 - the row says the instructor never saw the class
+        print(f"instructor: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+        seen.append(-1)
+        await ctx.close()
+        return
+    await gate.wait()
+    while not done.is_set():
+        text = await page.get_by_text(re.compile(r"labs? on this server")).first.inner_text()
+        seen.append(int(text.split()[0]))
+        await asyncio.sleep(1.0)
+    await ctx.close()
+
+
 def augments(n: int, solo: str | None = None) -> list[bool]:
     """Which of `n` users turn on h-flip (and so train the full loop): every second one; a solo run of one
     kind ("cached" or "full") measures that kind alone."""
@@ -243,8 +274,8 @@ def augments(n: int, solo: str | None = None) -> list[bool]:
 
 
 async def classroom(url: str, archive: Path, n: int, epochs: int, size_steps: int, probe: bool,
-                    finish_s: float = 3600, solo: str | None = None, server_pid: int = 0, remote: bool = True
-                    ) -> dict:
+                    finish_s: float = 3600, solo: str | None = None, server_pid: int = 0, remote: bool = True,
+                    instructor: bool = False) -> dict:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
@@ -259,16 +290,19 @@ async def classroom(url: str, archive: Path, n: int, epochs: int, size_steps: in
         tasks = [asyncio.create_task(user(b, url, archive, k, epochs, size_steps, aug, gate, ready, results,
                                           finish_s)) for k, aug in enumerate(augments(n, solo))]
         probe_task = asyncio.create_task(prober(pb, url, gate, done, switches, warm, switched_to)) if probe else None
+        listed: list[int] = []
+        teacher_task = asyncio.create_task(teacher(b, url, gate, done, listed)) if instructor else None
         deadline = time.time() + 600
-        while (len(ready) + sum(1 for r in results if r.get("error")) < n or (probe and not warm)) \
-                and time.time() < deadline:
+        while (len(ready) + sum(1 for r in results if r.get("error")) < n or (probe and not warm)
+               or (instructor and not listed and not teacher_task.done())) and time.time() < deadline:
             await asyncio.sleep(0.2)
         log(f"{len(ready)} users ready; start")
         gate.set()
         await asyncio.gather(*tasks)
         done.set()
-        if probe_task:
-            await probe_task
+        for task in (probe_task, teacher_task):
+            if task:
+                await task
         browsers_cpu = tree_cpu(os.getpid(), skip={server_pid}) - browsers_before
         await b.close()
         if pb is not b:
@@ -277,7 +311,8 @@ async def classroom(url: str, archive: Path, n: int, epochs: int, size_steps: in
     wall = (max(r["end"] for r in ok) - min(r["start"] for r in ok)) if ok else None
     return {"users": n, "solo": solo, "results": sorted(results, key=lambda r: r["user"]), "wall_s": wall,
             "slowest_s": max((r["seconds"] for r in ok), default=None), "errors": [r for r in results if r["error"]],
-            "page_switch_s": switches, "page_switch_to": switched_to, "browsers_cpu_s": browsers_cpu}
+            "page_switch_s": switches, "page_switch_to": switched_to, "browsers_cpu_s": browsers_cpu,
+            "instructor": instructor, "instructor_listed": listed}
 
 
 def _niced_chromium() -> str:
@@ -294,9 +329,9 @@ def _niced_chromium() -> str:
     return str(wrapper)
 
 
-def serve(home: Path, max_jobs: int | None):
+def serve(home: Path, max_jobs: int | None, instructor: bool = False):
     port = browser.free_port()
-    env = {**os.environ, "VISLAB_HOME": str(home)}
+    env = {**os.environ, "VISLAB_HOME": str(home), **({"VISLAB_INSTRUCTOR_KEY": INSTRUCTOR_KEY} if instructor else {})}
     if max_jobs:
         env["VISLAB_MAX_JOBS"] = str(max_jobs)
     log = tempfile.TemporaryFile()
@@ -342,12 +377,14 @@ def fresh_home(work: Path, name: str = "home") -> Path:
 
 
 def _one_row(work: Path, tag: str, n: int, archive: Path, epochs: int, size_steps: int, probe: bool,
-             max_jobs: int | None, finish_s: float, solo: str | None, remote: bool = True) -> dict:
+             max_jobs: int | None, finish_s: float, solo: str | None, remote: bool = True,
+             instructor: bool = False) -> dict:
     home = fresh_home(work, f"home-{tag}")
-    proc, url, log_ = serve(home, max_jobs)
+    proc, url, log_ = serve(home, max_jobs, instructor)
     watch = MemoryWatch(proc.pid)
     try:
-        row = asyncio.run(classroom(url, archive, n, epochs, size_steps, probe, finish_s, solo, proc.pid, remote))
+        row = asyncio.run(classroom(url, archive, n, epochs, size_steps, probe, finish_s, solo, proc.pid, remote,
+                                    instructor))
         server_cpu, workers_cpu = _stat(proc.pid)[1], tree_cpu(proc.pid) - _stat(proc.pid)[1]
     finally:
         watch.stop()
@@ -367,7 +404,8 @@ def _one_row(work: Path, tag: str, n: int, archive: Path, epochs: int, size_step
 
 
 def run(users: list[int], epochs: int, per_class: int, size_steps: int, out: Path, probe: bool = True,
-        max_jobs: int | None = None, finish_s: float = 3600, baseline: bool = True, remote: bool = True) -> dict:
+        max_jobs: int | None = None, finish_s: float = 3600, baseline: bool = True, remote: bool = True,
+        instructor: bool = False) -> dict:
     """One row per class size (`baseline` False: no solo rows, no ratios: the test suite's quick run).
 
     The baseline of a class is what its users take one at a time: each kind of
@@ -384,6 +422,9 @@ def run(users: list[int], epochs: int, per_class: int, size_steps: int, out: Pat
             for k in kinds}
     rows = list(solo.values()) + [_one_row(work, str(n), n, archive, epochs, size_steps, probe, max_jobs,
                                            finish_s, None, remote) for n in users if n > 1 or not baseline]
+    if instructor:  # the same classes again, the instructor's Class page polling all along
+        rows += [_one_row(work, f"{n}-class", n, archive, epochs, size_steps, probe, max_jobs, finish_s, None, remote,
+                          True) for n in users if n > 1 or not baseline]
     for r in rows:
         base = [solo["full" if a else "cached"]["slowest_s"] if solo else None
                 for a in augments(r["users"], r.get("solo"))]
@@ -403,7 +444,7 @@ def run(users: list[int], epochs: int, per_class: int, size_steps: int, out: Pat
         p95 = sorted(sw)[min(len(sw) - 1, int(0.95 * len(sw)))] if sw else 0
         sws = f"{statistics.median(sw):.2f} / {p95:.2f} / {max(sw):.2f}" if sw else "-"
         ws = f"{statistics.median(r['worker_s']):.1f}" if r["worker_s"] else "-"
-        who = f"1 ({r['solo']})" if r.get("solo") else str(r["users"])
+        who = f"1 ({r['solo']})" if r.get("solo") else str(r["users"]) + (" + Class page" if r.get("instructor") else "")
         lines.append(f"| {who} | {r['slowest_s'] or 0:.1f} | {r['wall_s'] or 0:.1f} | {serial or 0:.1f} | {sl} | "
                      f"{wl} | {ws} | {sws} | {r['server_peak_mib']:.0f} | {r['workers_peak_mib']:.0f} | "
                      f"{r['server_cpu_s']:.0f} / {r['workers_cpu_s']:.0f} / {r['browsers_cpu_s']:.0f} | "
@@ -426,12 +467,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--browsers-here", action="store_true",
                     help="the class's browsers at normal priority, competing with the server as equals (default: "
                          "nice 19, standing in for laptops of their own)")
+    ap.add_argument("--instructor", action="store_true",
+                    help="each class size again with the instructor's Class page open and polling (to compare)")
     ap.add_argument("--out", default=str(ROOT / "bench"))
     args = ap.parse_args(argv)
     users = [int(u) for u in args.users.split(",") if u.strip()]
     epochs, steps = (2, 5) if args.small else (args.epochs, 0)  # 5 steps left: image size 224 -> 64
     summary = run(users, epochs, args.per_class, steps, Path(args.out), not args.no_probe, args.max_jobs,
-                  remote=not args.browsers_here)
+                  remote=not args.browsers_here, instructor=args.instructor)
     return 1 if any(r["errors"] for r in summary["rows"]) else 0
 
 

@@ -1,5 +1,9 @@
 """The session's dataset: what the Data page produced (a validated report and its split), kept in the lab
-and restored from it, and the lab's folders for uploads and runs."""
+and restored from it, and the lab's folders for uploads and runs.
+
+A class dataset (vislab.serving.class_data, published by the instructor) is used in place: the lab keeps its
+digest and the report's paths into the shared folder, never a copy. Every page checks, with one stat, that it
+is still published; when the instructor has unpublished it, the lab drops it and the Data page says so."""
 
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ import streamlit as st
 from pages import _state
 from pages._state import AUGMENT, DATASET, PENDING_DATASET, WORKING, current_lab
 from vislab.data import folders as data
+from vislab.serving import class_data, labs
+
+CLASS_GONE = "_class_dataset_gone"  # the title of the class dataset this lab used until it was unpublished
 
 
 @dataclass
@@ -22,10 +29,14 @@ class Dataset:
     per_class: int | None = None
     val_frac: float = 0.2
     seed: int = 0
+    published: str | None = None  # a class dataset's digest (used in place, read-only)
+    title: str = ""  # a class dataset's title, plain text
 
     @property
     def source(self) -> str:
-        """Where it came from, as the Data page offers it: "sample", "zip" or "uploads"."""
+        """Where it came from, as the Data page offers it: "sample", "zip", "uploads" or "class"."""
+        if self.published:
+            return "class"
         if self.per_class is not None or self.label.startswith("textile sample"):
             return "sample"
         return "uploads" if self.label.startswith("uploads") else "zip"
@@ -44,17 +55,55 @@ class Dataset:
         if getattr(self, "_saved_key", None) != key:
             lab.write_dataset(data.report_to_dict(self.report))
             self._saved_key = key
-        return {"label": self.label, "per_class": self.per_class, "val_frac": self.val_frac, "seed": self.seed,
-                "root": self.report.root, "images": len(self.report.items)}
+        label = f"class dataset {self.title}" if self.published else self.label  # on disk: plain text
+        out = {"label": label, "per_class": self.per_class, "val_frac": self.val_frac, "seed": self.seed,
+               "root": self.report.root, "images": len(self.report.items)}
+        if self.published:
+            out.update(published=self.published, title=self.title)
+        return out
 
 
-def open_page() -> None:
-    """Session defaults, and what the lab saved that needs the heavy libraries (dataset, augmentations)."""
+def class_dataset(report: data.DataReport, entry: class_data.Published, **split) -> Dataset:
+    """A published class dataset as the lab's dataset. Its label in the session is Markdown (the title escaped):
+    the sidebar, the Train and Data pages show a dataset's label as Markdown, and a title is text. The lab's
+    state.json keeps it plain (`to_state`), for the Class page, which escapes what it shows."""
+    return Dataset(report, f"class dataset {labs.name_markdown(entry.title)}", published=entry.digest,
+                   title=entry.title, **split)
+
+
+def class_report(digest: str) -> data.DataReport:
+    """A published dataset scanned once per server process: its folder never changes (read-only, named by
+    its content), so the scan is valid for as long as it is published. ClassDataError when it is not."""
+    return _class_report(digest, str(class_data.folder_of(digest)))
+
+
+@st.cache_data(show_spinner="Checking the class dataset…", max_entries=8)
+def _class_report(digest: str, folder: str) -> data.DataReport:  # the folder too: another lab home, another scan
+    return class_data.open_published(digest)
+
+
+def open_page(warn: bool = True) -> None:
+    """Session defaults, and what the lab saved that needs the heavy libraries (dataset, augmentations).
+    A class dataset unpublished since the last run is dropped (with a warning here unless `warn` is False:
+    the Data page says it its own way)."""
     _state.init_state()
-    restore()
+    restore(warn)
+    ds = st.session_state.get(DATASET)
+    if ds is not None and ds.published and not class_data.is_published(ds.published):
+        _class_gone(ds.title, warn)
 
 
-def restore() -> None:
+def _class_gone(title: str, warn: bool) -> None:
+    ss = st.session_state
+    ss.pop(DATASET, None)
+    ss.pop(WORKING, None)
+    ss[CLASS_GONE] = title or "class dataset"
+    if warn:
+        st.warning(f"The class dataset **{labs.name_markdown(ss[CLASS_GONE])}** is no longer published (the "
+                   "instructor unpublished it): pick another dataset on the Data page.")
+
+
+def restore(warn: bool = True) -> None:
     ss = st.session_state
     aug = ss.get(AUGMENT)
     if isinstance(aug, tuple):
@@ -67,18 +116,29 @@ def restore() -> None:
     pending = ss.pop(PENDING_DATASET, None)
     if not pending:
         return
+    digest = pending.get("published")
+    if digest and not class_data.is_published(digest):  # also a malformed digest: never a path
+        _class_gone(labs.clean_name(pending.get("title")), warn)
+        return
     saved = current_lab().read_dataset()
     try:
         report = data.report_from_dict(saved) if saved else None
     except (KeyError, TypeError, ValueError):
         report = None
+    if digest and (report is None or Path(report.root).resolve() != class_data.folder_of(digest).resolve()):
+        try:
+            report = class_report(digest)  # the lab's copy of the report is gone or names another folder
+        except class_data.ClassDataError:
+            report = None
     if report is None or not Path(report.root).is_dir() or not all(Path(p).is_file() for p, _ in report.items[:5]):
         st.warning(f"The dataset this lab used ({pending.get('label', 'saved')}) is no longer on this server: "
                    "pick it again on the Data page.")
         ss.pop(DATASET, None)
         return
-    ss[DATASET] = Dataset(report, pending.get("label", "saved dataset"), pending.get("per_class"),
-                          float(pending.get("val_frac", 0.2)), int(pending.get("seed", 0)))
+    split = {"val_frac": float(pending.get("val_frac", 0.2)), "seed": int(pending.get("seed", 0))}
+    entry = class_data.get(digest) if digest else None
+    ss[DATASET] = (class_dataset(report, entry, **split) if entry is not None else
+                   Dataset(report, pending.get("label", "saved dataset"), pending.get("per_class"), **split))
     ss[DATASET]._saved_key = f"{report.root}|{len(report.items)}|{id(report)}"
     ss.pop(WORKING, None)
 

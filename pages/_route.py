@@ -33,6 +33,7 @@ PAGES = (
     ("pages/layers.py", "Layer responses", ":material/layers:"),
     ("pages/export.py", "Export & Netron", ":material/account_tree:"),
     ("pages/concepts.py", "Concepts", ":material/school:"),
+    ("pages/class.py", "Class", ":material/groups:"),
 )
 
 APP = Path(__file__).resolve().parents[1] / "app.py"

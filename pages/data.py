@@ -8,6 +8,7 @@ from pages import _charts, _dataset, _images, _route, _state, _working
 from vislab.data import folders as data, datasets
 from vislab.figures import charts as plots, images as pictures
 from vislab.data.transforms import Augment, crop_seen, denormalize, load_image, train_transform
+from vislab.serving import class_data, labs
 
 _route.through_app()  # first: a page opened on its own (the first request after a restart) goes through app.py
 
@@ -25,20 +26,45 @@ BALANCE = "balance"
 PREVIEW_CLASSES = "preview_classes"
 ZIP_READ_AGAIN = "zip_read"
 AUG_PREFIX = "aug_"  # + an Augment field: the augmentation toggles and the number of cached views
+USE_CLASS = "use_class_dataset"  # the button that makes the lab use the chosen class dataset
 
-_dataset.open_page()
+_dataset.open_page(warn=False)  # a class dataset unpublished meanwhile: said below, as an error
 ss = st.session_state
 st.title("Data")
 limit = st.get_option("server.maxUploadSize")
 
+gone = ss.get(_dataset.CLASS_GONE)
+if gone and ss.get(_state.DATASET) is None:
+    st.error(f"**The class dataset {labs.name_markdown(gone)} is no longer published**: the instructor "
+             "unpublished it, so this lab has no dataset now. Pick another dataset below.")
+
 SOURCES = {"sample": "Bundled textile sample", "zip": "A .zip of class folders", "uploads": "Images per class"}
+CLASS_SOURCES = {}  # the Data page's line of each class dataset (plain text) -> its class_data.Published
+for entry in class_data.published():  # manifests only: cheap on every run
+    line = f"Class dataset: {entry.label}"
+    CLASS_SOURCES[line if line not in CLASS_SOURCES else f"{line} · {entry.digest[:8]}"] = entry
+SHOWN = {line: f"Class dataset: {labs.name_markdown(e.title)} ({len(e.classes)} classes, {e.images} images)"
+         + line[len(f"Class dataset: {e.label}"):] for line, e in CLASS_SOURCES.items()}  # a title is text
+
+
+def source_line(d: _dataset.Dataset) -> str:
+    """The radio's option for where `d` came from."""
+    if d.source == "class":
+        return next((line for line, e in CLASS_SOURCES.items() if e.digest == d.published), SOURCES["sample"])
+    return SOURCES[d.source]
+
+
 in_use: _dataset.Dataset | None = ss.get(_state.DATASET)
 if in_use is not None:  # the radio shows where the lab's dataset came from (until a person picks another)
-    _state.follow(DATA_SOURCE, SOURCES[in_use.source])
+    _state.follow(DATA_SOURCE, source_line(in_use))
     if in_use.per_class:
         _state.follow(SAMPLE_PER_CLASS, in_use.per_class)
-source = st.radio("Images from", list(SOURCES.values()), horizontal=True, key=_state.kept(DATA_SOURCE))
-if in_use is not None and source != SOURCES[in_use.source]:
+options = list(SOURCES.values()) + list(CLASS_SOURCES)
+if ss.get(DATA_SOURCE) not in (None, *options):  # a class dataset that was unpublished: back to the sample
+    ss[DATA_SOURCE] = SOURCES["sample"]
+source = st.radio("Images from", options, horizontal=True, key=_state.kept(DATA_SOURCE),
+                  format_func=lambda o: SHOWN.get(o, o))
+if in_use is not None and source != source_line(in_use):
     st.caption(f"The lab uses **{in_use.label}** until you build another dataset here.")
 
 if source == "Bundled textile sample":
@@ -54,6 +80,26 @@ if source == "Bundled textile sample":
         report = _dataset.scan(str(root), root.stat().st_mtime)
         ss[_state.DATASET] = _dataset.Dataset(report, f"textile sample ({per_class}/class)", per_class=per_class)
         ss.pop(_state.WORKING, None)
+
+elif source in CLASS_SOURCES:
+    entry = CLASS_SOURCES[source]
+    counts = ", ".join(f"{c}: {n}" for c, n in entry.counts.items())
+    st.markdown(f"Published by the instructor for the whole class: **{labs.name_markdown(entry.title)}**, "
+                f"{len(entry.classes)} classes ({labs.name_markdown(counts)}), {entry.images} images"
+                + (", with its own validation split." if entry.val is not None else "."))
+    st.caption("Shared and read-only: your lab reads it in place (nothing is copied into your lab), and nothing "
+               "here changes it. Your validation share, seed and augmentations are your own.")
+    using = in_use is not None and in_use.published == entry.digest
+    if st.button("Use this class dataset" if not using else "Use this class dataset again", key=USE_CLASS,
+                 type="primary" if not using else "secondary",
+                 help="The lab already uses this class dataset." if using else None):
+        try:
+            report = _dataset.class_report(entry.digest)
+        except class_data.ClassDataError as exc:
+            st.error(f"Cannot use this class dataset: {exc}")
+        else:
+            ss[_state.DATASET] = _dataset.class_dataset(report, entry)
+            ss.pop(_state.WORKING, None)
 
 elif source == "A .zip of class folders":
     st.caption(f"Layout: `<class name>/<image files>` (one top folder is fine). Up to {limit} MB.")
@@ -114,7 +160,8 @@ else:
 
 ds: _dataset.Dataset | None = ss.get(_state.DATASET)
 if ds is not None and ds is not in_use:  # built here, now: the radio and the size keep what they show
-    _state.followed(DATA_SOURCE, SOURCES[ds.source])
+    _state.followed(DATA_SOURCE, source_line(ds))
+    ss.pop(_dataset.CLASS_GONE, None)
     if ds.per_class:
         _state.followed(SAMPLE_PER_CLASS, ds.per_class)
 if ds is None:

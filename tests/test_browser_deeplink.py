@@ -15,7 +15,7 @@ from tests.test_browser_lab import server  # noqa: F401 - the fixture: a server 
 
 pytestmark = pytest.mark.browser
 TITLES = ["Home", "Model", "Data", "Freeze & BatchNorm", "Train", "Compare", "Transfer study", "CAM & Grad-CAM",
-          "SE channel weights", "Attention", "Feature maps", "Layer responses", "Export & Netron", "Concepts"]
+          "SE channel weights", "Attention", "Feature maps", "Layer responses", "Export & Netron", "Concepts", "Class"]
 
 
 def _nav(page) -> list[str]:
