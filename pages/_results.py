@@ -1,6 +1,7 @@
-"""A finished run's results as the pages draw them: its curves, confusion matrix, per-class accuracy, top
-losses and classify-an-image, built once per run folder and version of its files; and how its feature
-cache ran, said for a learner. The Train page draws them for the lab's last job and for a reopened run."""
+"""A finished run's results as the pages draw them: its curves, confusion matrix (a cell opens its images,
+pages/_errors.py), per-class accuracy, top losses (one opens with Grad-CAM) and classify-an-image, built once
+per run folder and version of its files; and how its feature cache ran, said for a learner. The Train page
+draws them for the lab's last job and for a reopened run."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import streamlit as st
 from PIL import Image, UnidentifiedImageError
 
-from pages import _charts, _images, _jobs, _runs
+from pages import _charts, _errors, _images, _jobs, _runs
 from vislab.data.transforms import load_image, to_rgb
 from vislab.figures import charts as plots, images as pictures
 from vislab.serving import jobs
@@ -81,7 +82,9 @@ def finished_summary(folder: str, version: tuple) -> dict:
 def results(folder: str, version: tuple, _model, _run, _metrics) -> dict:
     """A finished run's curves, predictions, confusion matrix, per-class accuracy and top-loss grid, built once
     per run folder and version of its files (shared, never changed by the page)."""
-    out = {"curves": curves(_metrics), "preds": None}
+    from vislab.views import errors  # grad-cam loads when a run's results are first drawn, not with the page
+
+    out = {"curves": curves(_metrics), "preds": None, "cells": [], "top": []}
     preds = runs.load_predictions(folder) or _runs.predict_saved_split(_model, _run)
     if preds is None or not len(preds.labels):
         return out
@@ -90,13 +93,15 @@ def results(folder: str, version: tuple, _model, _run, _metrics) -> dict:
     per_class = plots.per_class_accuracy(evaluation.per_class_accuracy(cm), classes)
     per_class.update_yaxes(tickformat=".0%")
     imgs, caps, colours = [], [], []
-    for i in evaluation.top_losses(preds, 12):
+    top = evaluation.top_losses(preds, 12)
+    for i in top:
         p, y, k = preds.paths[i], preds.labels[i], preds.predicted[i]
         imgs.append(load_image(p))
         caps.append(f"true: {classes[y]}\npred: {classes[k]} (p={preds.probs[i, k]:.2f})\n"
                     f"loss {preds.losses[i]:.2f}")
         colours.append("#B00020" if k != y else "#006400")
-    out.update(preds=preds, confusion=plots.confusion_matrix(cm, classes), per_class=per_class,
+    out.update(preds=preds, confusion=plots.confusion_matrix(cm, classes), per_class=per_class, top=top,
+               cells=errors.cells(preds, len(classes)),
                grid=pictures.image_grid(imgs, caps, cols=6, cell=170, colours=colours))
     return out
 
@@ -104,20 +109,24 @@ def results(folder: str, version: tuple, _model, _run, _metrics) -> dict:
 def show_run(folder: Path, trained_model, run, metrics, key: str) -> None:
     """Curves, confusion matrix, per-class accuracy, top losses and classify-an-image for the finished run in
     `folder` (`run`: its runs.Run, `metrics`: its epochs), computed once per version of its files."""
-    shown = results(str(folder), stamp(folder), trained_model, run, metrics)
+    version = stamp(folder)
+    shown = results(str(folder), version, trained_model, run, metrics)
     _charts.chart(shown["curves"], key=f"{CURVES_PREFIX}{key}")
     if shown["preds"] is None:
         st.info("No validation images to evaluate for this run.")
         return
+    _errors.follow_run(folder, key)  # another run clears the cell and the top loss opened below
     left, right = st.columns(2)
     with left:
-        _charts.chart(shown["confusion"], key=f"{CM_PREFIX}{key}")
+        _errors.confusion_chart(shown["confusion"], run.classes, shown["cells"], f"{CM_PREFIX}{key}", key)
     with right:
         _charts.chart(shown["per_class"], key=f"{PC_PREFIX}{key}")
+    _errors.cell_section(folder, version, trained_model, run, shown["preds"], shown["cells"], key)
     st.subheader("Top losses: the validation images it got most wrong")
     grid = shown["grid"]
     st.image(grid, width="stretch")
     _images.download_png(lambda: grid, f"top_losses_{key}.png", "Download top losses (PNG)")
+    _errors.top_loss_section(folder, version, trained_model, run, shown["preds"], shown["top"], key)
     _classify(trained_model, run, key)
     st.caption(f"Run folder: `{folder}`")
 
