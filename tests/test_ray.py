@@ -178,3 +178,29 @@ def test_the_hub_hands_out_each_jobs_messages_in_the_order_they_were_sent(cluste
         assert [n for _, n, _, _ in ray.get(hub.take.remote(0.5))] == [3, 4]
     finally:
         ray.kill(hub)
+
+
+def test_a_study_spreads_its_seeds_over_the_cluster_and_equals_the_local_study(synthetic, tmp_path, cluster):
+    """One Ray task per seed (each seed's depths share one feature cache inside its task): every row equals
+    the row the same study trains in one process, and the two seeds were trained by two processes."""
+    from vislab.training import study
+    from vislab.training.tasks import StudyTask
+
+    report = data.scan_folder(synthetic)
+    plan = study.Plan(model="test_resnet", epochs=1, img_size=64, batch_size=8, engine="torch", depths=[0, 1],
+                      fractions=[1.0], seeds=[0, 1], strategies=["finetune"])
+    ended = []
+    status = rayqueue.run_job(tmp_path / "job", StudyTask(plan, report, "synthetic", folder=str(tmp_path / "ray")),
+                              on_event=lambda e, run: ended.append(run) if e.kind == "end" else None)
+    assert status["state"] == "done", status
+    spread = study.load(tmp_path / "ray")
+    local = study.run(plan, report, tmp_path / "local")
+    assert [r.point for r in spread.rows] == [r.point for r in local.rows] == plan.points(
+        study.body_stages("test_resnet"))  # every row, in the plan's order
+    assert [r.best_val_acc for r in spread.rows] == [r.best_val_acc for r in local.rows]
+    assert [r.final_val_loss for r in spread.rows] == pytest.approx([r.final_val_loss for r in local.rows], abs=1e-6)
+    assert sorted(ended) == sorted(p.name for p in plan.points(study.body_stages("test_resnet")))  # relayed
+    by_seed = {seed: {r.worker for r in spread.rows if r.point.seed == seed} for seed in (0, 1)}
+    assert all(len(w) == 1 for w in by_seed.values()), by_seed  # a seed's rows stay together (shared cache)
+    assert by_seed[0] != by_seed[1], by_seed  # the seeds were separate tasks
+    assert "continued from the cached output of" in runs.read_config(spread.rows[1].run_dir)["feature_cache"][0]

@@ -1,11 +1,11 @@
-"""`vislab study`: thaw depth x training fraction x seeds on one dataset, trained in one process; a table and
-two figures."""
+"""`vislab study`: thaw depth x training fraction x seeds on one dataset, trained in one process (or its seeds
+side by side on a Ray cluster: --ray); a table and two figures."""
 
 from __future__ import annotations
 
 import threading
 
-from vislab.cli._common import ENGINES, CliError, between, lasting_imports, out_folder, positive
+from vislab.cli._common import ENGINES, CliError, between, lasting_imports, on_ray, out_folder, positive
 from vislab.models import catalog
 
 STUDY_STRATEGIES = ("finetune", "surgical", "lp-ft", "llrd", "scratch")
@@ -58,6 +58,8 @@ def add_parser(sub) -> None:
     s.add_argument("--batch-size", type=positive(int), default=32)
     s.add_argument("--per-class", type=positive(int), default=None)
     s.add_argument("--engine", choices=ENGINES, default="auto")
+    s.add_argument("--ray", metavar="ADDRESS", default=None, help="train on the Ray cluster at ADDRESS (or "
+                   "'local'): one task per seed, side by side (see train --ray)")
     s.add_argument("--out", required=True, help="folder for study.csv/json, the figures and the run folders "
                    "(a folder holding this study's finished rows: only the missing rows are trained)")
 
@@ -69,6 +71,20 @@ def _plan(args, study):
         bn=_choices(args.bn, BN_CHOICES, "--bn") if args.bn else [None],
         strategies=_choices(args.strategies, STUDY_STRATEGIES, "--strategies"), epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, img_size=args.img_size, engine=args.engine, per_class=args.per_class)
+
+
+def _on_ray(args, plan, report, out, progress):
+    """The study as one job on the cluster (its seeds side by side); the job's files under OUT/jobs/."""
+    import time
+
+    from vislab.training import study
+    from vislab.training.tasks import StudyTask
+
+    out.mkdir(parents=True, exist_ok=True)
+    args.out_guard.keep = True  # rows land here as they finish, from the cluster
+    task = StudyTask(plan, report, args.data, folder=str(out.resolve()))
+    on_ray(args, out / "jobs" / time.strftime("%Y%m%d-%H%M%S"), task, lambda e, run: progress(run, e))
+    return study.load(out)
 
 
 def run(args) -> int:
@@ -106,7 +122,10 @@ def run(args) -> int:
 
     stop = threading.Event()
     try:
-        result = study.run(plan, report, out, data_arg=args.data, on_event=progress, stop=stop, on_row=on_row)
+        if args.ray:
+            result = _on_ray(args, plan, report, out, progress)
+        else:
+            result = study.run(plan, report, out, data_arg=args.data, on_event=progress, stop=stop, on_row=on_row)
     except KeyboardInterrupt:
         stop.set()
         raise CliError(f"interrupted: the finished rows are kept in {out}; run the same command again to "

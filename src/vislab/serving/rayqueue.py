@@ -37,7 +37,7 @@ from pathlib import Path
 
 import ray
 
-from vislab.serving import events
+from vislab.serving import events, rayspread
 from vislab.serving.claims import HOST, me
 from vislab.serving.jobqueue import BaseQueue
 from vislab.serving.jobs import Job, JobError, JobWriter, create
@@ -188,8 +188,9 @@ class RayStop:
 
 
 @ray.remote(max_retries=0)
-def _task(folder: str, job_id: str, hub, threads: int, env: dict) -> dict:
-    """One job on a Ray worker: the worker process's own runner (`worker.execute`), events through the hub."""
+def _task(folder: str, job_id: str, hub, threads: int, env: dict, res: dict | None = None) -> dict:
+    """One job on a Ray worker: the worker process's own runner (`worker.execute`), events through the hub; a
+    study's groups of rows spread over the cluster, each asking for the job's resources `res`."""
     os.environ.update(env)  # the lab home (the same path on every node) and the job's settings
     be_nice()  # as a local worker: a lab server on this node stays quick
     sender = _Sender(hub, job_id)
@@ -200,7 +201,8 @@ def _task(folder: str, job_id: str, hub, threads: int, env: dict) -> dict:
         sender.close()
         return {"state": "cancelled", "message": "cancelled before it started"}
     writer = events.EventWriter(job, sink=sender)
-    outcome = execute(job, writer, stop, threads)
+    spread = rayspread.spreader(lambda: RayStop(hub, job_id), res or {"num_cpus": threads}, threads, env)
+    outcome = execute(job, writer, stop, threads, spread)
     writer.close()  # its "end": the server finishes the job once everything before it is written
     return outcome
 
@@ -248,7 +250,7 @@ class RayQueue(BaseQueue):
         job.write_status(state="queued", queue=self.id, backend="ray", resources=res, queued=rec.get("queued") or
                          time.time(), pool="cuda" if res["num_gpus"] else "cpu", driver=me(queue=self.id))
         ref = _task.options(num_cpus=res["num_cpus"], num_gpus=res["num_gpus"]).remote(
-            str(job.folder.resolve()), job.id, self._hub, threads, env)
+            str(job.folder.resolve()), job.id, self._hub, threads, env, res)
         self._entries[job.id] = _Entry(job, ref, lab)
 
     def _held(self) -> list[tuple[Job, str | None]]:

@@ -107,9 +107,10 @@ def run_worker(folder: str | Path) -> int:
     return 1 if outcome["state"] == "error" else 0
 
 
-def execute(job: Job, writer: EventWriter, stop, threads: int | str | None = None) -> dict:
+def execute(job: Job, writer: EventWriter, stop, threads: int | str | None = None, spread=None) -> dict:
     """Run the job's payload (job.json) here with `writer` for its events and `stop` (an Event look-alike);
-    returns how it ended, {"state": done | stopped | error, "message": ...}, and never raises."""
+    returns how it ended, {"state": done | stopped | error, "message": ...}, and never raises. `spread`: where
+    a study's groups of rows train (training.study.run; serving.rayspread on a cluster), None: here."""
     writer.progress(force=True, stage="starting")
     try:
         import torch  # after be_nice (see run_spare)
@@ -123,7 +124,7 @@ def execute(job: Job, writer: EventWriter, stop, threads: int | str | None = Non
         if isinstance(task, tasks.CompareTask):
             _run_compare(job, task, writer, stop)
         elif isinstance(task, tasks.StudyTask):
-            _run_study(job, task, writer, stop)
+            _run_study(job, task, writer, stop, spread)
         else:
             _run_train(job, task, writer, stop)
         return {"state": "stopped" if stop.is_set() else "done", "message": writer.message}
@@ -167,7 +168,7 @@ def _run_compare(job: Job, task, writer: EventWriter, stop) -> None:
     task.run(job.folder, on_event, stop)
 
 
-def _run_study(job: Job, task, writer: EventWriter, stop) -> None:
+def _run_study(job: Job, task, writer: EventWriter, stop, spread=None) -> None:
     """A StudyTask: each row's events tagged with its name; runs_done/runs are the study's rows finished of all
     (a Resume starts with the rows it found), so a page says "row 5 of 16"."""
     from vislab.training import study  # torch: after be_nice (see run_spare)
@@ -185,7 +186,7 @@ def _run_study(job: Job, task, writer: EventWriter, stop) -> None:
         done[0] = len(s.rows)
         writer.progress(force=True, runs_done=done[0], runs=total, run="")  # the next row is not named until it starts
 
-    result = task.run(job.folder, on_event, stop, on_row)
+    result = task.run(job.folder, on_event, stop, on_row, spread)
     missing = len(result.missing())
     if missing and stop.is_set():
         writer.message = f"stopped with {len(result.rows)} of {total} rows finished (they are kept): Resume " \

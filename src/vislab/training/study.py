@@ -19,15 +19,18 @@ run again on the same folder keeps the finished rows and trains only the rest.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
+import os
 import shlex
+import socket
 import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from vislab import _fileio as fileio
 from vislab.data import folders as data
@@ -184,11 +187,12 @@ class Row:
     val_images: int
     run_dir: str | None
     command: str
+    worker: str = ""  # host:pid of the process that trained it (on a cluster: which node and task)
 
     def flat(self) -> dict:
         """One line of study.csv (COLUMNS)."""
         return {"name": self.point.name, **asdict(self.point), "bn": self.point.bn or "",
-                **{k: v for k, v in asdict(self).items() if k not in ("point", "run_dir")}}
+                **{k: v for k, v in asdict(self).items() if k not in ("point", "run_dir", "worker")}}
 
     @classmethod
     def from_dict(cls, d: dict) -> Row:
@@ -229,12 +233,28 @@ def csv_text(rows: list[Row]) -> str:
     return buf.getvalue()
 
 
+def groups(points: list[Point]) -> list[list[Point]]:
+    """The points as groups that share no cached work with each other: one per seed (its own split and
+    initialisation; inside it every depth and fraction shares one feature-cache pool). A cluster trains the
+    groups side by side; in one process they run one after another, the same rows either way."""
+    out: dict[int, list[Point]] = {}
+    for p in points:
+        out.setdefault(p.seed, []).append(p)
+    return list(out.values())
+
+
+Spread = Callable[[list[list[Point]], Callable, Callable, object], Iterator["Row"]]
+
+
 def run(plan: Plan, report: data.DataReport, out: str | Path, data_arg: str | None = None,
         on_event: Callable[[str, Event], None] | None = None, stop: threading.Event | None = None,
-        on_row: Callable[[Study], None] | None = None) -> Study:
+        on_row: Callable[[Study], None] | None = None, spread: Spread | None = None) -> Study:
     """Train every configuration of `plan` not yet in `out`/study.json, each into `out`/runs/<name>, sharing one
-    feature-cache pool; study.json/csv are rewritten after each row (`on_row` sees the study then). A stopped
-    configuration leaves no row (the next run trains it again). `data_arg` is the --data of the commands."""
+    feature-cache pool per group (`groups`); study.json/csv are rewritten after each row (`on_row` sees the study
+    then, the new row last) and at the end in the plan's order. A stopped configuration leaves no row (the next run trains it again).
+    `data_arg` is the --data of the commands. `spread(groups, train, on_event, stop)`, when given, trains the
+    groups elsewhere (serving.rayspread: one Ray task per group) and yields their rows as they finish;
+    `train(points, on_event, stop)` is what each group runs there."""
     out = Path(out)
     n_stages = body_stages(plan.model)
     plan.check(n_stages)
@@ -243,19 +263,31 @@ def run(plan: Plan, report: data.DataReport, out: str | Path, data_arg: str | No
         if study is not None and study.rows:
             raise ValueError(f"{out} holds another study ({len(study.rows)} rows): use a new folder")
         study = Study(plan, n_stages)
-    pool: dict = {}
-    for point in study.missing():
-        if stop is not None and stop.is_set():
-            break
-        row = _train_row(plan, point, n_stages, report, out, data_arg or report.root, pool, on_event, stop)
-        if row is None:
-            break
+    order = {p: i for i, p in enumerate(plan.points(n_stages))}
+    train = functools.partial(_train_points, plan, n_stages, report, out, data_arg or report.root)
+    todo = study.missing()
+    rows = spread(groups(todo), train, on_event, stop) if spread and todo else train(todo, on_event, stop)
+    for row in rows:  # in the order they finish (the last row is the new one), then in the plan's
         study.rows.append(row)
         study.save(out)
         if on_row is not None:
             on_row(study)
+    study.rows.sort(key=lambda r: order.get(r.point, len(order)))
     study.save(out)
     return study
+
+
+def _train_points(plan: Plan, n_stages: int, report: data.DataReport, out: Path, data_arg: str,
+                  points: list[Point], on_event, stop) -> Iterator[Row]:
+    """The rows of `points`, trained in this process with one feature-cache pool, until one is stopped."""
+    pool: dict = {}
+    for point in points:
+        if stop is not None and stop.is_set():
+            return
+        row = _train_row(plan, point, n_stages, report, out, data_arg, pool, on_event, stop)
+        if row is None:
+            return
+        yield row
 
 
 def _train_row(plan: Plan, point: Point, n_stages: int, report: data.DataReport, out: Path, data_arg: str,
@@ -275,7 +307,7 @@ def _train_row(plan: Plan, point: Point, n_stages: int, report: data.DataReport,
     split = runs.read_config(run_dir)
     return Row(point, best["val_acc"], epochs[-1]["val_acc"], epochs[-1]["val_loss"], best["epoch"],
                round(seconds, 2), trainable, split["train_size"], split["val_size"], str(run_dir),
-               command(spec, data_arg, run_dir))
+               command(spec, data_arg, run_dir), f"{socket.gethostname()}:{os.getpid()}")
 
 
 # ---- reading the answer -----------------------------------------------------------------------------------

@@ -113,11 +113,11 @@ class StudyTask:
         return len(self.plan.points(study.body_stages(self.plan.model)))
 
     def run(self, out: str | Path, on_event: Callable[[str, Event], None], stop=None,
-            on_row: Callable[[study.Study], None] | None = None) -> study.Study:
+            on_row: Callable[[study.Study], None] | None = None, spread: study.Spread | None = None) -> study.Study:
         """Train the rows not yet in the study's folder; `on_event(row name, event)`, `on_row(study)` after
-        each finished row."""
+        each finished row; `spread`: where the groups of rows train (study.run), None: here."""
         return study.run(self.plan, self.report, self.where(out), data_arg=self.data_label, on_event=on_event,
-                         stop=stop, on_row=on_row)
+                         stop=stop, on_row=on_row, spread=spread)
 
 
 TASKS = {task.kind: task for task in (TrainTask, CompareTask, StudyTask)}
