@@ -128,6 +128,19 @@ def test_unpublish_removes_the_folder_and_the_lab_may_read_but_not_write_it(synt
     assert class_data.readable(lab, inside) and not class_data.writable(lab, inside)
     assert class_data.writable(lab, lab.data_dir / "x.png") and not class_data.readable(lab, "/etc/passwd")
     assert not class_data.readable(lab, entry.folder.parent.parent / "x")  # <home>/class, not a dataset
+    from vislab.data import folders
+    from vislab.serving import claims, jobs
+
+    job = jobs.create(lab.runs_dir / "job1", "train", {"report": folders.report_to_dict(
+        class_data.open_published(entry.digest))})  # queued
+    assert job.state == "queued"
+    with pytest.raises(class_data.ClassDataError, match="1 job"):
+        class_data.unpublish(entry.digest)
+    job.write_status(state="running", driver=claims.me())  # followed by a live process (this one)
+    with pytest.raises(class_data.ClassDataError, match="1 job"):  # its images would vanish under it
+        class_data.unpublish(entry.digest)
+    assert entry.folder.is_dir() and class_data.published()
+    job.write_status(state="done")
     was = class_data.unpublish(entry.digest)
     assert was.title == "Stripes" and not os.path.lexists(entry.folder) and class_data.published() == []
     assert not list(class_data.datasets_dir().glob(".removing-*"))

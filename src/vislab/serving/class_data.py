@@ -33,7 +33,7 @@ from pathlib import Path
 
 from vislab import _fileio as fileio, _paths as paths
 from vislab.data import folders
-from vislab.serving import labs
+from vislab.serving import jobs, labs
 
 MAX_IMAGES = 2000  # a class dataset is for a workshop: the whole textile sample (3 x 1000 is a subset) fits
 MAX_BYTES = 500 * 2**20  # on one server's disk, once; a larger dataset is better given as a folder to the CLI
@@ -280,13 +280,32 @@ def _remove(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def training_on(digest: object) -> int:
+    """How many queued or running jobs of the lab home (every server's) read this dataset's images."""
+    target = folder_of(digest).resolve()
+    count = 0
+    for job, status in jobs.home_jobs():
+        if status.get("state") not in ("queued", "running"):
+            continue
+        root = (job.payload().get("report") or {}).get("root")
+        try:
+            count += bool(root) and Path(root).resolve().is_relative_to(target)
+        except (OSError, ValueError):
+            continue
+    return count
+
+
 def unpublish(digest: object) -> Published:
-    """Remove a published dataset from the server: gone from every Data page at once. Returns what it was."""
+    """Remove a published dataset from the server: gone from every Data page at once. Returns what it was.
+    Refused while a job trains on it (its images would vanish under it): the message says how many."""
     target = folder_of(digest)
     with fileio.lock(target):
         was = _manifest(target)
         if was is None:
             raise ClassDataError("no class dataset with this id on this server (already unpublished?)")
+        if busy := training_on(digest):
+            raise ClassDataError(f"{busy} job(s) are queued or training on this dataset: unpublish it when they "
+                                 "have finished (the Class page shows them)")
         gone = target.with_name(f".removing-{digest}-{secrets.token_hex(4)}")
         target.rename(gone)  # one step: no lab sees the folder half deleted
         _remove(gone)
