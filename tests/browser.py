@@ -40,11 +40,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def streamlit_server(env: dict | None = None, timeout: float = 60.0):
-    """Start `streamlit run app.py` on a free loopback port; yields (url, seconds to healthy)."""
+def streamlit_server(env: dict | None = None, timeout: float = 60.0, address: str = "127.0.0.1"):
+    """Start `streamlit run app.py` on a free port (on loopback unless `address` says otherwise: "0.0.0.0"
+    serves a room); yields (url, seconds to healthy), the url always on loopback."""
     port = free_port()
     cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless", "true",
-           "--server.port", str(port), "--server.address", "127.0.0.1"]
+           "--server.port", str(port), "--server.address", address]
     log = tempfile.TemporaryFile()
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
