@@ -1,11 +1,14 @@
-"""vislab's entry point: it only routes (finds this link's lab, fills the sidebar, saves the lab after the page).
-Run with `streamlit run app.py`."""
+"""vislab's entry point: it only routes (finds this link's lab, fills the sidebar, saves the lab after the page;
+a share link goes to its one read-only page, before and without any lab). Run with `streamlit run app.py`."""
 
 import streamlit as st
 
-from pages import _jobs, _lab, _route, _sidebar, _startup, _state
+from pages import _jobs, _lab, _route, _shared, _sidebar, _startup, _state
 
 st.set_page_config(page_title="vislab", page_icon=":material/biotech:", layout="wide")
+if _shared.wanted():  # ?share=<token>: one run, read-only; no lab is opened or created, no other page offered
+    _shared.navigation().run()
+    st.stop()
 pages = _route.navigation()
 _startup.clean_work_dirs()
 _state.init_state()

@@ -2,7 +2,7 @@ import dataclasses
 
 import streamlit as st
 
-from pages import _charts, _dataset, _jobs, _live, _results, _route, _runlist, _state, _working
+from pages import _charts, _dataset, _jobs, _live, _results, _route, _runlist, _shared, _state, _working
 from pages._results import cache_captions, pct, when
 from vislab.training import loop as training
 from vislab.models import freezing
@@ -202,6 +202,7 @@ def last_job(shown: jobs.Job) -> None:
     cache_captions(summary["stories"])
     if run is not None:
         _results.show_run(shown.folder, trained, run, run.metrics or summary["metrics"], "job")
+        _shared.share_box(shown.folder.name, "job")  # a finished run: a read-only link for anyone
 
 
 def reopen_and_resume(table: list[dict]) -> None:
@@ -246,6 +247,7 @@ def reopened_run(reopened: str) -> None:
                 f"strategy {run.config['strategy']}, {len(run.metrics)} epochs, best val acc {pct(best)}, "
                 f"saved {when(run.config.get('saved'), run_id=reopened)}")
     _results.show_run(folder, m, run, run.metrics, "reopened")
+    _shared.share_box(reopened, "reopened")
 
 
 _live.follow_job("train", progress, mark=SHOWN_ACTIVE)
