@@ -25,7 +25,7 @@ class Dataset:
     """What the Data page produced: the validated report and its split."""
 
     report: data.DataReport
-    label: str  # where it came from, for the sidebar
+    label: str  # where it came from, plain text (a zip's file name, a class dataset's title): show `markdown`
     per_class: int | None = None
     val_frac: float = 0.2
     seed: int = 0
@@ -42,6 +42,11 @@ class Dataset:
         return "uploads" if self.label.startswith("uploads") else "zip"
 
     @property
+    def markdown(self) -> str:
+        """The label as Markdown that shows exactly its text (a file name or a title is text, never markup)."""
+        return labs.name_markdown(self.label)
+
+    @property
     def used(self) -> data.DataReport:
         return data.subset(self.report, self.per_class, self.seed)
 
@@ -55,8 +60,7 @@ class Dataset:
         if getattr(self, "_saved_key", None) != key:
             lab.write_dataset(data.report_to_dict(self.report))
             self._saved_key = key
-        label = f"class dataset {self.title}" if self.published else self.label  # on disk: plain text
-        out = {"label": label, "per_class": self.per_class, "val_frac": self.val_frac, "seed": self.seed,
+        out = {"label": self.label, "per_class": self.per_class, "val_frac": self.val_frac, "seed": self.seed,
                "root": self.report.root, "images": len(self.report.items)}
         if self.published:
             out.update(published=self.published, title=self.title)
@@ -64,10 +68,9 @@ class Dataset:
 
 
 def class_dataset(report: data.DataReport, entry: class_data.Published, **split) -> Dataset:
-    """A published class dataset as the lab's dataset. Its label in the session is Markdown (the title escaped):
-    the sidebar, the Train and Data pages show a dataset's label as Markdown, and a title is text. The lab's
-    state.json keeps it plain (`to_state`), for the Class page, which escapes what it shows."""
-    return Dataset(report, f"class dataset {labs.name_markdown(entry.title)}", published=entry.digest,
+    """A published class dataset as the lab's dataset (its label plain text, as every label: shown through
+    `Dataset.markdown`)."""
+    return Dataset(report, f"class dataset {entry.title}", published=entry.digest,
                    title=entry.title, **split)
 
 
@@ -131,7 +134,7 @@ def restore(warn: bool = True) -> None:
         except class_data.ClassDataError:
             report = None
     if report is None or not Path(report.root).is_dir() or not all(Path(p).is_file() for p, _ in report.items[:5]):
-        st.warning(f"The dataset this lab used ({pending.get('label', 'saved')}) is no longer on this server: "
+        st.warning(f"The dataset this lab used ({labs.name_markdown(str(pending.get('label', 'saved')))}) is no longer on this server: "
                    "pick it again on the Data page.")
         ss.pop(DATASET, None)
         return

@@ -40,7 +40,7 @@ def _publish_own() -> None:
         st.info("Your own lab has no dataset yet: choose one on the Data page, then publish it here.")
         return
     used = ds.used
-    st.markdown(f"Your lab's dataset: **{ds.label}**, {len(used.classes)} classes, {len(used.items)} images.")
+    st.markdown(f"Your lab's dataset: **{ds.markdown}**, {len(used.classes)} classes, {len(used.items)} images.")
     title = st.text_input("Title participants see", max_chars=class_data.TITLE_LIMIT, key=_state.kept(PUBLISH_TITLE),
                           placeholder="e.g. Textile defects, day 1")
     if not st.button("Publish to the class", type="primary", key=PUBLISH):

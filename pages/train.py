@@ -120,7 +120,7 @@ else:
     if not_here:
         st.caption(f"Not used by strategy **{strategy}**: {' and '.join(not_here)}.")
     st.caption(f"`{info.name}` · strategy **{strategy}** · {rep.trainable_params:,} trainable of {rep.total:,} "
-               f"parameters · {len(ds.used.items)} images ({ds.label}) · devices found: {', '.join(found)} · "
+               f"parameters · {len(ds.used.items)} images ({ds.markdown}) · devices found: {', '.join(found)} · "
                f"weights: {_working.weights_badge(info.weights)}")
     if strategy == "two-phase" and epochs < 2:
         st.warning("Two-phase needs at least 2 epochs.")
