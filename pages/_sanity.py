@@ -23,11 +23,25 @@ BUTTON = "Sanity check: randomise the model layer by layer"
 SANITY_PREFIX = "cam_sanity_"  # + an index: a strip's chart
 
 
+STRIP_PANELS = 6  # panels of a strip, in one row: the original, the head, steps spread between, every layer
+
+
+def strip_steps(n: int, most: int = STRIP_PANELS) -> list[int]:
+    """Which of `n` steps a strip draws: all of a shallow model's; of a deep one's (MobileNetV2: 21) the
+    original, the head alone, steps spread evenly between, and the last (every layer random)."""
+    if n <= most:
+        return list(range(n))
+    inner = most - 3
+    return sorted({0, 1, n - 1, *(round(1 + (n - 2) * (i + 1) / (inner + 1)) for i in range(inner))})
+
+
 def _run(out: dict, vms: list, images: list) -> None:
     ss = st.session_state
     ss.pop(CAM_SANITY, None)
-    progress = st.progress(0.0, text="starting…")
-    st.button("Stop", key=CAM_SANITY_STOP)  # a click reruns the page, which ends the check between steps
+    live = st.empty()  # the progress and its Stop, gone once the check has finished
+    with live.container():
+        progress = st.progress(0.0, text="starting…")
+        st.button("Stop", key=CAM_SANITY_STOP)  # a click reruns the page, which ends the check between steps
     by_label = {vm.label: vm for vm in vms}
     jobs = [(e, m) for e in out["maps"] if e["model"] in by_label for m in e["maps"]]  # each model's methods
     done: list[dict] = []
@@ -43,7 +57,7 @@ def _run(out: dict, vms: list, images: list) -> None:
         done.append({"model": vm.label, "name": m["name"], "steps": steps,
                      "sentence": sanity.sentence(steps, m["name"])})
         ss[CAM_SANITY] = {"checks": list(done), "total": len(jobs)}
-    progress.progress(1.0, text="done")
+    live.empty()
 
 
 def _show(found: dict, vms: list, images: list, opacity: float, colourscale: str, several_models: bool) -> None:
@@ -58,9 +72,17 @@ def _show(found: dict, vms: list, images: list, opacity: float, colourscale: str
         (st.warning if check["sentence"].startswith("Warning") else st.info)(check["sentence"])
         for b, steps in enumerate(check["steps"]):
             crop = np.asarray(crop_seen(images[b][1], cfgs[check["model"]]))
-            panels = [(t.replace("\n", "<br>"), crop, s.map) for t, s in zip(sanity.titles(steps), steps)]
-            _charts.chart(plots.cam_panels(panels, opacity, colourscale, title=images[b][0]), key=f"{SANITY_PREFIX}{n}")
+            titles = sanity.titles(steps)
+            picked = strip_steps(len(steps))
+            panels = [(titles[i].replace("\n", "<br>").replace(" · ", "<br>"), crop, steps[i].map)  # narrow:
+                      for i in picked]  # one fact a line
+            _charts.chart(plots.cam_panels(panels, opacity, colourscale, cols=len(panels), max_cols=STRIP_PANELS,
+                                           title=images[b][0]), key=f"{SANITY_PREFIX}{n}")
             n += 1
+            if len(picked) < len(steps):  # a deep model: one readable row, every step's numbers folded away
+                with st.expander(f"Every step ({len(steps)}): the strip draws {len(picked)} of them"):
+                    st.dataframe([{"step": s.step, "randomised": s.name, "rho": s.spearman, "SSIM": s.ssim}
+                                  for s in steps], hide_index=True)
 
 
 def section(out: dict, vms: list, images: list, opacity: float, colourscale: str) -> None:

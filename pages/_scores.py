@@ -3,9 +3,9 @@
 ROAD where the panels have it (the page's ROAD toggle: the panels' own scores, and the baselines' through the
 same `cam.road_score`), and a ranking of the methods that says plainly when it is noise (views.ranking).
 
-On demand only: a map costs 2 × (steps + 1) forward passes (about 0.6 s for MobileNetV2 at 224 px on two
-CPU cores), so scoring is a button, with progress and a Stop between images. Every map is scored on the
-crop the model saw, at its input size, for the class its panel explains (the panels' own maps and targets,
+On demand only: a map costs 2 × (steps + 1) forward passes (about 0.65 s for MobileNetV2 at 224 px on two
+quiet CPU cores, several times that while a class trains), so scoring is a button, with progress and a Stop
+between images (both gone once it is done). Every map is scored on the crop the model saw, at its input size, for the class its panel explains (the panels' own maps and targets,
 kept in the page's CAM_OUT). The scores live beside the panels: the page drops CAM_SCORES whenever it drops
 CAM_OUT (a new Compute, or a change of the inputs), so a page switch and back shows them again as they were.
 """
@@ -70,8 +70,10 @@ def _score(out: dict, vms: list, images: list) -> None:
     """Score every map of CAM_OUT, image by image; what is finished is kept after each image (Stop keeps it)."""
     ss = st.session_state
     ss.pop(CAM_SCORES, None)
-    progress = st.progress(0.0, text="starting…")
-    st.button("Stop", key=CAM_SCORE_STOP)  # a click reruns the page, which ends the loop; finished images stay
+    live = st.empty()  # the progress and its Stop, gone once every map is scored
+    with live.container():
+        progress = st.progress(0.0, text="starting…")
+        st.button("Stop", key=CAM_SCORE_STOP)  # a click reruns the page, which ends the loop; finished images stay
     by_label = {vm.label: vm for vm in vms}
     entries = [e for e in out["maps"] if e["model"] in by_label and e["maps"]]
     kept = {"rows": [], "done": 0, "images": len(images) * len(entries), "seconds": 0.0,
@@ -89,7 +91,7 @@ def _score(out: dict, vms: list, images: list) -> None:
             rows = _score_image(by_label[entry["model"]], entry, b, images, step)
             kept.update(rows=kept["rows"] + rows, done=kept["done"] + 1, seconds=time.perf_counter() - start)
             ss[CAM_SCORES] = dict(kept)
-    progress.progress(1.0, text="done")
+    live.empty()
 
 
 def _ranking(rows: list[dict]) -> ranking.Ranking:

@@ -100,6 +100,7 @@ def test_the_cam_page_scores_its_maps_keeps_them_and_drops_them_with_the_inputs(
     assert not at.dataframe  # on demand only
     _click(at, "Score these maps")
     assert not at.exception and not at.error
+    assert not at.get("progress") and "cam_score_stop" not in [b.key for b in at.button]  # done: gone
     table, standings = at.dataframe[0].value, at.dataframe[1].value
     assert len(table) == 8
     assert sorted(zip(table["method"], table["image"])) == sorted(
@@ -155,6 +156,8 @@ def test_the_sanity_check_draws_a_strip_per_method_with_its_sentence_and_keeps_i
     from vislab.models.factory import create_model
     from vislab.views import sanity
 
+    from pages._sanity import STRIP_PANELS
+
     steps = len(sanity.plan(create_model("test_resnet")[0])) + 1  # the original, then one per stage
     at = AppTest.from_file(str(APP), default_timeout=180).run()
     at.switch_page("pages/model.py").run()
@@ -165,11 +168,15 @@ def test_the_sanity_check_draws_a_strip_per_method_with_its_sentence_and_keeps_i
     _click(at, "Compute")
     _click(at, "Sanity check: randomise the model layer by layer")
     assert not at.exception and not at.error
+    assert not at.get("progress") and "cam_sanity_stop" not in [b.key for b in at.button]  # done: gone
     strips = [json.loads(el.proto.spec) for el in at.get("plotly_chart")][-2:]  # one per method (one image)
     for spec in strips:
         titles = [a["text"] for a in spec["layout"]["annotations"]]
-        assert titles[0] == "original" and len(titles) == steps
-        assert all(re.search(r"^\d+: \+\S+<br>(rho -?\d\.\d\d|flat map) · SSIM -?\d\.\d\d$", t) for t in titles[1:])
+        assert titles[0] == "original" and len(titles) == min(steps, STRIP_PANELS)
+        assert all(re.search(r"^\d+: \+\S+<br>(rho -?\d\.\d\d|flat map)<br>SSIM -?\d\.\d\d$", t) for t in titles[1:])
+    if steps > STRIP_PANELS:  # every step's numbers, folded under each strip
+        tables = [e for e in at.expander if e.label.startswith(f"Every step ({steps})")]
+        assert len(tables) == 2 and all(len(t.dataframe[0].value) == steps for t in tables)
     sentences = [i.value for i in list(at.info) + list(at.warning)]
     for method in ("GradCAM", "LayerCAM"):
         assert any(f"{method}'s map" in s for s in sentences)
@@ -177,3 +184,15 @@ def test_the_sanity_check_draws_a_strip_per_method_with_its_sentence_and_keeps_i
     at.switch_page("pages/cam.py").run()
     assert [i.value for i in list(at.info) + list(at.warning)] == sentences
     assert [json.loads(el.proto.spec) for el in at.get("plotly_chart")][-2:] == strips
+
+
+def test_a_deep_models_strip_draws_the_original_the_head_the_last_and_steps_between():
+    from pages._sanity import STRIP_PANELS, strip_steps
+
+    assert strip_steps(4) == [0, 1, 2, 3]  # a shallow model: every step
+    for n in (7, 12, 21, 60):
+        picked = strip_steps(n)
+        assert len(picked) == STRIP_PANELS and picked == sorted(set(picked))
+        assert picked[:2] == [0, 1] and picked[-1] == n - 1  # the original, the head alone, every layer
+        gaps = [b - a for a, b in zip(picked[1:], picked[2:])]
+        assert max(gaps) - min(gaps) <= 1 + n // 20  # spread evenly, not bunched at one end

@@ -248,12 +248,13 @@ MAX_PANEL_COLS = 3  # CAM panels a row: ~240 px each in a full-width chart at 12
 
 
 def cam_panels(panels: list[tuple[str, np.ndarray, np.ndarray | None]], opacity: float = 0.5,
-               colourscale: str = "Jet", cols: int | None = None, title: str = "") -> go.Figure:
+               colourscale: str = "Jet", cols: int | None = None, title: str = "",
+               max_cols: int = MAX_PANEL_COLS) -> go.Figure:
     """Heatmaps over the image crops the model saw: one panel per (title, crop (H, W, 3) uint8, map (H, W)).
-    At most MAX_PANEL_COLS a row (more wrap to the next), each panel square and as wide as the row allows at
-    CHART_PX, the colour bar below them rather than beside."""
+    At most `max_cols` a row (more wrap to the next; a strip read left to right may ask for more than the
+    usual 3), each panel square and as wide as the row allows at CHART_PX, the colour bar below them."""
     n = len(panels)
-    cols = max(1, min(cols or MAX_PANEL_COLS, MAX_PANEL_COLS, n))
+    cols = max(1, min(cols or max_cols, max_cols, n))
     rows = math.ceil(n / cols)
     gap = 16
     panel_px = (CHART_PX - 20 - gap * (cols - 1)) / cols
