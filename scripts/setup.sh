@@ -23,11 +23,17 @@ if ! "$VPY" -c "import torch, torchvision" 2>/dev/null; then
   "${PIP[@]}" "${TORCH[@]}"
 fi
 
+# Quantus, for the tests only (tests/test_faithfulness_quantus.py: the field's implementation that our faithfulness
+# curves are checked against). Without its dependencies: it asks for the desktop opencv-python, which would
+# overwrite grad-cam's headless OpenCV in the same cv2/ folder (and then need libGL); everything else it
+# imports is already in requirements.txt.
+NODEPS=("quantus>=0.6,<0.7" "cachetools>=5,<9")
 stamp=.venv/.vislab-requirements
-want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$( (cat requirements.txt pyproject.toml; echo "${NODEPS[*]}") | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] installing requirements.txt and vislab"
   "${PIP[@]}" -r requirements.txt
+  "${PIP[@]}" --no-deps "${NODEPS[@]}"
   "${PIP[@]}" --no-deps -e .
   echo "$want" > "$stamp"
 fi

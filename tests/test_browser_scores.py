@@ -54,6 +54,8 @@ def _grids(page) -> list[list[dict]]:
     one dict per row, by column header."""
     out = []
     for grid in _main(page).locator('[data-testid="stDataFrame"]').all():
+        if grid.locator('xpath=ancestor::*[@data-testid="stExpander"]').count():
+            continue  # a sanity strip's every-step table, folded away
         grid.scroll_into_view_if_needed()
         rows = grid.locator('table[role="grid"] tr').all()
         head = [c.inner_text().strip() for c in rows[0].locator("th, td").all()]

@@ -56,11 +56,15 @@ def _masks(saliency: np.ndarray, steps: int) -> torch.Tensor:
 
 
 def score(model: nn.Module, x: torch.Tensor, saliency: np.ndarray, target: int, steps: int = STEPS,
-          batch_size: int = 16) -> Scores:
-    """Deletion and insertion of `x` (1, C, H, W, as the model takes it) in the order of `saliency` (H, W)."""
+          batch_size: int = 16, fill: float | torch.Tensor | None = None) -> Scores:
+    """Deletion and insertion of `x` (1, C, H, W, as the model takes it) in the order of `saliency` (H, W).
+
+    `fill` is what a removed pixel becomes: None (the default) is `blurred(x)`; a number or a tensor that
+    broadcasts to `x` replaces it, so the curve can be checked against Quantus's constant baselines
+    (tests/test_faithfulness_quantus.py)."""
     if tuple(np.shape(saliency)) != tuple(x.shape[-2:]):
         raise ValueError(f"the map is {np.shape(saliency)}, the image {tuple(x.shape[-2:])}: resize the map first")
-    fill = blurred(x)
+    fill = blurred(x) if fill is None else torch.as_tensor(fill, dtype=x.dtype, device=x.device).expand_as(x)
     masks = _masks(saliency, steps).to(x.device)  # (S, 1, H, W), 1 = the step has reached this pixel
     curves = {}
     with inference(model):
