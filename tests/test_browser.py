@@ -104,7 +104,7 @@ def test_walk_home_to_trained_head(app_url):
         page.get_by_text("Trainable parameters").wait_for(timeout=60_000)
         page.locator('[data-testid="stSelectbox"]').filter(has_text="Strategy preset").locator("input").click()
         page.get_by_role("option", name="partial").click()
-        last_n = page.get_by_label("Last N stages")
+        last_n = page.get_by_label("Last N stages", exact=True)
         last_n.fill("3")
         last_n.press("Enter")
         browser.wait_idle(page)
