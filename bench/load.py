@@ -251,7 +251,9 @@ async def teacher(browser_, url: str, gate: asyncio.Event, done: asyncio.Event, 
         await _go(page, "Class")
         await page.get_by_label("Instructor key").fill(INSTRUCTOR_KEY)
         await page.get_by_role("button", name="Open the class").click()
-        await page.get_by_text(re.compile(r"labs? on this server")).first.wait_for(timeout=60_000)
+        listed = page.get_by_text(re.compile(r"^\d+ labs? on this server")).first
+        await listed.wait_for(timeout=60_000)
+        seen.append(int((await listed.inner_text()).split()[0]))  # ready: the class may start
     except Exception as exc:  # noqa: BLE001 - the row says the instructor never saw the class
         print(f"instructor: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
         seen.append(-1)
@@ -259,7 +261,7 @@ async def teacher(browser_, url: str, gate: asyncio.Event, done: asyncio.Event, 
         return
     await gate.wait()
     while not done.is_set():
-        text = await page.get_by_text(re.compile(r"labs? on this server")).first.inner_text()
+        text = await page.get_by_text(re.compile(r"^\d+ labs? on this server")).first.inner_text()
         seen.append(int(text.split()[0]))
         await asyncio.sleep(1.0)
     await ctx.close()
