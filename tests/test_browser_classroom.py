@@ -7,6 +7,7 @@ puts them (VISLAB_SCREENSHOTS=docs/screenshots refreshes the README's). Skipped,
 The two labs and their runs are made as tests/test_classroom.py makes them (the worker's own runner, tiny
 model, a few images), so the test spends its time in the browser, not training."""
 
+import re
 import time
 
 import pytest
@@ -103,3 +104,52 @@ def test_the_instructor_sees_both_labs_live_and_opens_a_run_read_only(class_serv
         browser.wait_idle(page)
         text = _main(page).inner_text()
         assert "Lovelace" not in text and "Hopper" not in text and "labs on this server" not in text
+
+
+def test_a_participant_training_in_a_browser_shows_on_the_class_page_live(class_server):
+    """The whole loop as a workshop runs it: a participant types their name and trains in their own browser
+    (the textile sample, head only, through the app's queue and worker) while the instructor's Class page is
+    open in another browser; the instructor sees the name, the job running and then done with its accuracy,
+    without reloading."""
+    from tests.test_browser import start_training, use_sample
+
+    url, _ = class_server
+    with browser.browser_page(width=1280, height=1000) as teacher:
+        pupil = teacher.context.browser.new_context(viewport={"width": 1400, "height": 900}).new_page()  # a
+        # browser of its own: its own cookies and Streamlit session, as a participant's laptop
+        teacher.goto(f"{url}/class")
+        teacher.get_by_label("Instructor key").wait_for(timeout=90_000)
+        browser.wait_idle(teacher)
+        _type_key(teacher, KEY)
+        _main(teacher).get_by_text("Leaderboards: one per dataset", exact=False).wait_for(timeout=30_000)
+
+        pupil.goto(url)
+        pupil.get_by_text("Current lab").first.wait_for(timeout=90_000)
+        browser.wait_idle(pupil)
+        box = pupil.get_by_label("Your name", exact=True)
+        box.fill("Katherine")
+        box.press("Enter")
+        browser.wait_idle(pupil)
+        use_sample(pupil)
+        pupil.get_by_text("Dataset: textile sample").first.wait_for(timeout=120_000)
+        browser.wait_idle(pupil)
+        start_training(pupil, epochs=2)
+
+        table = _main(teacher).locator('[data-testid="stDataFrame"]').first  # the live table, never reloaded
+        deadline = time.time() + 240
+        seen = set()
+        while time.time() < deadline and "done" not in seen:
+            text = table.inner_text() if table.count() else ""
+            rows = [line for line in text.splitlines() if "Katherine" in line] or [
+                r.inner_text() for r in table.locator('table[role="grid"] tr').all() if "Katherine" in r.inner_text()]
+            for row in rows:
+                seen |= {word for word in ("queued", "running", "done") if word in row}
+            time.sleep(0.5)
+        assert "done" in seen, f"the Class page never showed Katherine's run as done: {seen}"
+        assert seen & {"queued", "running"}, f"the run was never seen before it finished: {seen}"
+        assert browser.exceptions(teacher) == []
+        _main(teacher).get_by_text(re.compile(r"^textile sample .* · 3 classes · 60 images")).wait_for(
+            timeout=15_000)  # its own leaderboard (the fragment draws the table first, the boards after it)
+        browser.wait_idle(teacher)
+        cells = _main(teacher).locator('[role="gridcell"]').filter(has_text="Katherine")
+        assert cells.count() >= 2, cells.count()  # in the live table and on the textile sample's leaderboard
