@@ -44,6 +44,17 @@ def _poll(kind: str | None, draw: Callable, mark: str | None, ended: Callable | 
     draw(job)
 
 
+def stoppable(stop_key: str):
+    """A progress bar with a Stop button under it, for work a page does in its own script run (a click on Stop
+    reruns the page, which ends the loop between steps). Returns (progress, holder): `holder.empty()` removes
+    both once the work is done, so no finished bar or idle Stop is left on screen."""
+    holder = st.empty()
+    with holder.container():
+        progress = st.progress(0.0, text="starting…")
+        st.button("Stop", key=stop_key)
+    return progress, holder
+
+
 def queued_note(job: jobs.Job, then: str) -> None:
     """Where a queued job stands: how many jobs are ahead of it, and `then` (what happens next)."""
     n = _jobs.ahead(job)

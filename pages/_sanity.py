@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from pages import _cached, _charts
+from pages import _cached, _charts, _live
 from vislab.data.transforms import crop_seen
 from vislab.views import cam, sanity, base as views
 
@@ -38,10 +38,7 @@ def strip_steps(n: int, most: int = STRIP_PANELS) -> list[int]:
 def _run(out: dict, vms: list, images: list) -> None:
     ss = st.session_state
     ss.pop(CAM_SANITY, None)
-    live = st.empty()  # the progress and its Stop, gone once the check has finished
-    with live.container():
-        progress = st.progress(0.0, text="starting…")
-        st.button("Stop", key=CAM_SANITY_STOP)  # a click reruns the page, which ends the check between steps
+    progress, live = _live.stoppable(CAM_SANITY_STOP)  # Stop keeps what has finished
     by_label = {vm.label: vm for vm in vms}
     jobs = [(e, m) for e in out["maps"] if e["model"] in by_label for m in e["maps"]]  # each model's methods
     done: list[dict] = []

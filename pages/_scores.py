@@ -17,7 +17,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from pages import _cached
+from pages import _cached, _live
 from vislab.views import cam, faithfulness, ranking, base as views
 
 CAM_SCORES = "cam_scores"  # the scores of the panels in CAM_OUT: {"rows", "done", "images", "road", "seconds"}
@@ -70,10 +70,7 @@ def _score(out: dict, vms: list, images: list) -> None:
     """Score every map of CAM_OUT, image by image; what is finished is kept after each image (Stop keeps it)."""
     ss = st.session_state
     ss.pop(CAM_SCORES, None)
-    live = st.empty()  # the progress and its Stop, gone once every map is scored
-    with live.container():
-        progress = st.progress(0.0, text="starting…")
-        st.button("Stop", key=CAM_SCORE_STOP)  # a click reruns the page, which ends the loop; finished images stay
+    progress, live = _live.stoppable(CAM_SCORE_STOP)  # Stop keeps what has finished
     by_label = {vm.label: vm for vm in vms}
     entries = [e for e in out["maps"] if e["model"] in by_label and e["maps"]]
     kept = {"rows": [], "done": 0, "images": len(images) * len(entries), "seconds": 0.0,

@@ -5,8 +5,10 @@ undo of what a failed command wrote (OutGuard)."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -120,3 +122,12 @@ def _remove(path: Path) -> None:
             path.unlink()
     except OSError:
         pass
+
+
+def csv_text(rows, columns) -> str:
+    """Rows (dicts) as CSV text with a header of `columns`, in that order: what every CSV file vislab writes is."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()

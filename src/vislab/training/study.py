@@ -18,9 +18,7 @@ run again on the same folder keeps the finished rows and trains only the rest.
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
 import math
 import os
 import shlex
@@ -226,11 +224,7 @@ def load(folder: str | Path) -> Study | None:
 
 
 def csv_text(rows: list[Row]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(r.flat() for r in rows)
-    return buf.getvalue()
+    return fileio.csv_text([r.flat() for r in rows], COLUMNS)
 
 
 def groups(points: list[Point]) -> list[list[Point]]:

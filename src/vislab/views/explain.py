@@ -18,7 +18,6 @@ everything before `write` writes a file; a view that does not apply raises Expla
 
 from __future__ import annotations
 
-import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,11 +216,7 @@ def scores(loaded: Loaded, view: str, images: list[tuple[str, Image.Image]], out
 
 
 def scores_csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=SCORE_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+    return fileio.csv_text(rows, SCORE_COLUMNS)
 
 
 SANITY_COLUMNS = ("image", "view", "target", "step", "step_name", "stage", "layers_randomised", "modules_randomised",
@@ -259,11 +254,7 @@ def sanity(loaded: Loaded, view: str, images: list[tuple[str, Image.Image]], lay
 
 
 def sanity_csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=SANITY_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+    return fileio.csv_text(rows, SANITY_COLUMNS)
 
 
 def write(outputs: list[Output], view: str, folder: Path) -> list[Path]:
