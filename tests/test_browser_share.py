@@ -5,33 +5,18 @@ is told so. The stranger's view is saved as `share_1280.png` (VISLAB_SCREENSHOTS
 the README's). Skipped, saying why, without Chromium."""
 
 import json
-import os
 import re
 import shutil
-import tempfile
 import urllib.parse
-from pathlib import Path
 
 import pytest
 
 from tests import browser
-from tests.test_browser_lab import Server, _go
+from tests.test_browser import SHOTS
+from tests.test_browser_lab import _go, server  # noqa: F401 - the fixture: a server to start and stop
 from tests.test_share_page import OTHER, OWNER_NAME, RUN, _trained
 
 pytestmark = pytest.mark.browser
-SHOTS = Path(os.environ.get("VISLAB_SCREENSHOTS") or tempfile.mkdtemp(prefix="vislab-shots-"))
-if not SHOTS.is_absolute():
-    SHOTS = browser.REPO / SHOTS
-
-
-@pytest.fixture
-def server(vislab_home):
-    reason = browser.why_unavailable()
-    if reason:
-        pytest.skip(reason)
-    s = Server(vislab_home)
-    yield s
-    s.stop()
 
 
 def _query(url: str) -> dict:
